@@ -1,0 +1,39 @@
+// Torch-free parameter blocks and launcher declarations shared by the CUDA kernels and the
+// torch glue in csrc/torch/. Nothing here includes a torch header, so the kernels compile with
+// plain nvcc (CI does that as a check) and the glue compiles with the host compiler.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime.h>
+
+namespace resnext_kernels {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+// y[n, co, ho, wo] = act(scale[co] * sum_{ci in group(co), kh, kw} x[n, ci, hi, wi] * w[co, ci', kh, kw]
+//                        + shift[co]),  hi = ho * stride_h - pad_h + kh * dil_h (likewise wi).
+// Every tensor is addressed through its element strides (64-bit), so NCHW, channels_last and
+// non-contiguous views all work; x, w and y share `dtype`, scale/shift are fp32.
+struct GroupedConvParams {
+  const void* x;       // [N, C_in, H, W]
+  const void* w;       // [C_out, C_in / groups, KH, KW]
+  const float* scale;  // [C_out] contiguous
+  const float* shift;  // [C_out] contiguous
+  void* y;             // [N, C_out, H_out, W_out]
+  int64_t N, C_in, H, W;
+  int64_t C_out, H_out, W_out;
+  int64_t groups, KH, KW;
+  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  int64_t x_stride[4];  // element strides of x in (n, c, h, w) order
+  int64_t w_stride[4];  // element strides of w in (co, ci, kh, kw) order
+  int64_t y_stride[4];  // element strides of y in (n, c, h, w) order
+  bool relu;
+  bool y_channels_last;  // walk outputs in memory order (c fastest) so stores coalesce
+};
+
+// The straightforward direct convolution: one thread per output element, fp32 accumulation.
+// Correct for every shape the op contract allows. Returns the launch status.
+cudaError_t launch_grouped_conv_bn_relu_direct(const GroupedConvParams& p, DType dtype,
+                                               cudaStream_t stream);
+
+}  // namespace resnext_kernels

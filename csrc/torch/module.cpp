@@ -1,0 +1,23 @@
+// The extension module and the op schemas of the compiled backend.
+//
+// The Python module is empty: importing it runs the static registrations below, and because it
+// uses only the limited C API one build serves every Python version. The public ops
+// (torch.ops.resnext_kernels.grouped_conv_bn_relu, ...squeeze_excite) are defined in Python
+// (resnext_kernels/ops.py); the ops here are the CUDA backend they dispatch to.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "resnext_kernels compiled CUDA kernels", -1, nullptr,
+  };
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(resnext_kernels, m) {
+  m.def(
+      "grouped_conv_bn_relu_cuda(Tensor x, Tensor weight, Tensor scale, Tensor shift, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups, bool relu) -> Tensor");
+}

@@ -1,0 +1,22 @@
+"""resnext_kernels: fused grouped-conv + BN + ReLU and squeeze-and-excitation kernels.
+
+Public surface:
+    ops.grouped_conv_bn_relu, ops.fold_batchnorm   the fused conv op (torch.ops.resnext_kernels.*)
+    build_info()                                   what was compiled, and what loaded
+    available_backends(device=None)                which backends work here, and why not
+"""
+
+from ._extension import build_info
+from .backends import available_backends
+from . import ops
+from .ops import grouped_conv_bn_relu
+from .ops.grouped_conv_bn_relu import fold_batchnorm
+
+__all__ = [
+    "available_backends",
+    "build_info",
+    "fold_batchnorm",
+    "grouped_conv_bn_relu",
+    "ops",
+]
+__version__ = "0.1.0"

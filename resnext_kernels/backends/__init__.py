@@ -1,0 +1,110 @@
+"""Backend registry: which implementations exist, which are usable here, and which "auto" picks.
+
+Every backend implements the same signature per op (see resnext_kernels/ops/); the op's contract
+(validation, fake, autograd) lives in the op, never in a backend.
+"""
+
+import importlib
+import os
+
+import torch
+
+from .. import _extension
+
+BACKENDS = ("reference", "triton", "cuda")
+
+# What "auto" tries, in order, per device type. Only backends that have been verified and
+# measured faster than the reference on that device belong before "reference": the GPU
+# benchmark (benchmarks/grouped_conv.py) has not yet run for the Triton and CUDA kernels, so
+# "auto" stays on the aten reference (cuDNN on GPU) until a committed result says otherwise.
+AUTO_PREFERENCE = {
+    "cuda": ("reference",),
+    "cpu": ("reference",),
+}
+
+
+def triton_interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_status(device_type: str):
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return False, f"triton is not installed ({exc})"
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            return False, "no CUDA device is visible"
+        return True, "available"
+    if device_type == "cpu":
+        if triton_interpreter_enabled():
+            return True, "available through the Triton interpreter (TRITON_INTERPRET=1; slow)"
+        return False, "Triton runs on CPU tensors only under TRITON_INTERPRET=1"
+    return False, f"Triton kernels do not run on {device_type} devices"
+
+
+def _cuda_status(device_type: str):
+    if not _extension.extension_loaded():
+        return False, f"the compiled extension did not load: {_extension.EXTENSION_ERROR}"
+    if not _extension.cuda_kernels_registered():
+        return False, "the compiled extension has no CUDA kernels registered"
+    if device_type != "cuda":
+        return False, f"the CUDA kernels need CUDA tensors, not {device_type}"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device is visible"
+    return True, "available"
+
+
+def backend_status(name: str, device_type: str):
+    """(available, reason) for one backend on one device type."""
+    if name == "reference":
+        return True, "available"
+    if name == "triton":
+        return _triton_status(device_type)
+    if name == "cuda":
+        return _cuda_status(device_type)
+    raise ValueError(f"backend: unknown backend {name!r}; expected one of {BACKENDS} or 'auto'")
+
+
+def available_backends(device=None) -> dict:
+    """{backend: reason} for every backend: "available", or why it is not.
+
+    `device` defaults to the current CUDA device when one is visible, else the CPU.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device_type = torch.device(device).type
+    return {name: backend_status(name, device_type)[1] for name in BACKENDS}
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """The concrete backend for `backend` ("auto" or a name) on `device`, or a clear error."""
+    if backend == "auto":
+        for name in AUTO_PREFERENCE.get(device.type, ("reference",)):
+            if backend_status(name, device.type)[0]:
+                return name
+        return "reference"
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"backend: unknown backend {backend!r}; expected 'auto' or one of {BACKENDS}"
+        )
+    ok, reason = backend_status(backend, device.type)
+    if not ok:
+        usable = [n for n in BACKENDS if backend_status(n, device.type)[0]]
+        raise RuntimeError(
+            f"backend: {backend!r} is not available for {device.type} tensors ({reason}); "
+            f"available here: {usable + ['auto']}"
+        )
+    return backend
+
+
+_MODULES = {
+    "reference": "resnext_kernels.backends.reference",
+    "triton": "resnext_kernels.backends.triton",
+    "cuda": "resnext_kernels.backends.cuda",
+}
+
+
+def implementation(op_name: str, backend: str):
+    """The function implementing `op_name` in a concrete backend (imported on first use)."""
+    return getattr(importlib.import_module(_MODULES[backend]), op_name)

@@ -1,0 +1,203 @@
+"""Triton: fused grouped conv + folded BatchNorm + ReLU as an implicit GEMM.
+
+Per program: a tile of BLOCK_M output positions (n, ho, wo) by BLOCK_N output channels.
+The reduction runs over the KH*KW taps and, per tap, over the input channels that feed the
+tile's output channels. When channels per group are too few to fill a tensor-core tile
+(tl.dot needs every dim >= 16), one tile spans several groups and the weight tile is loaded
+block-diagonally: entries that pair an input channel with an output channel of another group
+are masked to zero. That wastes FLOPs (x16/cpg at cpg < 16), which these memory-bound shapes
+can afford (see docs/KERNELS.md), and reads the input once per tile instead of once per group.
+
+Epilogue: acc * scale[co] + shift[co], optional ReLU (NaN passes, as torch.relu), cast, store.
+Every tensor is addressed through its strides, so NCHW, channels_last and strided views work;
+offsets are 64-bit.
+"""
+
+import contextlib
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from torch._prims_common import suggest_memory_format
+
+from .. import triton_interpreter_enabled
+
+
+@triton.jit
+def _grouped_conv_bn_relu_kernel(
+    x_ptr,  # input  [N, C_in, H, W], any strides
+    w_ptr,  # weight [C_out, C_in // groups, KH, KW], any strides, same dtype as x
+    scale_ptr,  # fp32 [C_out], contiguous: BN scale (gamma / sqrt(var + eps))
+    shift_ptr,  # fp32 [C_out], contiguous: BN shift (beta - mean * scale, + scale * conv bias)
+    y_ptr,  # output [N, C_out, H_out, W_out], any strides, same dtype as x
+    N, C_in, H, W,  # input sizes
+    C_out, H_out, W_out,  # output sizes
+    cpg_in, cpg_out,  # channels per group: C_in // groups, C_out // groups
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,  # conv geometry
+    sxn, sxc, sxh, sxw,  # x element strides
+    swo, swi, swh, sww,  # weight element strides (out channel, in channel, kh, kw)
+    syn, syc, syh, syw,  # y element strides
+    KH: tl.constexpr, KW: tl.constexpr,  # kernel size
+    APPLY_RELU: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,  # cast tiles to fp32 before tl.dot (fp32 input; the interpreter)
+    DOT_PRECISION: tl.constexpr,  # "tf32" or "ieee", used when DOT_IN_FP32
+    BLOCK_M: tl.constexpr,  # output positions per program
+    BLOCK_N: tl.constexpr,  # output channels per program
+    BLOCK_K: tl.constexpr,  # input channels per reduction step
+):
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1)
+
+    # Output positions of this tile, decoded from the flat (n, ho, wo) index.
+    M = N * H_out * W_out
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    m_ok = offs_m < M
+    wo = offs_m % W_out
+    ho = (offs_m // W_out) % H_out
+    n = offs_m // (W_out * H_out)
+
+    # Output channels of this tile and the span of input channels their groups read.
+    co0 = pid_n * BLOCK_N
+    offs_n = co0 + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < C_out
+    group_of_n = offs_n // cpg_out
+    co_last = tl.minimum(co0 + BLOCK_N, C_out) - 1
+    ci_lo = (co0 // cpg_out) * cpg_in
+    ci_hi = (co_last // cpg_out + 1) * cpg_in
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    x_n = x_ptr + n * sxn
+    for kh in tl.static_range(KH):
+        hi = ho * stride_h - pad_h + kh * dil_h
+        h_ok = (hi >= 0) & (hi < H)
+        for kw in tl.static_range(KW):
+            wi = wo * stride_w - pad_w + kw * dil_w
+            pos_ok = m_ok & h_ok & (wi >= 0) & (wi < W)
+            x_pos = x_n + hi * sxh + wi * sxw  # [BLOCK_M] pointers to channel 0 of each tap
+            w_tap = w_ptr + kh * swh + kw * sww
+            for k0 in range(ci_lo, ci_hi, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                k_ok = offs_k < ci_hi
+                x_tile = tl.load(
+                    x_pos[:, None] + offs_k[None, :].to(tl.int64) * sxc,
+                    mask=pos_ok[:, None] & k_ok[None, :],
+                    other=0.0,
+                )
+                # Block-diagonal weight tile [BLOCK_K, BLOCK_N]: w[co, ci - group*cpg_in]
+                # where ci and co share a group, zero elsewhere.
+                same_group = (offs_k // cpg_in)[:, None] == group_of_n[None, :]
+                ci_in_group = offs_k[:, None] - group_of_n[None, :] * cpg_in
+                w_tile = tl.load(
+                    w_tap + offs_n[None, :].to(tl.int64) * swo + ci_in_group * swi,
+                    mask=same_group & k_ok[:, None] & n_ok[None, :],
+                    other=0.0,
+                )
+                if DOT_IN_FP32:
+                    acc = tl.dot(
+                        x_tile.to(tl.float32),
+                        w_tile.to(tl.float32),
+                        acc,
+                        input_precision=DOT_PRECISION,
+                    )
+                else:
+                    acc = tl.dot(x_tile, w_tile, acc)
+
+    scale = tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
+    shift = tl.load(shift_ptr + offs_n, mask=n_ok, other=0.0)
+    out = acc * scale[None, :] + shift[None, :]
+    if APPLY_RELU:
+        out = tl.where(out < 0.0, 0.0, out)
+    y_off = (n * syn + ho * syh + wo * syw)[:, None] + offs_n[None, :].to(tl.int64) * syc
+    tl.store(y_ptr + y_off, out.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def _channel_tiles(cpg_in: int, cpg_out: int):
+    """(BLOCK_N, BLOCK_K) for a channels-per-group class: the path made for each class.
+
+    cpg_out <= 16 (1, 2, 4, 8, 16): 16 output channels, 16 // cpg groups packed block-diagonally;
+    cpg_out 17..32: one 32-wide group; larger: 64 channels of one group per program.
+    BLOCK_K covers the input-channel span of one tile in one step where that span is <= 64.
+    """
+    if cpg_out <= 16:
+        block_n = 16
+    elif cpg_out <= 32:
+        block_n = 32
+    else:
+        block_n = 64
+    groups_spanned = max(1, block_n // cpg_out)
+    k_span = groups_spanned * cpg_in
+    block_k = min(64, max(16, triton.next_power_of_2(k_span)))
+    return block_n, block_k
+
+
+# A single fixed configuration under the interpreter keeps CPU tests quick; on a GPU the
+# launch configuration is autotuned per shape class and cached by triton.autotune.
+_INTERPRETER_BLOCK_M = 32
+_GPU_CONFIGS = [
+    triton.Config({"BLOCK_M": bm}, num_warps=nw, num_stages=ns)
+    for bm in (64, 128)
+    for nw in (4, 8)
+    for ns in (2, 3)
+] + [triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=2)]
+
+
+@functools.lru_cache(maxsize=None)
+def _launchable_kernel(interpreted: bool):
+    if interpreted:
+        return _grouped_conv_bn_relu_kernel
+    return triton.autotune(
+        configs=_GPU_CONFIGS,
+        key=["N", "C_in", "C_out", "H_out", "W_out", "cpg_in", "cpg_out", "stride_h", "sxc"],
+    )(_grouped_conv_bn_relu_kernel)
+
+
+def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups, relu):
+    """Launcher. Arguments are validated by the op (resnext_kernels/ops/grouped_conv_bn_relu.py)."""
+    N, C_in, H, W = x.shape
+    C_out, _, KH, KW = weight.shape
+    H_out = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
+    W_out = (W + 2 * padding[1] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
+    y = torch.empty(
+        (N, C_out, H_out, W_out),
+        dtype=x.dtype,
+        device=x.device,
+        memory_format=suggest_memory_format(x),
+    )
+    if y.numel() == 0:
+        return y
+    scale = scale.to(torch.float32).contiguous()
+    shift = shift.to(torch.float32).contiguous()
+    cpg_in, cpg_out = C_in // groups, C_out // groups
+    block_n, block_k = _channel_tiles(cpg_in, cpg_out)
+    interpreted = triton_interpreter_enabled() or x.device.type == "cpu"
+    is_fp32 = x.dtype == torch.float32
+    meta = dict(
+        KH=KH,
+        KW=KW,
+        APPLY_RELU=bool(relu),
+        DOT_IN_FP32=is_fp32 or interpreted,
+        DOT_PRECISION="tf32" if (is_fp32 and torch.backends.cudnn.allow_tf32) else "ieee",
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+    )
+    if interpreted:
+        meta["BLOCK_M"] = _INTERPRETER_BLOCK_M
+
+    def grid(m):
+        return (triton.cdiv(N * H_out * W_out, m["BLOCK_M"]), triton.cdiv(C_out, block_n))
+
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        _launchable_kernel(interpreted)[grid](
+            x, weight, scale, shift, y,
+            N, C_in, H, W,
+            C_out, H_out, W_out,
+            cpg_in, cpg_out,
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+            *x.stride(),
+            *weight.stride(),
+            *y.stride(),
+            **meta,
+        )
+    return y
+

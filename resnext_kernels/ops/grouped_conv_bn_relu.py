@@ -1,0 +1,199 @@
+"""The op `torch.ops.resnext_kernels.grouped_conv_bn_relu`: its whole contract, in one place.
+
+    y = relu?(conv2d(x, weight, stride, padding, dilation, groups) * scale[c] + shift[c])
+
+BatchNorm (eval) is folded into a per-channel scale and shift (see `fold_batchnorm`), a conv
+bias into the shift. The output has the input's memory format (NCHW or channels_last), like
+nn.Conv2d. Supported: 3x3 kernels, any stride >= 1, padding >= 0, dilation >= 1, any groups,
+float32 / float16 / bfloat16 (x and weight of one dtype; scale/shift any float dtype, used in
+fp32), batch 0 and up.
+
+Backends ("reference", "triton", "cuda", or "auto") all implement the same signature; "auto"
+is resolved per device by resnext_kernels.backends.resolve. Autograd goes through aten.
+"""
+
+from typing import List
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+from .. import backends
+from ._checks import (
+    check_floating,
+    check_same_device,
+    check_same_dtype,
+    check_shape,
+    check_supported_dtype,
+    check_tensor,
+    pair,
+)
+
+SUPPORTED_KERNEL_SIZES = ((3, 3),)
+
+
+def _check_args(x, weight, scale, shift, stride, padding, dilation, groups):
+    """Validates the op's arguments; returns the output shape."""
+    check_tensor(x, "x", 4)
+    check_tensor(weight, "weight", 4)
+    check_tensor(scale, "scale", 1)
+    check_tensor(shift, "shift", 1)
+    check_supported_dtype(x, "x")
+    check_same_dtype(weight, "weight", x, "x")
+    check_floating(scale, "scale")
+    check_floating(shift, "shift")
+    for t, name in ((weight, "weight"), (scale, "scale"), (shift, "shift")):
+        check_same_device(t, name, x, "x")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups: expected a positive integer, got {groups!r}")
+    N, C_in, H, W = x.shape
+    C_out, cpg_in, KH, KW = weight.shape
+    if C_in % groups:
+        raise ValueError(f"x: channels ({C_in}) must be divisible by groups ({groups})")
+    if C_out % groups:
+        raise ValueError(f"weight: output channels ({C_out}) must be divisible by groups ({groups})")
+    if (KH, KW) not in SUPPORTED_KERNEL_SIZES:
+        raise ValueError(
+            f"weight: kernel size {KH}x{KW} is not supported; supported: "
+            + ", ".join(f"{a}x{b}" for a, b in SUPPORTED_KERNEL_SIZES)
+        )
+    check_shape(weight, "weight", (C_out, C_in // groups, KH, KW), "[C_out, C_in // groups, KH, KW]")
+    check_shape(scale, "scale", (C_out,), "one per output channel")
+    check_shape(shift, "shift", (C_out,), "one per output channel")
+    if len(stride) != 2 or min(stride) < 1:
+        raise ValueError(f"stride: expected positive values, got {list(stride)}")
+    if len(dilation) != 2 or min(dilation) < 1:
+        raise ValueError(f"dilation: expected positive values, got {list(dilation)}")
+    if len(padding) != 2 or min(padding) < 0:
+        raise ValueError(f"padding: expected non-negative values, got {list(padding)}")
+    H_out = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
+    W_out = (W + 2 * padding[1] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
+    if H_out < 1 or W_out < 1:
+        raise ValueError(
+            f"x: spatial size {H}x{W} is too small for a {KH}x{KW} kernel with padding "
+            f"{list(padding)} and dilation {list(dilation)} (output would be {H_out}x{W_out})"
+        )
+    return (N, C_out, H_out, W_out)
+
+
+@torch.library.custom_op("resnext_kernels::grouped_conv_bn_relu", mutates_args=())
+def _grouped_conv_bn_relu_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    relu: bool,
+    backend: str,
+) -> torch.Tensor:
+    _check_args(x, weight, scale, shift, stride, padding, dilation, groups)
+    name = backends.resolve(backend, x.device)
+    impl = backends.implementation("grouped_conv_bn_relu", name)
+    return impl(x, weight, scale, shift, stride, padding, dilation, groups, relu)
+
+
+@_grouped_conv_bn_relu_op.register_fake
+def _(x, weight, scale, shift, stride, padding, dilation, groups, relu, backend):
+    shape = _check_args(x, weight, scale, shift, stride, padding, dilation, groups)
+    return torch.empty(
+        shape, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x)
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, scale, shift, stride, padding, dilation, groups, relu, _backend = inputs
+    # Inputs only: the output may be modified in place by what follows (torchvision's
+    # Bottleneck applies an in-place ReLU to it), so the ReLU mask is recomputed in backward.
+    ctx.save_for_backward(x, weight, scale, shift)
+    ctx.conv_args = (stride, padding, dilation, groups)
+    ctx.relu = relu
+
+
+def _backward(ctx, grad_y):
+    x, weight, scale, shift = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conv_args
+    need_x, need_w, need_scale, need_shift = ctx.needs_input_grad[:4]
+    scale_4d = scale.to(x.dtype).view(-1, 1, 1, 1)
+    folded = weight * scale_4d  # the conv that was computed: conv(x, w * scale) + shift
+    grad_pre = grad_y
+    if ctx.relu:
+        pre = torch.nn.functional.conv2d(
+            x, folded, shift.to(x.dtype), stride, padding, dilation, groups
+        )
+        grad_pre = grad_y * (pre > 0).to(grad_y.dtype)
+    grad_x, grad_folded, _ = torch.ops.aten.convolution_backward(
+        grad_pre, x, folded, None, stride, padding, dilation, False, [0, 0], groups,
+        [need_x, need_w or need_scale, False],
+    )
+    grad_w = grad_scale = grad_shift = None
+    if need_w:
+        grad_w = (grad_folded * scale_4d).to(weight.dtype)
+    if need_scale:
+        grad_scale = (grad_folded.float() * weight.float()).sum((1, 2, 3)).to(scale.dtype)
+    if need_shift:
+        grad_shift = grad_pre.float().sum((0, 2, 3)).to(shift.dtype)
+    return grad_x, grad_w, grad_scale, grad_shift, None, None, None, None, None, None
+
+
+_grouped_conv_bn_relu_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def grouped_conv_bn_relu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    *,
+    stride=1,
+    padding=1,
+    dilation=1,
+    groups: int,
+    relu: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Fused grouped conv + per-channel affine (folded BatchNorm) + optional ReLU.
+
+    Args:
+        x: [N, C_in, H, W], float32/float16/bfloat16, NCHW or channels_last (or any strides).
+        weight: [C_out, C_in // groups, 3, 3], the dtype of x.
+        scale, shift: [C_out] floating point; see `fold_batchnorm`.
+        stride, padding, dilation: an int or a pair.
+        groups: number of groups.
+        relu: apply ReLU after the affine.
+        backend: "auto", "reference", "triton" or "cuda".
+
+    Returns: [N, C_out, H_out, W_out] in x's dtype and memory format.
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
+    return torch.ops.resnext_kernels.grouped_conv_bn_relu(
+        x,
+        weight,
+        scale,
+        shift,
+        pair(stride, "stride"),
+        pair(padding, "padding"),
+        pair(dilation, "dilation"),
+        groups,
+        bool(relu),
+        backend,
+    )
+
+
+def fold_batchnorm(bn: torch.nn.BatchNorm2d, conv_bias=None):
+    """(scale, shift) in fp32 from an eval-mode BatchNorm's running statistics.
+
+    scale = gamma / sqrt(running_var + eps);  shift = beta - running_mean * scale (+ scale * bias).
+    """
+    var = bn.running_var.float()
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.float()
+    shift = -bn.running_mean.float() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.float()
+    if conv_bias is not None:
+        shift = shift + scale * conv_bias.float()
+    return scale, shift
