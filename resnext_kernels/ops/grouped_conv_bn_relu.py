@@ -166,6 +166,11 @@ def grouped_conv_bn_relu(
 
     Returns: [N, C_out, H_out, W_out] in x's dtype and memory format.
     """
+    # Types first: the dispatcher's own cast errors would not name the argument clearly.
+    for t, name in ((x, "x"), (weight, "weight"), (scale, "scale"), (shift, "shift")):
+        check_tensor(t, name)
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"groups: expected an int, got {type(groups).__name__}")
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
     return torch.ops.resnext_kernels.grouped_conv_bn_relu(

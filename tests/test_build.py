@@ -1,0 +1,80 @@
+"""The build: what build_info() reports, and that the compiled CUDA kernels registered.
+
+With RESNEXT_KERNELS_REQUIRE_CUDA_EXTENSION=1 (CI sets it) a missing CUDA extension fails here
+instead of skipping: CI must prove the extension compiled, linked, loaded and registered.
+"""
+
+import os
+
+import pytest
+import torch
+
+import resnext_kernels as rk
+from resnext_kernels import _extension
+
+REQUIRE = os.environ.get("RESNEXT_KERNELS_REQUIRE_CUDA_EXTENSION") == "1"
+needs_extension = pytest.mark.skipif(
+    not REQUIRE and not _extension.extension_loaded(),
+    reason=f"extension not loaded: {_extension.EXTENSION_ERROR}",
+)
+
+
+def test_build_info_reports_runtime_state():
+    info = rk.build_info()
+    for key in ("cuda_extension", "extension_loaded", "extension_error",
+                "cuda_kernels_registered", "runtime_torch"):
+        assert key in info
+    assert info["runtime_torch"] == torch.__version__
+    assert info["extension_loaded"] == (info["extension_error"] is None)
+
+
+def test_import_never_needs_the_extension():
+    # The reference backend always works, whatever happened to the build.
+    assert rk.available_backends("cpu")["reference"] == "available"
+
+
+@needs_extension
+def test_cuda_extension_built_and_registered():
+    info = rk.build_info()
+    assert info["cuda_extension"] == "built", info
+    assert info["extension_loaded"], info["extension_error"]
+    assert info["cuda_kernels_registered"], "grouped_conv_bn_relu_cuda has no CUDA kernel"
+    archs = info["cuda_archs"]
+    assert archs and any(a in archs for a in ("8.0", "9.0", "detected")), archs
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(
+        "resnext_kernels::grouped_conv_bn_relu_cuda", "CUDA")
+
+
+@needs_extension
+def test_cuda_op_rejects_cpu_tensors_by_name():
+    x = torch.randn(1, 8, 4, 4)
+    w = torch.randn(8, 2, 3, 3)
+    s, b = torch.ones(8), torch.zeros(8)
+    with pytest.raises((RuntimeError, NotImplementedError), match=r"CPU|cpu"):
+        torch.ops.resnext_kernels.grouped_conv_bn_relu_cuda(x, w, s, b, [1, 1], [1, 1], [1, 1], 4, True)
+    with pytest.raises(RuntimeError, match=r"backend: 'cuda' is not available for cpu tensors"):
+        rk.grouped_conv_bn_relu(x, w, s, b, groups=4, backend="cuda")
+
+
+@needs_extension
+@pytest.mark.gpu
+def test_cuda_op_opcheck():
+    x = torch.randn(2, 16, 6, 6, device="cuda")
+    w = torch.randn(16, 4, 3, 3, device="cuda")
+    s, b = torch.rand(16, device="cuda") + 0.5, torch.randn(16, device="cuda")
+    torch.library.opcheck(torch.ops.resnext_kernels.grouped_conv_bn_relu_cuda.default,
+                          (x, w, s, b, [1, 1], [1, 1], [1, 1], 4, True),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@needs_extension
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_cuda_op_runs_on_the_tensors_device():
+    x = torch.randn(2, 16, 6, 6, device="cuda:1")
+    w = torch.randn(16, 4, 3, 3, device="cuda:1")
+    s, b = torch.rand(16, device="cuda:1") + 0.5, torch.randn(16, device="cuda:1")
+    y = rk.grouped_conv_bn_relu(x, w, s, b, groups=4, backend="cuda")
+    ref = rk.grouped_conv_bn_relu(x, w, s, b, groups=4, backend="reference")
+    assert y.device == x.device
+    torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)

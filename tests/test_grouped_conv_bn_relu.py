@@ -1,0 +1,216 @@
+"""grouped_conv_bn_relu: every backend against a float64 nn.Conv2d + BatchNorm + ReLU reference."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import resnext_kernels as rk
+from conftest import DTYPES, channels_last_if, seeded, tolerance
+
+
+def make_case(cpg_in, groups, dtype, device, channels_last, seed, N=2, H=7, W=9, cpg_out=None):
+    """Random conv + eval-BN parameters (never zeros), scaled so outputs are O(1)."""
+    cpg_out = cpg_out or cpg_in
+    g = seeded(seed)
+    C_in, C_out = cpg_in * groups, cpg_out * groups
+    x = torch.randn(N, C_in, H, W, generator=g)
+    weight = torch.randn(C_out, cpg_in, 3, 3, generator=g) / (3.0 * cpg_in**0.5)
+    bn = torch.nn.BatchNorm2d(C_out).eval()
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(C_out, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(C_out, generator=g) * 0.5)
+        bn.running_mean.copy_(torch.randn(C_out, generator=g) * 0.5)
+        bn.running_var.copy_(torch.rand(C_out, generator=g) + 0.5)
+    scale, shift = rk.fold_batchnorm(bn)
+    x = channels_last_if(x.to(dtype), channels_last).to(device)
+    weight = weight.to(dtype).to(device)
+    return x, weight, scale.to(device), shift.to(device), bn
+
+
+def reference(x, weight, bn, stride, padding, dilation, groups, relu):
+    """nn.Conv2d + nn.BatchNorm2d (eval) + ReLU in float64 on the CPU, from the same inputs."""
+    bn64 = bn.double()
+    y = F.conv2d(x.double().cpu(), weight.double().cpu(), None, stride, padding, dilation, groups)
+    y = bn64(y)
+    return torch.relu(y) if relu else y
+
+
+def run_and_check(backend, device, x, weight, scale, shift, bn, poison, *, stride=1, padding=1,
+                  dilation=1, groups, relu=True, tol_key=None):
+    N, _, H, W = x.shape
+    C_out = weight.shape[0]
+    H_out = (H + 2 * padding - dilation * 2 - 1) // stride + 1
+    W_out = (W + 2 * padding - dilation * 2 - 1) // stride + 1
+    poison(N * C_out * H_out * W_out * x.element_size(), device)
+    y = rk.grouped_conv_bn_relu(x, weight, scale, shift, stride=stride, padding=padding,
+                                dilation=dilation, groups=groups, relu=relu, backend=backend)
+    assert y.shape == (N, C_out, H_out, W_out)
+    assert y.dtype == x.dtype and y.device == x.device
+    expected_format = torch._prims_common.suggest_memory_format(x)
+    assert y.is_contiguous(memory_format=expected_format), "output must keep x's memory format"
+    ref = reference(x, weight, bn, stride, padding, dilation, groups, relu)
+    torch.testing.assert_close(y.double().cpu(), ref, **tolerance(tol_key or x.dtype))
+    return y
+
+
+# Every channels-per-group class has its own tile path in the kernels; 3 is an odd one.
+CPG_CLASSES = [1, 3, 4, 8, 16, 32, 64]
+
+
+@pytest.mark.parametrize("cpg", CPG_CLASSES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_conv_bn_relu(backend_device, poison_outputs, cpg, stride, channels_last, dtype):
+    backend, device = backend_device
+    groups = 4 if cpg <= 16 else 2
+    seed = cpg * 1000 + stride * 100 + channels_last * 10 + DTYPES.index(dtype)
+    x, w, scale, shift, bn = make_case(cpg, groups, dtype, device, channels_last, seed)
+    run_and_check(backend, device, x, w, scale, shift, bn, poison_outputs, stride=stride,
+                  groups=groups)
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_relu_off_and_dilation(backend_device, poison_outputs, relu, dilation):
+    backend, device = backend_device
+    x, w, scale, shift, bn = make_case(8, 4, torch.float32, device, True, 11 + dilation, H=9, W=8)
+    y = run_and_check(backend, device, x, w, scale, shift, bn, poison_outputs, padding=dilation,
+                      dilation=dilation, groups=4, relu=relu)
+    if not relu:
+        assert (y < 0).any(), "without ReLU some outputs must be negative on random data"
+
+
+@pytest.mark.parametrize("N", [0, 1])
+def test_batch_zero_and_one(backend_device, poison_outputs, N):
+    backend, device = backend_device
+    x, w, scale, shift, bn = make_case(4, 4, torch.float16, device, True, 21 + N, N=N)
+    run_and_check(backend, device, x, w, scale, shift, bn, poison_outputs, groups=4)
+
+
+def test_odd_sizes_and_one_pixel(backend_device, poison_outputs):
+    backend, device = backend_device
+    for H, W, stride in [(1, 1, 1), (5, 3, 2), (13, 1, 2)]:
+        x, w, scale, shift, bn = make_case(8, 2, torch.float32, device, False, 31 + H, H=H, W=W)
+        run_and_check(backend, device, x, w, scale, shift, bn, poison_outputs, stride=stride,
+                      groups=2)
+
+
+def test_unequal_channels_per_group(backend_device, poison_outputs):
+    """C_out != C_in: 2 input and 6 output channels per group."""
+    backend, device = backend_device
+    x, w, scale, shift, bn = make_case(2, 5, torch.float32, device, True, 41, cpg_out=6)
+    run_and_check(backend, device, x, w, scale, shift, bn, poison_outputs, groups=5)
+
+
+def test_non_contiguous_inputs(backend_device, poison_outputs):
+    backend, device = backend_device
+    x, w, scale, shift, bn = make_case(8, 4, torch.float32, device, False, 51, H=14, W=18)
+    x_view = x[:, :, ::2, 1::2]  # strided spatial view
+    w_view = w.transpose(2, 3).contiguous().transpose(2, 3)  # same values, permuted strides
+    assert not x_view.is_contiguous() and not w_view.is_contiguous()
+    run_and_check(backend, device, x_view, w_view, scale, shift, bn, poison_outputs, groups=4)
+
+
+def test_scale_and_shift_in_input_dtype(backend_device):
+    """scale/shift may come in x's dtype (a .half() model); they are applied in fp32."""
+    backend, device = backend_device
+    x, w, scale, shift, bn = make_case(4, 4, torch.float16, device, True, 61)
+    y32 = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=4, backend=backend)
+    y16 = rk.grouped_conv_bn_relu(x, w, scale.half(), shift.half(), groups=4, backend=backend)
+    torch.testing.assert_close(y16.float(), y32.float(), **tolerance(torch.float16))
+
+
+def test_deterministic(backend_device):
+    backend, device = backend_device
+    x, w, scale, shift, _ = make_case(8, 4, torch.float16, device, True, 71)
+    a = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=4, backend=backend)
+    b = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=4, backend=backend)
+    assert torch.equal(a, b)
+
+
+def test_nan_propagates_through_relu(backend_device):
+    backend, device = backend_device
+    x, w, scale, shift, _ = make_case(4, 4, torch.float32, device, False, 81)
+    x[0, 0, 3, 3] = float("nan")
+    y = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=4, backend=backend)
+    assert torch.isnan(y[0, :4, 2:5, 2:5]).all(), "NaN must reach every output it feeds"
+    assert not torch.isnan(y[1]).any()
+
+
+def test_gradients_match_aten(backend_device):
+    backend, device = backend_device
+    x, w, scale, shift, _ = make_case(4, 4, torch.float32, device, True, 91)
+    leaves = [t.clone().requires_grad_() for t in (x, w, scale, shift)]
+    y = rk.grouped_conv_bn_relu(*leaves, groups=4, stride=2, backend=backend)
+    grad_out = torch.randn_like(y)
+    grads = torch.autograd.grad(y, leaves, grad_out)
+    ref_leaves = [t.clone().double().requires_grad_() for t in (x, w, scale, shift)]
+    xr, wr, sr, br = ref_leaves
+    ref = torch.relu(F.conv2d(xr, wr, None, 2, 1, 1, 4) * sr.view(-1, 1, 1) + br.view(-1, 1, 1))
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad_out.double())
+    for got, exp in zip(grads, ref_grads):
+        torch.testing.assert_close(got.double(), exp, atol=1e-4, rtol=1e-4)
+
+
+def test_output_survives_inplace_relu_in_backward(backend_device):
+    """torchvision's Bottleneck applies an in-place ReLU to this op's output; backward must work."""
+    backend, device = backend_device
+    x, w, scale, shift, _ = make_case(4, 4, torch.float32, device, False, 101)
+    x.requires_grad_()
+    y = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=4, backend=backend)
+    torch.relu_(y)
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.gpu
+def test_tf32_follows_cudnn_flag(backend_device):
+    backend, device = backend_device
+    if device != "cuda":
+        pytest.skip("TF32 is a GPU setting")
+    x, w, scale, shift, bn = make_case(32, 4, torch.float32, device, True, 111, H=14, W=14)
+    torch.backends.cudnn.allow_tf32 = True
+    y = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=4, backend=backend)
+    ref = reference(x, w, bn, 1, 1, 1, 4, True)
+    torch.testing.assert_close(y.double().cpu(), ref, **tolerance("tf32"))
+
+
+# The real grouped-conv shapes of resnext50_32x4d (C, H, stride), at batch 2, on the GPU.
+RESNEXT50_SHAPES = [(128, 56, 1), (256, 56, 2), (256, 28, 1), (512, 28, 2), (512, 14, 1),
+                    (1024, 14, 2), (1024, 7, 1)]
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("C,H,stride", RESNEXT50_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_resnext50_shapes(backend_device, poison_outputs, C, H, stride, dtype):
+    backend, device = backend_device
+    if device != "cuda":
+        pytest.skip("real shapes run on the GPU only")
+    x, w, scale, shift, bn = make_case(C // 32, 32, dtype, device, True, C + H, H=H, W=H)
+    run_and_check(backend, device, x, w, scale, shift, bn, poison_outputs, stride=stride,
+                  groups=32)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_64bit_offsets(backend_device):
+    """More than 2^31 input elements: offsets must not wrap."""
+    backend, device = backend_device
+    if device != "cuda":
+        pytest.skip("needs a GPU with > 10 GB free")
+    N, C, H, W = 4, 64, 3000, 3000  # 2.3e9 elements per tensor (4.6 GB in fp16): past 2^31
+    g = seeded(7)
+    x = torch.empty(N, C, H, W, dtype=torch.float16, device=device).normal_(generator=None)
+    w = (torch.randn(C, 2, 3, 3, generator=g) / 4).half().to(device)
+    scale = torch.rand(C, generator=g).to(device) + 0.5
+    shift = torch.randn(C, generator=g).to(device)
+    y = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=32, backend=backend)
+    last = x[-1:, :, -8:, -8:]
+    ref = torch.relu(F.conv2d(last.double(), w.double(), None, 1, 1, 1, 32)
+                     * scale.double().view(-1, 1, 1) + shift.double().view(-1, 1, 1))
+    # interior of the corner patch (its border sees padding that the full tensor does not)
+    torch.testing.assert_close(y[-1:, :, -7:-1, -7:-1].double(), ref[:, :, 1:-1, 1:-1],
+                               **tolerance(torch.float16))
