@@ -33,6 +33,10 @@ def _load_extension():
 EXTENSION_ERROR = _load_extension()
 
 
+# The ops resnext_kernels._C registers (schemas in csrc/torch/module.cpp).
+CUDA_OPS = ("grouped_conv_bn_relu_cuda", "squeeze_excite_cuda")
+
+
 def extension_loaded() -> bool:
     return EXTENSION_ERROR is None
 
@@ -41,8 +45,9 @@ def cuda_kernels_registered() -> bool:
     """True when the CUDA kernels of the extension are registered for the CUDA dispatch key."""
     if not extension_loaded():
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(
-        "resnext_kernels::grouped_conv_bn_relu_cuda", "CUDA"
+    return all(
+        torch._C._dispatch_has_kernel_for_dispatch_key(f"resnext_kernels::{op}", "CUDA")
+        for op in CUDA_OPS
     )
 
 

@@ -36,4 +36,33 @@ struct GroupedConvParams {
 cudaError_t launch_grouped_conv_bn_relu_direct(const GroupedConvParams& p, DType dtype,
                                                cudaStream_t stream);
 
+// Squeeze-and-excitation: gate[n, c] = sigmoid(W2 relu(W1 mean_hw(u[n]) + b1) + b2)[c],
+// out = act(u * gate + residual). u, residual and out share `dtype`; the FC weights are fp32
+// row-major ([R, C] and [C, R]); pooled and gate are fp32 [N, C] workspaces.
+struct SqueezeExciteParams {
+  const void* u;         // [N, C, H, W]
+  const void* residual;  // [N, C, H, W] or nullptr
+  void* out;             // [N, C, H, W]
+  const float* w1;       // [R, C] contiguous
+  const float* b1;       // [R] or nullptr
+  const float* w2;       // [C, R] contiguous
+  const float* b2;       // [C] or nullptr
+  float* pooled;         // [N, C] workspace
+  float* gate;           // [N, C] workspace
+  int64_t N, C, H, W, R;
+  int64_t u_stride[4], residual_stride[4], out_stride[4];  // (n, c, h, w) element strides
+  bool relu;
+  bool channels_last;  // u and out are channel-fastest: map threads to channels
+};
+
+// Shared memory the excite kernel needs: (C + R) floats per block.
+inline int64_t squeeze_excite_smem_bytes(int64_t C, int64_t R) {
+  return (C + R) * static_cast<int64_t>(sizeof(float));
+}
+constexpr int64_t kSqueezeExciteMaxSmemBytes = 48 * 1024;
+
+// Three launches: squeeze (mean over H*W), excite (two FCs, sigmoid), scale (+ residual, ReLU).
+// Deterministic: every reduction has a fixed order, no atomics.
+cudaError_t launch_squeeze_excite(const SqueezeExciteParams& p, DType dtype, cudaStream_t stream);
+
 }  // namespace resnext_kernels

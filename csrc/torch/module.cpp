@@ -20,4 +20,7 @@ TORCH_LIBRARY(resnext_kernels, m) {
   m.def(
       "grouped_conv_bn_relu_cuda(Tensor x, Tensor weight, Tensor scale, Tensor shift, "
       "int[2] stride, int[2] padding, int[2] dilation, int groups, bool relu) -> Tensor");
+  m.def(
+      "squeeze_excite_cuda(Tensor u, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
+      "Tensor? residual, bool relu) -> Tensor");
 }

@@ -1,3 +1,4 @@
 """The public ops. Each op's contract (validation, backend choice, fake, autograd) lives in its own file."""
 
-from .grouped_conv_bn_relu import grouped_conv_bn_relu  # noqa: F401
+from .grouped_conv_bn_relu import fold_batchnorm, grouped_conv_bn_relu  # noqa: F401
+from .squeeze_excite import squeeze_excite  # noqa: F401

@@ -17,7 +17,7 @@ from typing import List
 import torch
 from torch._prims_common import suggest_memory_format
 
-from .. import backends
+from .. import _extension, backends
 from ._checks import (
     check_floating,
     check_same_device,
@@ -100,6 +100,16 @@ def _(x, weight, scale, shift, stride, padding, dilation, groups, relu, backend)
     return torch.empty(
         shape, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x)
     )
+
+
+if _extension.extension_loaded():
+    # The compiled backend's own op gets the same fake, so it traces (and passes opcheck) too.
+    @torch.library.register_fake("resnext_kernels::grouped_conv_bn_relu_cuda")
+    def _(x, weight, scale, shift, stride, padding, dilation, groups, relu):
+        shape = _check_args(x, weight, scale, shift, stride, padding, dilation, groups)
+        return torch.empty(
+            shape, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x)
+        )
 
 
 def _setup_context(ctx, inputs, output):

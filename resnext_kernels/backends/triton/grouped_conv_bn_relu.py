@@ -13,7 +13,6 @@ Every tensor is addressed through its strides, so NCHW, channels_last and stride
 offsets are 64-bit.
 """
 
-import contextlib
 import functools
 
 import torch
@@ -22,6 +21,7 @@ import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
 from .. import triton_interpreter_enabled
+from ._device import on_device
 
 
 @triton.jit
@@ -187,7 +187,7 @@ def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, gro
     def grid(m):
         return (triton.cdiv(N * H_out * W_out, m["BLOCK_M"]), triton.cdiv(C_out, block_n))
 
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+    with on_device(x):
         _launchable_kernel(interpreted)[grid](
             x, weight, scale, shift, y,
             N, C_in, H, W,

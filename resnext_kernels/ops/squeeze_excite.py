@@ -1,0 +1,183 @@
+"""The op `torch.ops.resnext_kernels.squeeze_excite`: its whole contract, in one place.
+
+    s   = sigmoid(W2 · relu(W1 · mean_hw(u) + b1) + b2)          # [N, C], computed in fp32
+    out = u * s                                                  # plain SE
+    out = relu?(u * s + residual)                                # the SE-ResNeXt bottleneck tail
+
+W1 is [R, C] (Linear form) or [R, C, 1, 1] (1×1-conv form, timm / torchvision), W2 is [C, R] or
+[C, R, 1, 1]; biases are optional. u and residual share a dtype (fp32, fp16, bf16) and shape; the
+FC weights and biases may be any float dtype (they are applied in fp32, as autocast would keep
+them). Output in u's memory format. Every backend is deterministic (no atomics).
+Autograd goes through aten.
+"""
+
+from typing import Optional
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+from .. import _extension, backends
+from ._checks import (
+    check_floating,
+    check_same_device,
+    check_same_dtype,
+    check_shape,
+    check_supported_dtype,
+    check_tensor,
+)
+
+
+def _fc_matrix(w, name, rows, cols, rows_name, cols_name):
+    """Checks an FC weight in Linear [rows, cols] or 1x1-conv [rows, cols, 1, 1] form."""
+    check_tensor(w, name, (2, 4))
+    expected_2d = (rows, cols) if rows is not None else (w.shape[0], cols)
+    ok = tuple(w.shape[:2]) == expected_2d and (w.dim() == 2 or tuple(w.shape[2:]) == (1, 1))
+    if not ok:
+        raise ValueError(
+            f"{name}: expected shape [{rows_name}, {cols_name}] = {list(expected_2d)} or "
+            f"[{rows_name}, {cols_name}, 1, 1], got {list(w.shape)}"
+        )
+    check_floating(w, name)
+
+
+def _check_args(u, w1, b1, w2, b2, residual):
+    """Validates the op's arguments; returns (N, C, H, W, R)."""
+    check_tensor(u, "u", 4)
+    check_supported_dtype(u, "u")
+    N, C, H, W = u.shape
+    if C < 1:
+        raise ValueError(f"u: expected at least one channel, got shape {tuple(u.shape)}")
+    _fc_matrix(w1, "w1", None, C, "R", "C")
+    R = w1.shape[0]
+    if R < 1:
+        raise ValueError("w1: expected a reduced width R >= 1, got 0 rows")
+    _fc_matrix(w2, "w2", C, R, "C", "R")
+    for b, name, n in ((b1, "b1", R), (b2, "b2", C)):
+        if b is not None:
+            check_tensor(b, name, 1)
+            check_shape(b, name, (n,), "one per output of its FC")
+            check_floating(b, name)
+    if residual is not None:
+        check_tensor(residual, "residual", 4)
+        check_shape(residual, "residual", tuple(u.shape), "the shape of u")
+        check_same_dtype(residual, "residual", u, "u")
+    for t, name in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"), (residual, "residual")):
+        if t is not None:
+            check_same_device(t, name, u, "u")
+    return N, C, H, W, R
+
+
+def _as_matrix(w):
+    return w.reshape(w.shape[0], w.shape[1])
+
+
+@torch.library.custom_op("resnext_kernels::squeeze_excite", mutates_args=())
+def _squeeze_excite_op(
+    u: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    relu: bool,
+    backend: str,
+) -> torch.Tensor:
+    _check_args(u, w1, b1, w2, b2, residual)
+    impl = backends.implementation("squeeze_excite", backends.resolve(backend, u.device))
+    return impl(u, _as_matrix(w1), b1, _as_matrix(w2), b2, residual, relu)
+
+
+@_squeeze_excite_op.register_fake
+def _(u, w1, b1, w2, b2, residual, relu, backend):
+    _check_args(u, w1, b1, w2, b2, residual)
+    return torch.empty(
+        u.shape, dtype=u.dtype, device=u.device, memory_format=suggest_memory_format(u)
+    )
+
+
+if _extension.extension_loaded():
+    # The compiled backend's own op gets the same fake, so it traces (and passes opcheck) too.
+    @torch.library.register_fake("resnext_kernels::squeeze_excite_cuda")
+    def _(u, w1, b1, w2, b2, residual, relu):
+        _check_args(u, w1, b1, w2, b2, residual)
+        return torch.empty(
+            u.shape, dtype=u.dtype, device=u.device, memory_format=suggest_memory_format(u)
+        )
+
+
+def _setup_context(ctx, inputs, output):
+    u, w1, b1, w2, b2, residual, relu, _backend = inputs
+    ctx.save_for_backward(u, w1, b1, w2, b2, residual)
+    ctx.relu = relu
+
+
+def _backward(ctx, grad_out):
+    """Hand-derived gradients, recomputing the small fp32 excite path from the saved inputs."""
+    u, w1, b1, w2, b2, residual = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    W1, W2 = _as_matrix(w1).float(), _as_matrix(w2).float()
+    uf = u.float()
+    pooled = uf.mean((2, 3))  # [N, C]
+    a1 = pooled @ W1.t() + (b1.float() if b1 is not None else 0.0)
+    h = torch.relu(a1)
+    s = torch.sigmoid(h @ W2.t() + (b2.float() if b2 is not None else 0.0))  # [N, C]
+    g = grad_out.float()
+    if ctx.relu:
+        z = uf * s[:, :, None, None]
+        if residual is not None:
+            z = z + residual.float()
+        g = g * (z > 0)
+    d_s = (g * uf).sum((2, 3))
+    d_a2 = d_s * s * (1 - s)
+    d_h = d_a2 @ W2
+    d_a1 = d_h * (a1 > 0)
+    d_pooled = d_a1 @ W1
+    grad_u = grad_w1 = grad_b1 = grad_w2 = grad_b2 = grad_res = None
+    if need[0]:
+        hw = u.shape[2] * u.shape[3]
+        grad_u = (g * s[:, :, None, None] + (d_pooled / hw)[:, :, None, None]).to(u.dtype)
+    if need[1]:
+        grad_w1 = (d_a1.t() @ pooled).reshape(w1.shape).to(w1.dtype)
+    if need[2] and b1 is not None:
+        grad_b1 = d_a1.sum(0).to(b1.dtype)
+    if need[3]:
+        grad_w2 = (d_a2.t() @ h).reshape(w2.shape).to(w2.dtype)
+    if need[4] and b2 is not None:
+        grad_b2 = d_a2.sum(0).to(b2.dtype)
+    if need[5] and residual is not None:
+        grad_res = g.to(residual.dtype)
+    return grad_u, grad_w1, grad_b1, grad_w2, grad_b2, grad_res, None, None
+
+
+_squeeze_excite_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def squeeze_excite(
+    u: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor],
+    *,
+    residual: Optional[torch.Tensor] = None,
+    relu: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Fused squeeze-and-excitation, optionally with the bottleneck tail relu(u * s + residual).
+
+    Args:
+        u: [N, C, H, W] float32/float16/bfloat16, NCHW or channels_last.
+        w1, b1: the reducing FC, [R, C] or [R, C, 1, 1], and [R] or None.
+        w2, b2: the expanding FC, [C, R] or [C, R, 1, 1], and [C] or None.
+        residual: None, or [N, C, H, W] in u's dtype, added after the scaling.
+        relu: apply ReLU at the end (the bottleneck tail).
+        backend: "auto", "reference", "triton" or "cuda".
+    """
+    for t, name in ((u, "u"), (w1, "w1"), (w2, "w2")):
+        check_tensor(t, name)
+    for t, name in ((b1, "b1"), (b2, "b2"), (residual, "residual")):
+        if t is not None:
+            check_tensor(t, name)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
+    return torch.ops.resnext_kernels.squeeze_excite(u, w1, b1, w2, b2, residual, bool(relu), backend)
