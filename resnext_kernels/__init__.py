@@ -3,21 +3,28 @@
 Public surface:
     ops.grouped_conv_bn_relu, ops.fold_batchnorm   the fused conv op (torch.ops.resnext_kernels.*)
     ops.squeeze_excite                             the fused SE block (+ bottleneck tail)
+    replace_modules(model), restore_modules(model)  fused ops into torchvision / timm / our models
+    models                                         ResNet, ResNeXt, Wide ResNet, SE-ResNeXt builders
     build_info()                                   what was compiled, and what loaded
     available_backends(device=None)                which backends work here, and why not
 """
 
 from ._extension import build_info
 from .backends import available_backends
-from . import ops
+from . import models, ops
 from .ops import fold_batchnorm, grouped_conv_bn_relu, squeeze_excite
+from .replace import replace_modules, replacement_report, restore_modules
 
 __all__ = [
     "available_backends",
     "build_info",
     "fold_batchnorm",
     "grouped_conv_bn_relu",
+    "models",
     "ops",
+    "replace_modules",
+    "replacement_report",
+    "restore_modules",
     "squeeze_excite",
 ]
 __version__ = "0.1.0"

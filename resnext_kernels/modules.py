@@ -1,0 +1,223 @@
+"""Fused forwards for the blocks that replace_modules understands.
+
+A fused block is the original module with a new class: a subclass of its own class with one of
+the mixins below first in the MRO (made once per class by resnext_kernels/replace.py). The module
+keeps its children, parameters and buffers, so state_dict keys and values are unchanged and
+checkpoints load before or after the swap; only `forward` changes.
+
+In eval mode the fused ops run, with BatchNorm folded on the fly from its running statistics.
+In training mode, with BN that has no running statistics, or with a dtype the kernels do not
+take (float64), the original forward runs: training semantics are exactly the original's.
+"""
+
+import torch
+from torch import nn
+
+from .ops import fold_batchnorm, grouped_conv_bn_relu, squeeze_excite
+from .ops._checks import SUPPORTED_DTYPES
+
+
+# --------------------------------------------------------------------------- eligibility
+def conv_bn_eligible(conv, bn) -> bool:
+    """A grouped 3x3 nn.Conv2d followed by an nn.BatchNorm2d over its outputs."""
+    return (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (3, 3)
+        and conv.groups > 1
+        and conv.padding_mode == "zeros"
+        and isinstance(conv.padding, tuple)
+        and isinstance(bn, nn.BatchNorm2d)
+        and bn.num_features == conv.out_channels
+    )
+
+
+def is_relu(m) -> bool:
+    return isinstance(m, nn.ReLU) or type(m).__name__ == "ReLU"
+
+
+def is_sigmoid(m) -> bool:
+    return isinstance(m, nn.Sigmoid) or type(m).__name__ == "Sigmoid"
+
+
+def is_identity(m) -> bool:
+    return m is None or isinstance(m, nn.Identity)
+
+
+def timm_se_eligible(se) -> bool:
+    """timm's SEModule (and ours) with 1x1-conv FCs, no norm, ReLU, sigmoid gate, mean pool."""
+    return (
+        se is not None
+        and not getattr(se, "add_maxpool", False)
+        and isinstance(se.fc1, nn.Conv2d) and se.fc1.kernel_size == (1, 1)
+        and isinstance(se.fc2, nn.Conv2d) and se.fc2.kernel_size == (1, 1)
+        and is_identity(getattr(se, "bn", None))
+        and is_relu(se.act)
+        and is_sigmoid(se.gate)
+    )
+
+
+def torchvision_se_eligible(se) -> bool:
+    return (
+        isinstance(se.fc1, nn.Conv2d) and se.fc1.kernel_size == (1, 1)
+        and isinstance(se.fc2, nn.Conv2d) and se.fc2.kernel_size == (1, 1)
+        and is_relu(se.activation)
+        and is_sigmoid(se.scale_activation)
+    )
+
+
+# --------------------------------------------------------------------------- fused calls
+def _compute_dtype(x):
+    """The dtype nn.Conv2d would compute in: autocast's when it is on, else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _can_fuse_conv_bn(module, x, bn) -> bool:
+    return (not module.training and bn.running_mean is not None
+            and _compute_dtype(x) in SUPPORTED_DTYPES)
+
+
+def fused_conv_bn(x, conv, bn, relu: bool, backend: str):
+    dtype = _compute_dtype(x)
+    scale, shift = fold_batchnorm(bn, conv.bias)
+    return grouped_conv_bn_relu(
+        x.to(dtype), conv.weight.to(dtype), scale, shift, stride=conv.stride,
+        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, relu=relu,
+        backend=backend)
+
+
+def fused_se(u, fc1, fc2, residual, relu: bool, backend: str):
+    if residual is not None and residual.dtype != u.dtype:
+        residual = residual.to(u.dtype)
+    return squeeze_excite(u, fc1.weight, fc1.bias, fc2.weight, fc2.bias, residual=residual,
+                          relu=relu, backend=backend)
+
+
+class FusedMixin:
+    """Set by replace.py: `_rk_original_class` on the fused class, `_rk_backend` on the module."""
+
+    _rk_original_class = None
+    _rk_backend = "auto"
+
+    def fused_kinds(self):
+        """{kind: count} of the fused computations this module runs in eval mode."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- the blocks
+class FusedConvBNAct(FusedMixin):
+    """nn.Sequential(conv, bn) or (conv, bn, relu), torchvision's Conv2dNormActivation too."""
+
+    @staticmethod
+    def eligible(m) -> bool:
+        return (isinstance(m, nn.Sequential) and len(m) in (2, 3)
+                and conv_bn_eligible(m[0], m[1]) and (len(m) == 2 or is_relu(m[2])))
+
+    def fused_kinds(self):
+        return {"grouped conv+BN+ReLU" if len(self) == 3 else "grouped conv+BN": 1}
+
+    def forward(self, x):
+        if not _can_fuse_conv_bn(self, x, self[1]):
+            return super().forward(x)
+        return fused_conv_bn(x, self[0], self[1], relu=len(self) == 3, backend=self._rk_backend)
+
+
+class FusedTorchvisionBottleneck(FusedMixin):
+    """torchvision's ResNet/ResNeXt Bottleneck (and ours): conv2 + bn2 + the shared ReLU."""
+
+    @staticmethod
+    def eligible(m) -> bool:
+        return conv_bn_eligible(m.conv2, m.bn2) and is_relu(m.relu)
+
+    def fused_kinds(self):
+        return {"grouped conv+BN+ReLU": 1}
+
+    def forward(self, x):
+        if not _can_fuse_conv_bn(self, x, self.bn2):
+            return super().forward(x)
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = fused_conv_bn(out, self.conv2, self.bn2, relu=True, backend=self._rk_backend)
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class FusedTimmBottleneck(FusedMixin):
+    """timm's ResNet Bottleneck (and our SEBottleneck): conv2 + bn2 + act2, and the tail
+    se -> (+ shortcut) -> act3 as one squeeze_excite call."""
+
+    @staticmethod
+    def conv_fusable(m) -> bool:
+        return conv_bn_eligible(m.conv2, m.bn2) and is_identity(m.drop_block) and is_relu(m.act2)
+
+    @staticmethod
+    def tail_fusable(m) -> bool:
+        return timm_se_eligible(m.se) and is_relu(m.act3)
+
+    @classmethod
+    def eligible(cls, m) -> bool:
+        return cls.conv_fusable(m) or cls.tail_fusable(m)
+
+    def fused_kinds(self):
+        kinds = {}
+        if self.conv_fusable(self):
+            kinds["grouped conv+BN+ReLU"] = 1
+        if self.tail_fusable(self):
+            kinds["SE + residual + ReLU (bottleneck tail)"] = 1
+        return kinds
+
+    def forward(self, x):
+        if not _can_fuse_conv_bn(self, x, self.bn2):
+            return super().forward(x)
+        shortcut = x
+        x = self.act1(self.bn1(self.conv1(x)))
+        if self.conv_fusable(self):
+            x = fused_conv_bn(x, self.conv2, self.bn2, relu=True, backend=self._rk_backend)
+        else:
+            x = self.act2(self.drop_block(self.bn2(self.conv2(x))))
+        x = self.aa(x)
+        x = self.bn3(self.conv3(x))
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        if self.tail_fusable(self):
+            # drop_path is the identity in eval mode
+            se = self.se
+            return fused_se(x, se.fc1, se.fc2, shortcut, relu=True, backend=self._rk_backend)
+        if self.se is not None:
+            x = self.se(x)
+        if self.drop_path is not None:
+            x = self.drop_path(x)
+        x += shortcut
+        return self.act3(x)
+
+
+class FusedTimmSE(FusedMixin):
+    """timm's SEModule (and ours) on its own: out = u * gate."""
+
+    eligible = staticmethod(timm_se_eligible)
+
+    def fused_kinds(self):
+        return {"SE block": 1}
+
+    def forward(self, x):
+        if self.training or x.dtype not in SUPPORTED_DTYPES:
+            return super().forward(x)
+        return fused_se(x, self.fc1, self.fc2, None, relu=False, backend=self._rk_backend)
+
+
+class FusedTorchvisionSE(FusedMixin):
+    """torchvision.ops.SqueezeExcitation (RegNet, EfficientNet, MobileNetV3 blocks)."""
+
+    eligible = staticmethod(torchvision_se_eligible)
+
+    def fused_kinds(self):
+        return {"SE block": 1}
+
+    def forward(self, x):
+        if self.training or x.dtype not in SUPPORTED_DTYPES:
+            return super().forward(x)
+        return fused_se(x, self.fc1, self.fc2, None, relu=False, backend=self._rk_backend)
