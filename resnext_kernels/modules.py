@@ -195,29 +195,25 @@ class FusedTimmBottleneck(FusedMixin):
         return self.act3(x)
 
 
-class FusedTimmSE(FusedMixin):
-    """timm's SEModule (and ours) on its own: out = u * gate."""
+class _FusedSE(FusedMixin):
+    """An SE module on its own (out = u * gate); subclasses say which modules are eligible."""
+
+    def fused_kinds(self):
+        return {"SE block": 1}
+
+    def forward(self, x):
+        if self.training or x.dtype not in SUPPORTED_DTYPES:
+            return super().forward(x)
+        return fused_se(x, self.fc1, self.fc2, None, relu=False, backend=self._rk_backend)
+
+
+class FusedTimmSE(_FusedSE):
+    """timm's SEModule (and ours)."""
 
     eligible = staticmethod(timm_se_eligible)
 
-    def fused_kinds(self):
-        return {"SE block": 1}
 
-    def forward(self, x):
-        if self.training or x.dtype not in SUPPORTED_DTYPES:
-            return super().forward(x)
-        return fused_se(x, self.fc1, self.fc2, None, relu=False, backend=self._rk_backend)
-
-
-class FusedTorchvisionSE(FusedMixin):
+class FusedTorchvisionSE(_FusedSE):
     """torchvision.ops.SqueezeExcitation (RegNet, EfficientNet, MobileNetV3 blocks)."""
 
     eligible = staticmethod(torchvision_se_eligible)
-
-    def fused_kinds(self):
-        return {"SE block": 1}
-
-    def forward(self, x):
-        if self.training or x.dtype not in SUPPORTED_DTYPES:
-            return super().forward(x)
-        return fused_se(x, self.fc1, self.fc2, None, relu=False, backend=self._rk_backend)

@@ -2,6 +2,7 @@
 // The baseline every faster kernel is checked against on the GPU; it handles any stride,
 // padding, dilation, kernel size, channels per group and memory layout.
 #include "kernels/dtype_traits.cuh"
+#include "kernels/indexing.cuh"
 #include "kernels/params.h"
 
 #include <algorithm>
@@ -24,17 +25,9 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    // Decode the index in the output's memory order so neighbouring threads store neighbours.
-    int64_t n, co, ho, wo, rest = idx;
-    if (p.y_channels_last) {
-      co = rest % p.C_out; rest /= p.C_out;
-      wo = rest % p.W_out; rest /= p.W_out;
-      ho = rest % p.H_out; n = rest / p.H_out;
-    } else {
-      wo = rest % p.W_out; rest /= p.W_out;
-      ho = rest % p.H_out; rest /= p.H_out;
-      co = rest % p.C_out; n = rest / p.C_out;
-    }
+    // Walk outputs in the output's memory order so neighbouring threads store neighbours.
+    int64_t n, co, ho, wo;
+    decode_index(idx, p.C_out, p.H_out, p.W_out, p.y_channels_last, n, co, ho, wo);
     const int64_t ci0 = (co / cpg_out) * cpg_in;
     const scalar_t* x_n = x + n * p.x_stride[0];
     const scalar_t* w_co = w + co * p.w_stride[0];
@@ -56,8 +49,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     float v = acc * p.scale[co] + p.shift[co];
     if (p.relu) v = relu_keep_nan(v);
-    y[n * p.y_stride[0] + co * p.y_stride[1] + ho * p.y_stride[2] + wo * p.y_stride[3]] =
-        Cvt::from_float(v);
+    y[offset4(p.y_stride, n, co, ho, wo)] = Cvt::from_float(v);
   }
 }
 

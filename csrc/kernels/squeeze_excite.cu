@@ -1,5 +1,6 @@
 // Squeeze-and-excitation in three deterministic launches (see params.h for the contract).
 #include "kernels/dtype_traits.cuh"
+#include "kernels/indexing.cuh"
 #include "kernels/params.h"
 
 #include <algorithm>
@@ -39,7 +40,7 @@ __global__ void __launch_bounds__(kSqueezeChannels * kSqueezeRows)
     if (c < p.C) {
       for (int64_t hw = threadIdx.y; hw < HW; hw += kSqueezeRows) {
         const int64_t h = hw / p.W, w = hw % p.W;
-        acc += Cvt::to_float(u_n[c * p.u_stride[1] + h * p.u_stride[2] + w * p.u_stride[3]]);
+        acc += Cvt::to_float(u_n[offset4(p.u_stride, 0, c, h, w)]);
       }
     }
     partial[threadIdx.y][threadIdx.x] = acc;
@@ -57,7 +58,7 @@ __global__ void __launch_bounds__(kSqueezeChannels * kSqueezeRows)
       float acc = 0.f;
       for (int64_t hw = threadIdx.x; hw < HW; hw += 32) {
         const int64_t h = hw / p.W, w = hw % p.W;
-        acc += Cvt::to_float(u_n[c * p.u_stride[1] + h * p.u_stride[2] + w * p.u_stride[3]]);
+        acc += Cvt::to_float(u_n[offset4(p.u_stride, 0, c, h, w)]);
       }
       acc = warp_sum(acc);
       if (threadIdx.x == 0) p.pooled[n * p.C + c] = acc * inv_hw;
@@ -101,26 +102,12 @@ __global__ void __launch_bounds__(kScaleThreads) se_scale_kernel(SqueezeExcitePa
   const int64_t total = p.N * p.C * p.H * p.W;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t n, c, h, w, rest = idx;
-    if (p.channels_last) {
-      c = rest % p.C; rest /= p.C;
-      w = rest % p.W; rest /= p.W;
-      h = rest % p.H; n = rest / p.H;
-    } else {
-      w = rest % p.W; rest /= p.W;
-      h = rest % p.H; rest /= p.H;
-      c = rest % p.C; n = rest / p.C;
-    }
-    float v = Cvt::to_float(u[n * p.u_stride[0] + c * p.u_stride[1] + h * p.u_stride[2] +
-                              w * p.u_stride[3]]) *
-              p.gate[n * p.C + c];
-    if (res) {
-      v += Cvt::to_float(res[n * p.residual_stride[0] + c * p.residual_stride[1] +
-                             h * p.residual_stride[2] + w * p.residual_stride[3]]);
-    }
+    int64_t n, c, h, w;
+    decode_index(idx, p.C, p.H, p.W, p.channels_last, n, c, h, w);
+    float v = Cvt::to_float(u[offset4(p.u_stride, n, c, h, w)]) * p.gate[n * p.C + c];
+    if (res) v += Cvt::to_float(res[offset4(p.residual_stride, n, c, h, w)]);
     if (p.relu) v = relu_keep_nan(v);
-    out[n * p.out_stride[0] + c * p.out_stride[1] + h * p.out_stride[2] + w * p.out_stride[3]] =
-        Cvt::from_float(v);
+    out[offset4(p.out_stride, n, c, h, w)] = Cvt::from_float(v);
   }
 }
 
