@@ -212,3 +212,13 @@ def test_real_models_on_gpu(backend_device, name, dtype):
         got, ref = fused(x), model(x)
     assert_logits_close(got, ref, 1e-4 if dtype == torch.float32 else 5e-2)
     assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.75
+
+
+def test_compile_fullgraph_inductor():
+    """The default torch.compile backend (inductor) on a swapped model: the ops stay opaque."""
+    model = randomize_bn(tiny_seresnext()).eval()
+    fused = swapped_copy(model)
+    compiled = torch.compile(fused, fullgraph=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_logits_close(compiled(x), model(x), 1e-4)
