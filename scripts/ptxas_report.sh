@@ -18,7 +18,7 @@ for cu in csrc/kernels/*.cu; do
         regs = $5; smem = 0
         if (match($0, /[0-9]+ bytes smem/)) smem = substr($0, RSTART, RLENGTH) + 0
         cmd = "c++filt \"" name "\""; cmd | getline pretty; close(cmd)
-        gsub(/void |resnext_kernels::|\(anonymous namespace\)::|\(resnext_kernels::[A-Za-z]+\)/, "", pretty)
+        gsub(/void |resnext_kernels::|\(anonymous namespace\)::/, "", pretty); sub(/\(.*$/, "", pretty)
         printf "%-8s %-70s %5s %12s %12s %8s\n", arch, pretty, regs, st, ld, smem }'
   done
 done

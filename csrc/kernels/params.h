@@ -36,6 +36,13 @@ struct GroupedConvParams {
 cudaError_t launch_grouped_conv_bn_relu_direct(const GroupedConvParams& p, DType dtype,
                                                cudaStream_t stream);
 
+// The tensor-core (WMMA) kernel: channels_last fp16/bf16, 16/32/64 channels per group (C_in ==
+// C_out), 3x3, stride 1 or 2, padding 1, dilation 1, compute capability 8.0+. `supports` says
+// whether it applies; `w_t` is the weight re-laid out as [groups][kh][kw][ci][co], contiguous.
+bool grouped_conv_wmma_supports(const GroupedConvParams& p, DType dtype, int device_major);
+cudaError_t launch_grouped_conv_bn_relu_wmma(const GroupedConvParams& p, DType dtype,
+                                             const void* w_t, cudaStream_t stream);
+
 // Squeeze-and-excitation: gate[n, c] = sigmoid(W2 relu(W1 mean_hw(u[n]) + b1) + b2)[c],
 // out = act(u * gate + residual). u, residual and out share `dtype`; the FC weights are fp32
 // row-major ([R, C] and [C, R]); pooled and gate are fp32 [N, C] workspaces.

@@ -1,6 +1,7 @@
 // Torch glue for the CUDA grouped conv + BN + ReLU: checks, output allocation, device guard,
 // current stream, launch and launch check. The kernels live in csrc/kernels/.
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -78,8 +79,20 @@ at::Tensor grouped_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weig
   p.relu = relu;
   p.y_channels_last = memory_format == at::MemoryFormat::ChannelsLast;
 
-  const cudaError_t err =
-      launch_grouped_conv_bn_relu_direct(p, dtype, c10::cuda::getCurrentCUDAStream());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  int device_major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_major, cudaDevAttrComputeCapabilityMajor,
+                                        x.get_device()));
+  cudaError_t err;
+  if (grouped_conv_wmma_supports(p, dtype, device_major)) {
+    // [C_out, cpg, 3, 3] -> [groups][kh][kw][ci][co]: each tap's weights one contiguous tile.
+    const int64_t cpg = C_out / groups;
+    const at::Tensor w_t =
+        weight.reshape({groups, cpg, cpg, KH, KW}).permute({0, 3, 4, 2, 1}).contiguous();
+    err = launch_grouped_conv_bn_relu_wmma(p, dtype, w_t.data_ptr(), stream);
+  } else {
+    err = launch_grouped_conv_bn_relu_direct(p, dtype, stream);
+  }
   TORCH_CHECK(err == cudaSuccess, "grouped_conv_bn_relu_cuda: kernel launch failed: ",
               cudaGetErrorString(err));
   return y;
