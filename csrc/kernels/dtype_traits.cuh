@@ -3,6 +3,9 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/params.h"
 
 namespace resnext_kernels {
 
@@ -31,5 +34,16 @@ struct Convert<__nv_bfloat16> {
 
 // ReLU that lets NaN through, as torch.relu does (fmaxf would turn NaN into 0).
 __device__ __forceinline__ float relu_keep_nan(float v) { return v < 0.f ? 0.f : v; }
+
+// Calls launch(T{}) with T the storage type of `dtype` (float, __half or __nv_bfloat16).
+template <typename Launch>
+cudaError_t dispatch_dtype(DType dtype, Launch&& launch) {
+  switch (dtype) {
+    case DType::kFloat32: return launch(float{});
+    case DType::kFloat16: return launch(__half{});
+    case DType::kBFloat16: return launch(__nv_bfloat16{});
+  }
+  return cudaErrorInvalidValue;
+}
 
 }  // namespace resnext_kernels

@@ -139,12 +139,7 @@ cudaError_t launch_typed(const SqueezeExciteParams& p, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t launch_squeeze_excite(const SqueezeExciteParams& p, DType dtype, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::kFloat32: return launch_typed<float>(p, stream);
-    case DType::kFloat16: return launch_typed<__half>(p, stream);
-    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(dtype, [&](auto tag) { return launch_typed<decltype(tag)>(p, stream); });
 }
 
 }  // namespace resnext_kernels
