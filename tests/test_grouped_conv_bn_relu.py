@@ -215,3 +215,16 @@ def test_64bit_offsets(backend_device):
     # interior of the corner patch (its border sees padding that the full tensor does not)
     torch.testing.assert_close(y[-1:, :, -7:-1, -7:-1].double(), ref[:, :, 1:-1, 1:-1],
                                **tolerance(torch.float16))
+
+
+def test_triton_64bit_index_path(poison_outputs, monkeypatch):
+    """The INDEX_64 specialisation (used past 2^31 elements), forced on a small case."""
+    from resnext_kernels import backends
+    if not backends.backend_status("triton", "cpu")[0] and not torch.cuda.is_available():
+        pytest.skip("triton unavailable")
+    import importlib
+    mod = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_bn_relu")
+    monkeypatch.setattr(mod, "INDEX_32_LIMIT", 0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, w, scale, shift, bn = make_case(8, 4, torch.float16, device, True, 131)
+    run_and_check("triton", device, x, w, scale, shift, bn, poison_outputs, stride=2, groups=4)

@@ -42,24 +42,31 @@ def _grouped_conv_bn_relu_kernel(
     APPLY_RELU: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,  # cast tiles to fp32 before tl.dot (fp32 input; the interpreter)
     DOT_PRECISION: tl.constexpr,  # "tf32" or "ieee", used when DOT_IN_FP32
+    INDEX_64: tl.constexpr,  # 64-bit offsets: some tensor spans 2^31 elements or more
     BLOCK_M: tl.constexpr,  # output positions per program
     BLOCK_N: tl.constexpr,  # output channels per program
     BLOCK_K: tl.constexpr,  # input channels per reduction step
 ):
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1)
+    # Offsets are 32-bit unless a tensor needs more: 64-bit index math on every tile element
+    # doubles the registers the pointer tiles take (ptxas showed 255 registers and KBs of spills).
+    pid_m = tl.program_id(0)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    arange_k = tl.arange(0, BLOCK_K)
+    if INDEX_64:
+        offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        offs_n = offs_n.to(tl.int64)
+        arange_k = arange_k.to(tl.int64)
 
     # Output positions of this tile, decoded from the flat (n, ho, wo) index.
     M = N * H_out * W_out
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     m_ok = offs_m < M
     wo = offs_m % W_out
     ho = (offs_m // W_out) % H_out
     n = offs_m // (W_out * H_out)
 
     # Output channels of this tile and the span of input channels their groups read.
-    co0 = pid_n * BLOCK_N
-    offs_n = co0 + tl.arange(0, BLOCK_N)
+    co0 = tl.program_id(1) * BLOCK_N
     n_ok = offs_n < C_out
     group_of_n = offs_n // cpg_out
     co_last = tl.minimum(co0 + BLOCK_N, C_out) - 1
@@ -68,47 +75,50 @@ def _grouped_conv_bn_relu_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     x_n = x_ptr + n * sxn
-    for kh in tl.static_range(KH):
+    w_n = w_ptr + offs_n * swo  # [BLOCK_N] row pointers of the weight
+    # One rolled loop over the taps: unrolling all KH*KW bodies kept their address tiles live
+    # at once (register pressure), for no gain at these memory-bound shapes.
+    for tap in range(KH * KW):
+        kh = tap // KW
+        kw = tap % KW
         hi = ho * stride_h - pad_h + kh * dil_h
-        h_ok = (hi >= 0) & (hi < H)
-        for kw in tl.static_range(KW):
-            wi = wo * stride_w - pad_w + kw * dil_w
-            pos_ok = m_ok & h_ok & (wi >= 0) & (wi < W)
-            x_pos = x_n + hi * sxh + wi * sxw  # [BLOCK_M] pointers to channel 0 of each tap
-            w_tap = w_ptr + kh * swh + kw * sww
-            for k0 in range(ci_lo, ci_hi, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                k_ok = offs_k < ci_hi
-                x_tile = tl.load(
-                    x_pos[:, None] + offs_k[None, :].to(tl.int64) * sxc,
-                    mask=pos_ok[:, None] & k_ok[None, :],
-                    other=0.0,
+        wi = wo * stride_w - pad_w + kw * dil_w
+        pos_ok = m_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+        x_pos = x_n + hi * sxh + wi * sxw  # [BLOCK_M] pointers to channel 0 of each tap
+        w_tap = w_n + kh * swh + kw * sww
+        for k0 in range(ci_lo, ci_hi, BLOCK_K):
+            offs_k = k0 + arange_k
+            k_ok = offs_k < ci_hi
+            x_tile = tl.load(
+                x_pos[:, None] + offs_k[None, :] * sxc,
+                mask=pos_ok[:, None] & k_ok[None, :],
+                other=0.0,
+            )
+            # Block-diagonal weight tile [BLOCK_K, BLOCK_N]: w[co, ci - group*cpg_in]
+            # where ci and co share a group, zero elsewhere.
+            same_group = (offs_k // cpg_in)[:, None] == group_of_n[None, :]
+            ci_in_group = offs_k[:, None] - group_of_n[None, :] * cpg_in
+            w_tile = tl.load(
+                w_tap[None, :] + ci_in_group * swi,
+                mask=same_group & k_ok[:, None] & n_ok[None, :],
+                other=0.0,
+            )
+            if DOT_IN_FP32:
+                acc = tl.dot(
+                    x_tile.to(tl.float32),
+                    w_tile.to(tl.float32),
+                    acc,
+                    input_precision=DOT_PRECISION,
                 )
-                # Block-diagonal weight tile [BLOCK_K, BLOCK_N]: w[co, ci - group*cpg_in]
-                # where ci and co share a group, zero elsewhere.
-                same_group = (offs_k // cpg_in)[:, None] == group_of_n[None, :]
-                ci_in_group = offs_k[:, None] - group_of_n[None, :] * cpg_in
-                w_tile = tl.load(
-                    w_tap + offs_n[None, :].to(tl.int64) * swo + ci_in_group * swi,
-                    mask=same_group & k_ok[:, None] & n_ok[None, :],
-                    other=0.0,
-                )
-                if DOT_IN_FP32:
-                    acc = tl.dot(
-                        x_tile.to(tl.float32),
-                        w_tile.to(tl.float32),
-                        acc,
-                        input_precision=DOT_PRECISION,
-                    )
-                else:
-                    acc = tl.dot(x_tile, w_tile, acc)
+            else:
+                acc = tl.dot(x_tile, w_tile, acc)
 
     scale = tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
     shift = tl.load(shift_ptr + offs_n, mask=n_ok, other=0.0)
     out = acc * scale[None, :] + shift[None, :]
     if APPLY_RELU:
         out = tl.where(out < 0.0, 0.0, out)
-    y_off = (n * syn + ho * syh + wo * syw)[:, None] + offs_n[None, :].to(tl.int64) * syc
+    y_off = (n * syn + ho * syh + wo * syw)[:, None] + offs_n[None, :] * syc
     tl.store(y_ptr + y_off, out.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -117,7 +127,8 @@ def _channel_tiles(cpg_in: int, cpg_out: int):
 
     cpg_out <= 16 (1, 2, 4, 8, 16): 16 output channels, 16 // cpg groups packed block-diagonally;
     cpg_out 17..32: one 32-wide group; larger: 64 channels of one group per program.
-    BLOCK_K covers the input-channel span of one tile in one step where that span is <= 64.
+    BLOCK_K covers the input-channel span of one tile in one step where that span is <= 32;
+    wider spans take several steps (a 64-wide K tile spilled registers: docs/KERNELS.md).
     """
     if cpg_out <= 16:
         block_n = 16
@@ -127,19 +138,20 @@ def _channel_tiles(cpg_in: int, cpg_out: int):
         block_n = 64
     groups_spanned = max(1, block_n // cpg_out)
     k_span = groups_spanned * cpg_in
-    block_k = min(64, max(16, triton.next_power_of_2(k_span)))
+    block_k = min(32, max(16, triton.next_power_of_2(k_span)))
     return block_n, block_k
 
 
 # A single fixed configuration under the interpreter keeps CPU tests quick; on a GPU the
 # launch configuration is autotuned per shape class and cached by triton.autotune.
 _INTERPRETER_BLOCK_M = 32
+# (BLOCK_M, num_warps): 128-row tiles need 8 warps to stay clear of register spills
+# (scripts/triton_aot_check.py checks every one of these for sm_80 and sm_90).
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_M": bm}, num_warps=nw, num_stages=ns)
-    for bm in (64, 128)
-    for nw in (4, 8)
+    for bm, nw in ((32, 4), (64, 4), (64, 8), (128, 8))
     for ns in (2, 3)
-] + [triton.Config({"BLOCK_M": 32}, num_warps=4, num_stages=2)]
+]
 
 
 @functools.lru_cache(maxsize=None)
@@ -150,6 +162,15 @@ def _launchable_kernel(interpreted: bool):
         configs=_GPU_CONFIGS,
         key=["N", "C_in", "C_out", "H_out", "W_out", "cpg_in", "cpg_out", "stride_h", "sxc"],
     )(_grouped_conv_bn_relu_kernel)
+
+
+# Tensors whose extent stays within this use 32-bit offsets (fewer registers per tile).
+INDEX_32_LIMIT = 2**31 - 1
+
+
+def _max_offset(t):
+    """The largest element offset a strided tensor addresses (its extent), plus one."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
 
 
 def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups, relu):
@@ -173,6 +194,7 @@ def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, gro
     interpreted = triton_interpreter_enabled() or x.device.type == "cpu"
     is_fp32 = x.dtype == torch.float32
     meta = dict(
+        INDEX_64=max(_max_offset(t) for t in (x, weight, y)) > INDEX_32_LIMIT,
         KH=KH,
         KW=KW,
         APPLY_RELU=bool(relu),
