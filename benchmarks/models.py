@@ -17,7 +17,6 @@ batch 1, a few modes) and says so. Output: console table, CSV + JSON under bench
 """
 
 import argparse
-import copy
 import os
 import sys
 

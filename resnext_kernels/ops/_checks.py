@@ -12,6 +12,18 @@ def check_tensor(t, name: str, ndim=None):
         raise ValueError(f"{name}: expected a {ndim}-D tensor, got shape {tuple(t.shape)}")
 
 
+def check_call_types(tensors: dict, optional: dict, backend):
+    """Type checks of a public op's arguments before they reach the dispatcher, whose own cast
+    errors would not name the argument: required tensors, optional tensors, the backend name."""
+    for name, t in tensors.items():
+        check_tensor(t, name)
+    for name, t in optional.items():
+        if t is not None:
+            check_tensor(t, name)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
+
+
 def check_supported_dtype(t, name: str):
     if t.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name}: expected float32, float16 or bfloat16, got {t.dtype}")

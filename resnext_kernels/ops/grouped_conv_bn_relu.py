@@ -19,6 +19,7 @@ from torch._prims_common import suggest_memory_format
 
 from .. import _extension, backends
 from ._checks import (
+    check_call_types,
     check_floating,
     check_same_device,
     check_same_dtype,
@@ -176,13 +177,9 @@ def grouped_conv_bn_relu(
 
     Returns: [N, C_out, H_out, W_out] in x's dtype and memory format.
     """
-    # Types first: the dispatcher's own cast errors would not name the argument clearly.
-    for t, name in ((x, "x"), (weight, "weight"), (scale, "scale"), (shift, "shift")):
-        check_tensor(t, name)
+    check_call_types(dict(x=x, weight=weight, scale=scale, shift=shift), {}, backend)
     if isinstance(groups, bool) or not isinstance(groups, int):
         raise TypeError(f"groups: expected an int, got {type(groups).__name__}")
-    if not isinstance(backend, str):
-        raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
     return torch.ops.resnext_kernels.grouped_conv_bn_relu(
         x,
         weight,

@@ -18,6 +18,7 @@ from torch._prims_common import suggest_memory_format
 
 from .. import _extension, backends
 from ._checks import (
+    check_call_types,
     check_floating,
     check_same_device,
     check_same_dtype,
@@ -173,11 +174,5 @@ def squeeze_excite(
         relu: apply ReLU at the end (the bottleneck tail).
         backend: "auto", "reference", "triton" or "cuda".
     """
-    for t, name in ((u, "u"), (w1, "w1"), (w2, "w2")):
-        check_tensor(t, name)
-    for t, name in ((b1, "b1"), (b2, "b2"), (residual, "residual")):
-        if t is not None:
-            check_tensor(t, name)
-    if not isinstance(backend, str):
-        raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
+    check_call_types(dict(u=u, w1=w1, w2=w2), dict(b1=b1, b2=b2, residual=residual), backend)
     return torch.ops.resnext_kernels.squeeze_excite(u, w1, b1, w2, b2, residual, bool(relu), backend)
