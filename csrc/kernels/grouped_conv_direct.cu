@@ -3,6 +3,7 @@
 // padding, dilation, kernel size, channels per group and memory layout.
 #include "kernels/dtype_traits.cuh"
 #include "kernels/indexing.cuh"
+#include "kernels/launch.cuh"
 #include "kernels/params.h"
 
 #include <algorithm>
@@ -59,9 +60,8 @@ cudaError_t launch_typed(const GroupedConvParams& p, cudaStream_t stream) {
   if (total == 0) return cudaSuccess;
   // Grid-stride loop: cap the grid, every thread walks as many elements as needed.
   const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t{1} << 20);
-  grouped_conv_bn_relu_direct_kernel<scalar_t>
-      <<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_kernel(grouped_conv_bn_relu_direct_kernel<scalar_t>,
+                       dim3(static_cast<unsigned int>(blocks)), dim3(kThreads), 0, stream, p);
 }
 
 }  // namespace

@@ -1,20 +1,30 @@
-// Tensor-core grouped 3x3 conv + folded BN + ReLU for channels_last fp16/bf16 at 16, 32 or 64
-// channels per group (stride 1 or 2, padding 1, dilation 1): an implicit GEMM per group with
-// WMMA 16x16x16 fragments and fp32 accumulation.
+// Tensor-core grouped 3x3 conv + folded BN + ReLU for fp16/bf16 (stride 1 or 2, padding 1,
+// dilation 1, C_in == C_out): an implicit GEMM per channel slab with WMMA 16x16x16 fragments
+// and fp32 accumulation.
 //
-// Block: one image n, one group g, an output tile of kTileH x kTileW pixels (one warp per
-// output row, 16 pixels = one M fragment), all CPG output channels (CPG/16 N fragments).
-// The input tile with its halo is read from global memory once, with 16-byte loads, into
-// shared memory laid out [row][col][channel]; for a tap (kh, kw) the A fragment of a warp is the
-// 16 pixels of its row shifted by the tap, at a row stride of STRIDE*CPG elements. The weights
-// of one tap ([ci][co], pre-transposed by the glue) are staged per tap. The epilogue goes through
-// shared memory (fp32) so that scale, shift and ReLU are applied per channel and the output is
-// written once, channel-contiguous.
+// Channel slab: BC = 16, 32 or 64 consecutive channels that no group crosses. At 16, 32 or 64
+// channels per group (cpg) a slab is one group. At cpg 1, 2, 4 or 8 a slab packs 16 / cpg groups:
+// its per-tap weight matrix is block-diagonal (zeros between groups), built once per call by
+// repack_weights_kernel, so the tensor cores do 16 / cpg times the useful FLOPs; the layers stay
+// memory-bound (docs/KERNELS.md), so the packing costs bandwidth nothing.
+//
+// Block: one image n, one slab, an output tile of kTileH x kTileW pixels (one warp per output
+// row, 16 pixels = one M fragment), all BC output channels (BC/16 N fragments).
+//  1. The input tile with its halo is read from global memory once into shared memory laid out
+//     [row][col][channel] (16-byte loads when x is channels_last and aligned, strided scalar
+//     loads otherwise). For a tap (kh, kw) the A fragment of a warp is the 16 pixels of its row
+//     shifted by the tap, at a row stride of STRIDE * BC elements.
+//  2. Weights ([tap][ci][co] per slab) are staged in shared memory: all 9 taps at once for BC
+//     <= 32, one tap at a time for BC 64 (73 KB would halve occupancy).
+//  3. The epilogue goes through shared memory (fp32, aliasing the weight buffer) so that scale,
+//     shift and ReLU are applied per channel and the output is written once: 16-byte stores of
+//     8 channels when y is channels_last and aligned, pixel-fastest scalar stores otherwise.
 #include <mma.h>
 
 #include <algorithm>
 
 #include "kernels/dtype_traits.cuh"
+#include "kernels/launch.cuh"
 #include "kernels/params.h"
 
 namespace resnext_kernels {
@@ -24,17 +34,20 @@ constexpr int kTileH = 4;   // output rows per block (one warp each)
 constexpr int kTileW = 16;  // output columns per block (the M fragment)
 constexpr int kWarps = kTileH;
 constexpr int kThreads = kWarps * 32;
+constexpr int kRepackThreads = 256;
 
-template <int CPG, int STRIDE>
+constexpr size_t round_up_128(size_t bytes) { return (bytes + 127) / 128 * 128; }
+
+template <int BC, int STRIDE>
 struct WmmaTile {
   static constexpr int kInH = (kTileH - 1) * STRIDE + 3;
   static constexpr int kInW = (kTileW - 1) * STRIDE + 3;
-  static constexpr int kInElems = kInH * kInW * CPG;                 // 16-bit elements
-  static constexpr int kWElems = CPG * CPG;                           // one tap, 16-bit
-  static constexpr int kStageFloats = kWarps * kTileW * CPG;         // fp32 epilogue staging
-  static constexpr size_t kInBytes = (kInElems * 2 + 127) / 128 * 128;
-  static constexpr size_t kWBytes = (kWElems * 2 + 127) / 128 * 128;
-  static constexpr size_t kSmemBytes = kInBytes + kWBytes + kStageFloats * sizeof(float);
+  static constexpr int kTapsPerStage = BC <= 32 ? 9 : 1;
+  static constexpr size_t kInBytes = round_up_128(size_t{kInH} * kInW * BC * 2);
+  static constexpr size_t kWBytes = round_up_128(size_t{kTapsPerStage} * BC * BC * 2);
+  static constexpr size_t kStageBytes = size_t{kWarps} * kTileW * BC * sizeof(float);
+  // The fp32 epilogue staging reuses the weight buffer once the last MMA has read it.
+  static constexpr size_t kSmemBytes = kInBytes + std::max(kWBytes, kStageBytes);
 };
 
 // 16 bytes of zeros or of global memory.
@@ -42,18 +55,44 @@ __device__ __forceinline__ uint4 load16_or_zero(const void* ptr, bool valid) {
   return valid ? *static_cast<const uint4*>(ptr) : make_uint4(0, 0, 0, 0);
 }
 
-template <typename scalar_t, int CPG, int STRIDE>
+// w_t[slab][tap][ci][co] = w[slab*BC + co, (slab*BC + ci) % cpg, kh, kw] when input channel ci
+// and output channel co of the slab are in the same group, else 0 (block-diagonal packing).
+template <typename scalar_t, int BC>
+__global__ void __launch_bounds__(kRepackThreads)
+    repack_weights_kernel(GroupedConvParams p, scalar_t* __restrict__ w_t) {
+  const scalar_t* __restrict__ w = static_cast<const scalar_t*>(p.w);
+  const int64_t cpg = p.C_in / p.groups;
+  const int64_t total = p.C_in * 9 * BC;  // (C / BC) slabs x 9 taps x BC x BC
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t co = i % BC, ci = (i / BC) % BC, tap = (i / (BC * BC)) % 9;
+    const int64_t slab = i / (9 * BC * BC);
+    const int64_t c_out = slab * BC + co, c_in = slab * BC + ci;
+    scalar_t v = Convert<scalar_t>::from_float(0.f);
+    if (c_in / cpg == c_out / cpg) {
+      v = w[c_out * p.w_stride[0] + (c_in % cpg) * p.w_stride[1] + (tap / 3) * p.w_stride[2] +
+            (tap % 3) * p.w_stride[3]];
+    }
+    w_t[i] = v;
+  }
+}
+
+template <typename scalar_t, int BC, int STRIDE>
 __global__ void __launch_bounds__(kThreads)
-    grouped_conv_bn_relu_wmma_kernel(GroupedConvParams p, const scalar_t* __restrict__ w_t,
-                                     int64_t tiles_w, int64_t tiles_per_image) {
+    grouped_conv_bn_relu_wmma_kernel(GroupedConvParams p,
+                                     const scalar_t* __restrict__ w_t,  // [slab][tap][ci][co]
+                                     int64_t tiles_w,          // output tiles along W
+                                     int64_t tiles_per_image,  // tiles_w * tiles along H
+                                     bool vector_loads,        // x: channels_last, 16 B aligned
+                                     bool vector_stores) {     // y: channels_last, 16 B aligned
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using namespace nvcuda;
-  using Tile = WmmaTile<CPG, STRIDE>;
+  using Tile = WmmaTile<BC, STRIDE>;
   using Cvt = Convert<scalar_t>;
-  extern __shared__ __align__(128) unsigned char smem[];
-  scalar_t* in_tile = reinterpret_cast<scalar_t*>(smem);                       // [kInH][kInW][CPG]
-  scalar_t* w_tap = reinterpret_cast<scalar_t*>(smem + Tile::kInBytes);       // [CPG ci][CPG co]
-  float* stage = reinterpret_cast<float*>(smem + Tile::kInBytes + Tile::kWBytes);  // [warp][16][CPG]
+  unsigned char* smem = dynamic_shared_memory();
+  scalar_t* in_tile = reinterpret_cast<scalar_t*>(smem);                  // [kInH][kInW][BC]
+  scalar_t* w_stage = reinterpret_cast<scalar_t*>(smem + Tile::kInBytes);  // [taps][ci][co]
+  float* stage = reinterpret_cast<float*>(smem + Tile::kInBytes);          // [warp][16][BC]
 
   const scalar_t* __restrict__ x = static_cast<const scalar_t*>(p.x);
   scalar_t* __restrict__ y = static_cast<scalar_t*>(p.y);
@@ -61,71 +100,106 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t tile = blockIdx.x % tiles_per_image;
   const int64_t oh0 = (tile / tiles_w) * kTileH;
   const int64_t ow0 = (tile % tiles_w) * kTileW;
-  const int64_t g = blockIdx.y;
-  const int64_t c0 = g * CPG;  // first input (= output) channel of the group
+  const int64_t slab = blockIdx.y;
+  const int64_t c0 = slab * BC;  // first input (= output) channel of the slab
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const scalar_t* x_n = x + n * p.x_stride[0];
 
-  // 1. The input tile and its halo, once, 16 bytes (8 channels) per load; zeros for padding.
+  // 1. The input tile and its halo, once; zeros for padding.
   const int64_t ih0 = oh0 * STRIDE - p.pad_h, iw0 = ow0 * STRIDE - p.pad_w;
-  constexpr int kVecPerPixel = CPG / 8;
-  for (int v = threadIdx.x; v < Tile::kInH * Tile::kInW * kVecPerPixel; v += kThreads) {
-    const int pix = v / kVecPerPixel, cv = v % kVecPerPixel;
-    const int r = pix / Tile::kInW, c = pix % Tile::kInW;
-    const int64_t ih = ih0 + r, iw = iw0 + c;
-    const bool inside = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
-    const scalar_t* src = x + n * p.x_stride[0] + (inside ? ih * p.x_stride[2] + iw * p.x_stride[3] : 0) +
-                          c0 + cv * 8;
-    *reinterpret_cast<uint4*>(in_tile + pix * CPG + cv * 8) = load16_or_zero(src, inside);
+  constexpr int kInPixels = Tile::kInH * Tile::kInW;
+  if (vector_loads) {
+    constexpr int kVecPerPixel = BC / 8;  // 8 channels = 16 bytes per load
+    for (int v = threadIdx.x; v < kInPixels * kVecPerPixel; v += kThreads) {
+      const int pix = v / kVecPerPixel, cv = v % kVecPerPixel;
+      const int64_t ih = ih0 + pix / Tile::kInW, iw = iw0 + pix % Tile::kInW;
+      const bool inside = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
+      const scalar_t* src =
+          x_n + (inside ? ih * p.x_stride[2] + iw * p.x_stride[3] : 0) + c0 + cv * 8;
+      *reinterpret_cast<uint4*>(in_tile + pix * BC + cv * 8) = load16_or_zero(src, inside);
+    }
+  } else {
+    // Pixel-fastest, so neighbouring threads read neighbouring columns of an NCHW row.
+    for (int v = threadIdx.x; v < kInPixels * BC; v += kThreads) {
+      const int pix = v % kInPixels, ch = v / kInPixels;
+      const int64_t ih = ih0 + pix / Tile::kInW, iw = iw0 + pix % Tile::kInW;
+      const bool inside = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
+      in_tile[pix * BC + ch] =
+          inside ? x_n[(c0 + ch) * p.x_stride[1] + ih * p.x_stride[2] + iw * p.x_stride[3]]
+                 : Cvt::from_float(0.f);
+    }
   }
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[CPG / 16];
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[BC / 16];
 #pragma unroll
-  for (int j = 0; j < CPG / 16; ++j) wmma::fill_fragment(acc[j], 0.f);
+  for (int j = 0; j < BC / 16; ++j) wmma::fill_fragment(acc[j], 0.f);
 
-  // 2. Per tap: stage its weights, then CPG/16 x CPG/16 fragment products per warp.
-  const scalar_t* w_group = w_t + g * 9 * CPG * CPG;  // [g][tap][ci][co]
+  // 2. Per weight stage (9 taps, or 1): stage its weights, then BC/16 x BC/16 products per tap.
+  const scalar_t* w_slab = w_t + slab * 9 * BC * BC;
 #pragma unroll 1
-  for (int tap = 0; tap < 9; ++tap) {
-    __syncthreads();  // previous tap's weights are no longer read (and the input tile is in)
-    const uint4* w_src = reinterpret_cast<const uint4*>(w_group + tap * CPG * CPG);
-    for (int v = threadIdx.x; v < CPG * CPG / 8; v += kThreads) {
-      reinterpret_cast<uint4*>(w_tap)[v] = w_src[v];
+  for (int tap0 = 0; tap0 < 9; tap0 += Tile::kTapsPerStage) {
+    __syncthreads();  // the previous stage's weights are no longer read (and the tile is in)
+    const uint4* w_src = reinterpret_cast<const uint4*>(w_slab + tap0 * BC * BC);
+    for (int v = threadIdx.x; v < Tile::kTapsPerStage * BC * BC / 8; v += kThreads) {
+      reinterpret_cast<uint4*>(w_stage)[v] = w_src[v];
     }
     __syncthreads();
-    const int kh = tap / 3, kw = tap % 3;
-    // A: 16 pixels of this warp's output row, shifted by the tap, at a pixel stride of STRIDE.
-    const scalar_t* a_base = in_tile + ((warp * STRIDE + kh) * Tile::kInW + kw) * CPG;
+#pragma unroll 1
+    for (int t = 0; t < Tile::kTapsPerStage; ++t) {
+      const int kh = (tap0 + t) / 3, kw = (tap0 + t) % 3;
+      const scalar_t* w_tap = w_stage + t * BC * BC;
+      // A: 16 pixels of this warp's output row, shifted by the tap, at a pixel stride of STRIDE.
+      const scalar_t* a_base = in_tile + ((warp * STRIDE + kh) * Tile::kInW + kw) * BC;
 #pragma unroll
-    for (int kc = 0; kc < CPG / 16; ++kc) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, scalar_t, wmma::row_major> a;
-      wmma::load_matrix_sync(a, a_base + kc * 16, STRIDE * CPG);
+      for (int kc = 0; kc < BC / 16; ++kc) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, scalar_t, wmma::row_major> a;
+        wmma::load_matrix_sync(a, a_base + kc * 16, STRIDE * BC);
 #pragma unroll
-      for (int j = 0; j < CPG / 16; ++j) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, scalar_t, wmma::row_major> b;
-        wmma::load_matrix_sync(b, w_tap + kc * 16 * CPG + j * 16, CPG);
-        wmma::mma_sync(acc[j], a, b, acc[j]);
+        for (int j = 0; j < BC / 16; ++j) {
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, scalar_t, wmma::row_major> b;
+          wmma::load_matrix_sync(b, w_tap + kc * 16 * BC + j * 16, BC);
+          wmma::mma_sync(acc[j], a, b, acc[j]);
+        }
       }
     }
   }
 
   // 3. Epilogue: fragments -> this warp's fp32 staging rows -> scale, shift, ReLU -> global.
-  float* my_stage = stage + warp * kTileW * CPG;  // [16 pixels][CPG channels]
+  __syncthreads();  // every warp is done with the weights the staging area aliases
+  float* my_stage = stage + warp * kTileW * BC;  // [16 pixels][BC channels]
 #pragma unroll
-  for (int j = 0; j < CPG / 16; ++j) {
-    wmma::store_matrix_sync(my_stage + j * 16, acc[j], CPG, wmma::mem_row_major);
+  for (int j = 0; j < BC / 16; ++j) {
+    wmma::store_matrix_sync(my_stage + j * 16, acc[j], BC, wmma::mem_row_major);
   }
   __syncwarp();
   const int64_t oh = oh0 + warp;
-  if (oh < p.H_out) {
-    for (int e = lane; e < kTileW * CPG; e += 32) {
-      const int px = e / CPG, ch = e % CPG;
+  if (oh >= p.H_out) return;
+  scalar_t* y_row = y + n * p.y_stride[0] + oh * p.y_stride[2];
+  if (vector_stores) {
+    constexpr int kVecPerPixel = BC / 8;
+    for (int q = lane; q < kTileW * kVecPerPixel; q += 32) {
+      const int px = q / kVecPerPixel, c8 = (q % kVecPerPixel) * 8;
       const int64_t ow = ow0 + px;
       if (ow >= p.W_out) continue;
-      const int64_t co = c0 + ch;
-      float v = my_stage[e] * p.scale[co] + p.shift[co];
+      alignas(16) scalar_t out[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        float v = my_stage[px * BC + c8 + k] * p.scale[c0 + c8 + k] + p.shift[c0 + c8 + k];
+        if (p.relu) v = relu_keep_nan(v);
+        out[k] = Cvt::from_float(v);
+      }
+      *reinterpret_cast<uint4*>(y_row + ow * p.y_stride[3] + c0 + c8) =
+          *reinterpret_cast<const uint4*>(out);
+    }
+  } else {
+    // Pixel-fastest, so neighbouring threads write neighbouring columns of an NCHW row.
+    for (int e = lane; e < kTileW * BC; e += 32) {
+      const int px = e % kTileW, ch = e / kTileW;
+      const int64_t ow = ow0 + px;
+      if (ow >= p.W_out) continue;
+      float v = my_stage[px * BC + ch] * p.scale[c0 + ch] + p.shift[c0 + ch];
       if (p.relu) v = relu_keep_nan(v);
-      y[n * p.y_stride[0] + co * p.y_stride[1] + oh * p.y_stride[2] + ow * p.y_stride[3]] =
-          Cvt::from_float(v);
+      y_row[(c0 + ch) * p.y_stride[1] + ow * p.y_stride[3]] = Cvt::from_float(v);
     }
   }
 #else
@@ -133,56 +207,91 @@ __global__ void __launch_bounds__(kThreads)
 #endif
 }
 
-template <typename scalar_t, int CPG, int STRIDE>
-cudaError_t launch_tile(const GroupedConvParams& p, const void* w_t, cudaStream_t stream) {
-  using Tile = WmmaTile<CPG, STRIDE>;
-  auto kernel = grouped_conv_bn_relu_wmma_kernel<scalar_t, CPG, STRIDE>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(Tile::kSmemBytes));
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// Channel-contiguous with every pixel's channels starting on a 16-byte boundary.
+bool channels_last_aligned16(const void* ptr, const int64_t* stride) {
+  return aligned16(ptr) && stride[1] == 1 && stride[0] % 8 == 0 && stride[2] % 8 == 0 &&
+         stride[3] % 8 == 0;
+}
+
+template <typename scalar_t, int BC, int STRIDE>
+cudaError_t launch_tile(const GroupedConvParams& p, void* workspace, cudaStream_t stream) {
+  using Tile = WmmaTile<BC, STRIDE>;
+  scalar_t* w_t = static_cast<scalar_t*>(workspace);
+  const int64_t repack_total = p.C_in * 9 * BC;
+  const int64_t repack_blocks =
+      std::min<int64_t>((repack_total + kRepackThreads - 1) / kRepackThreads, 4096);
+  cudaError_t err = launch_kernel(repack_weights_kernel<scalar_t, BC>,
+                                  dim3(static_cast<unsigned int>(repack_blocks)),
+                                  dim3(kRepackThreads), 0, stream, p, w_t);
+  if (err != cudaSuccess) return err;
+
+  auto kernel = grouped_conv_bn_relu_wmma_kernel<scalar_t, BC, STRIDE>;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(Tile::kSmemBytes));
   if (err != cudaSuccess) return err;
   const int64_t tiles_h = (p.H_out + kTileH - 1) / kTileH;
   const int64_t tiles_w = (p.W_out + kTileW - 1) / kTileW;
   const int64_t blocks_x = p.N * tiles_h * tiles_w;
-  if (blocks_x > 0x7fffffffLL || p.groups > 65535) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned int>(blocks_x), static_cast<unsigned int>(p.groups));
-  kernel<<<grid, kThreads, Tile::kSmemBytes, stream>>>(
-      p, static_cast<const scalar_t*>(w_t), tiles_w, tiles_h * tiles_w);
-  return cudaGetLastError();
+  const int64_t slabs = p.C_in / BC;
+  if (blocks_x > 0x7fffffffLL || slabs > 65535) return cudaErrorInvalidConfiguration;
+  const bool vector_loads = channels_last_aligned16(p.x, p.x_stride);
+  const bool vector_stores = channels_last_aligned16(p.y, p.y_stride);
+  return launch_kernel(kernel, dim3(static_cast<unsigned int>(blocks_x),
+                                    static_cast<unsigned int>(slabs)),
+                       dim3(kThreads), Tile::kSmemBytes, stream, p,
+                       static_cast<const scalar_t*>(w_t), tiles_w, tiles_h * tiles_w,
+                       vector_loads, vector_stores);
 }
 
 template <typename scalar_t>
-cudaError_t launch_typed(const GroupedConvParams& p, int64_t cpg, const void* w_t,
+cudaError_t launch_typed(const GroupedConvParams& p, int block_channels, void* workspace,
                          cudaStream_t stream) {
   const bool s2 = p.stride_h == 2;
-  switch (cpg) {
-    case 16: return s2 ? launch_tile<scalar_t, 16, 2>(p, w_t, stream) : launch_tile<scalar_t, 16, 1>(p, w_t, stream);
-    case 32: return s2 ? launch_tile<scalar_t, 32, 2>(p, w_t, stream) : launch_tile<scalar_t, 32, 1>(p, w_t, stream);
-    case 64: return s2 ? launch_tile<scalar_t, 64, 2>(p, w_t, stream) : launch_tile<scalar_t, 64, 1>(p, w_t, stream);
+  switch (block_channels) {
+    case 16: return s2 ? launch_tile<scalar_t, 16, 2>(p, workspace, stream)
+                       : launch_tile<scalar_t, 16, 1>(p, workspace, stream);
+    case 32: return s2 ? launch_tile<scalar_t, 32, 2>(p, workspace, stream)
+                       : launch_tile<scalar_t, 32, 1>(p, workspace, stream);
+    case 64: return s2 ? launch_tile<scalar_t, 64, 2>(p, workspace, stream)
+                       : launch_tile<scalar_t, 64, 1>(p, workspace, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 }  // namespace
 
-bool grouped_conv_wmma_supports(const GroupedConvParams& p, DType dtype, int device_major) {
-  const int64_t cpg_in = p.C_in / p.groups, cpg_out = p.C_out / p.groups;
-  const bool stride_ok = (p.stride_h == 1 && p.stride_w == 1) || (p.stride_h == 2 && p.stride_w == 2);
-  return device_major >= 8 && dtype != DType::kFloat32 && cpg_in == cpg_out &&
-         (cpg_in == 16 || cpg_in == 32 || cpg_in == 64) && p.KH == 3 && p.KW == 3 && stride_ok &&
-         p.pad_h == 1 && p.pad_w == 1 && p.dil_h == 1 && p.dil_w == 1 &&
-         // channels_last input and output, channel-contiguous, 16-byte aligned rows
-         p.x_stride[1] == 1 && p.x_stride[3] == p.C_in && p.x_stride[2] == p.W * p.C_in &&
-         p.y_stride[1] == 1 && p.C_in % 8 == 0 &&
-         reinterpret_cast<uintptr_t>(p.x) % 16 == 0;
+int grouped_conv_wmma_block_channels(const GroupedConvParams& p, DType dtype, int device_major) {
+  if (device_major < 8 || dtype == DType::kFloat32) return 0;
+  if (p.groups <= 0 || p.C_in != p.C_out || p.C_in % p.groups != 0) return 0;
+  const bool stride_ok =
+      (p.stride_h == 1 && p.stride_w == 1) || (p.stride_h == 2 && p.stride_w == 2);
+  if (!(p.KH == 3 && p.KW == 3 && stride_ok && p.pad_h == 1 && p.pad_w == 1 && p.dil_h == 1 &&
+        p.dil_w == 1)) {
+    return 0;
+  }
+  const int64_t cpg = p.C_in / p.groups;
+  int64_t bc = 0;
+  if (cpg == 16 || cpg == 32 || cpg == 64) bc = cpg;                  // one group per slab
+  if (cpg == 1 || cpg == 2 || cpg == 4 || cpg == 8) bc = 16;          // 16 / cpg groups packed
+  if (bc == 0 || p.C_in % bc != 0) return 0;
+  return static_cast<int>(bc);
+}
+
+int64_t grouped_conv_wmma_workspace_bytes(const GroupedConvParams& p, int block_channels) {
+  return p.C_in * 9 * block_channels * 2;  // (C / BC) slabs x 9 taps x BC x BC, 16-bit
 }
 
 cudaError_t launch_grouped_conv_bn_relu_wmma(const GroupedConvParams& p, DType dtype,
-                                             const void* w_t, cudaStream_t stream) {
+                                             int block_channels, void* workspace,
+                                             cudaStream_t stream) {
   if (p.N * p.C_out * p.H_out * p.W_out == 0) return cudaSuccess;
-  const int64_t cpg = p.C_in / p.groups;
+  if (!aligned16(workspace)) return cudaErrorInvalidValue;
   switch (dtype) {
-    case DType::kFloat16: return launch_typed<__half>(p, cpg, w_t, stream);
-    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, cpg, w_t, stream);
+    case DType::kFloat16: return launch_typed<__half>(p, block_channels, workspace, stream);
+    case DType::kBFloat16:
+      return launch_typed<__nv_bfloat16>(p, block_channels, workspace, stream);
     case DType::kFloat32: break;
   }
   return cudaErrorInvalidValue;

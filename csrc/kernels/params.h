@@ -36,12 +36,31 @@ struct GroupedConvParams {
 cudaError_t launch_grouped_conv_bn_relu_direct(const GroupedConvParams& p, DType dtype,
                                                cudaStream_t stream);
 
-// The tensor-core (WMMA) kernel: channels_last fp16/bf16, 16/32/64 channels per group (C_in ==
-// C_out), 3x3, stride 1 or 2, padding 1, dilation 1, compute capability 8.0+. `supports` says
-// whether it applies; `w_t` is the weight re-laid out as [groups][kh][kw][ci][co], contiguous.
-bool grouped_conv_wmma_supports(const GroupedConvParams& p, DType dtype, int device_major);
+// The tensor-core (WMMA) kernel: fp16/bf16, any layout (16-byte vector loads and stores when
+// channels_last), 3x3, stride 1 or 2, padding 1, dilation 1, C_in == C_out, compute capability
+// 8.0+. Channels per group 16/32/64 run one group per channel slab; 1/2/4/8 pack 16 / cpg groups
+// into a 16-channel slab with a block-diagonal weight tile. `block_channels` returns the slab
+// width (16, 32 or 64), or 0 when the kernel does not apply. The launch first re-lays the weights
+// out into `workspace` (workspace_bytes of it, 16-byte aligned) as [slab][tap][ci][co].
+int grouped_conv_wmma_block_channels(const GroupedConvParams& p, DType dtype, int device_major);
+int64_t grouped_conv_wmma_workspace_bytes(const GroupedConvParams& p, int block_channels);
 cudaError_t launch_grouped_conv_bn_relu_wmma(const GroupedConvParams& p, DType dtype,
-                                             const void* w_t, cudaStream_t stream);
+                                             int block_channels, void* workspace,
+                                             cudaStream_t stream);
+
+// Which kernel runs a call, and the scratch memory it needs: the one place that decides.
+enum class GroupedConvPath : int { kDirect = 0, kWmma = 1 };
+struct GroupedConvPlan {
+  GroupedConvPath path = GroupedConvPath::kDirect;
+  int block_channels = 0;       // WMMA channel slab width
+  int64_t workspace_bytes = 0;  // for the re-laid-out weights
+};
+GroupedConvPlan plan_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
+                                          int device_major);
+// Runs the planned kernel(s) on `stream`; `workspace` holds plan.workspace_bytes.
+cudaError_t launch_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
+                                        const GroupedConvPlan& plan, void* workspace,
+                                        cudaStream_t stream);
 
 // Squeeze-and-excitation: gate[n, c] = sigmoid(W2 relu(W1 mean_hw(u[n]) + b1) + b2)[c],
 // out = act(u * gate + residual). u, residual and out share `dtype`; the FC weights are fp32

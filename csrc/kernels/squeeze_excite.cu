@@ -1,6 +1,7 @@
 // Squeeze-and-excitation in three deterministic launches (see params.h for the contract).
 #include "kernels/dtype_traits.cuh"
 #include "kernels/indexing.cuh"
+#include "kernels/launch.cuh"
 #include "kernels/params.h"
 
 #include <algorithm>
@@ -69,9 +70,8 @@ __global__ void __launch_bounds__(kSqueezeChannels * kSqueezeRows)
 // gate[n, :] = sigmoid(W2 relu(W1 pooled[n, :] + b1) + b2). One block per n; pooled and the
 // hidden vector live in shared memory ((C + R) floats).
 __global__ void __launch_bounds__(kExciteThreads) se_excite_kernel(SqueezeExciteParams p) {
-  extern __shared__ float smem[];
-  float* pooled = smem;         // [C]
-  float* hidden = smem + p.C;   // [R]
+  float* pooled = reinterpret_cast<float*>(dynamic_shared_memory());  // [C]
+  float* hidden = pooled + p.C;                                         // [R]
   const int64_t n = blockIdx.x;
   for (int64_t c = threadIdx.x; c < p.C; c += blockDim.x) pooled[c] = p.pooled[n * p.C + c];
   __syncthreads();
@@ -122,18 +122,18 @@ cudaError_t launch_typed(const SqueezeExciteParams& p, cudaStream_t stream) {
 
   const dim3 squeeze_grid(static_cast<unsigned int>(p.N),
                           static_cast<unsigned int>((p.C + kSqueezeChannels - 1) / kSqueezeChannels));
-  se_squeeze_kernel<scalar_t><<<squeeze_grid, dim3(kSqueezeChannels, kSqueezeRows), 0, stream>>>(p);
-  cudaError_t err = cudaGetLastError();
+  cudaError_t err = launch_kernel(se_squeeze_kernel<scalar_t>, squeeze_grid,
+                                  dim3(kSqueezeChannels, kSqueezeRows), 0, stream, p);
   if (err != cudaSuccess) return err;
 
-  se_excite_kernel<<<static_cast<unsigned int>(p.N), kExciteThreads, smem, stream>>>(p);
-  err = cudaGetLastError();
+  err = launch_kernel(se_excite_kernel, dim3(static_cast<unsigned int>(p.N)), dim3(kExciteThreads),
+                      static_cast<size_t>(smem), stream, p);
   if (err != cudaSuccess) return err;
 
   const int64_t blocks =
       std::min<int64_t>((total + kScaleThreads - 1) / kScaleThreads, int64_t{1} << 20);
-  se_scale_kernel<scalar_t><<<static_cast<unsigned int>(blocks), kScaleThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_kernel(se_scale_kernel<scalar_t>, dim3(static_cast<unsigned int>(blocks)),
+                       dim3(kScaleThreads), 0, stream, p);
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "kernels/params.h"
 #include "torch/tensor_checks.h"
 
@@ -83,16 +85,11 @@ at::Tensor grouped_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weig
   int device_major = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_major, cudaDevAttrComputeCapabilityMajor,
                                         x.get_device()));
-  cudaError_t err;
-  if (grouped_conv_wmma_supports(p, dtype, device_major)) {
-    // [C_out, cpg, 3, 3] -> [groups][kh][kw][ci][co]: each tap's weights one contiguous tile.
-    const int64_t cpg = C_out / groups;
-    const at::Tensor w_t =
-        weight.reshape({groups, cpg, cpg, KH, KW}).permute({0, 3, 4, 2, 1}).contiguous();
-    err = launch_grouped_conv_bn_relu_wmma(p, dtype, w_t.data_ptr(), stream);
-  } else {
-    err = launch_grouped_conv_bn_relu_direct(p, dtype, stream);
-  }
+  const GroupedConvPlan plan = plan_grouped_conv_bn_relu(p, dtype, device_major);
+  // Scratch for the re-laid-out weights (16-byte aligned: the caching allocator gives 512).
+  const at::Tensor workspace =
+      at::empty({std::max<int64_t>(plan.workspace_bytes, 1)}, x.options().dtype(at::kByte));
+  const cudaError_t err = launch_grouped_conv_bn_relu(p, dtype, plan, workspace.data_ptr(), stream);
   TORCH_CHECK(err == cudaSuccess, "grouped_conv_bn_relu_cuda: kernel launch failed: ",
               cudaGetErrorString(err));
   return y;

@@ -1,0 +1,260 @@
+// The CUDA emulator's runtime: runs a grid on CPU threads (one OS thread per CUDA thread, one
+// block at a time), with __syncthreads, warp barriers and shuffles, per-block dynamic shared
+// memory (poisoned with 0xFF bytes = NaN for fp16/bf16/fp32, allocated at its exact size so
+// AddressSanitizer sees any access past it) and the launch limits of the GPUs we target. It
+// stops with an error, instead of hanging, when the threads of a block diverge at a barrier.
+#include <algorithm>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "cuda_runtime.h"
+
+thread_local uint3 threadIdx{0, 0, 0};
+thread_local uint3 blockIdx{0, 0, 0};
+thread_local dim3 blockDim;
+thread_local dim3 gridDim;
+
+const char* cudaGetErrorString(cudaError_t err) {
+  switch (err) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+  }
+  return "unknown error";
+}
+
+namespace cuda_emulator {
+namespace {
+
+std::mutex g_attr_mutex;
+std::map<const void*, size_t> g_max_smem;
+int g_launches = 0;
+
+struct Warp {
+  int lanes = 32;    // threads in this warp
+  int arrived = 0;   // lanes waiting at the current warp barrier
+  int exited = 0;    // lanes that finished the kernel for the current block
+  uint64_t generation = 0;
+  uint32_t exchange[32] = {};
+};
+
+// Everything about the grid being run; one mutex guards it all (the emulator is about
+// correctness, not speed).
+struct GridState {
+  std::mutex mutex;
+  std::condition_variable cv;
+  int threads = 0;
+  uint64_t blocks = 0;
+  dim3 grid, block;
+  size_t smem_bytes = 0;
+  unsigned char* smem = nullptr;
+  uint64_t current_block = 0;
+  // block barrier
+  int arrived = 0, arrived_sync = 0, arrived_end = 0;
+  uint64_t generation = 0;
+  // threads waiting in any barrier, to tell a deadlock from a wait
+  int blocked = 0;
+  std::vector<Warp> warps;
+};
+
+thread_local GridState* t_grid = nullptr;
+thread_local int t_linear = 0;
+
+void allocate_smem(GridState& g) {
+  std::free(g.smem);
+  g.smem = nullptr;
+  void* mem = nullptr;
+  if (posix_memalign(&mem, 128, g.smem_bytes > 0 ? g.smem_bytes : 1) != 0) fatal("out of memory");
+  std::memset(mem, 0xff, g.smem_bytes > 0 ? g.smem_bytes : 1);
+  g.smem = static_cast<unsigned char*>(mem);
+}
+
+void start_block(GridState& g) {
+  allocate_smem(g);
+  for (Warp& w : g.warps) {
+    w.arrived = 0;
+    w.exited = 0;
+  }
+}
+
+// Called with the mutex held by a thread that is about to wait.
+void wait_or_deadlock(GridState& g, std::unique_lock<std::mutex>& lock, uint64_t& generation,
+                      const char* where) {
+  if (g.blocked + 1 == g.threads) {
+    char msg[256];
+    std::snprintf(msg, sizeof msg,
+                  "deadlock at %s: every thread of the block waits, at barriers that cannot all "
+                  "complete (a barrier reached by only some threads)", where);
+    fatal(msg);
+  }
+  ++g.blocked;
+  const uint64_t seen = generation;
+  g.cv.wait(lock, [&] { return generation != seen; });
+}
+
+enum class Arrival { kSync, kEnd };
+
+void arrive_block(Arrival kind) {
+  GridState& g = *t_grid;
+  std::unique_lock<std::mutex> lock(g.mutex);
+  ++g.arrived;
+  (kind == Arrival::kSync ? g.arrived_sync : g.arrived_end) += 1;
+  if (kind == Arrival::kEnd) {
+    Warp& w = g.warps[t_linear / 32];
+    ++w.exited;
+    if (w.arrived > 0 && w.arrived + w.exited == w.lanes) {
+      fatal("a warp-synchronous operation (__syncwarp, __shfl_*_sync, wmma) is waiting for lanes "
+            "that have exited the kernel");
+    }
+  }
+  if (g.arrived == g.threads) {
+    if (g.arrived_sync > 0 && g.arrived_end > 0) {
+      fatal("__syncthreads reached by only some threads of the block: the others exited the "
+            "kernel (divergent barrier)");
+    }
+    if (g.arrived_end > 0) {
+      ++g.current_block;
+      if (g.current_block < g.blocks) start_block(g);
+    }
+    g.blocked -= g.threads - 1;
+    g.arrived = g.arrived_sync = g.arrived_end = 0;
+    ++g.generation;
+    g.cv.notify_all();
+    return;
+  }
+  wait_or_deadlock(g, lock, g.generation, kind == Arrival::kSync ? "__syncthreads" : "kernel exit");
+}
+
+void run_thread(GridState& g, int linear, void (*body)(void*), void* ctx) {
+  t_grid = &g;
+  t_linear = linear;
+  blockDim = g.block;
+  gridDim = g.grid;
+  threadIdx = uint3{linear % g.block.x, (linear / g.block.x) % g.block.y,
+                    linear / (g.block.x * g.block.y)};
+  for (;;) {
+    uint64_t b;
+    {
+      std::lock_guard<std::mutex> lock(g.mutex);
+      b = g.current_block;
+    }
+    if (b >= g.blocks) break;
+    blockIdx = uint3{static_cast<unsigned int>(b % g.grid.x),
+                     static_cast<unsigned int>((b / g.grid.x) % g.grid.y),
+                     static_cast<unsigned int>(b / (uint64_t{g.grid.x} * g.grid.y))};
+    body(ctx);
+    arrive_block(Arrival::kEnd);
+  }
+  t_grid = nullptr;
+}
+
+}  // namespace
+
+void fatal(const char* what) {
+  std::fprintf(stderr,
+               "cuda_emulator: error: %s [block (%u, %u, %u), thread (%u, %u, %u)]\n", what,
+               blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+  std::fflush(stderr);
+  std::_Exit(3);
+}
+
+unsigned char* dynamic_shared_memory() {
+  if (t_grid == nullptr) fatal("dynamic_shared_memory() called outside a kernel");
+  return t_grid->smem;
+}
+
+void set_max_dynamic_smem(const void* kernel, int bytes) {
+  std::lock_guard<std::mutex> lock(g_attr_mutex);
+  g_max_smem[kernel] = static_cast<size_t>(bytes);
+}
+
+size_t max_dynamic_smem(const void* kernel) {
+  std::lock_guard<std::mutex> lock(g_attr_mutex);
+  const auto it = g_max_smem.find(kernel);
+  return it == g_max_smem.end() ? kDefaultMaxDynamicSmem : it->second;
+}
+
+void count_launch() {
+  std::lock_guard<std::mutex> lock(g_attr_mutex);
+  ++g_launches;
+}
+
+cudaError_t run_grid_erased(dim3 grid, dim3 block, size_t smem_bytes, void (*body)(void*),
+                            void* ctx) {
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64) return cudaErrorInvalidConfiguration;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
+      grid.z > 65535) {
+    return cudaErrorInvalidConfiguration;
+  }
+  if (smem_bytes > kOptInMaxDynamicSmem) return cudaErrorInvalidValue;
+  if (t_grid != nullptr) fatal("kernel launch from inside a kernel");
+
+  GridState g;
+  g.threads = static_cast<int>(threads);
+  g.blocks = uint64_t{grid.x} * grid.y * grid.z;
+  g.grid = grid;
+  g.block = block;
+  g.smem_bytes = smem_bytes;
+  g.warps.resize((threads + 31) / 32);
+  for (size_t w = 0; w < g.warps.size(); ++w) {
+    g.warps[w].lanes = static_cast<int>(std::min<uint64_t>(32, threads - w * 32));
+  }
+  start_block(g);
+  std::vector<std::thread> pool;
+  pool.reserve(threads);
+  for (int t = 0; t < g.threads; ++t) pool.emplace_back(run_thread, std::ref(g), t, body, ctx);
+  for (std::thread& t : pool) t.join();
+  std::free(g.smem);
+  return cudaSuccess;
+}
+
+void sync_block() {
+  if (t_grid == nullptr) fatal("__syncthreads() called outside a kernel");
+  arrive_block(Arrival::kSync);
+}
+
+void sync_warp() {
+  if (t_grid == nullptr) fatal("__syncwarp() called outside a kernel");
+  GridState& g = *t_grid;
+  std::unique_lock<std::mutex> lock(g.mutex);
+  Warp& w = g.warps[t_linear / 32];
+  ++w.arrived;
+  if (w.arrived + w.exited == w.lanes) {
+    if (w.exited > 0) {
+      fatal("a warp-synchronous operation (__syncwarp, __shfl_*_sync, wmma) reached by only "
+            "some lanes: the others exited the kernel");
+    }
+    g.blocked -= w.lanes - 1;
+    w.arrived = 0;
+    ++w.generation;
+    g.cv.notify_all();
+    return;
+  }
+  wait_or_deadlock(g, lock, w.generation, "a warp barrier");
+}
+
+uint32_t exchange_down(uint32_t value, unsigned int delta) {
+  GridState& g = *t_grid;
+  const int lane = t_linear % 32;
+  Warp& w = g.warps[t_linear / 32];
+  {
+    std::lock_guard<std::mutex> lock(g.mutex);
+    w.exchange[lane] = value;
+  }
+  sync_warp();
+  uint32_t result = value;
+  {
+    std::lock_guard<std::mutex> lock(g.mutex);
+    if (lane + delta < static_cast<unsigned int>(w.lanes)) result = w.exchange[lane + delta];
+  }
+  sync_warp();
+  return result;
+}
+
+}  // namespace cuda_emulator

@@ -1,0 +1,181 @@
+// Command-line driver for the CUDA emulator: runs one call of a launcher from csrc/kernels/ on
+// tensors that tests/cuda_emulator.py wrote to a directory, and writes the outputs back.
+//
+//   harness grouped_conv <dir>    plan + launch, like csrc/torch/grouped_conv_bn_relu.cpp
+//   harness squeeze_excite <dir>  launch_squeeze_excite, like csrc/torch/squeeze_excite.cpp
+//   harness selftest <name>       a deliberately broken kernel, to show the emulator catches it
+//
+// <dir>/params.txt holds "key value..." lines; every tensor is <dir>/<name>.bin, loaded into a
+// buffer of exactly its size (so AddressSanitizer reports any access past it).
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels/params.h"
+
+namespace {
+
+using resnext_kernels::DType;
+
+[[noreturn]] void die(const std::string& msg) {
+  std::fprintf(stderr, "harness: %s\n", msg.c_str());
+  std::exit(2);
+}
+
+std::map<std::string, std::vector<int64_t>> read_params(const std::string& dir) {
+  std::ifstream in(dir + "/params.txt");
+  if (!in) die("cannot read " + dir + "/params.txt");
+  std::map<std::string, std::vector<int64_t>> params;
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string key;
+    if (!(fields >> key)) continue;
+    int64_t v;
+    while (fields >> v) params[key].push_back(v);
+  }
+  return params;
+}
+
+struct Params {
+  std::map<std::string, std::vector<int64_t>> values;
+  int64_t get(const std::string& key, size_t i = 0) const {
+    const auto it = values.find(key);
+    if (it == values.end() || it->second.size() <= i) die("params.txt: missing " + key);
+    return it->second[i];
+  }
+  bool has(const std::string& key) const { return values.count(key) > 0; }
+  void strides(const std::string& key, int64_t* out) const {
+    for (int i = 0; i < 4; ++i) out[i] = get(key, i);
+  }
+};
+
+// A buffer of exactly the file's size (plus `lead` bytes in front, for misaligned views).
+struct Buffer {
+  unsigned char* base = nullptr;
+  size_t bytes = 0, lead = 0;
+  void* data() const { return base + lead; }
+};
+
+Buffer load(const std::string& dir, const std::string& name, size_t lead = 0) {
+  std::ifstream in(dir + "/" + name + ".bin", std::ios::binary | std::ios::ate);
+  if (!in) die("cannot read " + name + ".bin");
+  Buffer b;
+  b.bytes = static_cast<size_t>(in.tellg());
+  b.lead = lead;
+  void* mem = nullptr;
+  if (posix_memalign(&mem, 16, lead + b.bytes + (lead + b.bytes == 0 ? 1 : 0)) != 0) die("oom");
+  b.base = static_cast<unsigned char*>(mem);
+  in.seekg(0);
+  in.read(reinterpret_cast<char*>(b.data()), static_cast<std::streamsize>(b.bytes));
+  return b;
+}
+
+void save(const std::string& dir, const std::string& name, const Buffer& b) {
+  std::ofstream out(dir + "/" + name + ".bin", std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.bytes));
+}
+
+Buffer scratch(size_t bytes) {
+  Buffer b;
+  b.bytes = bytes;
+  void* mem = nullptr;
+  if (posix_memalign(&mem, 256, bytes > 0 ? bytes : 1) != 0) die("oom");
+  std::memset(mem, 0xff, bytes > 0 ? bytes : 1);  // poison: NaN in every float type
+  b.base = static_cast<unsigned char*>(mem);
+  return b;
+}
+
+int run_grouped_conv(const std::string& dir) {
+  Params prm{read_params(dir)};
+  const DType dtype = static_cast<DType>(prm.get("dtype"));
+  const size_t elem = dtype == DType::kFloat32 ? 4 : 2;
+  Buffer x = load(dir, "x", static_cast<size_t>(prm.get("x_lead_elems")) * elem);
+  Buffer w = load(dir, "w"), scale = load(dir, "scale"), shift = load(dir, "shift");
+  Buffer y = load(dir, "y");
+
+  resnext_kernels::GroupedConvParams p{};
+  p.x = x.data();
+  p.w = w.data();
+  p.scale = static_cast<const float*>(scale.data());
+  p.shift = static_cast<const float*>(shift.data());
+  p.y = y.data();
+  p.N = prm.get("N"); p.C_in = prm.get("C_in"); p.H = prm.get("H"); p.W = prm.get("W");
+  p.C_out = prm.get("C_out"); p.H_out = prm.get("H_out"); p.W_out = prm.get("W_out");
+  p.groups = prm.get("groups"); p.KH = prm.get("KH"); p.KW = prm.get("KW");
+  p.stride_h = prm.get("stride", 0); p.stride_w = prm.get("stride", 1);
+  p.pad_h = prm.get("padding", 0); p.pad_w = prm.get("padding", 1);
+  p.dil_h = prm.get("dilation", 0); p.dil_w = prm.get("dilation", 1);
+  prm.strides("x_stride", p.x_stride);
+  prm.strides("w_stride", p.w_stride);
+  prm.strides("y_stride", p.y_stride);
+  p.relu = prm.get("relu") != 0;
+  p.y_channels_last = prm.get("y_channels_last") != 0;
+
+  resnext_kernels::GroupedConvPlan plan =
+      resnext_kernels::plan_grouped_conv_bn_relu(p, dtype, static_cast<int>(prm.get("device_major")));
+  if (prm.get("force_direct") != 0) plan = resnext_kernels::GroupedConvPlan{};
+  Buffer workspace = scratch(static_cast<size_t>(plan.workspace_bytes));
+  const cudaError_t err =
+      resnext_kernels::launch_grouped_conv_bn_relu(p, dtype, plan, workspace.data(), nullptr);
+  if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
+  save(dir, "y", y);
+  std::printf("path %s block_channels %d workspace_bytes %lld\n",
+              plan.path == resnext_kernels::GroupedConvPath::kWmma ? "wmma" : "direct",
+              plan.block_channels, static_cast<long long>(plan.workspace_bytes));
+  return 0;
+}
+
+int run_squeeze_excite(const std::string& dir) {
+  Params prm{read_params(dir)};
+  const DType dtype = static_cast<DType>(prm.get("dtype"));
+  Buffer u = load(dir, "u"), out = load(dir, "out");
+  Buffer w1 = load(dir, "w1"), w2 = load(dir, "w2");
+  const bool has_residual = prm.get("has_residual") != 0;
+  const bool has_b1 = prm.get("has_b1") != 0, has_b2 = prm.get("has_b2") != 0;
+  Buffer residual = has_residual ? load(dir, "residual") : Buffer{};
+  Buffer b1 = has_b1 ? load(dir, "b1") : Buffer{};
+  Buffer b2 = has_b2 ? load(dir, "b2") : Buffer{};
+
+  resnext_kernels::SqueezeExciteParams p{};
+  p.N = prm.get("N"); p.C = prm.get("C"); p.H = prm.get("H"); p.W = prm.get("W");
+  p.R = prm.get("R");
+  Buffer pooled = scratch(static_cast<size_t>(p.N * p.C) * 4);
+  Buffer gate = scratch(static_cast<size_t>(p.N * p.C) * 4);
+  p.u = u.data();
+  p.residual = has_residual ? residual.data() : nullptr;
+  p.out = out.data();
+  p.w1 = static_cast<const float*>(w1.data());
+  p.b1 = has_b1 ? static_cast<const float*>(b1.data()) : nullptr;
+  p.w2 = static_cast<const float*>(w2.data());
+  p.b2 = has_b2 ? static_cast<const float*>(b2.data()) : nullptr;
+  p.pooled = static_cast<float*>(pooled.data());
+  p.gate = static_cast<float*>(gate.data());
+  prm.strides("u_stride", p.u_stride);
+  prm.strides("out_stride", p.out_stride);
+  if (has_residual) prm.strides("residual_stride", p.residual_stride);
+  p.relu = prm.get("relu") != 0;
+  p.channels_last = prm.get("channels_last") != 0;
+  const cudaError_t err = resnext_kernels::launch_squeeze_excite(p, dtype, nullptr);
+  if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
+  save(dir, "out", out);
+  return 0;
+}
+
+}  // namespace
+
+int run_selftest(const std::string& name);  // selftest.cpp
+
+int main(int argc, char** argv) {
+  if (argc != 3) die("usage: harness grouped_conv|squeeze_excite <dir> | selftest <name>");
+  const std::string op = argv[1];
+  if (op == "grouped_conv") return run_grouped_conv(argv[2]);
+  if (op == "squeeze_excite") return run_squeeze_excite(argv[2]);
+  if (op == "selftest") return run_selftest(argv[2]);
+  die("unknown op " + op);
+}

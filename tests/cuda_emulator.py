@@ -1,0 +1,191 @@
+"""Runs the CUDA kernels of csrc/kernels/ on the CPU through the host-side CUDA emulator.
+
+The emulator (csrc/emulation/, see its README.md) compiles the very same kernel sources as C++
+with AddressSanitizer and UndefinedBehaviorSanitizer, one OS thread per CUDA thread. This module
+builds it once per source version (under build/cuda_emulator/), writes a call's tensors to a
+directory, runs the harness and reads the outputs back as torch tensors.
+
+What it checks that a compile-only build cannot: the kernels' index math, tiling, halo and
+padding logic, shared-memory staging and block-diagonal weight packing give the right numbers;
+no access leaves its buffer (ASan: global and dynamic shared memory); no barrier is reached by
+only some threads; WMMA pointers and leading dimensions meet the documented alignment rules;
+launch configurations fit the GPU's limits. What it cannot check: timing, the real warp
+scheduling (so not every race), the hardware's WMMA rounding order, and 64-bit offsets at sizes
+that need them.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = [
+    *sorted((REPO / "csrc" / "emulation").glob("*.cpp")),
+    *sorted((REPO / "csrc" / "kernels").glob("*.cu")),
+]
+HEADERS = [
+    *sorted((REPO / "csrc" / "emulation").glob("*.h")),
+    *sorted((REPO / "csrc" / "kernels").glob("*.h")),
+    *sorted((REPO / "csrc" / "kernels").glob("*.cuh")),
+]
+FLAGS = [
+    "-std=c++17", "-O1", "-g", "-pthread", "-fno-strict-aliasing",
+    "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+    "-DRESNEXT_KERNELS_EMULATION", "-D__CUDA_ARCH__=900",  # the sm_90 code paths
+    f"-I{REPO / 'csrc' / 'emulation'}", f"-I{REPO / 'csrc'}",
+    "-Wall", "-Wno-unknown-pragmas", "-Wno-sign-compare",
+]
+# Leak checking needs ptrace, which containers often forbid; every other ASan check stays on.
+RUN_ENV = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
+           "UBSAN_OPTIONS": "print_stacktrace=1"}
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def compiler():
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+def build() -> Path:
+    """The harness binary for the current sources, compiled if it is not there yet."""
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (set CXX or install g++)")
+    digest = hashlib.sha256()
+    for path in SOURCES + HEADERS:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(" ".join([cxx, *FLAGS]).encode())
+    out_dir = REPO / "build" / "cuda_emulator" / digest.hexdigest()[:16]
+    binary = out_dir / "harness"
+    if binary.exists():
+        return binary
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for src in SOURCES:
+        obj = out_dir / (src.name + ".o")
+        cmd = [cxx, *FLAGS, "-x", "c++", "-c", str(src), "-o", str(obj)]
+        jobs.append((obj, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
+    for obj, job in jobs:
+        log = job.communicate()[0].decode()
+        if job.returncode != 0:
+            raise RuntimeError(f"emulator build failed on {obj.name}:\n{log}")
+    tmp = out_dir / "harness.tmp"
+    subprocess.run([cxx, "-fsanitize=address,undefined", "-pthread",
+                    *[str(obj) for obj, _ in jobs], "-o", str(tmp)], check=True)
+    tmp.rename(binary)
+    return binary
+
+
+def _storage_span(t: torch.Tensor) -> torch.Tensor:
+    """The 1-D span of storage that the view t addresses, starting at its first element."""
+    if t.numel() == 0:
+        return t.new_empty(0)
+    span = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return t.as_strided((span,), (1,), t.storage_offset())
+
+
+def _write(directory: Path, name: str, t: torch.Tensor):
+    flat = _storage_span(t.detach().cpu()).contiguous()
+    (directory / f"{name}.bin").write_bytes(flat.view(torch.uint8).numpy().tobytes())
+
+
+def _read_like(directory: Path, name: str, like: torch.Tensor) -> torch.Tensor:
+    data = bytearray((directory / f"{name}.bin").read_bytes())
+    if like.numel() == 0:
+        return like.clone()
+    flat = torch.frombuffer(data, dtype=torch.uint8).view(like.dtype)
+    return flat.as_strided(like.shape, like.stride()).clone()
+
+
+def _write_params(directory: Path, params: dict):
+    lines = []
+    for key, value in params.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        lines.append(" ".join([key, *(str(int(v)) for v in values)]))
+    (directory / "params.txt").write_text("\n".join(lines) + "\n")
+
+
+def _run(binary: Path, *args) -> str:
+    proc = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True,
+                          env=RUN_ENV, timeout=600)
+    if proc.returncode != 0:
+        raise EmulatorError(proc.returncode, proc.stdout + proc.stderr)
+    return proc.stdout
+
+
+class EmulatorError(RuntimeError):
+    def __init__(self, returncode, output):
+        super().__init__(f"emulated kernel failed (exit {returncode}):\n{output[-6000:]}")
+        self.returncode = returncode
+        self.output = output
+
+
+def _poisoned_like_glue(shape, dtype, memory_format):
+    """The output the torch glue allocates (x's memory format), filled with NaN."""
+    return torch.full(shape, float("nan"), dtype=dtype).contiguous(memory_format=memory_format)
+
+
+def grouped_conv_bn_relu(binary, x, weight, scale, shift, *, stride=1, padding=1, dilation=1,
+                         groups, relu=True, device_major=9, force_direct=False, x_lead_elems=0):
+    """Runs the CUDA launch path (plan, weight re-layout, kernel) like the torch glue does.
+
+    Returns (y, path): path is the harness's report, e.g. "wmma block_channels 16 ...".
+    """
+    N, C_in, H, W = x.shape
+    C_out, _, KH, KW = weight.shape
+    H_out = (H + 2 * padding - dilation * (KH - 1) - 1) // stride + 1
+    W_out = (W + 2 * padding - dilation * (KW - 1) - 1) // stride + 1
+    memory_format = torch._prims_common.suggest_memory_format(x)
+    y = _poisoned_like_glue((N, C_out, H_out, W_out), x.dtype, memory_format)
+    with tempfile.TemporaryDirectory(prefix="emu_conv_") as tmp:
+        d = Path(tmp)
+        _write(d, "x", x)
+        _write(d, "w", weight)
+        _write(d, "scale", scale.float().contiguous())
+        _write(d, "shift", shift.float().contiguous())
+        _write(d, "y", y)
+        _write_params(d, dict(
+            dtype=DTYPE_CODES[x.dtype], N=N, C_in=C_in, H=H, W=W, C_out=C_out, H_out=H_out,
+            W_out=W_out, groups=groups, KH=KH, KW=KW, stride=[stride] * 2,
+            padding=[padding] * 2, dilation=[dilation] * 2, x_stride=x.stride(),
+            w_stride=weight.stride(), y_stride=y.stride(), relu=relu,
+            y_channels_last=memory_format == torch.channels_last, device_major=device_major,
+            force_direct=force_direct, x_lead_elems=x_lead_elems))
+        report = _run(binary, "grouped_conv", d)
+        return _read_like(d, "y", y), report.strip()
+
+
+def squeeze_excite(binary, u, w1, b1, w2, b2, residual=None, relu=False):
+    N, C, H, W = u.shape
+    R = w1.shape[0]
+    memory_format = torch._prims_common.suggest_memory_format(u)
+    out = _poisoned_like_glue(u.shape, u.dtype, memory_format)
+    with tempfile.TemporaryDirectory(prefix="emu_se_") as tmp:
+        d = Path(tmp)
+        _write(d, "u", u)
+        _write(d, "out", out)
+        _write(d, "w1", w1.reshape(R, C).float().contiguous())
+        _write(d, "w2", w2.reshape(C, R).float().contiguous())
+        params = dict(dtype=DTYPE_CODES[u.dtype], N=N, C=C, H=H, W=W, R=R,
+                      u_stride=u.stride(), out_stride=out.stride(), relu=relu,
+                      channels_last=memory_format == torch.channels_last,
+                      has_residual=residual is not None, has_b1=b1 is not None,
+                      has_b2=b2 is not None)
+        if residual is not None:
+            _write(d, "residual", residual)
+            params["residual_stride"] = residual.stride()
+        if b1 is not None:
+            _write(d, "b1", b1.float().contiguous())
+        if b2 is not None:
+            _write(d, "b2", b2.float().contiguous())
+        _write_params(d, params)
+        _run(binary, "squeeze_excite", d)
+        return _read_like(d, "out", out)
+
+
+def selftest(binary, name) -> str:
+    return _run(binary, "selftest", name)

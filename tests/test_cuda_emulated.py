@@ -1,0 +1,220 @@
+"""The CUDA kernels, run on the CPU by the host-side CUDA emulator (tests/cuda_emulator.py).
+
+The same kernel sources that nvcc builds into resnext_kernels._C, compiled as C++ with ASan and
+UBSan and run one OS thread per CUDA thread, against the float64 references of
+test_grouped_conv_bn_relu.py and test_squeeze_excite.py, with poisoned (NaN) outputs, shared
+memory and workspaces. On a GPU the same cases run for real in those files (backend "cuda").
+
+Skips when there is no C++ compiler, unless RESNEXT_KERNELS_REQUIRE_EMULATOR=1 (CI sets it).
+"""
+
+import os
+
+import pytest
+import torch
+
+import cuda_emulator
+from conftest import channels_last_if, seeded, tolerance
+from test_grouped_conv_bn_relu import make_case, reference
+from test_squeeze_excite import make_case as make_se_case
+from test_squeeze_excite import reference as se_reference
+
+HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    if cuda_emulator.compiler() is None:
+        if os.environ.get("RESNEXT_KERNELS_REQUIRE_EMULATOR") == "1":
+            pytest.fail("RESNEXT_KERNELS_REQUIRE_EMULATOR=1 but there is no C++ compiler")
+        pytest.skip("no C++ compiler for the CUDA emulator")
+    return cuda_emulator.build()
+
+
+def conv_and_check(emulator, x, w, scale, shift, bn, *, groups, stride=1, padding=1,
+                   dilation=1, relu=True, expect_path, **kwargs):
+    y, report = cuda_emulator.grouped_conv_bn_relu(
+        emulator, x, w, scale, shift, stride=stride, padding=padding, dilation=dilation,
+        groups=groups, relu=relu, **kwargs)
+    assert report.startswith(expect_path), f"expected the {expect_path} path, ran: {report}"
+    ref = reference(x, w, bn, stride, padding, dilation, groups, relu)
+    torch.testing.assert_close(y.double(), ref, **tolerance(x.dtype))
+    return y, report
+
+
+# --- the emulator itself: each broken kernel must fail, the correct one must pass -------------
+
+def test_emulator_runs_a_correct_kernel(emulator):
+    assert cuda_emulator.selftest(emulator, "warp_sum").split() == ["496", "1520"]
+
+
+@pytest.mark.parametrize("name,message", [
+    ("divergent_syncthreads", "divergent barrier"),
+    ("out_of_bounds_read", "heap-buffer-overflow"),
+    ("shared_overflow", "heap-buffer-overflow"),
+    ("too_much_shared_memory", "invalid argument"),
+])
+def test_emulator_catches_broken_kernels(emulator, name, message):
+    with pytest.raises(cuda_emulator.EmulatorError) as info:
+        cuda_emulator.selftest(emulator, name)
+    assert message in info.value.output
+
+
+# --- grouped conv + BN + ReLU: the tensor-core path -----------------------------------------
+
+# cpg -> the channel slab the WMMA kernel uses (cpg < 16: 16 / cpg groups packed per slab).
+WMMA_BLOCK_CHANNELS = {1: 16, 2: 16, 4: 16, 8: 16, 16: 16, 32: 32, 64: 64}
+
+
+@pytest.mark.parametrize("cpg", sorted(WMMA_BLOCK_CHANNELS))
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+@pytest.mark.parametrize("dtype", HALF_TYPES, ids=str)
+def test_wmma_matches_conv_bn_relu(emulator, cpg, stride, channels_last, dtype):
+    bc = WMMA_BLOCK_CHANNELS[cpg]
+    groups = 2 * bc // cpg  # two channel slabs
+    seed = 7000 + cpg * 10 + stride + 100 * channels_last + 1000 * HALF_TYPES.index(dtype)
+    x, w, scale, shift, bn = make_case(cpg, groups, dtype, "cpu", channels_last, seed,
+                                       N=2, H=6, W=5)
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=groups, stride=stride,
+                   expect_path=f"path wmma block_channels {bc}")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_wmma_several_tiles_and_partial_tiles(emulator, stride):
+    """Outputs span 3 tiles along W (16 wide) and 3 along H (4 high), the last ones partial."""
+    x, w, scale, shift, bn = make_case(4, 8, torch.float16, "cpu", True, 8100 + stride,
+                                       N=1, H=11 * stride, W=35 * stride)
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=8, stride=stride,
+                   expect_path="path wmma block_channels 16")
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_wmma_relu_off_and_batch_one(emulator, relu):
+    x, w, scale, shift, bn = make_case(8, 4, torch.bfloat16, "cpu", True, 8200 + relu, N=1)
+    y, _ = conv_and_check(emulator, x, w, scale, shift, bn, groups=4, relu=relu,
+                          expect_path="path wmma")
+    if not relu:
+        assert (y < 0).any()
+
+
+def test_wmma_misaligned_and_strided_inputs(emulator):
+    """A channels_last x that is not 16-byte aligned, and a strided view: the scalar-load path."""
+    x, w, scale, shift, bn = make_case(16, 2, torch.float16, "cpu", True, 8300)
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=2, x_lead_elems=1,
+                   expect_path="path wmma block_channels 16")
+    big, w, scale, shift, bn = make_case(16, 2, torch.float16, "cpu", True, 8301, H=12, W=10)
+    view = big[:, :, ::2, 1::2]
+    assert not view.is_contiguous() and not view.is_contiguous(memory_format=torch.channels_last)
+    conv_and_check(emulator, view, w, scale, shift, bn, groups=2,
+                   expect_path="path wmma block_channels 16")
+
+
+def test_wmma_weights_with_any_strides(emulator):
+    x, w, scale, shift, bn = make_case(4, 8, torch.float16, "cpu", True, 8400)
+    w_view = w.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # channels_last weights
+    assert not w_view.is_contiguous()
+    conv_and_check(emulator, x, w_view, scale, shift, bn, groups=8, expect_path="path wmma")
+
+
+def test_wmma_nan_stays_within_its_slab(emulator):
+    """A NaN input poisons the outputs it feeds; block-diagonal packing means the other groups
+    of its 16-channel slab see 0 * NaN = NaN as well (documented), and nothing else does."""
+    x, w, scale, shift, bn = make_case(4, 8, torch.float16, "cpu", True, 8500, N=2, H=7, W=7)
+    x[0, 5, 3, 3] = float("nan")  # channel 5: group 1, slab 0 (channels 0-15)
+    y, _ = cuda_emulator.grouped_conv_bn_relu(emulator, x, w, scale, shift, groups=8)
+    ref = reference(x, w, bn, 1, 1, 1, 8, True)
+    assert torch.isnan(y[ref.isnan()]).all(), "every output the reference makes NaN is NaN"
+    assert torch.isnan(y[0, :16, 2:5, 2:5]).all()
+    assert not torch.isnan(y[0, 16:]).any() and not torch.isnan(y[1]).any()
+    assert not torch.isnan(y[0, :, 5:]).any()
+
+
+# --- the direct kernel: everything the tensor-core path does not take -----------------------
+
+@pytest.mark.parametrize("case", [
+    dict(cpg=3, groups=2, dtype=torch.float32, channels_last=False, stride=1),
+    dict(cpg=4, groups=4, dtype=torch.float32, channels_last=True, stride=2),
+    dict(cpg=16, groups=2, dtype=torch.float32, channels_last=True, stride=1),
+    dict(cpg=8, groups=2, dtype=torch.float16, channels_last=False, stride=1, dilation=2),
+    dict(cpg=128, groups=1, dtype=torch.bfloat16, channels_last=True, stride=1),
+    dict(cpg=4, groups=3, dtype=torch.float16, channels_last=True, stride=1),  # C = 12
+    dict(cpg=2, groups=5, dtype=torch.float32, channels_last=True, stride=1, cpg_out=6),
+    dict(cpg=8, groups=4, dtype=torch.float16, channels_last=True, stride=3),
+], ids=["fp32-cpg3", "fp32-nhwc-s2", "fp32-cpg16", "fp16-dil2", "bf16-cpg128",
+        "fp16-C12", "fp32-unequal", "fp16-stride3"])
+def test_direct_kernel(emulator, case):
+    case = dict(case)
+    dilation = case.pop("dilation", 1)
+    stride = case.pop("stride")
+    cpg_out = case.pop("cpg_out", None)
+    x, w, scale, shift, bn = make_case(case["cpg"], case["groups"], case["dtype"], "cpu",
+                                       case["channels_last"], 9000 + case["cpg"] + stride,
+                                       N=2, H=7, W=6, cpg_out=cpg_out)
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=case["groups"], stride=stride,
+                   padding=dilation, dilation=dilation, expect_path="path direct")
+
+
+def test_direct_kernel_on_wmma_shapes_and_before_sm80(emulator):
+    x, w, scale, shift, bn = make_case(8, 4, torch.bfloat16, "cpu", True, 9100)
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=4, force_direct=True,
+                   expect_path="path direct")
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=4, device_major=7,
+                   expect_path="path direct")
+
+
+def test_direct_kernel_non_contiguous(emulator):
+    x, w, scale, shift, bn = make_case(8, 4, torch.float32, "cpu", False, 9200, H=14, W=18)
+    x_view = x[:, :, ::2, 1::2]
+    w_view = w.transpose(2, 3).contiguous().transpose(2, 3)
+    conv_and_check(emulator, x_view, w_view, scale, shift, bn, groups=4, expect_path="path direct")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_batch_zero_launches_nothing(emulator, dtype):
+    x, w, scale, shift, bn = make_case(16, 2, dtype, "cpu", True, 9300, N=0)
+    y, _ = cuda_emulator.grouped_conv_bn_relu(emulator, x, w, scale, shift, groups=2)
+    assert y.shape == (0, 32, 7, 9)
+
+
+# --- squeeze-and-excitation --------------------------------------------------------------
+
+def se_check(emulator, u, w1, b1, w2, b2, res, relu):
+    out = cuda_emulator.squeeze_excite(emulator, u, w1, b1, w2, b2, residual=res, relu=relu)
+    torch.testing.assert_close(out.double(), se_reference(u, w1, b1, w2, b2, res, relu),
+                               **tolerance(u.dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF_TYPES], ids=str)
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+@pytest.mark.parametrize("tail", ["plain", "residual_relu"])
+def test_squeeze_excite(emulator, dtype, channels_last, tail):
+    residual = tail == "residual_relu"
+    seed = 9400 + 10 * channels_last + residual
+    u, w1, b1, w2, b2, res = make_se_case(2, 40, 5, 6, 8, dtype, "cpu", channels_last, seed,
+                                          residual=residual)
+    se_check(emulator, u, w1, b1, w2, b2, res, relu=residual)
+
+
+@pytest.mark.parametrize("N,C,H,W,R,bias", [
+    (1, 37, 3, 11, 5, False),   # odd C and R, no biases
+    (3, 16, 1, 1, 4, True),     # 1x1 spatial
+    (1, 96, 9, 9, 24, True),    # several 32-channel squeeze blocks, H*W > warp
+])
+def test_squeeze_excite_shapes(emulator, N, C, H, W, R, bias):
+    u, w1, b1, w2, b2, res = make_se_case(N, C, H, W, R, torch.float16, "cpu", True, 9500 + C,
+                                          bias=bias, residual=True)
+    se_check(emulator, u, w1, b1, w2, b2, res, relu=True)
+
+
+def test_squeeze_excite_batch_zero(emulator):
+    u, w1, b1, w2, b2, _ = make_se_case(0, 16, 3, 3, 4, torch.float16, "cpu", True, 9600)
+    out = cuda_emulator.squeeze_excite(emulator, u, w1, b1, w2, b2)
+    assert out.shape == u.shape
+
+
+def test_squeeze_excite_strided_residual(emulator):
+    u, w1, b1, w2, b2, _ = make_se_case(2, 32, 4, 4, 8, torch.bfloat16, "cpu", True, 9700)
+    res = channels_last_if(torch.randn(2, 32, 8, 4, generator=seeded(9701)), False)
+    res = res.to(torch.bfloat16)[:, :, ::2]  # NCHW-strided view next to a channels_last u
+    se_check(emulator, u, w1, b1, w2, b2, res, relu=True)
