@@ -53,6 +53,7 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env["gpu"] = props.name
+        env["gpu_capability"] = f"sm_{props.major}{props.minor}"
         env["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
         env["sm_count"] = props.multi_processor_count
         try:

@@ -35,7 +35,10 @@ import resnext_kernels as rk  # noqa: E402
 from resnext_kernels import backends, models  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-GPU_PROVIDERS = ["cudnn_eager", "cudnn_folded", "compile_max_autotune", "triton", "cuda"]
+# "reference" is the op with backend="reference" (what "auto" runs when no table entry says
+# otherwise: BN folded per call, then cuDNN), the baseline benchmarks/auto_table.py compares with.
+GPU_PROVIDERS = ["cudnn_eager", "cudnn_folded", "compile_max_autotune", "reference", "triton",
+                 "cuda"]
 CPU_PROVIDERS = ["cudnn_eager", "cudnn_folded"]
 TOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 8e-2}  # relative to max |ref|
 
@@ -95,7 +98,7 @@ def provider_fn(name, conv, bn, dtype, device):
             return "GPU only"
         block = nn.Sequential(conv, bn, nn.ReLU()).eval()
         return torch.compile(block, mode="max-autotune")
-    if name in ("triton", "cuda"):
+    if name in ("reference", "triton", "cuda"):
         ok, reason = backends.backend_status(name, device.type)
         if not ok:
             return reason

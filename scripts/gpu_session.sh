@@ -6,7 +6,9 @@
 #   scripts/gpu_session.sh bench-full models
 # The build is skipped when the installed extension was built from the same sources.
 # Writes at most 8 files under $OUT (the device tool's limit): session.log, sanitizer.log and
-# the benchmark result files. Copy the benchmark files into benchmarks/results/ and commit them.
+# the benchmark result files. Copy the benchmark files into benchmarks/results/ and the auto
+# table (sm_XX.json) into resnext_kernels/backends/auto_tables/ (fix its "source" path), and
+# commit them.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-/tmp/gpu_session_out}
@@ -55,8 +57,11 @@ step_bench() {
   log "per-layer benchmark: resnext50 + resnext101_32x8d, fp16/bf16, batch 128, no max-autotune"
   (cd /tmp && timeout 300 python3 "$REPO/benchmarks/grouped_conv.py" --batch 128 \
       --models resnext50_32x4d resnext101_32x8d --dtypes fp16 bf16 \
-      --providers cudnn_eager cudnn_folded triton cuda --reps 30 --out "$OUT" 2>/dev/null \
-      | tail -n 100) | tee -a "$LOG"
+      --providers cudnn_eager cudnn_folded reference triton cuda --reps 30 --out "$OUT" \
+      2>/dev/null | tail -n 100) | tee -a "$LOG"
+  log "backend=auto table from that run (commit it with the results file)"
+  (cd "$REPO" && python3 benchmarks/auto_table.py "$(ls -t "$OUT"/grouped_conv-*.json | head -1)" \
+      --out-dir "$OUT" 2>&1) | tee -a "$LOG"
 }
 
 step_bench_full() {

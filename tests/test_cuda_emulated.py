@@ -5,7 +5,8 @@ UBSan and run one OS thread per CUDA thread, against the float64 references of
 test_grouped_conv_bn_relu.py and test_squeeze_excite.py, with poisoned (NaN) outputs, shared
 memory and workspaces. On a GPU the same cases run for real in those files (backend "cuda").
 
-Skips when there is no C++ compiler, unless RESNEXT_KERNELS_REQUIRE_EMULATOR=1 (CI sets it).
+Skips when there is no C++ compiler, or on a machine with a GPU (where the real kernels run),
+unless RESNEXT_KERNELS_REQUIRE_EMULATOR=1 (CI sets it).
 """
 
 import os
@@ -24,8 +25,11 @@ HALF_TYPES = (torch.float16, torch.bfloat16)
 
 @pytest.fixture(scope="module")
 def emulator():
+    required = os.environ.get("RESNEXT_KERNELS_REQUIRE_EMULATOR") == "1"
+    if torch.cuda.is_available() and not required:
+        pytest.skip("a GPU is here: the real kernels run in the backend tests instead")
     if cuda_emulator.compiler() is None:
-        if os.environ.get("RESNEXT_KERNELS_REQUIRE_EMULATOR") == "1":
+        if required:
             pytest.fail("RESNEXT_KERNELS_REQUIRE_EMULATOR=1 but there is no C++ compiler")
         pytest.skip("no C++ compiler for the CUDA emulator")
     return cuda_emulator.build()

@@ -10,13 +10,15 @@ import os
 import torch
 
 from .. import _extension
+from . import auto_table
 
 BACKENDS = ("reference", "triton", "cuda")
 
-# What "auto" tries, in order, per device type. Only backends that have been verified and
-# measured faster than the reference on that device belong before "reference": the GPU
-# benchmark (benchmarks/grouped_conv.py) has not yet run for the Triton and CUDA kernels, so
-# "auto" stays on the aten reference (cuDNN on GPU) until a committed result says otherwise.
+# What "auto" tries, in order, per device type, for calls that no measured per-shape table
+# (auto_table.py) covers. Only backends verified and measured faster than the reference on that
+# device belong before "reference": the GPU benchmark (benchmarks/grouped_conv.py) has not yet
+# run for the Triton and CUDA kernels, so "auto" stays on the aten reference (cuDNN on GPU)
+# until a committed result says otherwise.
 AUTO_PREFERENCE = {
     "cuda": ("reference",),
     "cpu": ("reference",),
@@ -77,9 +79,23 @@ def available_backends(device=None) -> dict:
     return {name: backend_status(name, device_type)[1] for name in BACKENDS}
 
 
-def resolve(backend: str, device: torch.device) -> str:
-    """The concrete backend for `backend` ("auto" or a name) on `device`, or a clear error."""
+def gpu_arch(device: torch.device) -> str:
+    """"sm_90" for a compute capability 9.0 device: how auto tables name GPUs."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+def resolve(backend: str, device: torch.device, table_key=None) -> str:
+    """The concrete backend for `backend` ("auto" or a name) on `device`, or a clear error.
+
+    For "auto", `table_key` (see auto_table.conv_key) looks the call up in the measured
+    per-shape tables first; without an entry, AUTO_PREFERENCE decides.
+    """
     if backend == "auto":
+        if table_key is not None:
+            measured = auto_table.lookup(table_key)
+            if measured is not None and backend_status(measured, device.type)[0]:
+                return measured
         for name in AUTO_PREFERENCE.get(device.type, ("reference",)):
             if backend_status(name, device.type)[0]:
                 return name

@@ -9,7 +9,8 @@ float32 / float16 / bfloat16 (x and weight of one dtype; scale/shift any float d
 fp32), batch 0 and up.
 
 Backends ("reference", "triton", "cuda", or "auto") all implement the same signature; "auto"
-is resolved per device by resnext_kernels.backends.resolve. Autograd goes through aten.
+is resolved per call by resnext_kernels.backends.resolve: on a GPU, the backend measured fastest
+for this shape (backends/auto_table.py), else the device default. Autograd goes through aten.
 """
 
 from typing import List
@@ -18,6 +19,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from .. import _extension, backends
+from ..backends import auto_table
 from ._checks import (
     check_call_types,
     check_floating,
@@ -76,6 +78,16 @@ def _check_args(x, weight, scale, shift, stride, padding, dilation, groups):
     return (N, C_out, H_out, W_out)
 
 
+def _auto_table_key(x, weight, stride, padding, dilation, groups, backend):
+    """The measured-table key of an "auto" call on a GPU (None otherwise)."""
+    if backend != "auto" or x.device.type != "cuda":
+        return None
+    layout = "nhwc" if suggest_memory_format(x) == torch.channels_last else "nchw"
+    return auto_table.conv_key(backends.gpu_arch(x.device), x.dtype, layout, x.shape[1],
+                               weight.shape[0], groups, x.shape[2], x.shape[3], stride, padding,
+                               dilation)
+
+
 @torch.library.custom_op("resnext_kernels::grouped_conv_bn_relu", mutates_args=())
 def _grouped_conv_bn_relu_op(
     x: torch.Tensor,
@@ -90,7 +102,8 @@ def _grouped_conv_bn_relu_op(
     backend: str,
 ) -> torch.Tensor:
     _check_args(x, weight, scale, shift, stride, padding, dilation, groups)
-    name = backends.resolve(backend, x.device)
+    name = backends.resolve(backend, x.device, _auto_table_key(x, weight, stride, padding,
+                                                                dilation, groups, backend))
     impl = backends.implementation("grouped_conv_bn_relu", name)
     return impl(x, weight, scale, shift, stride, padding, dilation, groups, relu)
 

@@ -1,0 +1,56 @@
+"""Per-shape choices for backend="auto" on a GPU, taken from committed benchmark results.
+
+`benchmarks/auto_table.py RESULTS.json` turns a GPU run of benchmarks/grouped_conv.py into a
+table under resnext_kernels/backends/auto_tables/: for every measured (GPU architecture, dtype,
+layout, layer shape), the fastest backend whose output matched the float64 reference, among
+"triton", "cuda" and "reference" (cuDNN with BatchNorm folded). "auto" looks the call up there;
+a shape, GPU architecture or dtype that no table covers gets the device's default preference
+(resnext_kernels.backends.AUTO_PREFERENCE), which is the aten reference until measured.
+
+Keys hold everything the kernels' speed depends on except the batch (tables are measured at one
+batch size, which each table records). GPUs are matched by compute capability (an H100 and an
+H200 share sm_90), so a table measured on one serves the other; the table says which it was.
+"""
+
+import functools
+import json
+from pathlib import Path
+
+TABLE_DIR = Path(__file__).with_name("auto_tables")
+CHOOSABLE = ("triton", "cuda", "reference")
+
+
+def conv_key(arch, dtype, layout, C_in, C_out, groups, H, W, stride, padding, dilation):
+    """The lookup key of one grouped_conv_bn_relu call (ints, strings, tuples only)."""
+    return ("grouped_conv_bn_relu", str(arch), str(dtype).replace("torch.", ""), str(layout),
+            int(C_in), int(C_out), int(groups), int(H), int(W),
+            tuple(int(s) for s in stride), tuple(int(p) for p in padding),
+            tuple(int(d) for d in dilation))
+
+
+def entry_key(entry: dict):
+    return conv_key(entry["arch"], entry["dtype"], entry["layout"], entry["C_in"],
+                    entry["C_out"], entry["groups"], entry["H"], entry["W"], entry["stride"],
+                    entry["padding"], entry["dilation"])
+
+
+def load_tables(directory=TABLE_DIR) -> dict:
+    """{key: backend} from every *.json table in `directory` (later files win on a clash)."""
+    choices = {}
+    for path in sorted(Path(directory).glob("*.json")):
+        table = json.loads(path.read_text())
+        for entry in table["entries"]:
+            if entry["backend"] not in CHOOSABLE:
+                raise ValueError(f"{path}: backend {entry['backend']!r} is not one of {CHOOSABLE}")
+            choices[entry_key(entry)] = entry["backend"]
+    return choices
+
+
+@functools.lru_cache(maxsize=None)
+def _installed_tables():
+    return load_tables()
+
+
+def lookup(key, tables=None):
+    """The measured-fastest backend for `key`, or None when no table covers it."""
+    return (tables if tables is not None else _installed_tables()).get(key)
