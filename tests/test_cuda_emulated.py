@@ -36,13 +36,14 @@ def emulator():
 
 
 def conv_and_check(emulator, x, w, scale, shift, bn, *, groups, stride=1, padding=1,
-                   dilation=1, relu=True, expect_path, **kwargs):
+                   dilation=1, relu=True, expect_path, allow_tf32=False, **kwargs):
     y, report = cuda_emulator.grouped_conv_bn_relu(
         emulator, x, w, scale, shift, stride=stride, padding=padding, dilation=dilation,
-        groups=groups, relu=relu, **kwargs)
+        groups=groups, relu=relu, allow_tf32=allow_tf32, **kwargs)
     assert report.startswith(expect_path), f"expected the {expect_path} path, ran: {report}"
     ref = reference(x, w, bn, stride, padding, dilation, groups, relu)
-    torch.testing.assert_close(y.double(), ref, **tolerance(x.dtype))
+    tol_key = "tf32" if allow_tf32 and x.dtype == torch.float32 else x.dtype
+    torch.testing.assert_close(y.double(), ref, **tolerance(tol_key))
     return y, report
 
 
@@ -82,6 +83,22 @@ def test_wmma_matches_conv_bn_relu(emulator, cpg, stride, channels_last, dtype):
                                        N=2, H=6, W=5)
     conv_and_check(emulator, x, w, scale, shift, bn, groups=groups, stride=stride,
                    expect_path=f"path wmma block_channels {bc}")
+
+
+@pytest.mark.parametrize("cpg", [4, 32, 64])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_fp32_follows_allow_tf32(emulator, cpg, stride, channels_last):
+    """fp32 with TF32 allowed takes the tensor-core path (TF32, K = 8); without, the direct
+    kernel in full fp32 (checked against the fp32 row of the tolerance table)."""
+    bc = WMMA_BLOCK_CHANNELS[cpg]
+    groups = bc // cpg
+    x, w, scale, shift, bn = make_case(cpg, groups, torch.float32, "cpu", channels_last,
+                                       8050 + cpg + stride, N=1, H=5, W=6)
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=groups, stride=stride,
+                   allow_tf32=True, expect_path=f"path wmma block_channels {bc}")
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=groups, stride=stride,
+                   allow_tf32=False, expect_path="path direct")
 
 
 @pytest.mark.parametrize("stride", [1, 2])

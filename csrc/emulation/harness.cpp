@@ -118,7 +118,8 @@ int run_grouped_conv(const std::string& dir) {
   p.y_channels_last = prm.get("y_channels_last") != 0;
 
   resnext_kernels::GroupedConvPlan plan =
-      resnext_kernels::plan_grouped_conv_bn_relu(p, dtype, static_cast<int>(prm.get("device_major")));
+      resnext_kernels::plan_grouped_conv_bn_relu(p, dtype, static_cast<int>(prm.get("device_major")),
+                                                 prm.get("allow_tf32") != 0);
   if (prm.get("force_direct") != 0) plan = resnext_kernels::GroupedConvPlan{};
   Buffer workspace = scratch(static_cast<size_t>(plan.workspace_bytes));
   const cudaError_t err =

@@ -1,11 +1,14 @@
-// Host-side stand-in for <mma.h> (CUDA emulator only): the nvcuda::wmma 16x16x16 API for
-// __half / __nv_bfloat16 inputs with float accumulators. Every lane holds the whole matrix
+// Host-side stand-in for <mma.h> (CUDA emulator only): the nvcuda::wmma API for 16x16x16
+// __half / __nv_bfloat16 and 16x16x8 precision::tf32 inputs, with float accumulators. As on the
+// hardware, a TF32 multiply uses only the top 19 bits of each fp32 input (the low 13 mantissa
+// bits are ignored), so inputs not rounded with __float_to_tf32 are truncated. Every lane holds the whole matrix
 // (the hardware spreads it over the warp); loads check the documented alignment rules (256-bit
 // aligned pointer, ldm a multiple of 16 bytes) and stores write only the calling lane's share, so
 // a missing __syncwarp before reading another lane's share reads stale (poisoned) memory.
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "cuda_bf16.h"
@@ -21,6 +24,24 @@ struct accumulator {};
 struct row_major {};
 struct col_major {};
 enum layout_t { mem_row_major, mem_col_major };
+namespace precision {
+struct tf32 {};
+}
+
+// Round to TF32 (10 mantissa bits), to nearest with ties away from zero (cvt.rna.tf32.f32).
+inline float __float_to_tf32(float in) {
+  uint32_t bits;
+  std::memcpy(&bits, &in, sizeof bits);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+template <typename T>
+struct storage { using type = T; };
+template <>
+struct storage<precision::tf32> { using type = float; };
 
 template <typename Use, int M, int N, int K, typename T, typename Layout = void>
 struct fragment;
@@ -29,13 +50,13 @@ template <int M, int N, int K, typename T, typename Layout>
 struct fragment<matrix_a, M, N, K, T, Layout> {
   static constexpr int kRows = M, kCols = K;
   static constexpr int num_elements = M * K;
-  T x[M * K];
+  typename storage<T>::type x[M * K];
 };
 template <int M, int N, int K, typename T, typename Layout>
 struct fragment<matrix_b, M, N, K, T, Layout> {
   static constexpr int kRows = K, kCols = N;
   static constexpr int num_elements = K * N;
-  T x[K * N];
+  typename storage<T>::type x[K * N];
 };
 template <int M, int N, int K, typename T>
 struct fragment<accumulator, M, N, K, T, void> {
@@ -48,6 +69,21 @@ namespace detail {
 inline float to_float(__half v) { return __half2float(v); }
 inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 inline float to_float(float v) { return v; }
+
+// The value a multiply of operand type T sees: TF32 ignores the low 13 mantissa bits.
+template <typename T, typename S>
+float operand(S v) {
+  if constexpr (std::is_same<T, precision::tf32>::value) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    bits &= 0xffffe000u;
+    float out;
+    std::memcpy(&out, &bits, sizeof out);
+    return out;
+  } else {
+    return to_float(v);
+  }
+}
 
 inline unsigned int lane() { return (threadIdx.x + threadIdx.y * blockDim.x + threadIdx.z * blockDim.x * blockDim.y) % 32; }
 
@@ -69,7 +105,8 @@ void fill_fragment(Frag& f, float v) {
 
 // A or B, either layout: element (r, c) of the fragment's kRows x kCols matrix.
 template <typename Use, int M, int N, int K, typename T, typename Layout>
-void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* ptr, unsigned int ldm) {
+void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const typename storage<T>::type* ptr,
+                      unsigned int ldm) {
   using F = fragment<Use, M, N, K, T, Layout>;
   detail::check_pointer_and_ldm(ptr, ldm, "wmma::load_matrix_sync: pointer not 32-byte aligned");
   for (int r = 0; r < F::kRows; ++r) {
@@ -90,7 +127,7 @@ void mma_sync(fragment<accumulator, M, N, K, float>& d,
     for (int j = 0; j < N; ++j) {
       float acc = c.x[i * N + j];
       for (int k = 0; k < K; ++k) {
-        acc += detail::to_float(a.x[i * K + k]) * detail::to_float(b.x[k * N + j]);
+        acc += detail::operand<TA>(a.x[i * K + k]) * detail::operand<TB>(b.x[k * N + j]);
       }
       out[i * N + j] = acc;
     }

@@ -5,13 +5,13 @@
 namespace resnext_kernels {
 
 GroupedConvPlan plan_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
-                                          int device_major) {
+                                          int device_major, bool allow_tf32) {
   GroupedConvPlan plan;
-  const int block_channels = grouped_conv_wmma_block_channels(p, dtype, device_major);
+  const int block_channels = grouped_conv_wmma_block_channels(p, dtype, device_major, allow_tf32);
   if (block_channels > 0) {
     plan.path = GroupedConvPath::kWmma;
     plan.block_channels = block_channels;
-    plan.workspace_bytes = grouped_conv_wmma_workspace_bytes(p, block_channels);
+    plan.workspace_bytes = grouped_conv_wmma_workspace_bytes(p, dtype, block_channels);
   }
   return plan;
 }

@@ -1,6 +1,7 @@
-// Tensor-core grouped 3x3 conv + folded BN + ReLU for fp16/bf16 (stride 1 or 2, padding 1,
-// dilation 1, C_in == C_out): an implicit GEMM per channel slab with WMMA 16x16x16 fragments
-// and fp32 accumulation.
+// Tensor-core grouped 3x3 conv + folded BN + ReLU (stride 1 or 2, padding 1, dilation 1,
+// C_in == C_out): an implicit GEMM per channel slab with WMMA fragments and fp32 accumulation.
+// fp16/bf16 multiply as stored (16x16x16 fragments); fp32 multiplies as TF32 (16x16x8, inputs
+// rounded with __float_to_tf32), which the planner picks only when TF32 is allowed.
 //
 // Channel slab: BC = 16, 32 or 64 consecutive channels that no group crosses. At 16, 32 or 64
 // channels per group (cpg) a slab is one group. At cpg 1, 2, 4 or 8 a slab packs 16 / cpg groups:
@@ -11,14 +12,15 @@
 // Block: one image n, one slab, an output tile of kTileH x kTileW pixels (one warp per output
 // row, 16 pixels = one M fragment), all BC output channels (BC/16 N fragments).
 //  1. The input tile with its halo is read from global memory once into shared memory laid out
-//     [row][col][channel] (16-byte loads when x is channels_last and aligned, strided scalar
+//     [row][col][channel] in the storage dtype (16-byte loads when x is channels_last and
+//     aligned, strided scalar
 //     loads otherwise). For a tap (kh, kw) the A fragment of a warp is the 16 pixels of its row
 //     shifted by the tap, at a row stride of STRIDE * BC elements.
 //  2. Weights ([tap][ci][co] per slab) are staged in shared memory: all 9 taps at once for BC
 //     <= 32, one tap at a time for BC 64 (73 KB would halve occupancy).
 //  3. The epilogue goes through shared memory (fp32, aliasing the weight buffer) so that scale,
-//     shift and ReLU are applied per channel and the output is written once: 16-byte stores of
-//     8 channels when y is channels_last and aligned, pixel-fastest scalar stores otherwise.
+//     shift and ReLU are applied per channel and the output is written once: 16-byte stores
+//     when y is channels_last and aligned, pixel-fastest scalar stores otherwise.
 #include <mma.h>
 
 #include <algorithm>
@@ -38,17 +40,41 @@ constexpr int kRepackThreads = 256;
 
 constexpr size_t round_up_128(size_t bytes) { return (bytes + 127) / 128 * 128; }
 
-template <int BC, int STRIDE>
+template <typename scalar_t, int BC, int STRIDE>
 struct WmmaTile {
   static constexpr int kInH = (kTileH - 1) * STRIDE + 3;
   static constexpr int kInW = (kTileW - 1) * STRIDE + 3;
   static constexpr int kTapsPerStage = BC <= 32 ? 9 : 1;
-  static constexpr size_t kInBytes = round_up_128(size_t{kInH} * kInW * BC * 2);
-  static constexpr size_t kWBytes = round_up_128(size_t{kTapsPerStage} * BC * BC * 2);
+  static constexpr int kVec = 16 / sizeof(scalar_t);  // elements per 16-byte load or store
+  static constexpr size_t kInBytes = round_up_128(size_t{kInH} * kInW * BC * sizeof(scalar_t));
+  static constexpr size_t kWBytes =
+      round_up_128(size_t{kTapsPerStage} * BC * BC * sizeof(scalar_t));
   static constexpr size_t kStageBytes = size_t{kWarps} * kTileW * BC * sizeof(float);
   // The fp32 epilogue staging reuses the weight buffer once the last MMA has read it.
   static constexpr size_t kSmemBytes = kInBytes + std::max(kWBytes, kStageBytes);
 };
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+// One MMA step per storage type: 16-bit types multiply as stored with K = 16; fp32 multiplies as
+// TF32 with K = 8, each loaded fragment rounded to TF32 first (as cuDNN does with TF32 allowed).
+template <typename scalar_t>
+struct MmaStep {
+  using Operand = scalar_t;
+  static constexpr int kK = 16;
+  template <typename Fragment>
+  __device__ __forceinline__ static void round_inputs(Fragment&) {}
+};
+template <>
+struct MmaStep<float> {
+  using Operand = nvcuda::wmma::precision::tf32;
+  static constexpr int kK = 8;
+  template <typename Fragment>
+  __device__ __forceinline__ static void round_inputs(Fragment& f) {
+#pragma unroll
+    for (int t = 0; t < f.num_elements; ++t) f.x[t] = nvcuda::wmma::__float_to_tf32(f.x[t]);
+  }
+};
+#endif
 
 // 16 bytes of zeros or of global memory.
 __device__ __forceinline__ uint4 load16_or_zero(const void* ptr, bool valid) {
@@ -100,8 +126,10 @@ __global__ void __launch_bounds__(kThreads)
                                      bool vector_stores) {     // y: channels_last, 16 B aligned
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using namespace nvcuda;
-  using Tile = WmmaTile<BC, STRIDE>;
+  using Tile = WmmaTile<scalar_t, BC, STRIDE>;
   using Cvt = Convert<scalar_t>;
+  using Step = MmaStep<scalar_t>;
+  constexpr int kVec = Tile::kVec;
   unsigned char* smem = dynamic_shared_memory();
   scalar_t* in_tile = reinterpret_cast<scalar_t*>(smem);                  // [kInH][kInW][BC]
   scalar_t* w_stage = reinterpret_cast<scalar_t*>(smem + Tile::kInBytes);  // [taps][ci][co]
@@ -120,14 +148,14 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t ih0 = oh0 * STRIDE - p.pad_h, iw0 = ow0 * STRIDE - p.pad_w;
   constexpr int kInPixels = Tile::kInH * Tile::kInW;
   if (vector_loads) {
-    constexpr int kVecPerPixel = BC / 8;  // 8 channels = 16 bytes per load
+    constexpr int kVecPerPixel = BC / kVec;  // 16-byte loads per pixel
     for (int v = threadIdx.x; v < kInPixels * kVecPerPixel; v += kThreads) {
       const int pix = v / kVecPerPixel, cv = v % kVecPerPixel;
       const int64_t ih = ih0 + pix / Tile::kInW, iw = iw0 + pix % Tile::kInW;
       const bool inside = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
       const scalar_t* src =
-          x_n + (inside ? ih * p.x_stride[2] + iw * p.x_stride[3] : 0) + c0 + cv * 8;
-      *reinterpret_cast<uint4*>(in_tile + pix * BC + cv * 8) = load16_or_zero(src, inside);
+          x_n + (inside ? ih * p.x_stride[2] + iw * p.x_stride[3] : 0) + c0 + cv * kVec;
+      *reinterpret_cast<uint4*>(in_tile + pix * BC + cv * kVec) = load16_or_zero(src, inside);
     }
   } else {
     // Pixel-fastest, so neighbouring threads read neighbouring columns of an NCHW row.
@@ -141,7 +169,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[BC / 16];
+  wmma::fragment<wmma::accumulator, 16, 16, Step::kK, float> acc[BC / 16];
 #pragma unroll
   for (int j = 0; j < BC / 16; ++j) wmma::fill_fragment(acc[j], 0.f);
 
@@ -151,7 +179,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int tap0 = 0; tap0 < 9; tap0 += Tile::kTapsPerStage) {
     __syncthreads();  // the previous stage's weights are no longer read (and the tile is in)
     const uint4* w_src = reinterpret_cast<const uint4*>(w_slab + tap0 * BC * BC);
-    for (int v = threadIdx.x; v < Tile::kTapsPerStage * BC * BC / 8; v += kThreads) {
+    for (int v = threadIdx.x; v < Tile::kTapsPerStage * BC * BC / kVec; v += kThreads) {
       reinterpret_cast<uint4*>(w_stage)[v] = w_src[v];
     }
     __syncthreads();
@@ -162,13 +190,15 @@ __global__ void __launch_bounds__(kThreads)
       // A: 16 pixels of this warp's output row, shifted by the tap, at a pixel stride of STRIDE.
       const scalar_t* a_base = in_tile + ((warp * STRIDE + kh) * Tile::kInW + kw) * BC;
 #pragma unroll
-      for (int kc = 0; kc < BC / 16; ++kc) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, scalar_t, wmma::row_major> a;
-        wmma::load_matrix_sync(a, a_base + kc * 16, STRIDE * BC);
+      for (int kc = 0; kc < BC / Step::kK; ++kc) {
+        wmma::fragment<wmma::matrix_a, 16, 16, Step::kK, typename Step::Operand, wmma::row_major> a;
+        wmma::load_matrix_sync(a, a_base + kc * Step::kK, STRIDE * BC);
+        Step::round_inputs(a);
 #pragma unroll
         for (int j = 0; j < BC / 16; ++j) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, scalar_t, wmma::row_major> b;
-          wmma::load_matrix_sync(b, w_tap + kc * 16 * BC + j * 16, BC);
+          wmma::fragment<wmma::matrix_b, 16, 16, Step::kK, typename Step::Operand, wmma::row_major> b;
+          wmma::load_matrix_sync(b, w_tap + kc * Step::kK * BC + j * 16, BC);
+          Step::round_inputs(b);
           wmma::mma_sync(acc[j], a, b, acc[j]);
         }
       }
@@ -187,14 +217,14 @@ __global__ void __launch_bounds__(kThreads)
   if (oh >= p.H_out) return;
   scalar_t* y_row = y + n * p.y_stride[0] + oh * p.y_stride[2];
   if (vector_stores) {
-    constexpr int kVecPerPixel = BC / 8;
+    constexpr int kVecPerPixel = BC / kVec;
     for (int q = lane; q < kTileW * kVecPerPixel; q += 32) {
-      const int px = q / kVecPerPixel, c8 = (q % kVecPerPixel) * 8;
+      const int px = q / kVecPerPixel, c8 = (q % kVecPerPixel) * kVec;
       const int64_t ow = ow0 + px;
       if (ow >= p.W_out) continue;
-      alignas(16) scalar_t out[8];
+      alignas(16) scalar_t out[kVec];
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
+      for (int k = 0; k < kVec; ++k) {
         float v = my_stage[px * BC + c8 + k] * p.scale[c0 + c8 + k] + p.shift[c0 + c8 + k];
         if (p.relu) v = relu_keep_nan(v);
         out[k] = Cvt::from_float(v);
@@ -221,14 +251,14 @@ __global__ void __launch_bounds__(kThreads)
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // Channel-contiguous with every pixel's channels starting on a 16-byte boundary.
-bool channels_last_aligned16(const void* ptr, const int64_t* stride) {
-  return aligned16(ptr) && stride[1] == 1 && stride[0] % 8 == 0 && stride[2] % 8 == 0 &&
-         stride[3] % 8 == 0;
+bool channels_last_aligned16(const void* ptr, const int64_t* stride, int64_t vec) {
+  return aligned16(ptr) && stride[1] == 1 && stride[0] % vec == 0 && stride[2] % vec == 0 &&
+         stride[3] % vec == 0;
 }
 
 template <typename scalar_t, int BC, int STRIDE>
 cudaError_t launch_tile(const GroupedConvParams& p, void* workspace, cudaStream_t stream) {
-  using Tile = WmmaTile<BC, STRIDE>;
+  using Tile = WmmaTile<scalar_t, BC, STRIDE>;
   scalar_t* w_t = static_cast<scalar_t*>(workspace);
   const int64_t repack_total = p.C_in * 9 * BC;
   const int64_t repack_blocks =
@@ -247,8 +277,8 @@ cudaError_t launch_tile(const GroupedConvParams& p, void* workspace, cudaStream_
   const int64_t blocks_x = p.N * tiles_h * tiles_w;
   const int64_t slabs = p.C_in / BC;
   if (blocks_x > 0x7fffffffLL || slabs > 65535) return cudaErrorInvalidConfiguration;
-  const bool vector_loads = channels_last_aligned16(p.x, p.x_stride);
-  const bool vector_stores = channels_last_aligned16(p.y, p.y_stride);
+  const bool vector_loads = channels_last_aligned16(p.x, p.x_stride, Tile::kVec);
+  const bool vector_stores = channels_last_aligned16(p.y, p.y_stride, Tile::kVec);
   return launch_kernel(kernel, dim3(static_cast<unsigned int>(blocks_x),
                                     static_cast<unsigned int>(slabs)),
                        dim3(kThreads), Tile::kSmemBytes, stream, p,
@@ -274,8 +304,9 @@ cudaError_t launch_typed(const GroupedConvParams& p, int block_channels, void* w
 
 }  // namespace
 
-int grouped_conv_wmma_block_channels(const GroupedConvParams& p, DType dtype, int device_major) {
-  if (device_major < 8 || dtype == DType::kFloat32) return 0;
+int grouped_conv_wmma_block_channels(const GroupedConvParams& p, DType dtype, int device_major,
+                                     bool allow_tf32) {
+  if (device_major < 8 || (dtype == DType::kFloat32 && !allow_tf32)) return 0;
   if (p.groups <= 0 || p.C_in != p.C_out || p.C_in % p.groups != 0) return 0;
   const bool stride_ok =
       (p.stride_h == 1 && p.stride_w == 1) || (p.stride_h == 2 && p.stride_w == 2);
@@ -291,8 +322,10 @@ int grouped_conv_wmma_block_channels(const GroupedConvParams& p, DType dtype, in
   return static_cast<int>(bc);
 }
 
-int64_t grouped_conv_wmma_workspace_bytes(const GroupedConvParams& p, int block_channels) {
-  return p.C_in * 9 * block_channels * 2;  // (C / BC) slabs x 9 taps x BC x BC, 16-bit
+int64_t grouped_conv_wmma_workspace_bytes(const GroupedConvParams& p, DType dtype,
+                                          int block_channels) {
+  const int64_t element_bytes = dtype == DType::kFloat32 ? 4 : 2;
+  return p.C_in * 9 * block_channels * element_bytes;  // (C / BC) slabs x 9 taps x BC x BC
 }
 
 cudaError_t launch_grouped_conv_bn_relu_wmma(const GroupedConvParams& p, DType dtype,
@@ -304,7 +337,7 @@ cudaError_t launch_grouped_conv_bn_relu_wmma(const GroupedConvParams& p, DType d
     case DType::kFloat16: return launch_typed<__half>(p, block_channels, workspace, stream);
     case DType::kBFloat16:
       return launch_typed<__nv_bfloat16>(p, block_channels, workspace, stream);
-    case DType::kFloat32: break;
+    case DType::kFloat32: return launch_typed<float>(p, block_channels, workspace, stream);
   }
   return cudaErrorInvalidValue;
 }

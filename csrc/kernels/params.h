@@ -36,14 +36,16 @@ struct GroupedConvParams {
 cudaError_t launch_grouped_conv_bn_relu_direct(const GroupedConvParams& p, DType dtype,
                                                cudaStream_t stream);
 
-// The tensor-core (WMMA) kernel: fp16/bf16, any layout (16-byte vector loads and stores when
+// The tensor-core (WMMA) kernel: fp16/bf16, or fp32 as TF32 when allow_tf32, any layout (16-byte vector loads and stores when
 // channels_last), 3x3, stride 1 or 2, padding 1, dilation 1, C_in == C_out, compute capability
 // 8.0+. Channels per group 16/32/64 run one group per channel slab; 1/2/4/8 pack 16 / cpg groups
 // into a 16-channel slab with a block-diagonal weight tile. `block_channels` returns the slab
 // width (16, 32 or 64), or 0 when the kernel does not apply. The launch first re-lays the weights
 // out into `workspace` (workspace_bytes of it, 16-byte aligned) as [slab][tap][ci][co].
-int grouped_conv_wmma_block_channels(const GroupedConvParams& p, DType dtype, int device_major);
-int64_t grouped_conv_wmma_workspace_bytes(const GroupedConvParams& p, int block_channels);
+int grouped_conv_wmma_block_channels(const GroupedConvParams& p, DType dtype, int device_major,
+                                     bool allow_tf32);
+int64_t grouped_conv_wmma_workspace_bytes(const GroupedConvParams& p, DType dtype,
+                                          int block_channels);
 cudaError_t launch_grouped_conv_bn_relu_wmma(const GroupedConvParams& p, DType dtype,
                                              int block_channels, void* workspace,
                                              cudaStream_t stream);
@@ -55,8 +57,10 @@ struct GroupedConvPlan {
   int block_channels = 0;       // WMMA channel slab width
   int64_t workspace_bytes = 0;  // for the re-laid-out weights
 };
+// allow_tf32: fp32 may multiply in TF32 (torch.backends.cudnn.allow_tf32); otherwise fp32 runs
+// the direct kernel in full fp32.
 GroupedConvPlan plan_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
-                                          int device_major);
+                                          int device_major, bool allow_tf32);
 // Runs the planned kernel(s) on `stream`; `workspace` holds plan.workspace_bytes.
 cudaError_t launch_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
                                         const GroupedConvPlan& plan, void* workspace,

@@ -85,7 +85,9 @@ at::Tensor grouped_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weig
   int device_major = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_major, cudaDevAttrComputeCapabilityMajor,
                                         x.get_device()));
-  const GroupedConvPlan plan = plan_grouped_conv_bn_relu(p, dtype, device_major);
+  // fp32 follows torch.backends.cudnn.allow_tf32, like the aten convolution it replaces.
+  const bool allow_tf32 = at::globalContext().allowTF32CuDNN();
+  const GroupedConvPlan plan = plan_grouped_conv_bn_relu(p, dtype, device_major, allow_tf32);
   // Scratch for the re-laid-out weights (16-byte aligned: the caching allocator gives 512).
   const at::Tensor workspace =
       at::empty({std::max<int64_t>(plan.workspace_bytes, 1)}, x.options().dtype(at::kByte));
