@@ -35,14 +35,22 @@ HEADERS = [
 ]
 FLAGS = [
     "-std=c++17", "-O1", "-g", "-pthread", "-fno-strict-aliasing",
-    "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
     "-DRESNEXT_KERNELS_EMULATION", "-D__CUDA_ARCH__=900",  # the sm_90 code paths
     f"-I{REPO / 'csrc' / 'emulation'}", f"-I{REPO / 'csrc'}",
     "-Wall", "-Wno-unknown-pragmas", "-Wno-sign-compare",
 ]
+# Two builds. "memcheck": AddressSanitizer + UndefinedBehaviorSanitizer (out-of-bounds, overflow).
+# "racecheck": ThreadSanitizer. Every CUDA thread is an OS thread and the emulator's barriers are
+# mutex/condition-variable handoffs, so TSan reports exactly the shared- or global-memory
+# accesses that no __syncthreads/__syncwarp orders: what compute-sanitizer's racecheck looks for.
+SANITIZERS = {
+    "memcheck": ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"],
+    "racecheck": ["-fsanitize=thread"],
+}
 # Leak checking needs ptrace, which containers often forbid; every other ASan check stays on.
 RUN_ENV = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
-           "UBSAN_OPTIONS": "print_stacktrace=1"}
+           "UBSAN_OPTIONS": "print_stacktrace=1",
+           "TSAN_OPTIONS": "halt_on_error=1:exitcode=66:report_signal_unsafe=0"}
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -50,16 +58,17 @@ def compiler():
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 
-def build() -> Path:
+def build(sanitizer: str = "memcheck") -> Path:
     """The harness binary for the current sources, compiled if it is not there yet."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler (set CXX or install g++)")
+    flags = [*FLAGS, *SANITIZERS[sanitizer]]
     digest = hashlib.sha256()
     for path in SOURCES + HEADERS:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    digest.update(" ".join([cxx, *FLAGS]).encode())
-    out_dir = REPO / "build" / "cuda_emulator" / digest.hexdigest()[:16]
+    digest.update(" ".join([cxx, *flags]).encode())
+    out_dir = REPO / "build" / "cuda_emulator" / f"{sanitizer}-{digest.hexdigest()[:16]}"
     binary = out_dir / "harness"
     if binary.exists():
         return binary
@@ -67,14 +76,14 @@ def build() -> Path:
     jobs = []
     for src in SOURCES:
         obj = out_dir / (src.name + ".o")
-        cmd = [cxx, *FLAGS, "-x", "c++", "-c", str(src), "-o", str(obj)]
+        cmd = [cxx, *flags, "-x", "c++", "-c", str(src), "-o", str(obj)]
         jobs.append((obj, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
     for obj, job in jobs:
         log = job.communicate()[0].decode()
         if job.returncode != 0:
             raise RuntimeError(f"emulator build failed on {obj.name}:\n{log}")
     tmp = out_dir / "harness.tmp"
-    subprocess.run([cxx, "-fsanitize=address,undefined", "-pthread",
+    subprocess.run([cxx, *SANITIZERS[sanitizer], "-pthread",
                     *[str(obj) for obj, _ in jobs], "-o", str(tmp)], check=True)
     tmp.rename(binary)
     return binary

@@ -3,7 +3,8 @@
 The same kernel sources that nvcc builds into resnext_kernels._C, compiled as C++ with ASan and
 UBSan and run one OS thread per CUDA thread, against the float64 references of
 test_grouped_conv_bn_relu.py and test_squeeze_excite.py, with poisoned (NaN) outputs, shared
-memory and workspaces. On a GPU the same cases run for real in those files (backend "cuda").
+memory and workspaces. The racecheck tests run a representative case of every path under
+ThreadSanitizer (cuda_emulator.SANITIZERS). On a GPU the same cases run for real in those files (backend "cuda").
 
 Skips when there is no C++ compiler, or on a machine with a GPU (where the real kernels run),
 unless RESNEXT_KERNELS_REQUIRE_EMULATOR=1 (CI sets it).
@@ -239,3 +240,46 @@ def test_squeeze_excite_strided_residual(emulator):
     res = channels_last_if(torch.randn(2, 32, 8, 4, generator=seeded(9701)), False)
     res = res.to(torch.bfloat16)[:, :, ::2]  # NCHW-strided view next to a channels_last u
     se_check(emulator, u, w1, b1, w2, b2, res, relu=True)
+
+
+# --- racecheck: the same kernels under ThreadSanitizer -------------------------------------
+
+@pytest.fixture(scope="module")
+def racecheck(emulator):
+    """The emulator built with ThreadSanitizer (see cuda_emulator.SANITIZERS)."""
+    return cuda_emulator.build("racecheck")
+
+
+def test_racecheck_catches_a_shared_memory_race(racecheck):
+    assert cuda_emulator.selftest(racecheck, "warp_sum").split() == ["496", "1520"]
+    with pytest.raises(cuda_emulator.EmulatorError) as info:
+        cuda_emulator.selftest(racecheck, "shared_race")
+    assert "data race" in info.value.output
+
+
+@pytest.mark.parametrize("cpg,stride,channels_last,dtype,allow_tf32", [
+    (4, 1, True, torch.float16, False),     # packed, 16-channel slab, vector loads/stores
+    (8, 2, False, torch.bfloat16, False),   # packed, NCHW scalar loads/stores
+    (32, 2, True, torch.bfloat16, False),   # all 9 taps staged at once
+    (64, 1, True, torch.float16, False),    # per-tap weight staging, 18 barriers
+    (32, 1, False, torch.float32, True),    # TF32
+    (3, 1, True, torch.float32, False),     # direct kernel
+], ids=["cpg4", "cpg8-nchw", "cpg32-s2", "cpg64", "tf32", "direct"])
+def test_racecheck_grouped_conv(racecheck, cpg, stride, channels_last, dtype, allow_tf32):
+    groups = max(1, 16 // cpg) if cpg < 16 else 1
+    x, w, scale, shift, bn = make_case(cpg, groups, dtype, "cpu", channels_last, 9800 + cpg,
+                                       N=1, H=5, W=4)
+    y, _ = cuda_emulator.grouped_conv_bn_relu(racecheck, x, w, scale, shift, stride=stride,
+                                              groups=groups, allow_tf32=allow_tf32)
+    ref = reference(x, w, bn, stride, 1, 1, groups, True)
+    tol_key = "tf32" if allow_tf32 else dtype
+    torch.testing.assert_close(y.double(), ref, **tolerance(tol_key))
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_racecheck_squeeze_excite(racecheck, channels_last):
+    u, w1, b1, w2, b2, res = make_se_case(2, 40, 3, 5, 8, torch.float16, "cpu", channels_last,
+                                          9900 + channels_last, residual=True)
+    out = cuda_emulator.squeeze_excite(racecheck, u, w1, b1, w2, b2, residual=res, relu=True)
+    torch.testing.assert_close(out.double(), se_reference(u, w1, b1, w2, b2, res, True),
+                               **tolerance(torch.float16))

@@ -3,6 +3,12 @@
 // memory (poisoned with 0xFF bytes = NaN for fp16/bf16/fp32, allocated at its exact size so
 // AddressSanitizer sees any access past it) and the launch limits of the GPUs we target. It
 // stops with an error, instead of hanging, when the threads of a block diverge at a barrier.
+//
+// Under ThreadSanitizer (the "racecheck" build) the emulator's own bookkeeping (one mutex, its
+// counters) is hidden from TSan, and the only happens-before edges between CUDA threads are the
+// ones CUDA gives: a __syncthreads orders the block, a warp barrier orders the warp, the end of
+// a block orders it before the next one (they own the same shared memory). So TSan reports an
+// access pair that no barrier orders, as compute-sanitizer's racecheck would on a GPU.
 #include <algorithm>
 #include <condition_variable>
 #include <cstdio>
@@ -13,6 +19,41 @@
 #include <vector>
 
 #include "cuda_runtime.h"
+
+#if defined(__SANITIZE_THREAD__)
+extern "C" {
+void AnnotateIgnoreReadsBegin(const char* file, int line);
+void AnnotateIgnoreReadsEnd(const char* file, int line);
+void AnnotateIgnoreWritesBegin(const char* file, int line);
+void AnnotateIgnoreWritesEnd(const char* file, int line);
+void AnnotateIgnoreSyncBegin(const char* file, int line);
+void AnnotateIgnoreSyncEnd(const char* file, int line);
+void __tsan_acquire(void* addr);
+void __tsan_release(void* addr);
+}
+namespace {
+// Within its scope, TSan sees neither the accesses nor the synchronisation of this thread.
+struct HiddenFromTsan {
+  HiddenFromTsan() {
+    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+    AnnotateIgnoreSyncBegin(__FILE__, __LINE__);
+  }
+  ~HiddenFromTsan() {
+    AnnotateIgnoreSyncEnd(__FILE__, __LINE__);
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+  }
+};
+}  // namespace
+#define EMULATOR_BOOKKEEPING HiddenFromTsan hidden_from_tsan_
+#define HAPPENS_BEFORE(obj) __tsan_release(obj)
+#define HAPPENS_AFTER(obj) __tsan_acquire(obj)
+#else
+#define EMULATOR_BOOKKEEPING
+#define HAPPENS_BEFORE(obj) ((void)(obj))
+#define HAPPENS_AFTER(obj) ((void)(obj))
+#endif
 
 thread_local uint3 threadIdx{0, 0, 0};
 thread_local uint3 blockIdx{0, 0, 0};
@@ -36,6 +77,7 @@ std::map<const void*, size_t> g_max_smem;
 int g_launches = 0;
 
 struct Warp {
+  char ordering = 0;  // the address TSan's happens-before edges of this warp's barriers use
   int lanes = 32;    // threads in this warp
   int arrived = 0;   // lanes waiting at the current warp barrier
   int exited = 0;    // lanes that finished the kernel for the current block
@@ -46,13 +88,15 @@ struct Warp {
 // Everything about the grid being run; one mutex guards it all (the emulator is about
 // correctness, not speed).
 struct GridState {
+  char ordering = 0;  // the address TSan's happens-before edges of block barriers use
   std::mutex mutex;
   std::condition_variable cv;
   int threads = 0;
   uint64_t blocks = 0;
   dim3 grid, block;
   size_t smem_bytes = 0;
-  unsigned char* smem = nullptr;
+  unsigned char* smem = nullptr;  // the current block's; every block gets its own
+  std::vector<void*> smem_allocations;  // freed after the grid (threads joined)
   uint64_t current_block = 0;
   // block barrier
   int arrived = 0, arrived_sync = 0, arrived_end = 0;
@@ -66,12 +110,11 @@ thread_local GridState* t_grid = nullptr;
 thread_local int t_linear = 0;
 
 void allocate_smem(GridState& g) {
-  std::free(g.smem);
-  g.smem = nullptr;
   void* mem = nullptr;
   if (posix_memalign(&mem, 128, g.smem_bytes > 0 ? g.smem_bytes : 1) != 0) fatal("out of memory");
   std::memset(mem, 0xff, g.smem_bytes > 0 ? g.smem_bytes : 1);
   g.smem = static_cast<unsigned char*>(mem);
+  g.smem_allocations.push_back(mem);
 }
 
 void start_block(GridState& g) {
@@ -99,7 +142,18 @@ void wait_or_deadlock(GridState& g, std::unique_lock<std::mutex>& lock, uint64_t
 
 enum class Arrival { kSync, kEnd };
 
+void arrive_block_hidden(Arrival kind);
+
+// Everything before a block barrier, in every thread of the block, happens before everything
+// after it.
 void arrive_block(Arrival kind) {
+  HAPPENS_BEFORE(&t_grid->ordering);
+  arrive_block_hidden(kind);
+  HAPPENS_AFTER(&t_grid->ordering);
+}
+
+void arrive_block_hidden(Arrival kind) {
+  EMULATOR_BOOKKEEPING;
   GridState& g = *t_grid;
   std::unique_lock<std::mutex> lock(g.mutex);
   ++g.arrived;
@@ -140,6 +194,7 @@ void run_thread(GridState& g, int linear, void (*body)(void*), void* ctx) {
   for (;;) {
     uint64_t b;
     {
+      EMULATOR_BOOKKEEPING;
       std::lock_guard<std::mutex> lock(g.mutex);
       b = g.current_block;
     }
@@ -165,6 +220,7 @@ void fatal(const char* what) {
 
 unsigned char* dynamic_shared_memory() {
   if (t_grid == nullptr) fatal("dynamic_shared_memory() called outside a kernel");
+  EMULATOR_BOOKKEEPING;
   return t_grid->smem;
 }
 
@@ -210,7 +266,7 @@ cudaError_t run_grid_erased(dim3 grid, dim3 block, size_t smem_bytes, void (*bod
   pool.reserve(threads);
   for (int t = 0; t < g.threads; ++t) pool.emplace_back(run_thread, std::ref(g), t, body, ctx);
   for (std::thread& t : pool) t.join();
-  std::free(g.smem);
+  for (void* mem : g.smem_allocations) std::free(mem);
   return cudaSuccess;
 }
 
@@ -219,8 +275,19 @@ void sync_block() {
   arrive_block(Arrival::kSync);
 }
 
+void sync_warp_hidden();
+
+// Everything before a warp barrier, in every lane of the warp, happens before everything after.
 void sync_warp() {
   if (t_grid == nullptr) fatal("__syncwarp() called outside a kernel");
+  Warp& w = t_grid->warps[t_linear / 32];
+  HAPPENS_BEFORE(&w.ordering);
+  sync_warp_hidden();
+  HAPPENS_AFTER(&w.ordering);
+}
+
+void sync_warp_hidden() {
+  EMULATOR_BOOKKEEPING;
   GridState& g = *t_grid;
   std::unique_lock<std::mutex> lock(g.mutex);
   Warp& w = g.warps[t_linear / 32];
@@ -244,12 +311,14 @@ uint32_t exchange_down(uint32_t value, unsigned int delta) {
   const int lane = t_linear % 32;
   Warp& w = g.warps[t_linear / 32];
   {
+    EMULATOR_BOOKKEEPING;
     std::lock_guard<std::mutex> lock(g.mutex);
     w.exchange[lane] = value;
   }
   sync_warp();
   uint32_t result = value;
   {
+    EMULATOR_BOOKKEEPING;
     std::lock_guard<std::mutex> lock(g.mutex);
     if (lane + delta < static_cast<unsigned int>(w.lanes)) result = w.exchange[lane + delta];
   }

@@ -29,6 +29,13 @@ __global__ void shared_overflow_kernel(float* out, int n) {
   (void)n;
 }
 
+// Thread i reads what thread i+1 wrote to shared memory, with no barrier in between.
+__global__ void shared_race_kernel(float* out) {
+  float* buf = reinterpret_cast<float*>(resnext_kernels::dynamic_shared_memory());
+  buf[threadIdx.x] = static_cast<float>(threadIdx.x);
+  out[threadIdx.x] = buf[(threadIdx.x + 1) % blockDim.x];  // needs a __syncthreads() before it
+}
+
 // A correct kernel: shuffles and barriers, to show the emulator passes what it should.
 __global__ void warp_sum_kernel(const float* in, float* out) {
   float v = in[threadIdx.x];
@@ -52,6 +59,9 @@ int run_selftest(const std::string& name) {
   } else if (name == "shared_overflow") {
     err = resnext_kernels::launch_kernel(shared_overflow_kernel, dim3(1), dim3(n), n * sizeof(float),
                                          nullptr, out, n);
+  } else if (name == "shared_race") {
+    err = resnext_kernels::launch_kernel(shared_race_kernel, dim3(1), dim3(n), n * sizeof(float),
+                                         nullptr, out);
   } else if (name == "too_much_shared_memory") {
     // 64 KB without cudaFuncSetAttribute: a real launch fails, so must this one.
     err = resnext_kernels::launch_kernel(warp_sum_kernel, dim3(1), dim3(n), 64 * 1024, nullptr, in, out);
