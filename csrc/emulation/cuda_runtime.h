@@ -73,7 +73,6 @@ cudaError_t run_grid_erased(dim3 grid, dim3 block, size_t smem_bytes, void (*bod
 void sync_block();
 void sync_warp();
 uint32_t exchange_down(uint32_t value, unsigned int delta);  // warp shuffle down, full warp
-void count_launch();
 
 template <typename Body>
 cudaError_t run_grid(dim3 grid, dim3 block, size_t smem_bytes, Body&& body) {
@@ -101,7 +100,6 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(
     return cudaErrorInvalidValue;  // what the runtime says without cudaFuncSetAttribute
   }
   std::tuple<std::decay_t<ExpTypes>...> params(std::forward<ActTypes>(args)...);
-  cuda_emulator::count_launch();
   return cuda_emulator::run_grid(config->gridDim, config->blockDim, config->dynamicSmemBytes,
                                  [&] { std::apply(kernel, params); });
 }

@@ -74,7 +74,6 @@ namespace {
 
 std::mutex g_attr_mutex;
 std::map<const void*, size_t> g_max_smem;
-int g_launches = 0;
 
 struct Warp {
   char ordering = 0;  // the address TSan's happens-before edges of this warp's barriers use
@@ -233,11 +232,6 @@ size_t max_dynamic_smem(const void* kernel) {
   std::lock_guard<std::mutex> lock(g_attr_mutex);
   const auto it = g_max_smem.find(kernel);
   return it == g_max_smem.end() ? kDefaultMaxDynamicSmem : it->second;
-}
-
-void count_launch() {
-  std::lock_guard<std::mutex> lock(g_attr_mutex);
-  ++g_launches;
 }
 
 cudaError_t run_grid_erased(dim3 grid, dim3 block, size_t smem_bytes, void (*body)(void*),

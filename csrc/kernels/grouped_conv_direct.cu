@@ -6,8 +6,6 @@
 #include "kernels/launch.cuh"
 #include "kernels/params.h"
 
-#include <algorithm>
-
 namespace resnext_kernels {
 namespace {
 
@@ -58,10 +56,8 @@ template <typename scalar_t>
 cudaError_t launch_typed(const GroupedConvParams& p, cudaStream_t stream) {
   const int64_t total = p.N * p.C_out * p.H_out * p.W_out;
   if (total == 0) return cudaSuccess;
-  // Grid-stride loop: cap the grid, every thread walks as many elements as needed.
-  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t{1} << 20);
   return launch_kernel(grouped_conv_bn_relu_direct_kernel<scalar_t>,
-                       dim3(static_cast<unsigned int>(blocks)), dim3(kThreads), 0, stream, p);
+                       grid_stride_grid(total, kThreads), dim3(kThreads), 0, stream, p);
 }
 
 }  // namespace

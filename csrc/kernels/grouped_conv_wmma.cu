@@ -260,11 +260,8 @@ template <typename scalar_t, int BC, int STRIDE>
 cudaError_t launch_tile(const GroupedConvParams& p, void* workspace, cudaStream_t stream) {
   using Tile = WmmaTile<scalar_t, BC, STRIDE>;
   scalar_t* w_t = static_cast<scalar_t*>(workspace);
-  const int64_t repack_total = p.C_in * 9 * BC;
-  const int64_t repack_blocks =
-      std::min<int64_t>((repack_total + kRepackThreads - 1) / kRepackThreads, 4096);
   cudaError_t err = launch_kernel(repack_weights_kernel<scalar_t, BC>,
-                                  dim3(static_cast<unsigned int>(repack_blocks)),
+                                  grid_stride_grid(p.C_in * 9 * BC, kRepackThreads, 4096),
                                   dim3(kRepackThreads), 0, stream, p, w_t);
   if (err != cudaSuccess) return err;
 

@@ -7,6 +7,8 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <utility>
 
 namespace resnext_kernels {
@@ -24,6 +26,13 @@ cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size
   config.attrs = nullptr;
   config.numAttrs = 0;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+// The grid of a grid-stride loop over `total` elements: one element per thread, capped at
+// `max_blocks` blocks (every thread then walks as many elements as needed). total > 0.
+inline dim3 grid_stride_grid(int64_t total, int threads, int64_t max_blocks = int64_t{1} << 20) {
+  const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, max_blocks);
+  return dim3(static_cast<unsigned int>(blocks));
 }
 
 // The block's dynamic shared memory (the launch's smem_bytes), 128-byte aligned.

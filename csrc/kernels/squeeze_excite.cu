@@ -4,7 +4,6 @@
 #include "kernels/launch.cuh"
 #include "kernels/params.h"
 
-#include <algorithm>
 
 namespace resnext_kernels {
 namespace {
@@ -130,9 +129,7 @@ cudaError_t launch_typed(const SqueezeExciteParams& p, cudaStream_t stream) {
                       static_cast<size_t>(smem), stream, p);
   if (err != cudaSuccess) return err;
 
-  const int64_t blocks =
-      std::min<int64_t>((total + kScaleThreads - 1) / kScaleThreads, int64_t{1} << 20);
-  return launch_kernel(se_scale_kernel<scalar_t>, dim3(static_cast<unsigned int>(blocks)),
+  return launch_kernel(se_scale_kernel<scalar_t>, grid_stride_grid(total, kScaleThreads),
                        dim3(kScaleThreads), 0, stream, p);
 }
 

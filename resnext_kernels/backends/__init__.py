@@ -4,6 +4,7 @@ Every backend implements the same signature per op (see resnext_kernels/ops/); t
 (validation, fake, autograd) lives in the op, never in a backend.
 """
 
+import functools
 import importlib
 import os
 
@@ -81,7 +82,12 @@ def available_backends(device=None) -> dict:
 
 def gpu_arch(device: torch.device) -> str:
     """"sm_90" for a compute capability 9.0 device: how auto tables name GPUs."""
-    major, minor = torch.cuda.get_device_capability(device)
+    return _gpu_arch(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_arch(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
     return f"sm_{major}{minor}"
 
 

@@ -51,6 +51,11 @@ def _installed_tables():
     return load_tables()
 
 
+def installed() -> bool:
+    """Whether any table is installed (when none is, "auto" needs no lookup key at all)."""
+    return bool(_installed_tables())
+
+
 def lookup(key, tables=None):
     """The measured-fastest backend for `key`, or None when no table covers it."""
     return (tables if tables is not None else _installed_tables()).get(key)

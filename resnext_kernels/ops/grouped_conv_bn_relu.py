@@ -79,8 +79,8 @@ def _check_args(x, weight, scale, shift, stride, padding, dilation, groups):
 
 
 def _auto_table_key(x, weight, stride, padding, dilation, groups, backend):
-    """The measured-table key of an "auto" call on a GPU (None otherwise)."""
-    if backend != "auto" or x.device.type != "cuda":
+    """The measured-table key of an "auto" call on a GPU (None otherwise, or with no table)."""
+    if backend != "auto" or x.device.type != "cuda" or not auto_table.installed():
         return None
     layout = "nhwc" if suggest_memory_format(x) == torch.channels_last else "nchw"
     return auto_table.conv_key(backends.gpu_arch(x.device), x.dtype, layout, x.shape[1],
