@@ -52,10 +52,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", help="a benchmarks/grouped_conv.py results .json from a GPU run")
     p.add_argument("--out-dir", default=TABLE_DIR)
+    p.add_argument("--source", help="the results file's path in the repository, when it is read "
+                                    "from elsewhere (the GPU plan's staging tree)")
     args = p.parse_args(argv)
     with open(args.results) as f:
         results = json.load(f)
-    source = os.path.relpath(args.results, os.path.join(HERE, ".."))
+    source = args.source or os.path.relpath(args.results, os.path.join(HERE, ".."))
     table = build_table(results, source)
     os.makedirs(args.out_dir, exist_ok=True)
     path = os.path.join(args.out_dir, f"{table['arch']}.json")

@@ -3,16 +3,31 @@
 Providers (each checked against a float64 reference before it is timed):
   cudnn_eager           nn.Conv2d(groups) + nn.BatchNorm2d (eval) + nn.ReLU, eager
   cudnn_folded          BN folded into the conv weights and bias, one conv + in-place ReLU
-                        (this is also our "reference" backend)
-  compile_max_autotune  torch.compile(conv + BN + ReLU, mode="max-autotune")
+  compile_max_autotune  torch.compile(conv + BN + ReLU, mode="max-autotune-no-cudagraphs")
+  reference             the op with backend="reference" (BN folded per call, then cuDNN): what
+                        "auto" runs without a table entry, the baseline of auto_table.py
   triton, cuda          resnext_kernels.grouped_conv_bn_relu with that backend
 Without a GPU only cudnn_eager and cudnn_folded run (on the CPU, small shapes), and the script
 says that the GPU providers were skipped.
 
-Metrics: p20/p50/p80 time, TFLOP/s, achieved GB/s (input + output bytes), percent of the memory
-floor (those bytes at the copy bandwidth measured here), speed-up over cuDNN eager (best of NCHW
-and channels_last) and over cuDNN with BN folded. Results: console table, CSV + JSON with the
+Timing (benchmarks/common.py says how): per row
+  p20_ms, p50_ms, p80_ms    device time per call: the GPU's time for a call with calls queued
+                            back to back (no host time in it), over `samples` samples of
+                            `calls_per_sample` calls; device_timing "queued" (or "unqueued":
+                            see common.py; "wall" on the CPU)
+  host_us_per_call          CPU time to issue one call (Python, dispatch, launch)
+  graph_p20_ms, graph_p50_ms, graph_p80_ms
+                            per call when `graph_calls_per_sample` calls replay as one CUDA
+                            graph; graph_status "ok", or why not (capture failed, ...)
+Calls rotate over n_sets input sets that together exceed the L2 cache several times.
+Derived from p50_ms: TFLOP/s, achieved GB/s (input + output bytes), pct_of_floor (floor_ms,
+those bytes at the copy bandwidth measured here, over p50_ms), speed-up over cuDNN eager (best of
+NCHW and channels_last) and over cuDNN with BN folded; graph_pct_of_floor from graph_p50_ms.
+--time-budget SECONDS: no row starts after that; the rest are written with status
+"not run: time budget". The result files are rewritten after every row (and on SIGTERM), so a
+run stopped from outside leaves what it finished. Results: console table, CSV + JSON with the
 environment under benchmarks/results/ (or --out), and a PNG chart when matplotlib is installed.
+Exit status 1 if any provider's output (or its CUDA-graph replay) was wrong, 130 if interrupted.
 
   python benchmarks/grouped_conv.py --quick
   python benchmarks/grouped_conv.py --models resnext50_32x4d --batch 128 --dtypes fp16 bf16
@@ -96,8 +111,13 @@ def provider_fn(name, conv, bn, dtype, device):
     if name == "compile_max_autotune":
         if device.type != "cuda":
             return "GPU only"
+        # A fresh Dynamo cache per row: every row compiles nn.Sequential.forward again, and past
+        # the recompile limit (8) Dynamo would silently run it eagerly. No CUDA graphs inside:
+        # Inductor's would copy each rotated input into its static buffer (an extra pass over
+        # the input) on every call; the graph_* fields time a CUDA graph of every provider alike.
+        torch._dynamo.reset()
         block = nn.Sequential(conv, bn, nn.ReLU()).eval()
-        return torch.compile(block, mode="max-autotune")
+        return torch.compile(block, mode="max-autotune-no-cudagraphs")
     if name in ("reference", "triton", "cuda"):
         ok, reason = backends.backend_status(name, device.type)
         if not ok:
@@ -107,19 +127,98 @@ def provider_fn(name, conv, bn, dtype, device):
     return f"unknown provider {name}"
 
 
-def check(fn, x, conv, bn, dtype):
-    """Max error relative to max |ref|, on two images of the batch, against float64."""
-    xs = x[:2]
+def check(fn, x, conv, bn):
+    """Max error relative to max |ref| against float64, on the first two images of a call on the
+    whole batch (the batch that is timed: a compiled provider sees no second shape)."""
     bn64 = copy.deepcopy(bn).double()
     with torch.no_grad():
-        ref = torch.relu(bn64(F.conv2d(xs.double(), conv.weight.double(), None,
+        got = fn(x)[:2].double()
+        ref = torch.relu(bn64(F.conv2d(x[:2].double(), conv.weight.double(), None,
                                        conv.stride, conv.padding, 1, conv.groups)))
-        got = fn(xs).double()
-    err = (got - ref).abs().max().item() / max(ref.abs().max().item(), 1e-6)
-    return err
+    return common.relative_error(got, ref)
 
 
-def run(args):
+class Cases:
+    """The layer and the rotated input sets of the rows being run: made when a row first needs
+    them, dropped when a row needs another (one shape's inputs in memory at a time)."""
+
+    def __init__(self, shapes, batch, device):
+        self.shapes, self.batch, self.device = shapes, batch, device
+        self.key, self.case, self._bandwidth = None, None, None
+
+    def bandwidth_gbs(self):
+        if self._bandwidth is None:  # measured when the first row runs: not at all if none does
+            self._bandwidth = common.copy_bandwidth_gbs(self.device)
+        return self._bandwidth
+
+    def get(self, si, dtype, layout):
+        if self.key == (si, dtype, layout):
+            return self.case
+        self.key, self.case = None, None  # free the previous inputs before making new ones
+        _model, _layer, C_in, H, W, C_out, groups, stride, _count = self.shapes[si]
+        conv, bn = make_layer(C_in, C_out, groups, stride, self.device, dtype, seed=si)
+        H_out, W_out = (H - 1) // stride + 1, (W - 1) // stride + 1
+        elem = torch.finfo(dtype).bits // 8
+        in_bytes = self.batch * C_in * H * W * elem
+        nbytes = in_bytes + self.batch * C_out * H_out * W_out * elem
+        fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+        g = torch.Generator(device=self.device).manual_seed(1000 + si)
+        inputs = [(torch.randn(self.batch, C_in, H, W, device=self.device, generator=g)
+                   .to(dtype).contiguous(memory_format=fmt),)
+                  for _ in range(common.rotation_sets(in_bytes, self.device))]
+        self.case = dict(conv=conv, bn=bn, inputs=inputs, nbytes=nbytes,
+                         flops=2 * self.batch * C_out * H_out * W_out * 9 * (C_in // groups),
+                         floor_ms=nbytes / (self.bandwidth_gbs() * 1e9) * 1e3)
+        self.key = (si, dtype, layout)
+        return self.case
+
+
+def plan(shapes, dtypes, layouts, providers, batch, on_gpu):
+    """[(row, job)]: a row's identifying fields, and what run_row needs to measure it."""
+    rows = []
+    for si, (model, layer, C_in, H, W, C_out, groups, stride, count) in enumerate(shapes):
+        for dtype in dtypes:
+            for layout in layouts:
+                for provider in providers:
+                    # on the CPU the "cudnn" providers are aten's CPU convolutions: say so
+                    label = provider if on_gpu else provider.replace("cudnn_", "aten_cpu_")
+                    row = dict(model=model, layer=layer, blocks=count, C=C_in, H=H, W=W,
+                               C_out=C_out, groups=groups, cpg=C_in // groups, stride=stride,
+                               batch=batch, dtype=str(dtype).replace("torch.", ""),
+                               layout=layout, provider=label)
+                    rows.append((row, (si, dtype, layout, provider)))
+    return rows
+
+
+def run_row(row, job, cases, device, args):
+    si, dtype, layout, provider = job
+    try:
+        case = cases.get(si, dtype, layout)  # inputs of a new shape: this may run out of memory
+        row.update(floor_ms=case["floor_ms"], n_sets=len(case["inputs"]))
+        fn = provider_fn(provider, case["conv"], case["bn"], dtype, device)
+        if isinstance(fn, str):
+            row["status"] = f"unavailable: {fn}"
+            return
+        err = check(fn, case["inputs"][0][0], case["conv"], case["bn"])
+        row["max_rel_err"] = err
+        if not err <= TOL[dtype]:
+            row["status"] = f"wrong: max rel err {err:.2e}"
+            return
+        with torch.no_grad():
+            row.update(common.bench(fn, case["inputs"], device, samples=args.reps,
+                                    target_ms=args.target_ms, graph=not args.no_graphs,
+                                    graph_tol=TOL[dtype]))
+        t = row["p50_ms"] * 1e-3
+        row.update(tflops=case["flops"] / t / 1e12, gbs=case["nbytes"] / t / 1e9)
+        common.add_percent_of_floor(row, case["floor_ms"])
+        row["status"] = "ok"
+    except Exception as exc:  # a provider failing is a result, not a crash
+        row["status"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+
+
+def run(args, budget=None):
+    """Returns (env, rows, skipped providers, interrupted)."""
+    budget = budget or common.TimeBudget(args.time_budget)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     on_gpu = device.type == "cuda"
     env = common.environment(device)
@@ -144,63 +243,31 @@ def run(args):
         shapes = [(m, *s) for m in names for s in grouped_conv_shapes(m)]
         if args.quick:
             shapes = shapes[:3]
+    print(f"device: {env.get('gpu') or env.get('cpu')}; batch {batch}; commit "
+          f"{env['git_commit']}" + (f"; time budget {args.time_budget:g} s"
+                                    if args.time_budget is not None else ""))
 
-    bw = common.copy_bandwidth_gbs(device)
-    env["copy_bandwidth_gbs"] = round(bw, 1)
-    print(f"device: {env.get('gpu') or env.get('cpu')}; copy bandwidth {bw:.0f} GB/s; "
-          f"batch {batch}; commit {env['git_commit']}")
+    cases = Cases(shapes, batch, device)
+    prefix = common.result_prefix("grouped_conv", env)
+    env["skipped_providers"] = skipped
 
-    rows = []
-    progress = common.Progress(len(shapes) * len(dtypes) * len(layouts) * len(providers), "bench")
+    def checkpoint(rows):
+        env["copy_bandwidth_gbs"] = cases._bandwidth and round(cases._bandwidth, 1)
+        common.write_results(prefix, env, rows, args.out)
+
     torch.backends.cudnn.benchmark = True
-    for si, (model, layer, C_in, H, W, C_out, groups, stride, count) in enumerate(shapes):
-        for dtype in dtypes:
-            conv, bn = make_layer(C_in, C_out, groups, stride, device, dtype, seed=si)
-            H_out, W_out = (H - 1) // stride + 1, (W - 1) // stride + 1
-            elem = torch.finfo(dtype).bits // 8
-            nbytes = batch * (C_in * H * W + C_out * H_out * W_out) * elem
-            flops = 2 * batch * C_out * H_out * W_out * 9 * (C_in // groups)
-            floor_ms = nbytes / (bw * 1e9) * 1e3
-            for layout in layouts:
-                fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
-                g = torch.Generator(device=device).manual_seed(1000 + si)
-                n_sets = 1 if not on_gpu else max(2, min(8, (256 << 20) // max(nbytes, 1) + 1))
-                inputs = [(torch.randn(batch, C_in, H, W, device=device, generator=g)
-                           .to(dtype).contiguous(memory_format=fmt),) for _ in range(n_sets)]
-                for provider in providers:
-                    # on the CPU the "cudnn" providers are aten's CPU convolutions: say so
-                    label = provider if on_gpu else provider.replace("cudnn_", "aten_cpu_")
-                    row = dict(model=model, layer=layer, blocks=count, C=C_in, H=H, W=W,
-                               C_out=C_out, groups=groups, cpg=C_in // groups, stride=stride,
-                               batch=batch, dtype=str(dtype).replace("torch.", ""),
-                               layout=layout, provider=label, floor_ms=floor_ms)
-                    fn = provider_fn(provider, conv, bn, dtype, device)
-                    if isinstance(fn, str):
-                        row["status"] = f"unavailable: {fn}"
-                    else:
-                        try:
-                            err = check(fn, inputs[0][0], conv, bn, dtype)
-                            row["max_rel_err"] = err
-                            if err > TOL[dtype]:
-                                row["status"] = f"wrong: max rel err {err:.2e}"
-                            else:
-                                with torch.no_grad():
-                                    row.update(common.bench(fn, inputs, device,
-                                                            reps=args.reps))
-                                t = row["p50_ms"] * 1e-3
-                                row.update(status="ok", tflops=flops / t / 1e12,
-                                           gbs=nbytes / t / 1e9,
-                                           pct_of_floor=100 * floor_ms / row["p50_ms"])
-                        except Exception as exc:  # a provider failing is a result, not a crash
-                            row["status"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
-                    rows.append(row)
-                    progress.step(f"{model} {layer} {row['dtype']} {layout} {provider}")
+    jobs = plan(shapes, dtypes, layouts, providers, batch, on_gpu)
+    interrupted = common.run_rows(jobs, lambda row, job: run_row(row, job, cases, device, args),
+                                  budget, "bench", checkpoint)
+    rows = [row for row, _ in jobs]
+    env["copy_bandwidth_gbs"] = cases._bandwidth and round(cases._bandwidth, 1)
     add_speedups(rows)
-    return env, rows, skipped
+    return env, rows, skipped, interrupted
 
 
 def add_speedups(rows):
-    """speedup_vs_cudnn_eager (best of its layouts) and speedup_vs_cudnn_folded (same layout)."""
+    """speedup_vs_cudnn_eager (best of its layouts) and speedup_vs_cudnn_folded (same layout),
+    both from p50 device times."""
     def key(r):
         return (r["model"], r["layer"], r["C"], r["H"], r["stride"], r["groups"], r["dtype"])
 
@@ -220,15 +287,33 @@ def add_speedups(rows):
                 r["speedup_vs_cudnn_folded"] = folded[key(r) + (r["layout"],)] / r["p50_ms"]
 
 
+# The console table: device time first, then what it costs to issue, then the graph time; p20,
+# p80, GB/s and the full status texts are in the files.
 COLUMNS = [
     ("model", "model", "{}"), ("layer", "layer", "{}"), ("C", "C", "{}"), ("H", "H", "{}"),
     ("cpg", "cpg", "{}"), ("stride", "s", "{}"), ("dtype", "dtype", "{}"),
-    ("layout", "layout", "{}"), ("provider", "provider", "{}"), ("p50_ms", "p50 ms", "{:.4f}"),
-    ("p20_ms", "p20", "{:.4f}"), ("p80_ms", "p80", "{:.4f}"), ("tflops", "TFLOP/s", "{:.1f}"),
-    ("gbs", "GB/s", "{:.0f}"), ("pct_of_floor", "% floor", "{:.0f}"),
+    ("layout", "layout", "{}"), ("provider", "provider", "{}"),
+    ("p50_ms", "dev ms", "{:.4f}"), ("host_us_per_call", "host us", "{:.0f}"),
+    ("calls_per_sample", "K", "{}"), ("graph_p50_ms", "graph ms", "{:.4f}"),
+    ("pct_of_floor", "% floor", "{:.0f}"), ("graph_pct_of_floor", "% fl g", "{:.0f}"),
+    ("tflops", "TFLOP/s", "{:.1f}"),
     ("speedup_vs_cudnn_eager", "x eager", "{:.2f}"), ("speedup_vs_cudnn_folded", "x folded", "{:.2f}"),
-    ("status", "status", "{}"),
+    ("status", "status", "{}"), ("graph", "graph", "{}"),
 ]
+LEGEND = ("dev ms: device time per call (p50; GPU time with calls queued back to back, wall "
+          "time on the CPU); host us: CPU time to issue one call;\nK: calls per timed sample; "
+          "graph ms: per call replayed in a CUDA graph; % floor, % fl g: memory floor / dev ms, "
+          "/ graph ms")
+
+
+def short_status(text):
+    """"capture failed: RuntimeError: ..." -> "capture failed" (the files hold the rest)."""
+    return None if text is None else str(text).split(":", 1)[0]
+
+
+def console_table(rows, columns, legend):
+    shown = [dict(r, graph=short_status(r.get("graph_status"))) for r in rows]
+    return legend + "\n" + common.format_table(shown, columns)
 
 
 def chart(rows, path):
@@ -243,6 +328,8 @@ def chart(rows, path):
     ours = [r for r in rows if r.get("status") == "ok" and r["provider"] in ("triton", "cuda")]
     if not ours:
         ours = [r for r in rows if r.get("status") == "ok"]
+    if not ours:
+        return None
     labels = sorted({f"{r['model'][:12]} {r['layer']} {r['dtype']} {r['layout']}" for r in ours})
     provs = sorted({r["provider"] for r in ours})
     fig, axes = plt.subplots(2, 1, figsize=(max(8, len(labels) * 0.6), 8), sharex=True)
@@ -267,6 +354,7 @@ def chart(rows, path):
 
 
 def main(argv=None):
+    budget = common.TimeBudget()  # started now: the budget covers the whole script
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", choices=["resnext50_32x4d", "resnext101_32x8d",
                                                    "resnext101_64x4d", "seresnext50_32x4d"])
@@ -275,24 +363,41 @@ def main(argv=None):
     p.add_argument("--layouts", nargs="+", choices=["nhwc", "nchw"])
     p.add_argument("--providers", nargs="+", choices=GPU_PROVIDERS)
     p.add_argument("--shape", help="a custom shape C,H,W,groups,stride")
-    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--reps", type=int, default=30, help="timed samples per row (default 30)")
+    p.add_argument("--target-ms", type=float, default=common.TARGET_SAMPLE_MS,
+                   help="GPU work per sample; K calls per sample follow from it (default 1)")
+    p.add_argument("--no-graphs", action="store_true", help="no CUDA-graph timing")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="start no row after this many seconds; the rest are written with "
+                        f"status '{common.NOT_RUN_BUDGET}'")
     p.add_argument("--quick", action="store_true", help="few shapes, no max-autotune")
     p.add_argument("--cpu", action="store_true", help="run the CPU providers even with a GPU")
     p.add_argument("--out", default=common.RESULTS_DIR, help="directory for the result files")
     args = p.parse_args(argv)
-    env, rows, skipped = run(args)
+    budget.seconds = args.time_budget
+    with common.sigterm_as_interrupt():
+        env, rows, skipped, interrupted = run(args, budget)
     print()
-    print(common.format_table(rows, COLUMNS))
+    print(console_table(rows, COLUMNS, LEGEND))
     prefix = common.result_prefix("grouped_conv", env)
-    env["skipped_providers"] = skipped
     json_path, csv_path = common.write_results(prefix, env, rows, args.out)
-    png = chart(rows, os.path.join(args.out, prefix + ".png"))
+    png = None if interrupted else chart(rows, os.path.join(args.out, prefix + ".png"))
     print(f"\nwrote {json_path}\n      {csv_path}" + (f"\n      {png}" if png else ""))
-    bad = [r for r in rows if str(r.get("status", "")).startswith("wrong")]
+    return exit_code(rows, interrupted)
+
+
+def exit_code(rows, interrupted):
+    """1 if any result (eager or CUDA-graph replay) was wrong, 130 if interrupted, else 0."""
+    bad = [r for r in rows if str(r.get("status", "")).startswith("wrong")
+           or str(r.get("graph_status", "")).startswith("wrong")]
+    not_run = sum(str(r.get("status", "")).startswith("not run") for r in rows)
+    if not_run:
+        print(f"{not_run} rows not run ({'interrupted' if interrupted else 'time budget'})")
     if bad:
-        print(f"{len(bad)} provider results were WRONG against the float64 reference", file=sys.stderr)
+        print(f"{len(bad)} provider results were WRONG against the float64 reference or the "
+              "eager output", file=sys.stderr)
         return 1
-    return 0
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":

@@ -1,92 +1,307 @@
 #!/usr/bin/env bash
-# Everything a GPU session should run. Steps are named on the command line; each device call
-# must end within 10 minutes, so a session runs three calls on one warm machine:
-#   scripts/gpu_session.sh tests          (build ~1 min + GPU test suite, <= 9 min)
-#   scripts/gpu_session.sh sanitize bench (compute-sanitizer <= 5 min, per-layer benchmark)
-#   scripts/gpu_session.sh bench-full models
-# The build is skipped when the installed extension was built from the same sources.
-# Writes at most 8 files under $OUT (the device tool's limit): session.log, sanitizer.log and
-# the benchmark result files. Copy the benchmark files into benchmarks/results/ and the auto
-# table (sm_XX.json) into resnext_kernels/backends/auto_tables/ (fix its "source" path), and
-# commit them.
+# The GPU plan: everything a lent GPU machine should run for this project, in order of value,
+# in as few device calls as the lease allows. The machine starts bare (torch 2.11.0+cu130,
+# Triton 3.6.0, torchvision, timm, nvcc 13.0, ncu, compute-sanitizer; no network).
+#
+# Steps, in order, with the seconds each is planned for (each also gets a hard timeout):
+#   build          120  the extension for sm_90 (MAX_JOBS=16), build_info, available backends
+#   gpu-tests      200  pytest -m gpu: every backend on CUDA tensors, every kernel path, the real
+#                       ResNeXt / SE-ResNeXt shapes, opcheck, torch.compile, the swapped models
+#   bench          220  benchmarks/grouped_conv.py: resnext50_32x4d + resnext101_32x8d, batch
+#                       128, fp16/bf16, channels_last, cudnn_eager cudnn_folded reference triton
+#                       cuda (device time, host time, CUDA-graph time); then the auto table
+#   sanitize       100  compute-sanitizer memcheck + racecheck on small cases of every path
+#   ncu            120  Nsight Compute on one call of every kernel path (scripts/ncu_cases.py):
+#                       DRAM bytes vs floor, sectors/request, shared wavefronts, occupancy
+#   se-models      150  benchmarks/squeeze_excite.py (seresnext50 SE stages) + models.py
+#   max-autotune   240  grouped_conv.py's torch.compile(max-autotune) provider, resnext50 fp16
+#
+# One call runs the next steps not yet done on this machine that fit in its --budget (default
+# 540 s, for a 600 s call), each under its own timeout, and skips the rest: call it again on the
+# warm machine for the next ones (state in /tmp/resnext_kernels_plan). Device time per session
+# was 15 minutes at the last reading (a start takes 1-2 of them), calls at most 10 minutes:
+#   15-minute lease:  call 1  scripts/gpu_session.sh --budget 540   (build, gpu-tests, bench)
+#                     call 2  scripts/gpu_session.sh --budget 300   (sanitize, ncu, + what fits)
+#   30-minute lease:  as above with call 2 --budget 540, then call 3 for se-models/max-autotune.
+# Without .git in the copied tree, name the commit: RESNEXT_KERNELS_COMMIT=<sha> scripts/...
+# A fresh machine (the warm one was given back) forgets the state: name the steps instead,
+# e.g. `scripts/gpu_session.sh --budget 400 sanitize ncu se-models` (build always runs first,
+# and is skipped when this machine already built these sources).
+#
+# Results: every file to commit is written under a staging tree that mirrors the repository
+# (benchmarks/results/..., resnext_kernels/backends/auto_tables/sm_XX.json), and each call
+# packs the whole tree into $OUT/results.tar.gz (device calls return at most 8 files), next to
+# $OUT/session.log. Back on the development machine:
+#   scripts/gpu_session.sh --unpack <files_at>     # extracts into the repository, lists files
+# then commit them unedited. Logs (tests, sanitizer, ncu) land in
+# benchmarks/results/gpu-session-<GPU>-<commit>-<date>/.
+#
+# --dry-run: the same steps, paths, arguments and files on the CPU (CI runs it): no build, the GPU
+# tests collected (they skip), the benchmarks on CPU providers and small shapes, the sanitizer
+# and ncu cases run without the tools (the exact tool command lines are printed), the auto table
+# builder shown to refuse CPU results.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-OUT=${OUT:-/tmp/gpu_session_out}
-mkdir -p "$OUT"
-LOG="$OUT/session.log"
-export PYTHONUNBUFFERED=1
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-export MAX_JOBS=${MAX_JOBS:-16}
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-log() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)" | tee -a "$LOG"; }
+PY=${PYTHON:-python3}
 
-sources_hash() { (cd "$REPO" && find csrc setup.py -type f | sort | xargs md5sum | md5sum | cut -c1-16); }
+DRY=0; BUDGET=540; UNPACK=""; STEPS=()
+ALL_STEPS=(gpu-tests bench sanitize ncu se-models max-autotune)
+declare -A PLANNED=([build]=120 [gpu-tests]=200 [bench]=220 [sanitize]=100 [ncu]=120
+                    [se-models]=150 [max-autotune]=240)
+usage() { sed -n '2,42p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --budget) BUDGET=$2; shift ;;
+    --unpack) UNPACK=$2; shift ;;
+    -h|--help) usage; exit 0 ;;
+    build) ;;
+    *) [ -n "${PLANNED[$1]:-}" ] || { echo "unknown step '$1'"; usage; exit 2; }; STEPS+=("$1") ;;
+  esac
+  shift
+done
 
-step_build() {
-  local marker=/tmp/resnext_kernels_built_from
-  if [ -f "$marker" ] && [ "$(cat "$marker")" = "$(sources_hash)" ]; then
-    (cd "$REPO" && python3 -m pip install --no-build-isolation --no-deps --no-index -q . ) >>"$LOG" 2>&1
-    log "build unchanged: Python files reinstalled"
-    return
-  fi
-  log "GPU and build"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$LOG"
-  (cd "$REPO" && RESNEXT_KERNELS_FORCE_CUDA=1 python3 -m pip install --no-build-isolation \
-      --no-deps --no-index -q . ) >>"$LOG" 2>&1 || { echo "BUILD FAILED" | tee -a "$LOG"; exit 1; }
-  sources_hash > /tmp/resnext_kernels_built_from
-  (cd /tmp && python3 -c "import json, resnext_kernels as rk; print(json.dumps(rk.build_info(), indent=1)); print(rk.available_backends('cuda'))") 2>&1 | tee -a "$LOG"
+if [ -n "$UNPACK" ]; then  # on the development machine: the results into the repository
+  tarball="$UNPACK/results.tar.gz"
+  [ -f "$tarball" ] || { echo "no $tarball"; exit 1; }
+  tar -xzf "$tarball" -C "$REPO" && tar -tzf "$tarball" | grep -v '/$' | sed 's/^/unpacked: /'
+  exit
+fi
+
+START=$(date +%s)
+if [ "$DRY" = 1 ]; then
+  STATE=$(mktemp -d)/plan
+  OUT=${OUT:-$STATE/out}
+else
+  STATE=/tmp/resnext_kernels_plan
+  OUT=${OUT:-/tmp/gpu_session_out}
+fi
+STAGE=$STATE/stage
+mkdir -p "$OUT" "$STAGE/benchmarks/results" "$STATE"
+export PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+if [ "$DRY" = 1 ]; then
+  export TRITON_INTERPRET=1   # the CPU path of the Triton backend, as in the test suite
+fi
+
+# The commit the results are of: result files are named by it. The device tool copies the working
+# tree, maybe without .git: then pass it, RESNEXT_KERNELS_COMMIT=$(git rev-parse --short=12 HEAD).
+if [ -z "${RESNEXT_KERNELS_COMMIT:-}" ]; then
+  RESNEXT_KERNELS_COMMIT=$(git -C "$REPO" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+  [ -z "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ] \
+    || RESNEXT_KERNELS_COMMIT+="-dirty"
+fi
+export RESNEXT_KERNELS_COMMIT  # benchmarks/common.py records this as the results' commit
+
+# One folder per session for the logs; its name is fixed at the first call on this machine.
+[ -f "$STATE/session_dir" ] || (cd "$REPO" && $PY - <<'PY' > "$STATE/session_dir"
+import datetime, os
+try:
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+except Exception:
+    gpu = "unknown"
+commit = os.environ["RESNEXT_KERNELS_COMMIT"]
+stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+print(f"benchmarks/results/gpu-session-{gpu.replace(' ', '-').replace('/', '-')}-{commit}-{stamp}")
+PY
+)
+SESSION_DIR=$(cat "$STATE/session_dir")
+LOGDIR="$STAGE/$SESSION_DIR"
+mkdir -p "$LOGDIR"
+LOG="$LOGDIR/session.log"
+
+log() { printf '\n=== %s (%s, t=%ss)\n' "$1" "$(date +%T)" "$(( $(date +%s) - START ))" | tee -a "$LOG"; }
+remaining() { echo $(( BUDGET - ($(date +%s) - START) )); }
+# run_logged SECONDS LOGFILE CMD...: runs CMD (from /tmp, so the installed package is imported,
+# not the source tree) under a hard timeout, output to LOGFILE; its tail goes to the session log
+run_logged() {
+  local limit=$1 logfile=$2; shift 2
+  (cd /tmp && timeout --kill-after=10 "$limit" "$@") > "$logfile" 2>&1
+  local rc=$?
+  tail -n 40 "$logfile" | tee -a "$LOG" > /dev/null
+  [ $rc -eq 124 ] && echo "(stopped at its ${limit}s limit)" | tee -a "$LOG"
+  return $rc
 }
 
-step_tests() {
-  log "test suite (GPU)"
-  # from /tmp, so the installed package (with _C) is imported, not the source tree
-  (cd /tmp && timeout 540 python3 -m pytest "$REPO/tests" -q -rfEs -p no:cacheprovider \
-      -o addopts="" 2>&1 | tail -n 120) | tee -a "$LOG"
+pack() {  # everything staged so far, for the device tool to bring back
+  tar -czf "$OUT/results.tar.gz" -C "$STAGE" . && cp "$LOG" "$OUT/session.log"
+}
+
+sources_hash() { (cd "$REPO" && find csrc setup.py resnext_kernels -type f -name '*.*' \
+                   ! -name '*.pyc' | sort | xargs md5sum | md5sum | cut -c1-16); }
+
+step_build() {
+  if [ "$DRY" = 1 ]; then
+    log "build (dry run: the installed package is used as it is)"
+    (cd /tmp && $PY -c "import json, resnext_kernels as rk; print(json.dumps(rk.build_info())); print(rk.available_backends())") 2>&1 | tee -a "$LOG"
+    return
+  fi
+  if [ -f "$STATE/built_from" ] && [ "$(cat "$STATE/built_from")" = "$(sources_hash)" ]; then
+    log "build: this machine already built these sources"
+    return
+  fi
+  log "GPU, versions and build (sm_$TORCH_CUDA_ARCH_LIST)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG"
+  $PY -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__)" 2>&1 | tee -a "$LOG"
+  (cd "$REPO" && timeout 300 env RESNEXT_KERNELS_FORCE_CUDA=1 $PY -m pip install \
+      --no-build-isolation --no-deps --no-index -q .) > "$LOGDIR/build.log" 2>&1 \
+    || { tail -n 60 "$LOGDIR/build.log" | tee -a "$LOG"; echo "BUILD FAILED" | tee -a "$LOG"; pack; exit 1; }
+  sources_hash > "$STATE/built_from"
+  (cd /tmp && $PY -c "import json, resnext_kernels as rk; print(json.dumps(rk.build_info(), indent=1)); print(rk.available_backends('cuda'))") 2>&1 | tee -a "$LOG"
+}
+
+step_gpu_tests() {
+  log "GPU tests: pytest -m gpu (every backend on CUDA tensors, real model shapes)"
+  # -m gpu selects the tests that need a GPU: every (backend, cuda) parametrisation of the op
+  # tests and the real-shape and real-model tests; the CPU suite already runs in CI.
+  # RESNEXT_KERNELS_TRITON_AUTOTUNE=0: one launch configuration per Triton path, not ~1 s of
+  # autotuning per new test shape (test_triton_every_launch_config runs each configuration).
+  RESNEXT_KERNELS_TRITON_AUTOTUNE=0 run_logged "$1" "$LOGDIR/gpu-tests.log" $PY -m pytest "$REPO/tests" -m gpu -q -rfE \
+    -p no:cacheprovider -o addopts="" --durations=15 \
+    --junitxml="$LOGDIR/gpu-tests.xml"
+}
+
+step_bench() {
+  log "per-layer benchmark (grouped conv + BN + ReLU)"
+  local args=(--out "$STAGE/benchmarks/results" --time-budget $(( $1 - 30 )))
+  if [ "$DRY" = 1 ]; then
+    args+=(--batch 1 --dtypes fp32 --layouts nhwc --shape 64,8,8,16,1 --reps 2)
+  else
+    args+=(--batch 128 --models resnext50_32x4d resnext101_32x8d --dtypes fp16 bf16
+           --layouts nhwc --providers cudnn_eager cudnn_folded reference triton cuda --reps 20)
+  fi
+  run_logged "$1" "$LOGDIR/bench.log" $PY "$REPO/benchmarks/grouped_conv.py" "${args[@]}"
+  local rc=$?
+  local results
+  results=$(ls -t "$STAGE"/benchmarks/results/grouped_conv-*.json 2>/dev/null | head -1)
+  [ -n "$results" ] || { echo "no grouped_conv results file" | tee -a "$LOG"; return 1; }
+  log "backend=auto table from $(basename "$results")"
+  mkdir -p "$STAGE/resnext_kernels/backends/auto_tables"
+  (cd "$REPO" && $PY benchmarks/auto_table.py "$results" \
+      --source "benchmarks/results/$(basename "$results")" \
+      --out-dir "$STAGE/resnext_kernels/backends/auto_tables") > "$LOGDIR/auto_table.log" 2>&1
+  local auto_rc=$?
+  cat "$LOGDIR/auto_table.log" | tee -a "$LOG"
+  if [ "$DRY" = 1 ]; then  # CPU results must be refused: that is what the dry run checks
+    grep -q "not a GPU run" "$LOGDIR/auto_table.log" || { echo "auto table: expected a refusal"; return 1; }
+    return $rc
+  fi
+  return $(( rc || auto_rc ))
 }
 
 step_sanitize() {
   log "compute-sanitizer memcheck + racecheck (small cases of every path)"
+  local cases=("$REPO/scripts/sanitize_cases.py")
+  local rc=0 tool
   for tool in memcheck racecheck; do
-    (cd /tmp && timeout 140 compute-sanitizer --tool "$tool" --print-limit 20 \
-        python3 "$REPO/scripts/sanitize_cases.py" --backends cuda triton 2>&1 | tail -n 40) \
-        | tee -a "$OUT/sanitizer.log" | tail -n 5 | tee -a "$LOG"
+    if [ "$DRY" = 1 ]; then
+      echo "would run: compute-sanitizer --tool $tool --print-limit 20 --error-exitcode 3 $PY ${cases[*]} --backends cuda triton" | tee -a "$LOG"
+      run_logged "$1" "$LOGDIR/sanitize-$tool.log" $PY "${cases[@]}" --device cpu --backends reference || rc=$?
+    else
+      run_logged $(( $1 / 2 )) "$LOGDIR/sanitize-$tool.log" compute-sanitizer --tool "$tool" \
+        --print-limit 20 --error-exitcode 3 $PY "${cases[@]}" --backends cuda triton || rc=$?
+    fi
   done
+  return $rc
 }
 
-step_bench() {
-  log "per-layer benchmark: resnext50 + resnext101_32x8d, fp16/bf16, batch 128, no max-autotune"
-  (cd /tmp && timeout 300 python3 "$REPO/benchmarks/grouped_conv.py" --batch 128 \
-      --models resnext50_32x4d resnext101_32x8d --dtypes fp16 bf16 \
-      --providers cudnn_eager cudnn_folded reference triton cuda --reps 30 --out "$OUT" \
-      2>/dev/null | tail -n 100) | tee -a "$LOG"
-  log "backend=auto table from that run (commit it with the results file)"
-  (cd "$REPO" && python3 benchmarks/auto_table.py "$(ls -t "$OUT"/grouped_conv-*.json | head -1)" \
-      --out-dir "$OUT" 2>&1) | tee -a "$LOG"
+# --clock-control none: measure the card as it is (no clock locking); --profile-from-start off:
+# only the region scripts/ncu_cases.py opens, after its warm-up; base units (bytes, ns)
+NCU_ARGS=(--target-processes all --profile-from-start off --clock-control none --csv
+          --page details --print-units base)
+
+step_ncu() {
+  log "Nsight Compute: one call of every kernel path"
+  local manifest="$LOGDIR/ncu-cases.json" raw="$LOGDIR/ncu.csv" rc=0
+  if [ "$DRY" = 1 ]; then
+    echo "would run: ncu ${NCU_ARGS[*]} --metrics $($PY "$REPO/scripts/ncu_summary.py" --metrics) $PY $REPO/scripts/ncu_cases.py --manifest $manifest" | tee -a "$LOG"
+    run_logged "$1" "$LOGDIR/ncu.log" $PY "$REPO/scripts/ncu_cases.py" --device cpu \
+      --manifest "$manifest" || return $?
+    $PY "$REPO/scripts/ncu_summary.py" --metrics > /dev/null || return $?
+    # the summary on a profile made up in ncu's format, so a parsing error shows here, not on
+    # the GPU (tests/test_gpu_plan.py checks the figures themselves)
+    $PY "$REPO/tests/ncu_fixture.py" "$manifest" > "$raw" || return $?
+  else
+    ncu --query-metrics > "$LOGDIR/ncu-query-metrics.txt" 2>&1
+    local metrics
+    metrics=$($PY "$REPO/scripts/ncu_summary.py" --metrics \
+                --query-output "$LOGDIR/ncu-query-metrics.txt" 2>>"$LOG")
+    # an unreadable query leaves nothing to filter by: ask for the whole list then
+    [ -n "$metrics" ] || metrics=$($PY "$REPO/scripts/ncu_summary.py" --metrics)
+    # --log-file: ncu's CSV apart from the program's own output
+    (cd /tmp && timeout --kill-after=10 "$1" ncu "${NCU_ARGS[@]}" --metrics "$metrics" \
+        --log-file "$raw" $PY "$REPO/scripts/ncu_cases.py" --manifest "$manifest") \
+      > "$LOGDIR/ncu.log" 2>&1
+    rc=$?
+    tail -n 20 "$LOGDIR/ncu.log" | tee -a "$LOG"
+  fi
+  (cd "$LOGDIR" && $PY "$REPO/scripts/ncu_summary.py" "$raw" "$manifest" \
+      --out-prefix "$LOGDIR/ncu-summary") 2>&1 | tail -n 60 | tee -a "$LOG"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+  return $rc
 }
 
-step_bench_full() {
-  log "per-layer benchmark with torch.compile max-autotune (resnext50 fp16 channels_last)"
-  (cd /tmp && timeout 560 python3 "$REPO/benchmarks/grouped_conv.py" --batch 128 \
-      --models resnext50_32x4d --dtypes fp16 --layouts nhwc --out "$OUT" 2>/dev/null \
-      | tail -n 60) | tee -a "$LOG"
+step_se_models() {
+  log "SE block benchmark (seresnext50 SE stages) and whole-model throughput"
+  local half=$(( $1 / 2 )) rc=0
+  local se_args=(--out "$STAGE/benchmarks/results" --time-budget $(( half - 20 )))
+  local model_args=(--out "$STAGE/benchmarks/results" --time-budget $(( half - 30 )))
+  if [ "$DRY" = 1 ]; then
+    se_args+=(--quick); model_args+=(--quick)
+  else
+    se_args+=(--batch 128 --dtypes fp16 bf16)
+    # the modes that say what replace_modules gives a user, first (rows run model by model and
+    # mode by mode, and the budget stops at a row boundary)
+    model_args+=(--batch 64 --reps 10 --backend cuda --cuda-graphs --no-train
+                 --models resnext50_32x4d seresnext50_32x4d --modes eager_cl_fp16 fused_cl_fp16
+                 compile_cl_fp16 fused_compile_cl_fp16)
+  fi
+  run_logged "$half" "$LOGDIR/se-bench.log" $PY "$REPO/benchmarks/squeeze_excite.py" "${se_args[@]}" || rc=$?
+  run_logged "$half" "$LOGDIR/models.log" $PY "$REPO/benchmarks/models.py" "${model_args[@]}" || rc=$?
+  return $rc
 }
 
-step_models() {
-  log "whole-model throughput"
-  (cd /tmp && timeout 560 python3 "$REPO/benchmarks/models.py" --batch 64 --reps 10 \
-      --out "$OUT" 2>/dev/null | tail -n 60) | tee -a "$LOG"
+step_max_autotune() {
+  log "torch.compile(mode=max-autotune) against cuDNN folded and ours (resnext50, fp16, NHWC)"
+  local args=(--out "$STAGE/benchmarks/results" --time-budget $(( $1 - 30 )))
+  if [ "$DRY" = 1 ]; then
+    args+=(--batch 1 --dtypes fp32 --layouts nhwc --shape 64,8,8,16,1 --reps 2 --providers cudnn_folded)
+  else
+    args+=(--batch 128 --models resnext50_32x4d --dtypes fp16 --layouts nhwc
+           --providers compile_max_autotune cudnn_folded triton cuda --reps 20)
+  fi
+  run_logged "$1" "$LOGDIR/max-autotune.log" $PY "$REPO/benchmarks/grouped_conv.py" "${args[@]}"
 }
 
-[ $# -gt 0 ] || { echo "usage: $0 STEP... (build tests sanitize bench bench-full models)"; exit 2; }
-step_build
-for step in "$@"; do
-  case "$step" in
-    build) ;;
-    tests) step_tests ;;
-    sanitize) step_sanitize ;;
-    bench) step_bench ;;
-    bench-full) step_bench_full ;;
-    models) step_models ;;
-    *) echo "unknown step $step"; exit 2 ;;
-  esac
+# --- the plan ---------------------------------------------------------------------------------
+[ ${#STEPS[@]} -gt 0 ] || for s in "${ALL_STEPS[@]}"; do
+  grep -qx "$s" "$STATE/done" 2>/dev/null || STEPS+=("$s")
 done
+log "plan: ${STEPS[*]:-nothing left} (budget ${BUDGET}s; dry run: $DRY)"
+step_build
+failed=()
+for step in "${STEPS[@]}"; do
+  left=$(remaining)
+  if [ "$left" -lt "${PLANNED[$step]}" ] && [ "$DRY" = 0 ]; then
+    echo "not started: $step (planned ${PLANNED[$step]}s, ${left}s left in this call)" | tee -a "$LOG"
+    continue
+  fi
+  # a step may run to 1.5x its plan, but never past the call's budget
+  limit=$(( PLANNED[$step] * 3 / 2 )); [ "$limit" -le "$left" ] || limit=$left
+  [ "$DRY" = 0 ] || limit=$(( PLANNED[$step] * 3 ))
+  status=0
+  "step_${step//-/_}" "$limit" || status=$?
+  # a step that ran to its end is done, failures included (they are results, and a rerun would
+  # spend the lease on the same answer); one stopped at its time limit is left for a later call
+  if [ $status -ne 124 ] && [ $status -ne 137 ]; then echo "$step" >> "$STATE/done"; fi
+  [ $status -eq 0 ] || failed+=("$step (exit $status)")
+  echo "step $step: exit $status" | tee -a "$LOG"
+  pack
+done
+pack
+left_over=()
+for s in "${ALL_STEPS[@]}"; do grep -qx "$s" "$STATE/done" 2>/dev/null || left_over+=("$s"); done
+log "done in this call: ${#STEPS[@]} planned; failed: ${failed[*]:-none}; not done yet: ${left_over[*]:-none}"
+ls -la "$OUT" | tee -a "$LOG"
+[ ${#failed[@]} -eq 0 ]

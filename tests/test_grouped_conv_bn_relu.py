@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import resnext_kernels as rk
 from conftest import DTYPES, channels_last_if, seeded, tolerance
+from resnext_kernels.models.shapes import grouped_conv_shapes
 
 
 def make_case(cpg_in, groups, dtype, device, channels_last, seed, N=2, H=7, W=9, cpg_out=None):
@@ -177,22 +178,32 @@ def test_tf32_follows_cudnn_flag(backend_device):
     torch.testing.assert_close(y.double().cpu(), ref, **tolerance("tf32"))
 
 
-# The real grouped-conv shapes of resnext50_32x4d (C, H, stride), at batch 2, on the GPU.
-RESNEXT50_SHAPES = [(128, 56, 1), (256, 56, 2), (256, 28, 1), (512, 28, 2), (512, 14, 1),
-                    (1024, 14, 2), (1024, 7, 1)]
+# Every distinct grouped-conv shape of the ResNeXt models, read from their definitions: every
+# channels-per-group class (4 to 64) at its real channel count, spatial size and stride.
+REAL_SHAPES = sorted({(C_in, H, W, groups, stride)
+                      for model in ("resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")
+                      for _, C_in, H, W, _, groups, stride, _ in grouped_conv_shapes(model)})
+# the speed targets in both dtypes and both layouts; fp32 in the layout models use on GPUs
+REAL_SHAPE_VARIANTS = [(torch.float16, True), (torch.bfloat16, True), (torch.float32, True),
+                       (torch.float16, False)]
 
 
 @pytest.mark.gpu
 @pytest.mark.slow
-@pytest.mark.parametrize("C,H,stride", RESNEXT50_SHAPES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_resnext50_shapes(backend_device, poison_outputs, C, H, stride, dtype):
+@pytest.mark.parametrize("C,H,W,groups,stride", REAL_SHAPES,
+                         ids=[f"C{c}-{h}x{w}-g{g}-s{s}" for c, h, w, g, s in REAL_SHAPES])
+@pytest.mark.parametrize("dtype,channels_last", REAL_SHAPE_VARIANTS,
+                         ids=[f"{str(d)[6:]}-{'nhwc' if cl else 'nchw'}"
+                              for d, cl in REAL_SHAPE_VARIANTS])
+def test_real_resnext_shapes(backend_device, poison_outputs, C, H, W, groups, stride, dtype,
+                             channels_last):
     backend, device = backend_device
     if device != "cuda":
         pytest.skip("real shapes run on the GPU only")
-    x, w, scale, shift, bn = make_case(C // 32, 32, dtype, device, True, C + H, H=H, W=H)
+    x, w, scale, shift, bn = make_case(C // groups, groups, dtype, device, channels_last,
+                                       C + H + stride, H=H, W=W)
     run_and_check(backend, device, x, w, scale, shift, bn, poison_outputs, stride=stride,
-                  groups=32)
+                  groups=groups)
 
 
 @pytest.mark.gpu
@@ -215,6 +226,28 @@ def test_64bit_offsets(backend_device):
     # interior of the corner patch (its border sees padding that the full tensor does not)
     torch.testing.assert_close(y[-1:, :, -7:-1, -7:-1].double(), ref[:, :, 1:-1, 1:-1],
                                **tolerance(torch.float16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config_index", range(8))
+def test_triton_every_launch_config(poison_outputs, monkeypatch, config_index):
+    """Each autotune configuration, forced in turn (the GPU plan's tests run one fixed one, with
+    RESNEXT_KERNELS_TRITON_AUTOTUNE=0, and the benchmark lets autotuning choose), on every tile
+    path, with partial tiles (N*H*W = 189 output rows at stride 1)."""
+    if not torch.cuda.is_available():
+        pytest.skip("launch configurations exist on the GPU only")
+    import importlib
+    mod = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_bn_relu")
+    if config_index >= len(mod._GPU_CONFIGS):
+        pytest.skip(f"there are {len(mod._GPU_CONFIGS)} configurations")
+    monkeypatch.setenv("RESNEXT_KERNELS_TRITON_AUTOTUNE", "0")
+    monkeypatch.setattr(mod, "_FIXED_GPU_CONFIG", mod._GPU_CONFIGS[config_index])
+    for cpg, stride, channels_last, dtype in ((4, 1, True, torch.float16), (8, 2, False, torch.bfloat16),
+                                              (16, 1, True, torch.float16), (32, 2, True, torch.bfloat16),
+                                              (64, 1, False, torch.float16), (3, 1, True, torch.float32)):
+        x, w, scale, shift, bn = make_case(cpg, 4, dtype, "cuda", channels_last, 200 + cpg, N=3)
+        run_and_check("triton", "cuda", x, w, scale, shift, bn, poison_outputs, stride=stride,
+                      groups=4)
 
 
 def test_triton_64bit_index_path(poison_outputs, monkeypatch):

@@ -7,6 +7,7 @@ Every backend implements the same signature per op (see resnext_kernels/ops/); t
 import functools
 import importlib
 import os
+import re
 
 import torch
 
@@ -30,6 +31,31 @@ def triton_interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _version_tuple(version: str):
+    """(major, minor) of a version string such as "3.6.0" or "2.4.0rc1"."""
+    parts = re.findall(r"\d+", version)[:2]
+    return tuple(int(p) for p in parts) + (0,) * (2 - len(parts))
+
+
+@functools.lru_cache(maxsize=None)
+def triton_interpreter_problem():
+    """Why the installed Triton interpreter cannot run our kernels, or None if it can.
+
+    Triton 3.6's interpreter turns a loop bound into a Python int with int() on a one-element
+    array, which numpy 2.4 made an error ("only 0-dimensional arrays can be converted to Python
+    scalars"); every kernel with a runtime loop bound fails. Triton 3.7 squeezes the array first.
+    The compiled (GPU) path does not use numpy this way and is unaffected.
+    """
+    import numpy
+    import triton
+
+    if _version_tuple(triton.__version__) < (3, 7) and _version_tuple(numpy.__version__) >= (2, 4):
+        return (f"Triton {triton.__version__}'s interpreter fails with numpy {numpy.__version__} "
+                "(numpy >= 2.4; fixed in Triton 3.7): install 'numpy<2.4' to run Triton kernels "
+                "on the CPU, or Triton >= 3.7")
+    return None
+
+
 def _triton_status(device_type: str):
     try:
         import triton  # noqa: F401
@@ -41,6 +67,9 @@ def _triton_status(device_type: str):
         return True, "available"
     if device_type == "cpu":
         if triton_interpreter_enabled():
+            problem = triton_interpreter_problem()
+            if problem is not None:
+                return False, problem
             return True, "available through the Triton interpreter (TRITON_INTERPRET=1; slow)"
         return False, "Triton runs on CPU tensors only under TRITON_INTERPRET=1"
     return False, f"Triton kernels do not run on {device_type} devices"

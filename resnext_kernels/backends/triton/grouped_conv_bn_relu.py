@@ -14,6 +14,7 @@ offsets are 64-bit.
 """
 
 import functools
+import os
 
 import torch
 import triton
@@ -154,9 +155,19 @@ _GPU_CONFIGS = [
 ]
 
 
+# RESNEXT_KERNELS_TRITON_AUTOTUNE=0 launches this one configuration instead of timing every
+# _GPU_CONFIGS entry on each new shape (about a second of compiling and timing per shape): the GPU
+# plan's test step sets it, and tests/test_grouped_conv_bn_relu.py runs every entry explicitly.
+_FIXED_GPU_CONFIG = _GPU_CONFIGS[2]  # BLOCK_M 64, 4 warps, 2 stages
+
+
+def _autotune_enabled() -> bool:
+    return os.environ.get("RESNEXT_KERNELS_TRITON_AUTOTUNE", "1") != "0"
+
+
 @functools.lru_cache(maxsize=None)
-def _launchable_kernel(interpreted: bool):
-    if interpreted:
+def _launchable_kernel(interpreted: bool, autotune: bool = True):
+    if interpreted or not autotune:
         return _grouped_conv_bn_relu_kernel
     return triton.autotune(
         configs=_GPU_CONFIGS,
@@ -203,14 +214,18 @@ def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, gro
         BLOCK_N=block_n,
         BLOCK_K=block_k,
     )
+    autotune = not interpreted and _autotune_enabled()
     if interpreted:
         meta["BLOCK_M"] = _INTERPRETER_BLOCK_M
+    elif not autotune:
+        meta.update(_FIXED_GPU_CONFIG.kwargs, num_warps=_FIXED_GPU_CONFIG.num_warps,
+                    num_stages=_FIXED_GPU_CONFIG.num_stages)
 
     def grid(m):
         return (triton.cdiv(N * H_out * W_out, m["BLOCK_M"]), triton.cdiv(C_out, block_n))
 
     with on_device(x):
-        _launchable_kernel(interpreted)[grid](
+        _launchable_kernel(interpreted, autotune)[grid](
             x, weight, scale, shift, y,
             N, C_in, H, W,
             C_out, H_out, W_out,
