@@ -47,7 +47,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 import resnext_kernels as rk  # noqa: E402
-from resnext_kernels import backends, models  # noqa: E402
+from resnext_kernels import backends  # noqa: E402
+from resnext_kernels.models.shapes import grouped_conv_shapes  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # "reference" is the op with backend="reference" (what "auto" runs when no table entry says
@@ -56,31 +57,6 @@ GPU_PROVIDERS = ["cudnn_eager", "cudnn_folded", "compile_max_autotune", "referen
                  "cuda"]
 CPU_PROVIDERS = ["cudnn_eager", "cudnn_folded"]
 TOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 8e-2}  # relative to max |ref|
-
-
-def grouped_conv_shapes(model_name: str, image: int = 224):
-    """Every distinct grouped-conv shape of a model, read from its definition (meta tensors):
-    [(layer, C_in, H, W, C_out, groups, stride, count)]."""
-    with torch.device("meta"):
-        model = getattr(models, model_name)().eval()
-    found = {}
-
-    def hook(name):
-        def record(module, inputs, _output):
-            x = inputs[0]
-            key = (x.shape[1], x.shape[2], x.shape[3], module.out_channels, module.groups,
-                   module.stride[0])
-            layer, count = found.get(key, (name.rsplit(".conv", 1)[0], 0))
-            found[key] = (layer, count + 1)
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-               if isinstance(m, nn.Conv2d) and m.groups > 1 and m.kernel_size == (3, 3)]
-    with torch.no_grad():
-        model(torch.empty(1, 3, image, image, device="meta"))
-    for h in handles:
-        h.remove()
-    return [(layer, *key, count) for key, (layer, count) in found.items()]
 
 
 def make_layer(C_in, C_out, groups, stride, device, dtype, seed):

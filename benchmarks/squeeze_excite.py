@@ -46,35 +46,12 @@ import common  # noqa: E402
 
 import resnext_kernels as rk  # noqa: E402
 from resnext_kernels import backends, models  # noqa: E402
+from resnext_kernels.models.shapes import se_shapes  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GPU_PROVIDERS = ["eager", "reference", "triton", "cuda"]
 CPU_PROVIDERS = ["eager", "reference"]
 TOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 8e-2}  # relative to max |ref|
-
-
-def se_shapes(model_name: str = "seresnext50_32x4d", image: int = 224):
-    """Every distinct SE shape of a model, read from its definition (meta tensors):
-    [(stage, C, H, W, R, count)], stage being the first block's name."""
-    with torch.device("meta"):
-        model = getattr(models, model_name)().eval()
-    found = {}
-
-    def hook(name):
-        def record(module, inputs, _output):
-            x = inputs[0]
-            key = (x.shape[1], x.shape[2], x.shape[3], module.fc1.out_channels)
-            stage, count = found.get(key, (name.rsplit(".se", 1)[0], 0))
-            found[key] = (stage, count + 1)
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-               if isinstance(m, models.SEModule)]
-    with torch.no_grad():
-        model(torch.empty(1, 3, image, image, device="meta"))
-    for h in handles:
-        h.remove()
-    return [(stage, *key, count) for key, (stage, count) in found.items()]
 
 
 def make_se(C, device, dtype, seed):

@@ -65,13 +65,13 @@ warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION.*")
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-from torch import nn  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
-from resnext_kernels import models  # noqa: E402
+# the real shapes, read from the models: the same ones the benchmarks and the GPU plan use
+from resnext_kernels.models.shapes import grouped_conv_shapes, se_shapes  # noqa: E402
 
 # importlib: the package re-exports the launchers under the modules' own names
 conv = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_bn_relu")
@@ -143,51 +143,6 @@ def in_ci(path):
         if not reference and c["dtype"] == "fp16" and sample and c["layout"] == "nchw":
             return True
     return False
-
-
-# ----------------------------------------------------------------------------- the real shapes
-def _run_meta(model_name, layer_type, record):
-    """Runs one 224x224 image through the model on meta tensors with record(name, module, input)
-    hooked on every module of layer_type that record accepts."""
-    with torch.device("meta"):
-        model = getattr(models, model_name)().eval()
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, layer_type):
-            handles.append(module.register_forward_hook(
-                lambda mod, inputs, _out, name=name: record(name, mod, inputs[0])))
-    with torch.no_grad():
-        model(torch.empty(1, 3, 224, 224, device="meta"))
-    for h in handles:
-        h.remove()
-
-
-def grouped_conv_shapes(model_name):
-    """Every distinct grouped 3x3 conv of a model (the logic of benchmarks/grouped_conv.py):
-    [(layer, C_in, H, W, C_out, groups, stride, count)], H and W the input's."""
-    found = {}
-
-    def record(name, mod, x):
-        if mod.groups > 1 and mod.kernel_size == (3, 3):
-            key = (x.shape[1], x.shape[2], x.shape[3], mod.out_channels, mod.groups, mod.stride[0])
-            layer, count = found.get(key, (name.rsplit(".conv", 1)[0], 0))
-            found[key] = (layer, count + 1)
-
-    _run_meta(model_name, nn.Conv2d, record)
-    return [(layer, *key, count) for key, (layer, count) in found.items()]
-
-
-def se_shapes(model_name):
-    """Every distinct SE module of a model: [(layer, C, H, W, R, count)], R the reduced width."""
-    found = {}
-
-    def record(name, mod, u):
-        key = (u.shape[1], u.shape[2], u.shape[3], mod.fc1.out_channels)
-        layer, count = found.get(key, (name.rsplit(".se", 1)[0], 0))
-        found[key] = (layer, count + 1)
-
-    _run_meta(model_name, models.SEModule, record)
-    return [(layer, *key, count) for key, (layer, count) in found.items()]
 
 
 # ----------------------------------------------------------------- Triton's JIT, minus the GPU

@@ -4,8 +4,10 @@ Benchmarks, compile reports and GPU profiles all use these, so every tool talks 
 layers: the shapes come from running the model, never from a hand-written table.
 """
 
-from torch import nn
+import importlib
+
 import torch
+from torch import nn
 
 from . import seresnext as _seresnext
 
@@ -13,10 +15,9 @@ from . import seresnext as _seresnext
 def _run_meta(model_name: str, image: int, hooks):
     """Builds a model on the meta device, registers hooks (module, name) -> handle or None,
     runs one image through it and removes the hooks."""
-    from . import __dict__ as zoo  # the builders, by name
-
+    builders = importlib.import_module(__package__)  # resnext_kernels.models (imports us late)
     with torch.device("meta"):
-        model = zoo[model_name]().eval()
+        model = getattr(builders, model_name)().eval()
     handles = [h for name, module in model.named_modules() if (h := hooks(module, name))]
     with torch.no_grad():
         model(torch.empty(1, 3, image, image, device="meta"))
