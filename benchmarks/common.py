@@ -437,6 +437,32 @@ def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (t * 1e-3) / 1e9
 
 
+class CaseCache:
+    """The inputs of the rows being run, made when a row first needs them and dropped when a row
+    needs another (one shape's rotated input sets in memory at a time). A benchmark subclasses it
+    with make(si, dtype, layout) -> the case dict; the copy bandwidth (for floors) is measured
+    when the first row runs, so not at all if none does."""
+
+    def __init__(self, shapes, batch, device):
+        self.shapes, self.batch, self.device = shapes, batch, device
+        self.key, self.case, self._bandwidth = None, None, None
+
+    def bandwidth_gbs(self):
+        if self._bandwidth is None:
+            self._bandwidth = copy_bandwidth_gbs(self.device)
+        return self._bandwidth
+
+    def get(self, si, dtype, layout):
+        if self.key != (si, dtype, layout):
+            self.key, self.case = None, None  # free the previous inputs before making new ones
+            self.case = self.make(si, dtype, layout)
+            self.key = (si, dtype, layout)
+        return self.case
+
+    def make(self, si, dtype, layout):
+        raise NotImplementedError
+
+
 def add_percent_of_floor(row: dict, floor_ms: float):
     """pct_of_floor from the device time, graph_pct_of_floor from the graph time (if any)."""
     if row.get("p50_ms"):

@@ -114,23 +114,11 @@ def check(fn, x, conv, bn):
     return common.relative_error(got, ref)
 
 
-class Cases:
+class Cases(common.CaseCache):
     """The layer and the rotated input sets of the rows being run: made when a row first needs
     them, dropped when a row needs another (one shape's inputs in memory at a time)."""
 
-    def __init__(self, shapes, batch, device):
-        self.shapes, self.batch, self.device = shapes, batch, device
-        self.key, self.case, self._bandwidth = None, None, None
-
-    def bandwidth_gbs(self):
-        if self._bandwidth is None:  # measured when the first row runs: not at all if none does
-            self._bandwidth = common.copy_bandwidth_gbs(self.device)
-        return self._bandwidth
-
-    def get(self, si, dtype, layout):
-        if self.key == (si, dtype, layout):
-            return self.case
-        self.key, self.case = None, None  # free the previous inputs before making new ones
+    def make(self, si, dtype, layout):
         _model, _layer, C_in, H, W, C_out, groups, stride, _count = self.shapes[si]
         conv, bn = make_layer(C_in, C_out, groups, stride, self.device, dtype, seed=si)
         H_out, W_out = (H - 1) // stride + 1, (W - 1) // stride + 1
@@ -142,11 +130,9 @@ class Cases:
         inputs = [(torch.randn(self.batch, C_in, H, W, device=self.device, generator=g)
                    .to(dtype).contiguous(memory_format=fmt),)
                   for _ in range(common.rotation_sets(in_bytes, self.device))]
-        self.case = dict(conv=conv, bn=bn, inputs=inputs, nbytes=nbytes,
-                         flops=2 * self.batch * C_out * H_out * W_out * 9 * (C_in // groups),
-                         floor_ms=nbytes / (self.bandwidth_gbs() * 1e9) * 1e3)
-        self.key = (si, dtype, layout)
-        return self.case
+        return dict(conv=conv, bn=bn, inputs=inputs, nbytes=nbytes,
+                    flops=2 * self.batch * C_out * H_out * W_out * 9 * (C_in // groups),
+                    floor_ms=nbytes / (self.bandwidth_gbs() * 1e9) * 1e3)
 
 
 def plan(shapes, dtypes, layouts, providers, batch, on_gpu):

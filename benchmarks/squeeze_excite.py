@@ -103,23 +103,11 @@ def check(fn, u, residual, se):
     return common.relative_error(got, ref)
 
 
-class Cases:
+class Cases(common.CaseCache):
     """The SE module and the rotated (u, residual) sets of the rows being run: made when a row
     first needs them, dropped when a row needs another."""
 
-    def __init__(self, shapes, batch, device):
-        self.shapes, self.batch, self.device = shapes, batch, device
-        self.key, self.case, self._bandwidth = None, None, None
-
-    def bandwidth_gbs(self):
-        if self._bandwidth is None:  # measured when the first row runs: not at all if none does
-            self._bandwidth = common.copy_bandwidth_gbs(self.device)
-        return self._bandwidth
-
-    def get(self, si, dtype, layout):
-        if self.key == (si, dtype, layout):
-            return self.case
-        self.key, self.case = None, None  # free the previous inputs before making new ones
+    def make(self, si, dtype, layout):
         _stage, C, H, W, _R, _count = self.shapes[si]
         se = make_se(C, self.device, dtype, seed=si)
         elem = torch.finfo(dtype).bits // 8
@@ -132,10 +120,8 @@ class Cases:
                     .to(dtype).contiguous(memory_format=fmt))
         sets = common.rotation_sets(2 * tensor_bytes, self.device)
         nbytes = 3 * tensor_bytes  # u read, residual read, output written
-        self.case = dict(se=se, inputs=[(tensor(), tensor()) for _ in range(sets)],
-                         nbytes=nbytes, floor_ms=nbytes / (self.bandwidth_gbs() * 1e9) * 1e3)
-        self.key = (si, dtype, layout)
-        return self.case
+        return dict(se=se, inputs=[(tensor(), tensor()) for _ in range(sets)],
+                    nbytes=nbytes, floor_ms=nbytes / (self.bandwidth_gbs() * 1e9) * 1e3)
 
 
 def plan(shapes, dtypes, layouts, providers, batch, model_name):
