@@ -10,7 +10,7 @@ can afford (see docs/KERNELS.md), and reads the input once per tile instead of o
 
 Epilogue: acc * scale[co] + shift[co], optional ReLU (NaN passes, as torch.relu), cast, store.
 Every tensor is addressed through its strides, so NCHW, channels_last and strided views work;
-offsets are 64-bit.
+offsets are 32-bit unless a tensor spans 2^31 elements or more (the INDEX_64 specialisation).
 """
 
 import functools
