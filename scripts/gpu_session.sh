@@ -199,7 +199,11 @@ step_sanitize() {
       echo "would run: compute-sanitizer --tool $tool --print-limit 20 --error-exitcode 3 $PY ${cases[*]} --backends cuda triton" | tee -a "$LOG"
       run_logged "$1" "$LOGDIR/sanitize-$tool.log" $PY "${cases[@]}" --device cpu --backends reference || rc=$?
     else
-      run_logged $(( $1 / 2 )) "$LOGDIR/sanitize-$tool.log" compute-sanitizer --tool "$tool" \
+      # memcheck first and with the larger share; the cases print a timed progress line per
+      # group, so a run stopped at its limit still says how far it got
+      local share=$(( $1 * 2 / 5 ))
+      [ "$tool" = memcheck ] && share=$(( $1 * 3 / 5 ))
+      run_logged "$share" "$LOGDIR/sanitize-$tool.log" compute-sanitizer --tool "$tool" \
         --print-limit 20 --error-exitcode 3 $PY "${cases[@]}" --backends cuda triton || rc=$?
     fi
   done
@@ -230,10 +234,21 @@ step_ncu() {
     # an unreadable query leaves nothing to filter by: ask for the whole list then
     [ -n "$metrics" ] || metrics=$($PY "$REPO/scripts/ncu_summary.py" --metrics)
     # --log-file: ncu's CSV apart from the program's own output
+    local t0=$SECONDS
     (cd /tmp && timeout --kill-after=10 "$1" ncu "${NCU_ARGS[@]}" --metrics "$metrics" \
         --log-file "$raw" $PY "$REPO/scripts/ncu_cases.py" --manifest "$manifest") \
       > "$LOGDIR/ncu.log" 2>&1
     rc=$?
+    # the launch__ attributes are asked for although ncu's query does not list them; if this
+    # ncu refuses them, once more without them (registers and waves then stay blank)
+    if [ $rc -ne 0 ] && grep -q "launch__" "$LOGDIR/ncu.log" "$raw" 2>/dev/null; then
+      echo "ncu refused the launch__ metrics: again without them" | tee -a "$LOG"
+      metrics=$(echo "$metrics" | tr ',' '\n' | grep -v '^launch__' | paste -sd, -)
+      (cd /tmp && timeout --kill-after=10 $(( $1 - (SECONDS - t0) )) ncu "${NCU_ARGS[@]}" \
+          --metrics "$metrics" --log-file "$raw" $PY "$REPO/scripts/ncu_cases.py" \
+          --manifest "$manifest") > "$LOGDIR/ncu.log" 2>&1
+      rc=$?
+    fi
     tail -n 20 "$LOGDIR/ncu.log" | tee -a "$LOG"
   fi
   (cd "$LOGDIR" && $PY "$REPO/scripts/ncu_summary.py" "$raw" "$manifest" \

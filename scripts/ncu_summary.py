@@ -65,9 +65,11 @@ UNIT_SCALE = {
 
 
 def available_metrics(query_output: str):
-    """The subset of METRICS whose base name `ncu --query-metrics` lists."""
+    """The subset of METRICS whose base name `ncu --query-metrics` lists, plus the launch__
+    attributes: ncu 2025.3 on the H200 (2026-11-26) did not list them (they are launch
+    statistics, not hardware counters), so filtering by the query dropped registers and waves."""
     known = set(re.findall(r"^\s*([a-z0-9_]+__[a-z0-9_]+)", query_output, re.M))
-    return [m for m in METRICS if m.split(".")[0] in known]
+    return [m for m in METRICS if m.split(".")[0] in known or m.startswith("launch__")]
 
 
 def parse_value(value: str, unit: str):
@@ -119,6 +121,10 @@ def _ratio(num, den):
     return None if num is None or not den else num / den
 
 
+def _add(a, b):
+    return None if a is None and b is None else (a or 0) + (b or 0)
+
+
 def _sum(kernels, metric):
     values = [k["metrics"].get(metric) for k in kernels]
     values = [v for v in values if v is not None]
@@ -148,9 +154,20 @@ def summarise_case(case, kernels):
                                              m("l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum")),
         global_st_sectors_per_request=_ratio(m("l1tex__t_sectors_pipe_lsu_mem_global_op_st.sum"),
                                              m("l1tex__t_requests_pipe_lsu_mem_global_op_st.sum")),
+        # The op_ld wavefronts include ldmatrix's (H200, ncu 2025.3: 36.8 M wavefronts against
+        # 0.46 M LDS and 4.1 M LDSM instructions in one WMMA kernel), so they are divided by
+        # both instruction counts; the ideal is 1 for 32-bit LDS, 4 for LDS.128 and LDSM.x4.
         shared_ld_wavefronts_per_instr=_ratio(
             m("l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum"),
-            m("smsp__sass_inst_executed_op_shared_ld.sum")),
+            _add(m("smsp__sass_inst_executed_op_shared_ld.sum"),
+                 m("smsp__sass_inst_executed_op_ldsm.sum"))),
+        # the share of shared-load wavefronts that bank conflicts added (0 = conflict-free)
+        shared_ld_conflict_share=_ratio(
+            m("l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum"),
+            m("l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum")),
+        shared_st_conflict_share=_ratio(
+            m("l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum"),
+            m("l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum")),
         shared_st_wavefronts_per_instr=_ratio(
             m("l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum"),
             m("smsp__sass_inst_executed_op_shared_st.sum")),
@@ -178,7 +195,8 @@ def summarise_case(case, kernels):
 COLUMNS = [("name", "{}"), ("time_us", "{:.1f}"), ("dram_bytes_over_floor", "{:.2f}"),
            ("dram_gbs", "{:.0f}"), ("global_ld_sectors_per_request", "{:.2f}"),
            ("global_st_sectors_per_request", "{:.2f}"),
-           ("shared_ld_wavefronts_per_instr", "{:.2f}"), ("ldsm_wavefronts_per_instr", "{:.2f}"),
+           ("shared_ld_wavefronts_per_instr", "{:.2f}"), ("shared_ld_conflict_share", "{:.2f}"),
+           ("shared_st_conflict_share", "{:.2f}"),
            ("l2_to_sm_bytes_per_input_byte", "{:.2f}"), ("achieved_occupancy_pct", "{:.0f}"),
            ("registers", "{:.0f}"), ("waves", "{:.2f}")]
 

@@ -5,7 +5,8 @@ The GPU plan's dry run parses it (so a parsing error shows on the CPU, not on th
 tests/test_gpu_plan.py checks the summary's figures against the values chosen here:
 per case two kernels (a small one and the main one, 1:3 in every additive metric), DRAM bytes
 exactly the case's floor, 2000 bytes per ns, 4 sectors per global load request, 8 per store,
-1 shared wavefront per instruction (2 for ldmatrix), L2-to-SM reads 1.5x the input.
+1 shared wavefront per LDS and 2 per ldmatrix (9/7 per shared load, as ncu counts them), a
+quarter of the load wavefronts from bank conflicts, L2-to-SM reads 1.5x the input.
 Values above 999 carry thousands separators and some units are scaled, as ncu may print them.
 
     python tests/ncu_fixture.py MANIFEST > ncu.csv
@@ -38,10 +39,12 @@ def case_metrics(case, share: float):
         ("l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum", "sector", 4 * requests),
         ("l1tex__t_requests_pipe_lsu_mem_global_op_st.sum", "", requests / 2),
         ("l1tex__t_sectors_pipe_lsu_mem_global_op_st.sum", "sector", 4 * requests),
+        # as ncu counts them: the op_ld wavefronts include the ldmatrix ones
         ("smsp__sass_inst_executed_op_shared_ld.sum", "inst", 1000 * share),
-        ("l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum", "", 1000 * share),
         ("smsp__sass_inst_executed_op_ldsm.sum", "inst", 400 * share),
+        ("l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum", "", (1000 + 800) * share),
         ("l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ldsm.sum", "", 800 * share),
+        ("l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum", "", 450 * share),
         ("sm__warps_active.avg.pct_of_peak_sustained_active", "%", 40 + 20 * share),
         ("launch__registers_per_thread", "register/thread", 64 if share > 0.5 else 16),
         ("launch__waves_per_multiprocessor", "", 1.25),

@@ -210,8 +210,11 @@ def test_real_models_on_gpu(backend_device, name, dtype):
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
         torch.backends.cudnn.allow_tf32 = False
         got, ref = fused(x), model(x)
+    # Logits, not argmax agreement: a randomly initialised model's logits are near-ties, so under
+    # bf16 autocast half the argmaxes flipped on the H200 (2026-11-26) while every logit was
+    # within tolerance. assert_logits_close already bounds every logit, so the top-1 class
+    # agrees wherever the reference's margin exceeds twice that bound.
     assert_logits_close(got, ref, 1e-4 if dtype == torch.float32 else 5e-2)
-    assert (got.argmax(1) == ref.argmax(1)).float().mean() >= 0.75
 
 
 def test_compile_fullgraph_inductor():

@@ -99,10 +99,10 @@ def test_gradients_match_autograd(backend_device):
     got = torch.autograd.grad(out, leaves, grad)
     ref_leaves = [t.detach().double().requires_grad_() for t in case]
     ref = reference(*ref_leaves, relu=True)
-    exp = torch.autograd.grad(ref, ref_leaves, grad.double())
+    exp = torch.autograd.grad(ref, ref_leaves, grad.double().cpu())  # reference() runs on the CPU
     for name, a, b in zip(["u", "w1", "b1", "w2", "b2", "residual"], got, exp):
         assert a.shape == b.shape, name
-        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-4, msg=name)
+        torch.testing.assert_close(a.double().cpu(), b.cpu(), atol=1e-4, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize(
