@@ -46,7 +46,15 @@ FLAGS = [
 SANITIZERS = {
     "memcheck": ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"],
     "racecheck": ["-fsanitize=thread"],
+    # "profile": the access profiler (csrc/emulation/access_profile.h). Only the kernel sources
+    # (and the self-test kernels) get ThreadSanitizer's instrumentation, whose hooks the profiler
+    # defines; no sanitizer runtime is linked.
+    "profile": ["-DRESNEXT_KERNELS_ACCESS_PROFILE"],
 }
+PROFILE_INSTRUMENTATION = ["-fsanitize=thread"]
+PROFILED_SOURCES = {"selftest.cpp"} | {p.name for p in SOURCES if p.suffix == ".cu"}
+LINK_FLAGS = {"memcheck": SANITIZERS["memcheck"], "racecheck": SANITIZERS["racecheck"],
+              "profile": []}
 # Leak checking needs ptrace, which containers often forbid; every other ASan check stays on.
 RUN_ENV = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
            "UBSAN_OPTIONS": "print_stacktrace=1",
@@ -76,14 +84,15 @@ def build(sanitizer: str = "memcheck") -> Path:
     jobs = []
     for src in SOURCES:
         obj = out_dir / (src.name + ".o")
-        cmd = [cxx, *flags, "-x", "c++", "-c", str(src), "-o", str(obj)]
+        extra = PROFILE_INSTRUMENTATION if sanitizer == "profile" and src.name in PROFILED_SOURCES else []
+        cmd = [cxx, *flags, *extra, "-x", "c++", "-c", str(src), "-o", str(obj)]
         jobs.append((obj, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
     for obj, job in jobs:
         log = job.communicate()[0].decode()
         if job.returncode != 0:
             raise RuntimeError(f"emulator build failed on {obj.name}:\n{log}")
     tmp = out_dir / "harness.tmp"
-    subprocess.run([cxx, *SANITIZERS[sanitizer], "-pthread",
+    subprocess.run([cxx, *LINK_FLAGS[sanitizer], "-pthread",
                     *[str(obj) for obj, _ in jobs], "-o", str(tmp)], check=True)
     tmp.rename(binary)
     return binary
@@ -118,9 +127,12 @@ def _write_params(directory: Path, params: dict):
     (directory / "params.txt").write_text("\n".join(lines) + "\n")
 
 
+_EXTRA_ENV: dict = {}  # set by profile_launches() for the call it wraps
+
+
 def _run(binary: Path, *args) -> str:
     proc = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True,
-                          env=RUN_ENV, timeout=600)
+                          env={**RUN_ENV, **_EXTRA_ENV}, timeout=600)
     if proc.returncode != 0:
         raise EmulatorError(proc.returncode, proc.stdout + proc.stderr)
     return proc.stdout
@@ -200,3 +212,30 @@ def squeeze_excite(binary, u, w1, b1, w2, b2, residual=None, relu=False):
 
 def selftest(binary, name) -> str:
     return _run(binary, "selftest", name)
+
+
+def profile_launches(call, binary, *args, sample_blocks: int = 0, **kwargs):
+    """Runs `call` (grouped_conv_bn_relu, squeeze_excite or selftest of this module) with the
+    "profile" build's `binary`; returns (its result, one dict per kernel launch).
+
+    Each dict is the profiler's report of that launch (csrc/emulation/access_profile.cpp):
+    grid, blocks, sampled_blocks, per kind of access ("global_load", "global_store",
+    "shared_load", "shared_store", "ldmatrix", "fragment_store") the requests, sectors or
+    wavefronts, their ideal, bytes and bytes used, barriers and MMAs per block, and per access
+    site the same tallies. Counts are over the sampled blocks: sample_blocks > 0 runs only that
+    many blocks of each grid, spread evenly (the first and last among them); scale by
+    blocks / sampled_blocks for the whole grid.
+    """
+    import json
+
+    global _EXTRA_ENV
+    with tempfile.TemporaryDirectory(prefix="emu_profile_") as tmp:
+        out = Path(tmp) / "profile.jsonl"
+        _EXTRA_ENV = {"CUDA_EMULATOR_PROFILE_OUT": str(out),
+                      "CUDA_EMULATOR_PROFILE_BLOCKS": str(sample_blocks)}
+        try:
+            result = call(binary, *args, **kwargs)
+        finally:
+            _EXTRA_ENV = {}
+        launches = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    return result, launches

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "access_profile.h"
 #include "cuda_runtime.h"
 
 #if defined(__SANITIZE_THREAD__)
@@ -171,7 +172,7 @@ void arrive_block_hidden(Arrival kind) {
             "kernel (divergent barrier)");
     }
     if (g.arrived_end > 0) {
-      ++g.current_block;
+      g.current_block = profile::next_block(g.current_block, g.blocks);
       if (g.current_block < g.blocks) start_block(g);
     }
     g.blocked -= g.threads - 1;
@@ -192,16 +193,20 @@ void run_thread(GridState& g, int linear, void (*body)(void*), void* ctx) {
                     linear / (g.block.x * g.block.y)};
   for (;;) {
     uint64_t b;
+    const unsigned char* smem;
     {
       EMULATOR_BOOKKEEPING;
       std::lock_guard<std::mutex> lock(g.mutex);
       b = g.current_block;
+      smem = g.smem;
     }
     if (b >= g.blocks) break;
     blockIdx = uint3{static_cast<unsigned int>(b % g.grid.x),
                      static_cast<unsigned int>((b / g.grid.x) % g.grid.y),
                      static_cast<unsigned int>(b / (uint64_t{g.grid.x} * g.grid.y))};
+    profile::begin_block(b, linear, smem, g.smem_bytes);
     body(ctx);
+    profile::end_block_thread();
     arrive_block(Arrival::kEnd);
   }
   t_grid = nullptr;
@@ -255,17 +260,22 @@ cudaError_t run_grid_erased(dim3 grid, dim3 block, size_t smem_bytes, void (*bod
   for (size_t w = 0; w < g.warps.size(); ++w) {
     g.warps[w].lanes = static_cast<int>(std::min<uint64_t>(32, threads - w * 32));
   }
+  g.current_block = profile::first_block(g.blocks);
+  profile::begin_launch(grid.x, grid.y, grid.z, static_cast<unsigned>(threads), smem_bytes,
+                        g.blocks, profile::sampled_blocks(g.blocks));
   start_block(g);
   std::vector<std::thread> pool;
   pool.reserve(threads);
   for (int t = 0; t < g.threads; ++t) pool.emplace_back(run_thread, std::ref(g), t, body, ctx);
   for (std::thread& t : pool) t.join();
+  profile::end_launch();
   for (void* mem : g.smem_allocations) std::free(mem);
   return cudaSuccess;
 }
 
 void sync_block() {
   if (t_grid == nullptr) fatal("__syncthreads() called outside a kernel");
+  profile::note_barrier();
   arrive_block(Arrival::kSync);
 }
 

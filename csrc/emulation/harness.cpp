@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "access_profile.h"
 #include "kernels/params.h"
 
 namespace {
@@ -69,10 +70,12 @@ Buffer load(const std::string& dir, const std::string& name, size_t lead = 0) {
   b.bytes = static_cast<size_t>(in.tellg());
   b.lead = lead;
   void* mem = nullptr;
-  if (posix_memalign(&mem, 16, lead + b.bytes + (lead + b.bytes == 0 ? 1 : 0)) != 0) die("oom");
+  // 256-byte aligned as cudaMalloc's are (the access profile's sector counts depend on it)
+  if (posix_memalign(&mem, 256, lead + b.bytes + (lead + b.bytes == 0 ? 1 : 0)) != 0) die("oom");
   b.base = static_cast<unsigned char*>(mem);
   in.seekg(0);
   in.read(reinterpret_cast<char*>(b.data()), static_cast<std::streamsize>(b.bytes));
+  cuda_emulator::profile::note_global_buffer(b.base, b.lead + b.bytes);
   return b;
 }
 
@@ -88,6 +91,7 @@ Buffer scratch(size_t bytes) {
   if (posix_memalign(&mem, 256, bytes > 0 ? bytes : 1) != 0) die("oom");
   std::memset(mem, 0xff, bytes > 0 ? bytes : 1);  // poison: NaN in every float type
   b.base = static_cast<unsigned char*>(mem);
+  cuda_emulator::profile::note_global_buffer(b.base, bytes);
   return b;
 }
 

@@ -11,9 +11,21 @@
 #include <cstring>
 #include <type_traits>
 
+#include "access_profile.h"
 #include "cuda_bf16.h"
 #include "cuda_fp16.h"
 #include "cuda_runtime.h"
+
+// In the access-profile build the wmma calls are not instrumented element by element: each one
+// records the shared-memory requests the hardware issues for it (access_profile.h), keyed by
+// its call site (so it must not be inlined).
+#if defined(RESNEXT_KERNELS_ACCESS_PROFILE)
+#define WMMA_CALL __attribute__((noinline, no_sanitize_thread))
+#define WMMA_SITE() (reinterpret_cast<uint64_t>(__builtin_return_address(0)) * 16)
+#else
+#define WMMA_CALL inline
+#define WMMA_SITE() uint64_t{0}
+#endif
 
 namespace nvcuda {
 namespace wmma {
@@ -104,11 +116,43 @@ void fill_fragment(Frag& f, float v) {
 }
 
 // A or B, either layout: element (r, c) of the fragment's kRows x kCols matrix.
+namespace detail {
+// The shared-memory requests of one fragment load, this lane's share: the fragment is `lines`
+// lines of `elems` elements, `ldm` elements apart in memory. 16-bit fragments load with
+// ldmatrix.x4 (four 8x8 matrices, one 16-byte row per lane); 32-bit (TF32) ones as the
+// m16n8k8 operand layout, one 32-bit load per lane per 8x4 block (lane l: line l/4, element l%4).
+template <typename E>
+void profile_fragment_load(uint64_t site, const E* ptr, unsigned ldm, int lines, int elems) {
+  if (!cuda_emulator::profile::kEnabled) return;
+  const unsigned l = lane();
+  int instr = 0;
+  if (sizeof(E) == 2) {
+    const int line_blocks = lines / 8, blocks = line_blocks * (elems / 8);
+    for (int first = 0; first < blocks; first += 4, ++instr) {
+      const int b = first + static_cast<int>(l / 8);
+      if (b >= blocks) continue;
+      const E* row = ptr + ((b % line_blocks) * 8 + l % 8) * ldm + (b / line_blocks) * 8;
+      cuda_emulator::profile::record(site + instr, row, 16, cuda_emulator::profile::Op::kLdmatrix);
+    }
+  } else {
+    for (int lb = 0; lb < lines / 8; ++lb) {
+      for (int eb = 0; eb < elems / 4; ++eb, ++instr) {
+        const E* e = ptr + (lb * 8 + l / 4) * ldm + eb * 4 + l % 4;
+        cuda_emulator::profile::record(site + instr, e, 4, cuda_emulator::profile::Op::kLoad);
+      }
+    }
+  }
+}
+}  // namespace detail
+
 template <typename Use, int M, int N, int K, typename T, typename Layout>
-void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const typename storage<T>::type* ptr,
-                      unsigned int ldm) {
+WMMA_CALL void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f,
+                                const typename storage<T>::type* ptr, unsigned int ldm) {
   using F = fragment<Use, M, N, K, T, Layout>;
   detail::check_pointer_and_ldm(ptr, ldm, "wmma::load_matrix_sync: pointer not 32-byte aligned");
+  constexpr bool kRowMajor = std::is_same<Layout, row_major>::value;
+  detail::profile_fragment_load(WMMA_SITE(), ptr, ldm, kRowMajor ? F::kRows : F::kCols,
+                                kRowMajor ? F::kCols : F::kRows);
   for (int r = 0; r < F::kRows; ++r) {
     for (int c = 0; c < F::kCols; ++c) {
       f.x[r * F::kCols + c] =
@@ -118,10 +162,11 @@ void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const typename stora
 }
 
 template <int M, int N, int K, typename TA, typename TB, typename LA, typename LB>
-void mma_sync(fragment<accumulator, M, N, K, float>& d,
-              const fragment<matrix_a, M, N, K, TA, LA>& a,
-              const fragment<matrix_b, M, N, K, TB, LB>& b,
-              const fragment<accumulator, M, N, K, float>& c) {
+WMMA_CALL void mma_sync(fragment<accumulator, M, N, K, float>& d,
+                        const fragment<matrix_a, M, N, K, TA, LA>& a,
+                        const fragment<matrix_b, M, N, K, TB, LB>& b,
+                        const fragment<accumulator, M, N, K, float>& c) {
+  cuda_emulator::profile::note_mma(WMMA_SITE());
   float out[M * N];
   for (int i = 0; i < M; ++i) {
     for (int j = 0; j < N; ++j) {
@@ -136,10 +181,30 @@ void mma_sync(fragment<accumulator, M, N, K, float>& d,
 }
 
 template <int M, int N, int K>
-void store_matrix_sync(float* ptr, const fragment<accumulator, M, N, K, float>& f,
-                       unsigned int ldm, layout_t layout) {
+WMMA_CALL void store_matrix_sync(float* ptr, const fragment<accumulator, M, N, K, float>& f,
+                                 unsigned int ldm, layout_t layout) {
   detail::check_pointer_and_ldm(ptr, ldm, "wmma::store_matrix_sync: pointer not 32-byte aligned");
   const unsigned int lane = detail::lane();
+  if (cuda_emulator::profile::kEnabled) {
+    // the m16n8 accumulator layout: lane l holds columns 2(l%4), 2(l%4)+1 of row l/4 of each
+    // 8x8 block, one 64-bit store per block (two 32-bit ones in column-major memory)
+    const uint64_t site = WMMA_SITE();
+    int instr = 0;
+    for (int rb = 0; rb < M / 8; ++rb) {
+      for (int cb = 0; cb < N / 8; ++cb) {
+        const int row = rb * 8 + static_cast<int>(lane / 4), col = cb * 8 + 2 * (lane % 4);
+        if (layout == mem_row_major) {
+          cuda_emulator::profile::record(site + instr++, ptr + row * ldm + col, 8,
+                                         cuda_emulator::profile::Op::kFragStore);
+        } else {
+          for (int q = 0; q < 2; ++q) {
+            cuda_emulator::profile::record(site + instr++, ptr + (col + q) * ldm + row, 4,
+                                           cuda_emulator::profile::Op::kFragStore);
+          }
+        }
+      }
+    }
+  }
   for (int e = static_cast<int>(lane); e < M * N; e += 32) {
     const int i = e / N, j = e % N;
     ptr[layout == mem_row_major ? i * ldm + j : j * ldm + i] = f.x[e];

@@ -4,6 +4,9 @@
 #include <cstdlib>
 #include <string>
 
+#include <mma.h>
+
+#include "access_profile.h"
 #include "kernels/launch.cuh"
 
 namespace {
@@ -44,13 +47,62 @@ __global__ void warp_sum_kernel(const float* in, float* out) {
   if (threadIdx.x % 32 == 0) out[threadIdx.x / 32] = v;
 }
 
+// Kernels with a known access profile (tests/test_access_profile.py), one block of 64 threads:
+// each warp makes one request per access below.
+// 32 consecutive floats per warp: 4 sectors per load and per store request.
+__global__ void profile_coalesced_copy_kernel(const float* in, float* out) {
+  out[threadIdx.x] = in[threadIdx.x];
+}
+
+// Each lane reads its own 32-byte sector: 32 sectors per request, 4 of every 32 bytes used.
+__global__ void profile_strided_load_kernel(const float* in, float* out) {
+  out[threadIdx.x] = in[threadIdx.x * 8];
+}
+
+// Shared memory at a stride of `stride` words: 32 / stride banks, `stride` wavefronts per request
+// (stride 2 and 8: 2- and 8-way bank conflicts); then all lanes read one word (a broadcast: 1).
+__global__ void profile_bank_conflict_kernel(float* out, int stride) {
+  float* buf = reinterpret_cast<float*>(resnext_kernels::dynamic_shared_memory());
+  buf[threadIdx.x * stride] = static_cast<float>(threadIdx.x);
+  __syncthreads();
+  out[threadIdx.x] = buf[threadIdx.x * stride] + buf[0];
+}
+
+// 16 consecutive bytes per lane, as the conv kernel stages its input: global -> shared ->
+// global. 512 bytes per warp: 16 sectors per global request and 4 wavefronts per shared one,
+// the conflict-free minimum.
+__global__ void profile_vector16_kernel(const uint4* in, uint4* out) {
+  uint4* buf = reinterpret_cast<uint4*>(resnext_kernels::dynamic_shared_memory());
+  buf[threadIdx.x] = in[threadIdx.x];
+  __syncthreads();
+  out[threadIdx.x] = buf[threadIdx.x ^ 1];
+}
+
+// One 16x16 fp16 wmma fragment from shared memory with `ldm` halves per row: ldmatrix.x4. Rows
+// 32 bytes apart (ldm 16) put rows r and r + 4 of each 8x8 matrix in the same banks: 8
+// wavefronts; padded to 48 bytes (ldm 24) the 8 rows of a matrix hit 8 distinct bank quads: 4.
+__global__ void profile_ldmatrix_kernel(float* out, int ldm) {
+  __half* tile = reinterpret_cast<__half*>(resnext_kernels::dynamic_shared_memory());
+  for (int i = threadIdx.x; i < 16 * ldm; i += blockDim.x) tile[i] = __float2half_rn(1.f);
+  __syncthreads();
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> a;
+  nvcuda::wmma::load_matrix_sync(a, tile, ldm);
+  out[threadIdx.x] = __half2float(a.x[0]);
+}
+
 }  // namespace
 
 int run_selftest(const std::string& name) {
   constexpr int n = 64;
-  float* in = static_cast<float*>(std::malloc(n * sizeof(float)));
-  float* out = static_cast<float*>(std::malloc(n * sizeof(float)));
+  // 256-byte aligned, as cudaMalloc's are: the sector counts of the profile tests assume it
+  float* in = static_cast<float*>(std::aligned_alloc(256, n * sizeof(float)));
+  float* out = static_cast<float*>(std::aligned_alloc(256, n * sizeof(float)));
   for (int i = 0; i < n; ++i) in[i] = static_cast<float>(i);
+  float* wide = static_cast<float*>(std::aligned_alloc(256, 8 * n * sizeof(float)));
+  for (int i = 0; i < 8 * n; ++i) wide[i] = static_cast<float>(i);
+  cuda_emulator::profile::note_global_buffer(in, n * sizeof(float));
+  cuda_emulator::profile::note_global_buffer(out, n * sizeof(float));
+  cuda_emulator::profile::note_global_buffer(wide, 8 * n * sizeof(float));
   cudaError_t err = cudaSuccess;
   if (name == "divergent_syncthreads") {
     err = resnext_kernels::launch_kernel(divergent_syncthreads_kernel, dim3(1), dim3(n), 0, nullptr, out);
@@ -68,6 +120,22 @@ int run_selftest(const std::string& name) {
   } else if (name == "warp_sum") {
     err = resnext_kernels::launch_kernel(warp_sum_kernel, dim3(1), dim3(n), 0, nullptr, in, out);
     if (err == cudaSuccess) std::printf("%g %g\n", out[0], out[1]);
+  } else if (name == "profile_coalesced_copy") {
+    err = resnext_kernels::launch_kernel(profile_coalesced_copy_kernel, dim3(1), dim3(n), 0, nullptr, in, out);
+  } else if (name == "profile_strided_load") {
+    err = resnext_kernels::launch_kernel(profile_strided_load_kernel, dim3(1), dim3(n), 0, nullptr, wide, out);
+  } else if (name == "profile_bank_conflict_2way" || name == "profile_bank_conflict_8way") {
+    const int stride = name == "profile_bank_conflict_2way" ? 2 : 8;
+    err = resnext_kernels::launch_kernel(profile_bank_conflict_kernel, dim3(1), dim3(n),
+                                         n * stride * sizeof(float), nullptr, out, stride);
+  } else if (name == "profile_vector16") {
+    // in and out hold 16 uint4 each: 16 threads (half a warp, so a request is 256 bytes)
+    err = resnext_kernels::launch_kernel(profile_vector16_kernel, dim3(1), dim3(16), 16 * 16, nullptr,
+                                         reinterpret_cast<const uint4*>(wide), reinterpret_cast<uint4*>(out));
+  } else if (name == "profile_ldmatrix_ldm16" || name == "profile_ldmatrix_ldm24") {
+    const int ldm = name == "profile_ldmatrix_ldm16" ? 16 : 24;
+    err = resnext_kernels::launch_kernel(profile_ldmatrix_kernel, dim3(1), dim3(32),
+                                         16 * ldm * sizeof(__half), nullptr, out, ldm);
   } else {
     std::fprintf(stderr, "unknown selftest %s\n", name.c_str());
     return 2;
@@ -78,5 +146,6 @@ int run_selftest(const std::string& name) {
   }
   std::free(in);
   std::free(out);
+  std::free(wide);
   return 0;
 }

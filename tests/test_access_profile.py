@@ -1,0 +1,124 @@
+"""The CUDA emulator's access profiler (csrc/emulation/access_profile.h): known answers on small
+kernels written to have them (csrc/emulation/selftest.cpp), block sampling, and the real kernels
+still computing the right numbers in the profile build.
+
+Runs wherever the emulator builds (a C++ compiler), GPU or not: the profile is a CPU tool.
+"""
+
+import os
+
+import pytest
+import torch
+
+import cuda_emulator
+from conftest import tolerance
+from test_grouped_conv_bn_relu import make_case, reference
+from test_squeeze_excite import make_case as make_se_case
+from test_squeeze_excite import reference as se_reference
+
+
+@pytest.fixture(scope="module")
+def profiler():
+    if cuda_emulator.compiler() is None:
+        if os.environ.get("RESNEXT_KERNELS_REQUIRE_EMULATOR") == "1":
+            pytest.fail("RESNEXT_KERNELS_REQUIRE_EMULATOR=1 but there is no C++ compiler")
+        pytest.skip("no C++ compiler for the CUDA emulator")
+    return cuda_emulator.build("profile")
+
+
+def selftest_profile(binary, name):
+    _, launches = cuda_emulator.profile_launches(cuda_emulator.selftest, binary, name)
+    assert len(launches) == 1, launches
+    return launches[0]
+
+
+def per_request(tally, cost="wavefronts"):
+    return tally[cost] / tally["requests"]
+
+
+def sites_of(launch, kind):
+    return [s[kind] for s in launch["sites"] if kind in s]
+
+
+def test_coalesced_copy_is_4_sectors_per_request(profiler):
+    p = selftest_profile(profiler, "profile_coalesced_copy")
+    # 64 threads = 2 warps, one load and one store each, 32 floats = 128 bytes = 4 sectors
+    assert p["global_load"]["requests"] == 2 and p["global_store"]["requests"] == 2
+    assert per_request(p["global_load"], "sectors") == 4
+    assert per_request(p["global_store"], "sectors") == 4
+    assert p["global_load"]["bytes_used"] == 256
+    assert p["shared_load"]["requests"] == 0 and p["barriers_per_block"] == 0
+
+
+def test_strided_load_is_32_sectors_per_request(profiler):
+    p = selftest_profile(profiler, "profile_strided_load")
+    assert per_request(p["global_load"], "sectors") == 32  # every lane its own sector
+    assert p["global_load"]["bytes_used"] == 256  # of 64 * 32 = 2048 bytes moved
+    assert p["global_load_block_unique_sectors"] == 64
+    assert per_request(p["global_store"], "sectors") == 4
+
+
+@pytest.mark.parametrize("ways", [2, 8])
+def test_bank_conflicts_cost_one_wavefront_per_way(profiler, ways):
+    p = selftest_profile(profiler, f"profile_bank_conflict_{ways}way")
+    assert per_request(p["shared_store"]) == ways and p["shared_store"]["ideal"] == 2
+    # two load sites per warp: the strided one (`ways` wavefronts) and a broadcast (1)
+    loads = sorted(per_request(s) for s in sites_of(p, "shared_load"))
+    assert loads == [1, ways]
+    assert p["barriers_per_block"] == 1
+
+
+def test_16_byte_accesses_are_served_per_quarter_warp(profiler):
+    p = selftest_profile(profiler, "profile_vector16")
+    # 16 lanes x 16 bytes: two quarter-warp phases of 128 bytes, no conflict
+    assert p["shared_store"]["requests"] == 1 and p["shared_store"]["wavefronts"] == 2
+    assert p["shared_load"]["wavefronts"] == 2 and p["shared_load"]["ideal"] == 2
+    assert per_request(p["global_load"], "sectors") == 8  # 256 bytes, 16-byte lanes
+
+
+@pytest.mark.parametrize("ldm, wavefronts", [(16, 8), (24, 4)])
+def test_ldmatrix_rows_32_bytes_apart_conflict_and_padding_fixes_it(profiler, ldm, wavefronts):
+    p = selftest_profile(profiler, f"profile_ldmatrix_ldm{ldm}")
+    assert p["ldmatrix"]["requests"] == 1  # one ldmatrix.x4 for a 16x16 fragment
+    assert p["ldmatrix"]["wavefronts"] == wavefronts and p["ldmatrix"]["ideal"] == 4
+
+
+def test_conv_kernel_in_the_profile_build_still_computes_the_conv(profiler):
+    """The instrumented build runs the same kernel: all blocks, the right answer."""
+    x, w, scale, shift, bn = make_case(4, 16, torch.float16, "cpu", True, 5, N=2, H=9, W=7)
+    (y, path), launches = cuda_emulator.profile_launches(
+        cuda_emulator.grouped_conv_bn_relu, profiler, x, w, scale, shift, groups=16)
+    assert path.startswith("path wmma")
+    torch.testing.assert_close(y.double(), reference(x, w, bn, 1, 1, 1, 16, True),
+                               **tolerance(torch.float16))
+    conv = launches[-1]
+    assert len(launches) == 2 and conv["sampled_blocks"] == conv["blocks"]
+    assert conv["ldmatrix"]["requests"] > 0 and conv["mma_per_block"] > 0
+    for kind in ("global_load", "global_store"):
+        assert 0 < conv[kind]["bytes_used"] <= 32 * conv[kind]["sectors"]
+
+
+def test_se_kernels_in_the_profile_build_still_compute_se(profiler):
+    u, w1, b1, w2, b2, res = make_se_case(2, 40, 5, 6, 8, torch.float32, "cpu", True, 7,
+                                          residual=True)
+    out, launches = cuda_emulator.profile_launches(
+        cuda_emulator.squeeze_excite, profiler, u, w1, b1, w2, b2, residual=res, relu=True)
+    torch.testing.assert_close(out.double(), se_reference(u, w1, b1, w2, b2, res, True),
+                               **tolerance(torch.float32))
+    assert len(launches) == 3  # squeeze, excite, scale
+
+
+def test_block_sampling_runs_the_first_last_and_evenly_spread_blocks(profiler):
+    x, w, scale, shift, _ = make_case(4, 8, torch.float16, "cpu", True, 6, N=1, H=16, W=40)
+    full = cuda_emulator.profile_launches(cuda_emulator.grouped_conv_bn_relu, profiler, x, w,
+                                          scale, shift, groups=8)[1][-1]
+    _, launches = cuda_emulator.profile_launches(
+        cuda_emulator.grouped_conv_bn_relu, profiler, x, w, scale, shift, groups=8,
+        sample_blocks=3)
+    part = launches[-1]
+    assert full["blocks"] == part["blocks"] > 3 and part["sampled_blocks"] == 3
+    assert full["sampled_blocks"] == full["blocks"]
+    # interior blocks are alike: per-request figures hold, counts scale with blocks run
+    assert per_request(part["ldmatrix"]) == per_request(full["ldmatrix"])
+    assert part["ldmatrix"]["requests"] * full["blocks"] == pytest.approx(
+        full["ldmatrix"]["requests"] * 3, rel=0.5)
