@@ -239,3 +239,48 @@ def profile_launches(call, binary, *args, sample_blocks: int = 0, **kwargs):
             _EXTRA_ENV = {}
         launches = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     return result, launches
+
+
+def launch_shapes(binary, op: str, *, N, C, H, W, dtype, channels_last, groups=None, stride=1,
+                  R=None, allow_tf32=False, device_major=9):
+    """The launches (grid, block threads, dynamic shared memory) that one call of `op` ("conv"
+    or "se") makes at this shape, without running them: the profile build's plan-only mode, on
+    placeholder buffers, so real batch sizes cost nothing. Returns (path report, launches)."""
+    import json
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.empty(N, C, H, W, dtype=dtype, device="meta").contiguous(memory_format=fmt)
+    with tempfile.TemporaryDirectory(prefix="emu_plan_") as tmp:
+        d = Path(tmp)
+        out = d / "profile.jsonl"
+        if op == "conv":
+            H_out, W_out = (H - 1) // stride + 1, (W - 1) // stride + 1
+            y = torch.empty(N, C, H_out, W_out, dtype=dtype, device="meta").contiguous(
+                memory_format=fmt)
+            w = torch.empty(C, C // groups, 3, 3, dtype=dtype, device="meta")
+            for name in ("x", "w", "scale", "shift", "y"):
+                (d / f"{name}.bin").write_bytes(b"")
+            _write_params(d, dict(
+                dtype=DTYPE_CODES[dtype], N=N, C_in=C, H=H, W=W, C_out=C, H_out=H_out,
+                W_out=W_out, groups=groups, KH=3, KW=3, stride=[stride] * 2, padding=[1, 1],
+                dilation=[1, 1], x_stride=x.stride(), w_stride=w.stride(), y_stride=y.stride(),
+                relu=True, y_channels_last=channels_last, device_major=device_major,
+                force_direct=False, x_lead_elems=0, allow_tf32=allow_tf32))
+            args = ("grouped_conv", d)
+        else:
+            for name in ("u", "out", "w1", "w2", "residual", "b1", "b2"):
+                (d / f"{name}.bin").write_bytes(b"")
+            _write_params(d, dict(
+                dtype=DTYPE_CODES[dtype], N=N, C=C, H=H, W=W, R=R, u_stride=x.stride(),
+                out_stride=x.stride(), residual_stride=x.stride(), relu=True,
+                channels_last=channels_last, has_residual=True, has_b1=True, has_b2=True))
+            args = ("squeeze_excite", d)
+        global _EXTRA_ENV
+        _EXTRA_ENV = {"CUDA_EMULATOR_PROFILE_OUT": str(out), "CUDA_EMULATOR_PLAN_ONLY": "1"}
+        try:
+            report = _run(binary, *args)
+        finally:
+            _EXTRA_ENV = {}
+        launches = [json.loads(line) for line in out.read_text().splitlines()]
+    return report.strip(), [dict(grid=l["grid"], blocks=l["blocks"], threads=l["block_threads"],
+                                 smem_bytes=l["smem_bytes"]) for l in launches]

@@ -37,6 +37,11 @@ uint64_t sampled_blocks(uint64_t blocks) {
 
 uint64_t first_block(uint64_t) { return 0; }
 
+bool plan_only() {
+  const char* env = std::getenv("CUDA_EMULATOR_PLAN_ONLY");
+  return kEnabled && env != nullptr && env[0] == '1';
+}
+
 uint64_t next_block(uint64_t block, uint64_t blocks) {
   const uint64_t n = sampled_blocks(blocks);
   if (n == blocks) return block + 1;

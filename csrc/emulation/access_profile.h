@@ -67,6 +67,9 @@ void note_barrier();      // a __syncthreads, by one thread
 uint64_t first_block(uint64_t blocks);
 uint64_t next_block(uint64_t block, uint64_t blocks);
 uint64_t sampled_blocks(uint64_t blocks);
+// CUDA_EMULATOR_PLAN_ONLY=1 (profile build): launches are reported (grid, block, shared memory)
+// and not run, so the launch shapes of real batch sizes cost nothing.
+bool plan_only();
 
 }  // namespace profile
 }  // namespace cuda_emulator
