@@ -68,7 +68,7 @@ def category(op: str):
     if base in ("STG", "ST"):
         return f"global_store_{width(op)}B"
     if base == "LDGSTS":
-        return "cp_async"
+        return f"cp_async_{width(op)}B"
     if base in ("UTMALDG", "UBLKCP", "UTMASTG", "UBLKRED"):
         return "bulk_copy"
     if base == "LDSM":

@@ -335,8 +335,9 @@ def job_of(path):
             path["attrs"])
 
 
-def compile_path(job):
-    """triton.compile as JITFunction._do_compile calls it; the ptxas -v log of its cubin step."""
+def compile_path(job, sass=False):
+    """triton.compile as JITFunction._do_compile calls it; the ptxas -v log of its cubin step.
+    sass=True adds the instruction mix of its cubin (scripts/sass_mix.py)."""
     kernel, arch, signature, constexprs, options, attrs = job
     from triton import knobs
 
@@ -358,10 +359,19 @@ def compile_path(job):
     ptx = compiled.asm["ptx"]
     mma = ("wgmma" if "wgmma.mma_async" in ptx else
            "mma" if re.search(r"\bmma\.sync", ptx) else "-")
-    return dict(regs=int(regs.group(1)) if regs else None,
-                spills=int(spill.group(1)) + int(spill.group(2)) if spill else None,
-                smem=compiled.metadata.shared, mma=mma, triton_hash=compiled.hash,
-                compile_s=round(time.time() - start, 2))
+    result = dict(regs=int(regs.group(1)) if regs else None,
+                  spills=int(spill.group(1)) + int(spill.group(2)) if spill else None,
+                  smem=compiled.metadata.shared, mma=mma, triton_hash=compiled.hash,
+                  compile_s=round(time.time() - start, 2))
+    if sass:
+        import tempfile
+
+        import sass_mix
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(compiled.asm["cubin"])
+            f.flush()
+            result["sass"] = next(iter(sass_mix.profile_cubin(f.name).values()))
+    return result
 
 
 # Launches compiled both by the JIT itself (JITFunction._do_compile) and as this script compiles

@@ -1,0 +1,313 @@
+"""The compiled-code profile of both backends, for sm_90 and sm_80, without a GPU: per kernel
+as a real call compiles it, registers, spills, shared memory, occupancy (blocks and warps per
+SM) and the hot loop's instruction mix; per real layer (resnext50_32x4d, resnext101_32x8d
+grouped convs, seresnext50_32x4d SE stages) at batch 128 and 1, each launch's grid and its
+waves on 132 SMs.
+
+    python scripts/compiled_profile.py [--archs 90 80] [--json OUT.json] [--md OUT.md]
+
+CUDA: csrc/kernels/*.cu compiled with plain nvcc to cubins (ptxas' resource report per
+function); the launches of a call (kernel, grid, block, dynamic shared memory) come from the
+launchers themselves, run in the CUDA emulator's plan-only mode (tests/cuda_emulator.py
+launch_shapes), so the grids are the ones the real launchers compute.
+Triton: each launch recorded and compiled as scripts/triton_aot_check.py does (Triton's own JIT
+specialisation, Triton's ptxas), with the conv's fixed configuration
+(RESNEXT_KERNELS_TRITON_AUTOTUNE=0: BLOCK_M 64, 4 warps, 2 stages): which configuration the
+autotuner picks on a GPU is not known here.
+Both: fp16, channels_last (and NCHW) activations; bf16 compiles to the same registers (see
+docs/KERNELS.md); instruction mix from cuobjdump -sass (scripts/sass_mix.py).
+
+Occupancy limits (CUDA C++ Programming Guide, "Technical Specifications per Compute
+Capability", for 8.0 and 9.0): 65536 32-bit registers per SM, allocated per warp in units of
+256; at most 64 resident warps and 32 resident blocks per SM; shared memory per SM 164 KB
+(8.0) and 228 KB (9.0), of which 1 KB is reserved per resident block.
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import sass_mix  # noqa: E402
+
+SMS = 132  # H100 SXM and H200: the machines the GPU plan runs on
+ARCH_LIMITS = {  # (shared memory per SM, registers per SM, warps per SM, blocks per SM)
+    80: dict(smem_per_sm=164 * 1024, regs_per_sm=65536, warps=64, blocks=32),
+    90: dict(smem_per_sm=228 * 1024, regs_per_sm=65536, warps=64, blocks=32),
+}
+SMEM_RESERVED_PER_BLOCK = 1024
+
+
+def occupancy(arch, regs, threads, smem_bytes):
+    """Resident blocks and warps per SM, and what limits them."""
+    lim = ARCH_LIMITS[arch]
+    warps = math.ceil(threads / 32)
+    regs_per_warp = math.ceil(max(regs, 1) * 32 / 256) * 256
+    by = dict(registers=lim["regs_per_sm"] // (regs_per_warp * warps),
+              warps=lim["warps"] // warps, blocks=lim["blocks"],
+              shared_memory=(lim["smem_per_sm"] // (smem_bytes + SMEM_RESERVED_PER_BLOCK)
+                             if smem_bytes else lim["blocks"]))
+    blocks = min(by.values())
+    return dict(blocks_per_sm=blocks, warps_per_sm=blocks * warps,
+                occupancy_pct=100 * blocks * warps / lim["warps"],
+                limited_by=min(by, key=by.get))
+
+
+def waves(blocks, blocks_per_sm):
+    return None if not blocks_per_sm else blocks / (blocks_per_sm * SMS)
+
+
+# ------------------------------------------------------------------------------------- CUDA
+NVCC_FLAGS = ["-std=c++17", "-O3", "--expt-relaxed-constexpr"]
+RESOURCE = re.compile(r"Compiling entry function '([^']+)' for 'sm_(\d+)'")
+
+
+def short_name(mangled: str) -> str:
+    pretty = subprocess.run(["c++filt", mangled], capture_output=True, text=True).stdout.strip()
+    pretty = re.sub(r"^void |resnext_kernels::|\(anonymous namespace\)::", "", pretty)
+    return re.sub(r"\(.*$", "", pretty).replace("__nv_bfloat16", "bf16").replace(
+        "__half", "half")
+
+
+def cuda_kernels(arch: int):
+    """{short name: {regs, spill_bytes, stack, smem_static, sass}} of every kernel in csrc."""
+    nvcc = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc"
+    kernels = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for cu in sorted((REPO / "csrc" / "kernels").glob("*.cu")):
+            cubin = Path(tmp) / (cu.stem + ".cubin")
+            log = subprocess.run([str(nvcc), *NVCC_FLAGS, f"-I{REPO / 'csrc'}",
+                                  f"-arch=sm_{arch}", "--resource-usage", "-cubin", str(cu),
+                                  "-o", str(cubin)], capture_output=True, text=True)
+            if log.returncode != 0:
+                raise RuntimeError(f"nvcc failed on {cu.name}:\n{log.stderr[-3000:]}")
+            resources, name = {}, None
+            for line in log.stdout.splitlines() + log.stderr.splitlines():
+                m = RESOURCE.search(line)
+                if m:
+                    name = m.group(1)
+                    resources[name] = {}
+                elif name and "spill stores" in line:
+                    nums = [int(x) for x in re.findall(r"(\d+) bytes", line)]
+                    resources[name].update(stack=nums[0], spill_bytes=nums[1] + nums[2])
+                elif name and "Used" in line and "registers" in line:
+                    resources[name]["regs"] = int(re.search(r"Used (\d+) registers", line).group(1))
+                    smem = re.search(r"(\d+) bytes smem", line)
+                    resources[name]["smem_static"] = int(smem.group(1)) if smem else 0
+            for mangled, sass in sass_mix.profile_cubin(cubin).items():
+                kernels[short_name(mangled)] = dict(resources.get(mangled, {}), sass=sass)
+    return kernels
+
+
+CUDA_TYPES = {"fp16": "half", "bf16": "bf16", "fp32": "float"}
+
+
+def cuda_launch_kernels(op, path_report, dtype, stride):
+    """The kernel of each launch of a call, in launch order."""
+    t = CUDA_TYPES[dtype]
+    if op == "se":
+        return [f"se_squeeze_kernel<{t}>", "se_excite_kernel", f"se_scale_kernel<{t}>"]
+    m = re.search(r"path (\w+) block_channels (\d+)", path_report)
+    if m.group(1) == "wmma":
+        bc = m.group(2)
+        return [f"repack_weights_kernel<{t}, {bc}>",
+                f"grouped_conv_bn_relu_wmma_kernel<{t}, {bc}, {stride}>"]
+    return [f"grouped_conv_bn_relu_direct_kernel<{t}>"]
+
+
+# ----------------------------------------------------------------------------------- shapes
+def layer_shapes():
+    from resnext_kernels.models.shapes import grouped_conv_shapes, se_shapes
+
+    for model in ("resnext50_32x4d", "resnext101_32x8d"):
+        for layer, C, H, W, C_out, groups, stride, count in grouped_conv_shapes(model):
+            yield dict(op="conv", model=model, layer=layer, C=C, H=H, W=W, groups=groups,
+                       cpg=C // groups, stride=stride, count=count)
+    for layer, C, H, W, R, count in se_shapes("seresnext50_32x4d"):
+        yield dict(op="se", model="seresnext50_32x4d", layer=layer, C=C, H=H, W=W, R=R,
+                   count=count)
+
+
+def layer_name(shape, batch, layout):
+    if shape["op"] == "conv":
+        return (f"{shape['model']} {shape['layer']} conv cpg{shape['cpg']} s{shape['stride']} "
+                f"C{shape['C']} {shape['H']}x{shape['W']} b{batch} {layout}")
+    return (f"{shape['model']} {shape['layer']} se C{shape['C']} R{shape['R']} "
+            f"{shape['H']}x{shape['W']} b{batch} {layout}")
+
+
+def cuda_profile(archs, layouts=("nhwc", "nchw"), batches=(128, 1)):
+    import torch
+
+    import cuda_emulator
+
+    binary = cuda_emulator.build("profile")
+    kernels = {arch: cuda_kernels(arch) for arch in archs}
+    layers = []
+    for shape in layer_shapes():
+        for batch in batches:
+            for layout in layouts:
+                kw = dict(N=batch, C=shape["C"], H=shape["H"], W=shape["W"],
+                          dtype=torch.float16, channels_last=layout == "nhwc")
+                if shape["op"] == "conv":
+                    kw.update(groups=shape["groups"], stride=shape["stride"])
+                else:
+                    kw.update(R=shape["R"])
+                report, launches = cuda_emulator.launch_shapes(binary, shape["op"], **kw)
+                names = cuda_launch_kernels(shape["op"], report, "fp16", shape.get("stride"))
+                row = dict(name=layer_name(shape, batch, layout), backend="cuda", batch=batch,
+                           layout=layout, **shape, launches=[])
+                for name, launch in zip(names, launches):
+                    entry = dict(kernel=name, grid=launch["grid"], blocks=launch["blocks"],
+                                 threads=launch["threads"], smem_dynamic=launch["smem_bytes"])
+                    for arch in archs:
+                        k = kernels[arch].get(name, {})
+                        occ = occupancy(arch, k.get("regs", 0), launch["threads"],
+                                        launch["smem_bytes"] + k.get("smem_static", 0))
+                        entry[f"sm_{arch}"] = dict(occ, waves=waves(launch["blocks"],
+                                                                    occ["blocks_per_sm"]))
+                    row["launches"].append(entry)
+                layers.append(row)
+    used = {l["kernel"] for row in layers for l in row["launches"]}
+    table = {f"sm_{arch}": {name: k for name, k in ks.items() if name in used}
+             for arch, ks in kernels.items()}
+    return table, layers
+
+
+# ----------------------------------------------------------------------------------- Triton
+def triton_profile(archs, layouts=("nhwc", "nhwc,w-nchw", "nchw"), batches=(128, 1)):
+    os.environ["RESNEXT_KERNELS_TRITON_AUTOTUNE"] = "0"
+    import triton_aot_check as tac
+
+    kernels, layers = {}, []
+    for shape in layer_shapes():
+        for batch in batches:
+            for layout in layouts:
+                if shape["op"] == "conv":
+                    launch = tac.conv_launch(shape["C"], shape["H"], shape["W"], shape["C"],
+                                             shape["groups"], shape["stride"], batch, "fp16",
+                                             layout)
+                else:
+                    launch = tac.se_launch(shape["C"], shape["H"], shape["W"], shape["R"], batch,
+                                           "fp16", "fp32", layout)
+                row = dict(name=layer_name(shape, batch, layout), backend="triton", batch=batch,
+                           layout=layout, **shape, launches=[])
+                for arch in archs:
+                    recs = []
+                    with tac.recording_launches(arch, recs):
+                        launch()
+                    for i, rec in enumerate(recs):
+                        path = dict(rec, arch=arch)
+                        key = f"{tac.path_label(path)} {layout}"
+                        kid = f"sm_{arch}/{rec['kernel']}/{rec['key']}"
+                        if kid not in kernels:
+                            kernels[kid] = dict(tac.compile_path(tac.job_of(path), sass=True),
+                                                label=key, num_warps=rec["options"]["num_warps"],
+                                                constexprs=tac.constexpr_values(path))
+                        k = kernels[kid]
+                        blocks = math.prod(rec["grid"])
+                        occ = occupancy(arch, k.get("regs") or 0, 32 * k["num_warps"],
+                                        k.get("smem") or 0)
+                        if len(row["launches"]) <= i:
+                            row["launches"].append(dict(kernel=key, grid=list(rec["grid"]),
+                                                        blocks=blocks,
+                                                        threads=32 * k["num_warps"],
+                                                        smem_dynamic=k.get("smem")))
+                        row["launches"][i][f"sm_{arch}"] = dict(
+                            occ, waves=waves(blocks, occ["blocks_per_sm"]), kernel_id=kid,
+                            constexprs=k["constexprs"])
+                layers.append(row)
+    return kernels, layers
+
+
+# ----------------------------------------------------------------------------------- report
+HOT = ("global_load_16B", "global_load_8B", "global_load_4B", "global_load_2B", "cp_async_16B",
+       "cp_async_8B", "cp_async_4B",
+       "bulk_copy", "shared_load_16B", "shared_load_4B", "shared_load_2B", "ldmatrix_x4",
+       "ldmatrix_x2", "ldmatrix_x1", "hmma", "hgmma", "barrier", "global_store_16B",
+       "global_store_4B", "global_store_2B", "shared_store_16B", "shared_store_8B",
+       "shared_store_4B", "shared_store_2B", "local", "int", "fp")
+
+
+def mix_text(sass):
+    hot = (sass or {}).get("hot_loop")
+    if not hot:
+        return "(no loop)"
+    return " ".join(f"{k}:{hot['mix'][k]}" for k in HOT if hot["mix"].get(k)) + \
+        f" (of {hot['instructions']})"
+
+
+def markdown(cuda_table, triton_table, layers, archs):
+    lines = ["# Compiled-code profile (no GPU)", "",
+             "Generated by scripts/compiled_profile.py. Occupancy is the resident blocks/warps "
+             "per SM the compile allows; waves = blocks / (blocks per SM x 132 SMs). Hot loop: "
+             "the innermost loop with tensor-core instructions (else the busiest loop), static "
+             "instruction counts per iteration.", "",
+             "## Kernels", "",
+             "| backend | arch | kernel | regs | spill B | smem static B | hot loop mix |",
+             "|---|---|---|---|---|---|---|"]
+    for arch_key, ks in cuda_table.items():
+        for name, k in sorted(ks.items()):
+            lines.append(f"| cuda | {arch_key} | {name} | {k.get('regs')} | "
+                         f"{k.get('spill_bytes')} | {k.get('smem_static')} | "
+                         f"{mix_text(k.get('sass'))} |")
+    seen = set()
+    for kid, k in sorted(triton_table.items(), key=lambda kv: (kv[0].split("/")[0], kv[1]["label"])):
+        line = (f"| triton | {kid.split('/')[0]} | {k['label']} | {k.get('regs')} | "
+                f"{k.get('spills')} | {k.get('smem')} | {mix_text(k.get('sass'))} |")
+        if line not in seen:  # specialisations that compile alike (batch, divisibility) once
+            seen.add(line)
+            lines.append(line)
+    lines += ["", "## Launches per layer", "",
+              "| layer | backend | kernel | grid | threads | smem B | "
+              + " | ".join(f"sm_{a} blocks/SM (limit) | sm_{a} occ % | sm_{a} waves" for a in archs)
+              + " |", "|---|---|---|---|---|---|" + "---|---|---|" * len(archs)]
+    for row in layers:
+        for l in row["launches"]:
+            cells = []
+            for a in archs:
+                o = l.get(f"sm_{a}", {})
+                cells += [f"{o.get('blocks_per_sm')} ({o.get('limited_by')})",
+                          f"{o.get('occupancy_pct', 0):.0f}",
+                          "" if o.get("waves") is None else f"{o['waves']:.2f}"]
+            lines.append(f"| {row['name']} | {row['backend']} | {l['kernel']} | "
+                         f"{'x'.join(map(str, l['grid']))} | {l['threads']} | "
+                         f"{l.get('smem_dynamic')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--archs", type=int, nargs="+", default=[90, 80])
+    p.add_argument("--json", default="compiled-profile.json")
+    p.add_argument("--md", default="compiled-profile.md")
+    p.add_argument("--backends", nargs="+", default=["cuda", "triton"])
+    args = p.parse_args(argv)
+    cuda_table, triton_table, layers = {}, {}, []
+    if "cuda" in args.backends:
+        cuda_table, cuda_layers = cuda_profile(args.archs)
+        layers += cuda_layers
+    if "triton" in args.backends:
+        triton_table, triton_layers = triton_profile(args.archs)
+        layers += triton_layers
+    Path(args.json).write_text(json.dumps(dict(sms=SMS, cuda_kernels=cuda_table,
+                                               triton_kernels=triton_table, layers=layers),
+                                          indent=1))
+    text = markdown(cuda_table, triton_table, layers, args.archs)
+    Path(args.md).write_text(text)
+    print(text[:4000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""The GPU-free kernel profile: for every kernel path and every real layer of resnext50_32x4d,
+resnext101_32x8d (grouped 3x3 conv + BN + ReLU) and seresnext50_32x4d (SE stages), at batch
+128, fp16: what a GPU profiler would show, computed on the CPU, and the time the throughput
+model predicts from it, next to what a GPU measured where a GPU session has measured it.
+
+    python scripts/kernel_profile.py            # writes benchmarks/results/gpu-free-profile.{md,json}
+    python scripts/kernel_profile.py --check    # CI: regenerate and compare with the committed report
+
+Sources: the CUDA emulator's access profile (scripts/access_profile.py; CUDA kernels only), the
+compiled-code profile of both backends (scripts/compiled_profile.py), the throughput model
+(scripts/throughput_model.py, docs/THROUGHPUT_MODEL.md). Every figure in the report is a
+prediction or a GPU-free count, never a measurement, except the columns marked measured, which
+are copied from GPU results files under benchmarks/results/ (named in the report).
+
+--check (the regression guard): every per-path figure of the committed report (global sectors
+per request, shared wavefronts per request, L2->SM bytes per input byte, predicted time) is
+recomputed; one more than 10% worse, or a path missing from either side, fails, unless the
+commit also updates the committed report (then the two agree). Run it in the environment the
+report was made in (the GPU machine's versions: torch 2.11, Triton 3.6, nvcc 13.0): the Triton
+figures depend on Triton's compiler.
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import access_profile  # noqa: E402
+import compiled_profile  # noqa: E402
+import throughput_model as tm  # noqa: E402
+
+REPORT = REPO / "benchmarks" / "results" / "gpu-free-profile"
+BATCH = 128
+ELEM = 2  # fp16
+GPUS = ("H100 SXM", "H200")
+GUARD_TOLERANCE = 0.10
+GUARDED = ("global_ld_sectors_per_request", "global_st_sectors_per_request",
+           "shared_ld_wavefronts_per_request", "l2_to_sm_per_input_byte", "predicted_us_H100 SXM")
+SHARED_KINDS = ("shared_load", "shared_store", "ldmatrix", "fragment_store")
+
+
+def wavefronts_per_instruction(category: str, count: int) -> float:
+    """L1 wavefronts a warp-wide instruction of a SASS category costs when conflict-free."""
+    if category.startswith("ldmatrix_x"):
+        return count * int(category[-1])
+    for prefix in ("global_load_", "global_store_", "shared_load_", "shared_store_", "cp_async_"):
+        if category.startswith(prefix):
+            width = int(category[len(prefix):-1])
+            per = max(1.0, 32 * width / tm.L1_WAVEFRONT_BYTES)
+            return count * per * (2 if prefix == "cp_async_" else 1)  # cp.async: read + write
+    return 0.0
+
+
+def memory_instructions(mix: dict) -> int:
+    return sum(v for k, v in mix.items() if k.startswith(sass_memory_prefixes()))
+
+
+def sass_memory_prefixes():
+    return ("global_", "shared_", "ldmatrix", "cp_async", "bulk_copy", "local")
+
+
+def sass_of(cuda_kernels, name):
+    return (cuda_kernels.get(name) or {}).get("sass") or {}
+
+
+def instructions_per_memory_request(sass):
+    """Warp instructions per memory instruction in the kernel's hot loop (whole kernel when it
+    has no loop): the ratio that turns memory requests into issued instructions."""
+    body = sass.get("hot_loop") or sass
+    mix = body.get("mix", {})
+    mem = memory_instructions(mix)
+    return (sum(mix.values()) / mem) if mem else 1.0
+
+
+def cuda_layer(binary, shape, layout, cuda_kernels, plan, blocks):
+    """(model launches, guard figures) of one CUDA call at batch BATCH, from the access profile
+    at batch 1 scaled by each launch's blocks at BATCH over its blocks at 1."""
+    case = dict(shape, C_out=shape["C"], dtype="fp16", layout=layout, tf32=False)
+    launches, input_bytes, path = access_profile.run_case(binary, case, blocks)
+    summary = access_profile.summarise(f"{shape['op']} cuda", path, launches, input_bytes)
+    b1 = plan["b1"]["launches"]
+    b128 = plan["b128"]["launches"]
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * ELEM
+    model = []
+    for i, launch in enumerate(launches):
+        s = access_profile.scaled(launch)
+        grow = b128[i]["blocks"] / max(1, b1[i]["blocks"])
+        requests = sum(s[k]["requests"] for k in access_profile.KINDS) * grow
+        sass = sass_of(cuda_kernels, b128[i]["kernel"])
+        name = b128[i]["kernel"]
+        if shape["op"] == "conv":
+            H_out = (shape["H"] - 1) // shape["stride"] + 1
+            y_bytes = x_bytes * H_out * H_out // (shape["H"] * shape["W"])
+            w_bytes = 9 * shape["C"] * shape["cpg"] * ELEM
+            dram = 2 * w_bytes if name.startswith("repack") else x_bytes + y_bytes + w_bytes
+        else:
+            dram = {0: x_bytes, 1: 0, 2: 3 * x_bytes}[i]  # squeeze u; excite tiny; scale u, res, out
+        model.append(dict(
+            dram_bytes=dram,
+            l2_bytes=32 * s["block_unique_load_sectors"] * grow,
+            l1_wavefronts=(sum(s[k]["wavefronts"] for k in SHARED_KINDS)
+                           + (s["global_load"]["sectors"] + s["global_store"]["sectors"]) / 4)
+            * grow,
+            warp_instructions=requests * instructions_per_memory_request(sass),
+            waves=b128[i]["sm_90"]["waves"]))
+    guard = {k: summary[k] for k in ("global_ld_sectors_per_request",
+                                     "global_st_sectors_per_request",
+                                     "shared_ld_wavefronts_per_request")}
+    guard["l2_to_sm_per_input_byte"] = summary["l2_to_sm_per_input_byte_block_l1"]
+    guard["shared_ld_conflict_share"] = summary["shared_ld_conflict_share"]
+    return model, guard, path
+
+
+def triton_layer(row, triton_kernels, shape):
+    """Model launches of one Triton call at batch BATCH, from its compiled profile: the hot
+    loop's instructions x its trip count x the programs (no access profile for Triton yet)."""
+    model = []
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * ELEM
+    for i, launch in enumerate(row["launches"]):
+        info = launch["sm_90"]
+        k = triton_kernels[info["kernel_id"]]
+        sass, c = k.get("sass") or {}, info.get("constexprs") or {}
+        programs, warps = launch["blocks"], k["num_warps"]
+        body = sass.get("hot_loop") or sass
+        mix = body.get("mix", {})
+        per_warp = sum(wavefronts_per_instruction(cat, n) for cat, n in mix.items())
+        instr = sum(mix.values())
+        if launch["kernel"].startswith("conv"):
+            cpg, bn, bk, bm = shape["cpg"], c["BLOCK_N"], c["BLOCK_K"], c["BLOCK_M"]
+            span = (math.ceil(bn / cpg) * cpg) if bn >= cpg else cpg
+            iterations = 9 * math.ceil(span / bk)
+            operand = ((bm * bk + bk * bn) * ELEM / tm.L1_WAVEFRONT_BYTES
+                       if mix.get("hgmma") else 0)
+            H_out = (shape["H"] - 1) // shape["stride"] + 1
+            y_bytes = x_bytes * H_out * H_out // (shape["H"] * shape["W"])
+            model.append(dict(
+                dram_bytes=x_bytes + y_bytes,
+                # every tap's tiles from L2 (no reuse in L1): an upper bound
+                l2_bytes=programs * iterations * (bm * bk + bk * bn) * ELEM,
+                l1_wavefronts=programs * iterations * (per_warp * warps + operand),
+                warp_instructions=programs * iterations * instr * warps,
+                waves=info["waves"]))
+        else:  # SE: squeeze reads u, scale reads u and the residual and writes; excite is tiny
+            kind = launch["kernel"].split()[0]
+            dram = {"se_squeeze": x_bytes, "se_scale": 3 * x_bytes}.get(kind, 0)
+            loads = [cat for cat in mix if cat.startswith(("global_load_", "cp_async_"))]
+            width = max((int(cat.rsplit("_", 1)[1][:-1]) for cat in loads), default=4)
+            requests = dram / (32 * width)  # the bytes in warp-wide requests of that width
+            model.append(dict(
+                dram_bytes=dram, l2_bytes=dram,
+                l1_wavefronts=requests * max(1.0, 32 * width / tm.L1_WAVEFRONT_BYTES),
+                warp_instructions=max(requests, programs * warps) * max(
+                    1.0, instr / max(1, memory_instructions(mix))),
+                waves=info["waves"]))
+    return model
+
+
+def cudnn_eager_traffic(shape):
+    """cuDNN's grouped conv, then BatchNorm, then ReLU, each a pass over memory."""
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * ELEM
+    H_out = (shape["H"] - 1) // shape["stride"] + 1
+    y_bytes = x_bytes * H_out * H_out // (shape["H"] * shape["W"])
+    return [dict(dram_bytes=x_bytes + y_bytes, l2_bytes=0, l1_wavefronts=0, warp_instructions=0,
+                 waves=None),
+            dict(dram_bytes=2 * y_bytes, l2_bytes=0, l1_wavefronts=0, warp_instructions=0,
+                 waves=None),
+            dict(dram_bytes=2 * y_bytes, l2_bytes=0, l1_wavefronts=0, warp_instructions=0,
+                 waves=None)]
+
+
+def floor_bytes(shape):
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * ELEM
+    if shape["op"] == "se":
+        return 3 * x_bytes
+    H_out = (shape["H"] - 1) // shape["stride"] + 1
+    return x_bytes + x_bytes * H_out * H_out // (shape["H"] * shape["W"])
+
+
+def latest_results(prefix):
+    """The newest GPU results file of a benchmark (benchmarks/results/<prefix>-*.json)."""
+    files = sorted(glob.glob(str(REPO / "benchmarks" / "results" / f"{prefix}-*.json")),
+                   key=lambda f: json.load(open(f))["environment"].get("date", ""))
+    gpu_files = [f for f in files if json.load(open(f))["environment"].get("gpu")]
+    return gpu_files[-1] if gpu_files else None
+
+
+def measured_rows():
+    """{(model, layer, provider, layout): p50 us} and the source files, from the newest GPU
+    results (fp16)."""
+    out, sources = {}, []
+    for prefix, key in (("grouped_conv", "layer"), ("squeeze_excite", "stage")):
+        path = latest_results(prefix)
+        if not path:
+            continue
+        data = json.load(open(path))
+        sources.append((os.path.relpath(path, REPO), data["environment"].get("gpu")))
+        for r in data["rows"]:
+            if r.get("dtype") == "float16" and r.get("status") == "ok":
+                provider = {"eager": "cudnn_eager"}.get(r["provider"], r["provider"])
+                out[(r["model"], r[key], provider, r["layout"])] = r["p50_ms"] * 1e3
+    return out, sources
+
+
+def gpu_key(name):
+    return "H200" if name and "H200" in name else "H100 SXM"
+
+
+def build(blocks: int):
+    binary = access_profile.cuda_emulator.build("profile")
+    cuda_kernels, cuda_rows = compiled_profile.cuda_profile([90], layouts=("nhwc", "nchw"),
+                                                            batches=(BATCH, 1))
+    triton_kernels, triton_rows = compiled_profile.triton_profile([90], batches=(BATCH,))
+    ck = cuda_kernels["sm_90"]
+    plans = {}
+    for row in cuda_rows:
+        plans.setdefault((row["model"], row["layer"], row["layout"]), {})[f"b{row['batch']}"] = row
+    measured, sources = measured_rows()
+    paths = []
+    for shape in compiled_profile.layer_shapes():
+        base = dict(model=shape["model"], layer=shape["layer"], op=shape["op"], C=shape["C"],
+                    H=shape["H"], W=shape["W"], count=shape["count"],
+                    cpg=shape.get("cpg"), stride=shape.get("stride"), R=shape.get("R"))
+        fb = floor_bytes(shape)
+        entries = []
+        for layout in ("nhwc", "nchw"):
+            model, guard, path = cuda_layer(binary, shape, layout, ck,
+                                            plans[(shape["model"], shape["layer"], layout)],
+                                            blocks)
+            entries.append(("cuda", layout, model, guard, path))
+        for row in triton_rows:
+            if (row["model"], row["layer"]) == (shape["model"], shape["layer"]):
+                entries.append(("triton", row["layout"], triton_layer(row, triton_kernels, shape),
+                                {}, row["launches"][0]["kernel"]))
+        if shape["op"] == "conv":
+            entries.append(("cudnn_eager", "nhwc", cudnn_eager_traffic(shape), {},
+                            "traffic only (3 passes)"))
+        for backend, layout, model, guard, path in entries:
+            entry = dict(base, backend=backend, layout=layout, path=path, floor_bytes=fb,
+                         **{k: v for k, v in guard.items()})
+            for gpu in GPUS:
+                p = tm.predict(gpu, model)
+                entry[f"predicted_us_{gpu}"] = p["time_us"]
+                entry[f"pct_of_floor_{gpu}"] = 100 * tm.floor_us(gpu, fb) / p["time_us"]
+                entry[f"bound_{gpu}"] = p["bound"]
+                entry[f"terms_{gpu}"] = {k: round(v, 2) for k, v in p.items()
+                                         if k.endswith("_us") and k != "time_us"}
+            bench_layout = {"nhwc,w-nchw": "nhwc"}.get(layout, layout)
+            provider_layout_ok = (backend != "triton" or layout == "nhwc,w-nchw"
+                                  or shape["op"] == "se")
+            m = measured.get((shape["model"], shape["layer"], backend, bench_layout))
+            if m and provider_layout_ok and (backend != "cuda" or layout in ("nhwc", "nchw")):
+                entry["measured_us"] = m
+                entry["measured_over_predicted"] = m / entry[f"predicted_us_{gpu_key(sources[0][1])}"]
+            paths.append(entry)
+    return dict(batch=BATCH, dtype="fp16", blocks_per_grid=blocks, gpus=list(GPUS),
+                model_constants={g: tm.GPUS[g] for g in GPUS},
+                l1_efficiency=tm.L1_EFFICIENCY, measured_sources=sources, paths=paths)
+
+
+def path_id(p):
+    return f"{p['model']} {p['layer']} {p['backend']} {p['layout']}"
+
+
+def fmt(v, spec=".2f"):
+    return "" if v is None else format(v, spec)
+
+
+def markdown(report):
+    src = ", ".join(f"{f} ({g})" for f, g in report["measured_sources"]) or "none"
+    lines = [
+        "# GPU-free kernel profile and predicted times",
+        "",
+        f"Generated by scripts/kernel_profile.py: batch {report['batch']}, fp16, every real "
+        "layer of resnext50_32x4d, resnext101_32x8d (grouped conv + BN + ReLU) and "
+        "seresnext50_32x4d (SE stages). **Predicted** times come from the throughput model "
+        "(docs/THROUGHPUT_MODEL.md); sectors, wavefronts and L2 figures from the CUDA "
+        "emulator's access profile (CUDA paths) at batch 1, "
+        f"{report['blocks_per_grid']} blocks per grid. Nothing here is measured except the "
+        f"column `measured us`, copied from: {src}.",
+        "",
+        "Layouts: nhwc = channels_last activations and weights (a converted model); "
+        "nhwc,w-nchw = channels_last activations, contiguous weights (the op called directly, "
+        "as the benchmarks call it); nchw. cudnn_eager: its memory traffic only (a lower bound).",
+        "",
+        "| layer | backend | layout | ld sect/req | st sect/req | sh wf/req | sh confl | "
+        "L2→SM/in | pred us H100 | % floor H100 | bound | pred us H200 | measured us (H200) | "
+        "meas/pred |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in report["paths"]:
+        lines.append(
+            f"| {p['model']} {p['layer']} {p['op']} | {p['backend']} | {p['layout']} | "
+            f"{fmt(p.get('global_ld_sectors_per_request'))} | "
+            f"{fmt(p.get('global_st_sectors_per_request'))} | "
+            f"{fmt(p.get('shared_ld_wavefronts_per_request'))} | "
+            f"{fmt(p.get('shared_ld_conflict_share'))} | {fmt(p.get('l2_to_sm_per_input_byte'))} | "
+            f"{fmt(p['predicted_us_H100 SXM'], '.1f')} | {fmt(p['pct_of_floor_H100 SXM'], '.0f')} | "
+            f"{p['bound_H100 SXM']} | {fmt(p['predicted_us_H200'], '.1f')} | "
+            f"{fmt(p.get('measured_us'), '.1f')} | {fmt(p.get('measured_over_predicted'))} |")
+    lines += ["", "## Per model (sum over blocks, predicted, H100 SXM)", "",
+              "| model | backend | layout | predicted ms | % of floor |", "|---|---|---|---|---|"]
+    totals = {}
+    for p in report["paths"]:
+        key = (p["model"], p["backend"], p["layout"])
+        t = totals.setdefault(key, [0.0, 0.0])
+        t[0] += p["predicted_us_H100 SXM"] * p["count"]
+        t[1] += tm.floor_us("H100 SXM", p["floor_bytes"]) * p["count"]
+    for (model, backend, layout), (t, f) in sorted(totals.items()):
+        lines.append(f"| {model} | {backend} | {layout} | {t / 1e3:.3f} | {100 * f / t:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def check(report, committed):
+    """Regressions of more than GUARD_TOLERANCE against the committed report."""
+    old = {path_id(p): p for p in committed["paths"]}
+    new = {path_id(p): p for p in report["paths"]}
+    problems = [f"path not in the committed report: {k}" for k in sorted(set(new) - set(old))]
+    problems += [f"path gone from the profile: {k}" for k in sorted(set(old) - set(new))]
+    for k in sorted(set(new) & set(old)):
+        for metric in GUARDED:
+            a, b = old[k].get(metric), new[k].get(metric)
+            if a is None or b is None:
+                if (a is None) != (b is None):
+                    problems.append(f"{k}: {metric} {a} -> {b}")
+                continue
+            if b > a * (1 + GUARD_TOLERANCE) + 1e-9:
+                problems.append(f"{k}: {metric} {a:.3f} -> {b:.3f} (+{100 * (b / a - 1):.0f}%)")
+    return problems
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true",
+                   help="compare with the committed report instead of writing it")
+    p.add_argument("--out-prefix", default=str(REPORT))
+    p.add_argument("--blocks", type=int, default=12)
+    args = p.parse_args(argv)
+    report = build(args.blocks)
+    if args.check:
+        committed = json.loads(Path(args.out_prefix + ".json").read_text())
+        problems = check(report, committed)
+        with tempfile.NamedTemporaryFile("w", suffix=".md", delete=False) as f:
+            f.write(markdown(report))
+        print(f"regenerated report: {f.name}")
+        if problems:
+            print(f"{len(problems)} figure(s) more than {GUARD_TOLERANCE:.0%} worse than the "
+                  "committed report (benchmarks/results/gpu-free-profile.json), or paths that "
+                  "differ. If the change is intended, regenerate and commit the report with it:"
+                  "\n    python scripts/kernel_profile.py")
+            for line in problems:
+                print("  " + line)
+            return 1
+        print(f"kernel profile guard: {len(report['paths'])} paths, none more than "
+              f"{GUARD_TOLERANCE:.0%} worse than the committed report")
+        return 0
+    Path(args.out_prefix + ".json").write_text(json.dumps(report, indent=1))
+    Path(args.out_prefix + ".md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The GPU-free kernel profile's pieces that need no compiler: the SASS reader, occupancy, the
+throughput model's arithmetic and the regression guard (scripts/sass_mix.py,
+compiled_profile.py, throughput_model.py, kernel_profile.py). The access profiler itself is
+tested in test_access_profile.py; the whole report runs in CI (.ci/run, --check)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import compiled_profile  # noqa: E402
+import kernel_profile  # noqa: E402
+import sass_mix  # noqa: E402
+import throughput_model as tm  # noqa: E402
+
+# cuobjdump -sass's format: a loop from 0x0020 to 0x0090 (the backward branch) with an
+# ldmatrix.x4, a transposed one, two HMMAs and a 16-byte load; a 4-byte store after it.
+SASS = """
+        code for sm_90
+                Function : _Z6kernelPKfPf
+        .headerflags    @"EF_CUDA_SM90 EF_CUDA_VIRTUAL_SM(EF_CUDA_SM90)"
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   IMAD.MOV.U32 R2, RZ, RZ, RZ ;
+        /*0020*/                   LDG.E.128 R4, desc[UR6][R10.64] ;
+        /*0030*/                   LDSM.16.M88.4 R12, [R12] ;
+        /*0040*/                   LDSM.16.MT88.4 R16, [R16] ;
+        /*0050*/                   HMMA.16816.F32 R20, R12, R16, R20 ;
+        /*0060*/                   HMMA.16816.F32 R24, R12, R18, R24 ;
+        /*0070*/                   IADD3 R2, R2, 0x1, RZ ;
+        /*0080*/                   ISETP.GE.AND P0, PT, R2, 0x9, PT ;
+        /*0090*/               @!P0 BRA 0x20 ;
+        /*00a0*/                   STG.E desc[UR6][R8.64], R20 ;
+        /*00b0*/                   LDG.E.U16 R3, desc[UR6][R8.64] ;
+        /*00c0*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*00d0*/                   EXIT ;
+"""
+
+
+def test_sass_mix_reads_widths_ldmatrix_and_the_hot_loop():
+    (name, instrs), = sass_mix.parse(SASS).items()
+    assert name == "_Z6kernelPKfPf" and len(instrs) == 14
+    mix = sass_mix.mix(instrs)
+    assert mix["global_load_16B"] == 1 and mix["global_load_2B"] == 1
+    assert mix["global_store_4B"] == 1 and mix["ldmatrix_x4"] == 2 and mix["hmma"] == 2
+    assert mix["barrier"] == 1 and mix["int"] >= 3
+    start, end, hot = sass_mix.hot_loop(instrs)
+    assert (start, end) == (0x20, 0x90)
+    assert hot["hmma"] == 2 and hot["ldmatrix_x4"] == 2 and "global_store_4B" not in hot
+
+
+@pytest.mark.parametrize("regs, threads, smem, blocks, limit", [
+    (64, 128, 8064, 8, "registers"),        # 4 warps x 2048 registers: 8 blocks
+    (40, 128, 8064, 12, "registers"),       # 40 -> 1280 per warp (units of 256)
+    (32, 128, 54400, 4, "shared_memory"),   # 228 KB / (54400 + 1 KB reserved)
+    (16, 1024, 0, 2, "warps"),              # 32 warps per block, 64 per SM
+])
+def test_occupancy_limits(regs, threads, smem, blocks, limit):
+    occ = compiled_profile.occupancy(90, regs, threads, smem)
+    assert occ["blocks_per_sm"] == blocks and occ["limited_by"] == limit
+    assert occ["warps_per_sm"] == blocks * threads // 32
+
+
+def test_sm80_has_less_shared_memory():
+    assert compiled_profile.occupancy(80, 32, 128, 54400)["blocks_per_sm"] == 3
+
+
+def test_tail_factor_and_terms():
+    assert tm.tail_factor(10) == 1 and tm.tail_factor(None) == 1
+    assert tm.tail_factor(1.25) == pytest.approx(1.6)
+    assert tm.tail_factor(0.5) == pytest.approx(2)  # half the SMs idle
+    g = tm.GPUS["H200"]
+    t = tm.terms("H200", dram_bytes=g["copy_gbs"] * 1e3, l2_bytes=0, l1_wavefronts=0,
+                 warp_instructions=0, waves=100)
+    assert t["dram_us"] == pytest.approx(1.0)  # copy_gbs GB/s: that many kB per microsecond
+    one_clock_each = g["sms"] * g["clock_hz"] * 1e-6  # wavefronts that fill every SM for 1 us
+    t = tm.terms("H200", dram_bytes=0, l2_bytes=0, l1_wavefronts=one_clock_each,
+                 warp_instructions=4 * one_clock_each, waves=100)
+    assert t["l1_us"] == pytest.approx(1 / tm.L1_EFFICIENCY)
+    assert t["issue_us"] == pytest.approx(1.0)
+    p = tm.predict("H200", [dict(dram_bytes=0, l2_bytes=0, l1_wavefronts=one_clock_each,
+                                 warp_instructions=0, waves=100)] * 2)
+    assert p["time_us"] == pytest.approx(2 / tm.L1_EFFICIENCY) and p["bound"] == "l1_us"
+
+
+def test_wavefronts_per_instruction():
+    w = kernel_profile.wavefronts_per_instruction
+    assert w("ldmatrix_x4", 2) == 8 and w("ldmatrix_x1", 3) == 3
+    assert w("global_load_16B", 1) == 4 and w("global_load_2B", 5) == 5
+    assert w("cp_async_16B", 1) == 8  # the global read and the shared write
+    assert w("hmma", 4) == 0
+
+
+def _report(**figures):
+    base = dict(model="m", layer="l", backend="cuda", layout="nhwc")
+    return dict(paths=[dict(base, **figures)])
+
+
+def test_guard_fails_on_a_regression_over_10_percent_only():
+    old = _report(**{"global_ld_sectors_per_request": 4.0, "predicted_us_H100 SXM": 100.0})
+    assert kernel_profile.check(old, old) == []
+    slightly = _report(**{"global_ld_sectors_per_request": 4.3, "predicted_us_H100 SXM": 95.0})
+    assert kernel_profile.check(slightly, old) == []  # 7.5% worse, and a gain
+    worse = _report(**{"global_ld_sectors_per_request": 4.0, "predicted_us_H100 SXM": 120.0})
+    problems = kernel_profile.check(worse, old)
+    assert len(problems) == 1 and "predicted_us_H100 SXM" in problems[0] and "+20%" in problems[0]
+
+
+def test_guard_fails_when_paths_differ():
+    old = _report(**{"predicted_us_H100 SXM": 1.0})
+    new = dict(paths=old["paths"] + [dict(old["paths"][0], layout="nchw")])
+    assert kernel_profile.check(new, old) == ["path not in the committed report: m l cuda nchw"]
+    assert kernel_profile.check(old, new) == ["path gone from the profile: m l cuda nchw"]
