@@ -4,6 +4,7 @@ resnext101_32x8d (grouped 3x3 conv + BN + ReLU) and seresnext50_32x4d (SE stages
 model predicts from it, next to what a GPU measured where a GPU session has measured it.
 
     python scripts/kernel_profile.py            # writes benchmarks/results/gpu-free-profile.{md,json}
+                                                # and compiled-profile.{md,json}
     python scripts/kernel_profile.py --check    # CI: regenerate and compare with the committed report
 
 Sources: the CUDA emulator's access profile (scripts/access_profile.py; CUDA kernels only), the
@@ -148,14 +149,17 @@ def triton_layer(row, triton_kernels, shape):
                 l1_wavefronts=programs * iterations * (per_warp * warps + operand),
                 warp_instructions=programs * iterations * instr * warps,
                 waves=info["waves"]))
-        else:  # SE: squeeze reads u, scale reads u and the residual and writes; excite is tiny
+        else:  # SE: squeeze reads u; scale reads u and the residual and writes the output;
+            # excite (one program per image) reads both fp32 FC weight matrices from L2
             kind = launch["kernel"].split()[0]
             dram = {"se_squeeze": x_bytes, "se_scale": 3 * x_bytes}.get(kind, 0)
+            fc_bytes = 2 * shape["R"] * shape["C"] * 4
             loads = [cat for cat in mix if cat.startswith(("global_load_", "cp_async_"))]
             width = max((int(cat.rsplit("_", 1)[1][:-1]) for cat in loads), default=4)
             requests = dram / (32 * width)  # the bytes in warp-wide requests of that width
             model.append(dict(
-                dram_bytes=dram, l2_bytes=dram,
+                dram_bytes=dram + (fc_bytes if kind == "se_excite" else 0),
+                l2_bytes=dram + (programs * fc_bytes if kind == "se_excite" else 0),
                 l1_wavefronts=requests * max(1.0, 32 * width / tm.L1_WAVEFRONT_BYTES),
                 warp_instructions=max(requests, programs * warps) * max(
                     1.0, instr / max(1, memory_instructions(mix))),
@@ -214,10 +218,17 @@ def gpu_key(name):
 
 
 def build(blocks: int):
+    """(the report, the compiled-code profile it used: sm_90 and sm_80, batch 128 and 1)."""
     binary = access_profile.cuda_emulator.build("profile")
-    cuda_kernels, cuda_rows = compiled_profile.cuda_profile([90], layouts=("nhwc", "nchw"),
-                                                            batches=(BATCH, 1))
-    triton_kernels, triton_rows = compiled_profile.triton_profile([90], batches=(BATCH,))
+    cuda_kernels, cuda_all = compiled_profile.cuda_profile([90, 80], layouts=("nhwc", "nchw"),
+                                                           batches=(BATCH, 1))
+    triton_kernels, triton_all = compiled_profile.triton_profile([90, 80], batches=(BATCH, 1))
+    compiled = dict(sms=compiled_profile.SMS, cuda_kernels=cuda_kernels,
+                    triton_kernels=triton_kernels, layers=cuda_all + triton_all,
+                    markdown=compiled_profile.markdown(cuda_kernels, triton_kernels,
+                                                       cuda_all + triton_all, [90, 80]))
+    cuda_rows = cuda_all
+    triton_rows = [row for row in triton_all if row["batch"] == BATCH]
     ck = cuda_kernels["sm_90"]
     plans = {}
     for row in cuda_rows:
@@ -231,22 +242,26 @@ def build(blocks: int):
         fb = floor_bytes(shape)
         entries = []
         for layout in ("nhwc", "nchw"):
-            model, guard, path = cuda_layer(binary, shape, layout, ck,
-                                            plans[(shape["model"], shape["layer"], layout)],
-                                            blocks)
-            entries.append(("cuda", layout, model, guard, path))
+            plan = plans[(shape["model"], shape["layer"], layout)]
+            model, guard, path = cuda_layer(binary, shape, layout, ck, plan, blocks)
+            entries.append(("cuda", layout, model, guard, path,
+                            [l["kernel"] for l in plan["b128"]["launches"]]))
         for row in triton_rows:
             if (row["model"], row["layer"]) == (shape["model"], shape["layer"]):
                 entries.append(("triton", row["layout"], triton_layer(row, triton_kernels, shape),
-                                {}, row["launches"][0]["kernel"]))
+                                {}, row["launches"][0]["kernel"],
+                                [l["kernel"] for l in row["launches"]]))
         if shape["op"] == "conv":
             entries.append(("cudnn_eager", "nhwc", cudnn_eager_traffic(shape), {},
-                            "traffic only (3 passes)"))
-        for backend, layout, model, guard, path in entries:
+                            "traffic only (3 passes)", ["conv", "batch_norm", "relu"]))
+        for backend, layout, model, guard, path, kernels in entries:
             entry = dict(base, backend=backend, layout=layout, path=path, floor_bytes=fb,
                          **{k: v for k, v in guard.items()})
             for gpu in GPUS:
                 p = tm.predict(gpu, model)
+                entry[f"launches_{gpu}"] = [dict(kernel=k, time_us=round(l["time_us"], 2),
+                                                 bound=l["bound"])
+                                            for k, l in zip(kernels, p["launches"])]
                 entry[f"predicted_us_{gpu}"] = p["time_us"]
                 entry[f"pct_of_floor_{gpu}"] = 100 * tm.floor_us(gpu, fb) / p["time_us"]
                 entry[f"bound_{gpu}"] = p["bound"]
@@ -260,9 +275,10 @@ def build(blocks: int):
                 entry["measured_us"] = m
                 entry["measured_over_predicted"] = m / entry[f"predicted_us_{gpu_key(sources[0][1])}"]
             paths.append(entry)
-    return dict(batch=BATCH, dtype="fp16", blocks_per_grid=blocks, gpus=list(GPUS),
-                model_constants={g: tm.GPUS[g] for g in GPUS},
-                l1_efficiency=tm.L1_EFFICIENCY, measured_sources=sources, paths=paths)
+    report = dict(batch=BATCH, dtype="fp16", blocks_per_grid=blocks, gpus=list(GPUS),
+                  model_constants={g: tm.GPUS[g] for g in GPUS},
+                  l1_efficiency=tm.L1_EFFICIENCY, measured_sources=sources, paths=paths)
+    return report, compiled
 
 
 def path_id(p):
@@ -271,6 +287,14 @@ def path_id(p):
 
 def fmt(v, spec=".2f"):
     return "" if v is None else format(v, spec)
+
+
+def per_kernel(launches):
+    """'squeeze 120.1 dram / excite 2.0 issue / ...': the model's time per launch."""
+    if len(launches) < 2:
+        return ""
+    return " / ".join(f"{l['kernel'].split('<')[0].split()[0].replace('_kernel', '')} "
+                      f"{l['time_us']:.1f} {l['bound'].replace('_us', '')}" for l in launches)
 
 
 def markdown(report):
@@ -291,9 +315,9 @@ def markdown(report):
         "as the benchmarks call it); nchw. cudnn_eager: its memory traffic only (a lower bound).",
         "",
         "| layer | backend | layout | ld sect/req | st sect/req | sh wf/req | sh confl | "
-        "L2→SM/in | pred us H100 | % floor H100 | bound | pred us H200 | measured us (H200) | "
-        "meas/pred |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "L2→SM/in | pred us H100 | % floor H100 | bound | per kernel (H100) | pred us H200 | "
+        "measured us (H200) | meas/pred |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in report["paths"]:
         lines.append(
@@ -303,7 +327,8 @@ def markdown(report):
             f"{fmt(p.get('shared_ld_wavefronts_per_request'))} | "
             f"{fmt(p.get('shared_ld_conflict_share'))} | {fmt(p.get('l2_to_sm_per_input_byte'))} | "
             f"{fmt(p['predicted_us_H100 SXM'], '.1f')} | {fmt(p['pct_of_floor_H100 SXM'], '.0f')} | "
-            f"{p['bound_H100 SXM']} | {fmt(p['predicted_us_H200'], '.1f')} | "
+            f"{p['bound_H100 SXM']} | {per_kernel(p['launches_H100 SXM'])} | "
+            f"{fmt(p['predicted_us_H200'], '.1f')} | "
             f"{fmt(p.get('measured_us'), '.1f')} | {fmt(p.get('measured_over_predicted'))} |")
     lines += ["", "## Per model (sum over blocks, predicted, H100 SXM)", "",
               "| model | backend | layout | predicted ms | % of floor |", "|---|---|---|---|---|"]
@@ -344,7 +369,7 @@ def main(argv=None):
     p.add_argument("--out-prefix", default=str(REPORT))
     p.add_argument("--blocks", type=int, default=12)
     args = p.parse_args(argv)
-    report = build(args.blocks)
+    report, compiled = build(args.blocks)
     if args.check:
         committed = json.loads(Path(args.out_prefix + ".json").read_text())
         problems = check(report, committed)
@@ -364,6 +389,10 @@ def main(argv=None):
         return 0
     Path(args.out_prefix + ".json").write_text(json.dumps(report, indent=1))
     Path(args.out_prefix + ".md").write_text(markdown(report))
+    # the compiled-code profile beside it: registers, occupancy, waves, instruction mix
+    compiled_prefix = str(Path(args.out_prefix).parent / "compiled-profile")
+    Path(compiled_prefix + ".md").write_text(compiled.pop("markdown"))
+    Path(compiled_prefix + ".json").write_text(json.dumps(compiled, indent=1))
     print(markdown(report))
     return 0
 

@@ -62,7 +62,7 @@ def predict(gpu, launches):
     """launches: [dict(dram_bytes, l2_bytes, l1_wavefronts, warp_instructions, waves)].
     Returns the predicted microseconds, the terms summed over launches, and the bound."""
     total = dict(dram_us=0.0, l2_us=0.0, l1_us=0.0, issue_us=0.0)
-    time_us, bounds = 0.0, {}
+    time_us, bounds, per_launch = 0.0, {}, []
     for launch in launches:
         t = terms(gpu, **launch)
         for k, v in t.items():
@@ -70,7 +70,9 @@ def predict(gpu, launches):
         bound = max(t, key=t.get)
         bounds[bound] = bounds.get(bound, 0) + t[bound]
         time_us += t[bound]
-    return dict(time_us=time_us, bound=max(bounds, key=bounds.get) if bounds else None, **total)
+        per_launch.append(dict(time_us=t[bound], bound=bound))
+    return dict(time_us=time_us, bound=max(bounds, key=bounds.get) if bounds else None,
+                launches=per_launch, **total)
 
 
 def floor_us(gpu, nbytes):
