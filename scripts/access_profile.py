@@ -172,7 +172,8 @@ def markdown(rows, measured, header):
     for key, label, ncu_key in COLUMNS:
         cols.append((label, key, None))
         if measured and ncu_key:
-            cols.append((f"{label} ncu", None, ncu_key))
+            ncu_label = "L2→SM/in ncu" if ncu_key.startswith("l2_to_sm") else f"{label} ncu"
+            cols.append((ncu_label, None, ncu_key))
     lines = [header, "", "| case | " + " | ".join(c[0] for c in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for r in rows:
@@ -196,7 +197,7 @@ def main(argv=None):
     if args.ncu:
         data = json.load(open(args.ncu))
         measured = {c["name"]: c for c in data["cases"]}
-        source = f"{args.ncu} ({data.get('gpu')})"
+        source = f"{os.path.relpath(args.ncu, REPO)} ({data.get('gpu')})"
     rows = []
     for case in cases(args.all):
         name = ncu_cases.case_name(case)
