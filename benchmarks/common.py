@@ -483,6 +483,37 @@ class TimeBudget:
         return self.seconds is not None and self.clock() - self.start >= self.seconds
 
 
+def measure_row(row: dict, get_case, make_fn, check, tol: float, device: torch.device, args,
+                derive=None):
+    """The steps every benchmark row takes, in order: the case's inputs (get_case(), which may
+    run out of memory), floor_ms and n_sets; the provider's callable (make_fn(case): a string
+    says why it is unavailable); its error against float64 (check(fn, case)) within tol; the
+    timing (bench, with args.reps, args.target_ms, args.no_graphs); derive(row, case) for the
+    benchmark's own figures; the % of floor; status "ok". A provider failing at any step is a
+    result in row["status"], not a crash."""
+    try:
+        case = get_case()
+        row.update(floor_ms=case["floor_ms"], n_sets=len(case["inputs"]))
+        fn = make_fn(case)
+        if isinstance(fn, str):
+            row["status"] = f"unavailable: {fn}"
+            return
+        err = check(fn, case)
+        row["max_rel_err"] = err
+        if not err <= tol:
+            row["status"] = f"wrong: max rel err {err:.2e}"
+            return
+        with torch.no_grad():
+            row.update(bench(fn, case["inputs"], device, samples=args.reps,
+                             target_ms=args.target_ms, graph=not args.no_graphs, graph_tol=tol))
+        if derive is not None:
+            derive(row, case)
+        add_percent_of_floor(row, case["floor_ms"])
+        row["status"] = "ok"
+    except Exception as exc:  # a provider failing is a result, not a crash
+        row["status"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """A hard time limit (timeout(1), a job runner) stops a script with SIGTERM: raise

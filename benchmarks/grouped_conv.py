@@ -154,28 +154,16 @@ def plan(shapes, dtypes, layouts, providers, batch, on_gpu):
 
 def run_row(row, job, cases, device, args):
     si, dtype, layout, provider = job
-    try:
-        case = cases.get(si, dtype, layout)  # inputs of a new shape: this may run out of memory
-        row.update(floor_ms=case["floor_ms"], n_sets=len(case["inputs"]))
-        fn = provider_fn(provider, case["conv"], case["bn"], dtype, device)
-        if isinstance(fn, str):
-            row["status"] = f"unavailable: {fn}"
-            return
-        err = check(fn, case["inputs"][0][0], case["conv"], case["bn"])
-        row["max_rel_err"] = err
-        if not err <= TOL[dtype]:
-            row["status"] = f"wrong: max rel err {err:.2e}"
-            return
-        with torch.no_grad():
-            row.update(common.bench(fn, case["inputs"], device, samples=args.reps,
-                                    target_ms=args.target_ms, graph=not args.no_graphs,
-                                    graph_tol=TOL[dtype]))
+
+    def derive(row, case):
         t = row["p50_ms"] * 1e-3
         row.update(tflops=case["flops"] / t / 1e12, gbs=case["nbytes"] / t / 1e9)
-        common.add_percent_of_floor(row, case["floor_ms"])
-        row["status"] = "ok"
-    except Exception as exc:  # a provider failing is a result, not a crash
-        row["status"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+
+    common.measure_row(
+        row, lambda: cases.get(si, dtype, layout),
+        lambda case: provider_fn(provider, case["conv"], case["bn"], dtype, device),
+        lambda fn, case: check(fn, case["inputs"][0][0], case["conv"], case["bn"]),
+        TOL[dtype], device, args, derive)
 
 
 def run(args, budget=None):

@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import access_profile  # noqa: E402
 import compiled_profile  # noqa: E402
+import sass_mix  # noqa: E402
 import throughput_model as tm  # noqa: E402
 
 REPORT = REPO / "benchmarks" / "results" / "gpu-free-profile"
@@ -61,11 +62,7 @@ def wavefronts_per_instruction(category: str, count: int) -> float:
 
 
 def memory_instructions(mix: dict) -> int:
-    return sum(v for k, v in mix.items() if k.startswith(sass_memory_prefixes()))
-
-
-def sass_memory_prefixes():
-    return ("global_", "shared_", "ldmatrix", "cp_async", "bulk_copy", "local")
+    return sum(v for k, v in mix.items() if k.startswith(sass_mix.MEMORY))
 
 
 def sass_of(cuda_kernels, name):
@@ -190,9 +187,10 @@ def floor_bytes(shape):
 
 def latest_results(prefix):
     """The newest GPU results file of a benchmark (benchmarks/results/<prefix>-*.json)."""
-    files = sorted(glob.glob(str(REPO / "benchmarks" / "results" / f"{prefix}-*.json")),
-                   key=lambda f: json.load(open(f))["environment"].get("date", ""))
-    gpu_files = [f for f in files if json.load(open(f))["environment"].get("gpu")]
+    envs = {f: json.load(open(f))["environment"]
+            for f in glob.glob(str(REPO / "benchmarks" / "results" / f"{prefix}-*.json"))}
+    gpu_files = sorted((f for f, env in envs.items() if env.get("gpu")),
+                       key=lambda f: envs[f].get("date", ""))
     return gpu_files[-1] if gpu_files else None
 
 
@@ -271,7 +269,7 @@ def build(blocks: int):
             provider_layout_ok = (backend != "triton" or layout == "nhwc,w-nchw"
                                   or shape["op"] == "se")
             m = measured.get((shape["model"], shape["layer"], backend, bench_layout))
-            if m and provider_layout_ok and (backend != "cuda" or layout in ("nhwc", "nchw")):
+            if m and provider_layout_ok:
                 entry["measured_us"] = m
                 entry["measured_over_predicted"] = m / entry[f"predicted_us_{gpu_key(sources[0][1])}"]
             paths.append(entry)
