@@ -2,7 +2,7 @@
 
     python benchmarks/auto_table.py benchmarks/results/grouped_conv-<gpu>-<commit>-<date>.json
 
-For every measured (dtype, layout, layer shape) it keeps the fastest of the providers "auto" can
+For every measured (dtype, input layout, weight layout, layer shape) it keeps the fastest of the providers "auto" can
 choose ("reference", "triton", "cuda") by p50, among those whose output matched the float64
 reference, and writes resnext_kernels/backends/auto_tables/<arch>.json. A shape without a
 "reference" measurement gets no entry: no baseline, no claim. CPU results are refused.
@@ -31,17 +31,19 @@ def build_table(results: dict, source: str) -> dict:
     for r in rows:
         if r.get("status") != "ok" or r["provider"] not in CHOOSABLE:
             continue
-        key = (r["dtype"], r["layout"], r["C"], r["C_out"], r["groups"], r["H"], r["W"],
-               r["stride"])
+        # results from before grouped_conv.py recorded the weights' layout were all measured
+        # with contiguous weights
+        key = (r["dtype"], r["layout"], r.get("weight_layout", "nchw"), r["C"], r["C_out"],
+               r["groups"], r["H"], r["W"], r["stride"])
         groups.setdefault(key, {})[r["provider"]] = r["p50_ms"]
     entries = []
-    for (dtype, layout, C, C_out, g, H, W, stride), times in sorted(groups.items()):
+    for (dtype, layout, weight_layout, C, C_out, g, H, W, stride), times in sorted(groups.items()):
         if "reference" not in times:
             continue
         best = min(times, key=times.get)
-        entries.append(dict(arch=arch, dtype=dtype, layout=layout, C_in=C, C_out=C_out,
-                            groups=g, H=H, W=W, stride=[stride, stride], padding=[1, 1],
-                            dilation=[1, 1], backend=best,
+        entries.append(dict(arch=arch, dtype=dtype, layout=layout, weight_layout=weight_layout,
+                            C_in=C, C_out=C_out, groups=g, H=H, W=W, stride=[stride, stride],
+                            padding=[1, 1], dilation=[1, 1], backend=best,
                             p50_ms={k: round(v, 5) for k, v in sorted(times.items())}))
     batches = sorted({r["batch"] for r in rows})
     return dict(source=source, gpu=env["gpu"], arch=arch, batch=batches,

@@ -7,6 +7,10 @@ Providers (each checked against a float64 reference before it is timed):
   reference             the op with backend="reference" (BN folded per call, then cuDNN): what
                         "auto" runs without a table entry, the baseline of auto_table.py
   triton, cuda          resnext_kernels.grouped_conv_bn_relu with that backend
+Weights: by default in the input's memory format, as `model.to(memory_format=torch.channels_last)`
+leaves a model's conv weights (cuDNN's grouped conv is much slower on a channels_last input with
+contiguous weights); --weight-layout contiguous keeps them NCHW whatever the input, as every
+results file without a weight_layout field was measured. Each row records weight_layout.
 Without a GPU only cudnn_eager and cudnn_folded run (on the CPU, small shapes), and the script
 says that the GPU providers were skipped.
 
@@ -118,9 +122,13 @@ class Cases(common.CaseCache):
     """The layer and the rotated input sets of the rows being run: made when a row first needs
     them, dropped when a row needs another (one shape's inputs in memory at a time)."""
 
+    weight_layout = "input"  # or "contiguous" (--weight-layout)
+
     def make(self, si, dtype, layout):
         _model, _layer, C_in, H, W, C_out, groups, stride, _count = self.shapes[si]
         conv, bn = make_layer(C_in, C_out, groups, stride, self.device, dtype, seed=si)
+        if self.weight_layout == "input" and layout == "nhwc":
+            conv = conv.to(memory_format=torch.channels_last)
         H_out, W_out = (H - 1) // stride + 1, (W - 1) // stride + 1
         elem = torch.finfo(dtype).bits // 8
         in_bytes = self.batch * C_in * H * W * elem
@@ -135,7 +143,12 @@ class Cases(common.CaseCache):
                     floor_ms=nbytes / (self.bandwidth_gbs() * 1e9) * 1e3)
 
 
-def plan(shapes, dtypes, layouts, providers, batch, on_gpu):
+def weight_layout_of(layout, weight_layout):
+    """The weights' layout in a row: "nhwc" (channels_last) or "nchw"."""
+    return layout if weight_layout == "input" else "nchw"
+
+
+def plan(shapes, dtypes, layouts, providers, batch, on_gpu, weight_layout="input"):
     """[(row, job)]: a row's identifying fields, and what run_row needs to measure it."""
     rows = []
     for si, (model, layer, C_in, H, W, C_out, groups, stride, count) in enumerate(shapes):
@@ -147,7 +160,9 @@ def plan(shapes, dtypes, layouts, providers, batch, on_gpu):
                     row = dict(model=model, layer=layer, blocks=count, C=C_in, H=H, W=W,
                                C_out=C_out, groups=groups, cpg=C_in // groups, stride=stride,
                                batch=batch, dtype=str(dtype).replace("torch.", ""),
-                               layout=layout, provider=label)
+                               layout=layout,
+                               weight_layout=weight_layout_of(layout, weight_layout),
+                               provider=label)
                     rows.append((row, (si, dtype, layout, provider)))
     return rows
 
@@ -198,6 +213,7 @@ def run(args, budget=None):
                                     if args.time_budget is not None else ""))
 
     cases = Cases(shapes, batch, device)
+    cases.weight_layout = args.weight_layout
     prefix = common.result_prefix("grouped_conv", env)
     env["skipped_providers"] = skipped
 
@@ -206,7 +222,7 @@ def run(args, budget=None):
         common.write_results(prefix, env, rows, args.out)
 
     torch.backends.cudnn.benchmark = True
-    jobs = plan(shapes, dtypes, layouts, providers, batch, on_gpu)
+    jobs = plan(shapes, dtypes, layouts, providers, batch, on_gpu, args.weight_layout)
     interrupted = common.run_rows(jobs, lambda row, job: run_row(row, job, cases, device, args),
                                   budget, "bench", checkpoint)
     rows = [row for row, _ in jobs]
@@ -313,6 +329,9 @@ def main(argv=None):
     p.add_argument("--layouts", nargs="+", choices=["nhwc", "nchw"])
     p.add_argument("--providers", nargs="+", choices=GPU_PROVIDERS)
     p.add_argument("--shape", help="a custom shape C,H,W,groups,stride")
+    p.add_argument("--weight-layout", choices=["input", "contiguous"], default="input",
+                   help="conv weights in the input's memory format (default, as a channels_last "
+                        "model has them) or always contiguous (NCHW)")
     p.add_argument("--reps", type=int, default=30, help="timed samples per row (default 30)")
     p.add_argument("--target-ms", type=float, default=common.TARGET_SAMPLE_MS,
                    help="GPU work per sample; K calls per sample follow from it (default 1)")

@@ -22,9 +22,13 @@ def _builder():
     return module
 
 
-def _row(provider, p50, C=256, H=28, stride=1, dtype="float16", layout="nhwc", status="ok"):
-    return dict(provider=provider, p50_ms=p50, status=status, dtype=dtype, layout=layout, C=C,
-                C_out=C, groups=32, H=H, W=H, stride=stride, batch=128)
+def _row(provider, p50, C=256, H=28, stride=1, dtype="float16", layout="nhwc", status="ok",
+         weight_layout=None):
+    row = dict(provider=provider, p50_ms=p50, status=status, dtype=dtype, layout=layout, C=C,
+               C_out=C, groups=32, H=H, W=H, stride=stride, batch=128)
+    if weight_layout:  # results written before grouped_conv.py recorded it have no such field
+        row["weight_layout"] = weight_layout
+    return row
 
 
 def _results(rows, gpu="NVIDIA H100 80GB HBM3", arch="sm_90"):
@@ -57,22 +61,26 @@ def test_builder_refuses_cpu_results():
 
 def test_tables_round_trip_through_lookup(tmp_path):
     rows = [_row("reference", 0.3), _row("cuda", 0.2), _row("reference", 0.3, layout="nchw"),
-            _row("triton", 0.2, layout="nchw")]
+            _row("triton", 0.2, layout="nchw"),
+            _row("reference", 0.1, weight_layout="nhwc"), _row("cuda", 0.2, weight_layout="nhwc")]
     table = _builder().build_table(_results(rows), "x.json")
     (tmp_path / "sm_90.json").write_text(json.dumps(table))
     tables = auto_table.load_tables(tmp_path)
-    key = auto_table.conv_key("sm_90", torch.float16, "nhwc", 256, 256, 32, 28, 28, (1, 1),
-                              (1, 1), (1, 1))
+    # rows without a weight_layout field were measured with contiguous weights
+    key = auto_table.conv_key("sm_90", torch.float16, "nhwc", "nchw", 256, 256, 32, 28, 28,
+                              (1, 1), (1, 1), (1, 1))
     assert auto_table.lookup(key, tables) == "cuda"
     nchw = key[:3] + ("nchw",) + key[4:]
     assert auto_table.lookup(nchw, tables) == "triton"
+    channels_last_weights = key[:4] + ("nhwc",) + key[5:]
+    assert auto_table.lookup(channels_last_weights, tables) == "reference"
     other_gpu = key[:1] + ("sm_80",) + key[2:]
     assert auto_table.lookup(other_gpu, tables) is None
 
 
 def test_resolve_uses_a_table_entry_only_when_that_backend_is_usable(monkeypatch):
-    key = auto_table.conv_key("sm_90", torch.float16, "nhwc", 64, 64, 32, 8, 8, (1, 1), (1, 1),
-                              (1, 1))
+    key = auto_table.conv_key("sm_90", torch.float16, "nhwc", "nchw", 64, 64, 32, 8, 8, (1, 1),
+                              (1, 1), (1, 1))
     cpu = torch.device("cpu")
     monkeypatch.setattr(auto_table, "_installed_tables", lambda: {key: "cuda"})
     assert backends.resolve("auto", cpu, key) == "reference", "cuda cannot run CPU tensors"
@@ -95,13 +103,14 @@ def test_installed_tables_are_valid():
 
 @pytest.mark.gpu
 def test_auto_on_gpu_runs_the_tabled_backend(monkeypatch):
-    """On a GPU, an "auto" call whose shape has an entry runs that backend."""
+    """On a GPU, an "auto" call whose shape has an entry runs that backend; the same call with
+    channels_last weights has no entry and runs the device default."""
     x = torch.randn(2, 64, 8, 8, device="cuda", dtype=torch.float16)
     x = x.contiguous(memory_format=torch.channels_last)
     w = torch.randn(64, 2, 3, 3, device="cuda", dtype=torch.float16)
     s, b = torch.ones(64, device="cuda"), torch.zeros(64, device="cuda")
-    key = auto_table.conv_key(backends.gpu_arch(x.device), x.dtype, "nhwc", 64, 64, 32, 8, 8,
-                              (1, 1), (1, 1), (1, 1))
+    key = auto_table.conv_key(backends.gpu_arch(x.device), x.dtype, "nhwc", "nchw", 64, 64, 32,
+                              8, 8, (1, 1), (1, 1), (1, 1))
     chosen = []
     real = backends.implementation
     monkeypatch.setattr(auto_table, "_installed_tables", lambda: {key: "triton"})
@@ -109,3 +118,6 @@ def test_auto_on_gpu_runs_the_tabled_backend(monkeypatch):
                         lambda op, name: chosen.append(name) or real(op, name))
     rk.grouped_conv_bn_relu(x, w, s, b, groups=32)
     assert chosen == ["triton"]
+    w_cl = w.contiguous(memory_format=torch.channels_last)
+    rk.grouped_conv_bn_relu(x, w_cl, s, b, groups=32)
+    assert chosen == ["triton", backends.resolve("auto", x.device, None)]

@@ -109,6 +109,26 @@ def test_grouped_conv_benchmark_custom_shape(tmp_path, keep_cudnn_benchmark):
     data, _ = load_outputs(tmp_path, "grouped_conv")
     assert {(r["C"], r["H"], r["cpg"], r["stride"]) for r in data["rows"]} == {(64, 9, 4, 2)}
     assert all(r["status"] == "ok" and r["samples"] == 3 for r in data["rows"]), data["rows"]
+    assert {r["weight_layout"] for r in data["rows"]} == {"nhwc"}
+
+
+def test_grouped_conv_weights_follow_the_input_layout_unless_told(keep_cudnn_benchmark):
+    """By default a channels_last row's conv weights are channels_last too (as
+    model.to(memory_format=torch.channels_last) leaves them: cuDNN's speed depends on it);
+    --weight-layout contiguous keeps them NCHW, and the rows say which."""
+    gc = load_script("grouped_conv")
+    shapes = [("custom", "custom", 64, 9, 9, 64, 16, 1, 1)]
+    for weight_layout, expected in (("input", torch.channels_last),
+                                    ("contiguous", torch.contiguous_format)):
+        cases = gc.Cases(shapes, 1, torch.device("cpu"))
+        cases.weight_layout = weight_layout
+        weight = cases.get(0, torch.float32, "nhwc")["conv"].weight
+        assert weight.is_contiguous(memory_format=expected), weight_layout
+        assert cases.get(0, torch.float32, "nchw")["conv"].weight.is_contiguous()
+        rows = gc.plan(shapes, [torch.float32], ["nhwc", "nchw"], ["cudnn_eager"], 1, False,
+                       weight_layout)
+        assert [r["weight_layout"] for r, _ in rows] == (
+            ["nhwc", "nchw"] if weight_layout == "input" else ["nchw", "nchw"])
 
 
 def test_squeeze_excite_benchmark_quick(tmp_path, capsys, keep_cudnn_benchmark):

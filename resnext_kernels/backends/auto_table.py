@@ -20,18 +20,23 @@ TABLE_DIR = Path(__file__).with_name("auto_tables")
 CHOOSABLE = ("triton", "cuda", "reference")
 
 
-def conv_key(arch, dtype, layout, C_in, C_out, groups, H, W, stride, padding, dilation):
-    """The lookup key of one grouped_conv_bn_relu call (ints, strings, tuples only)."""
+def conv_key(arch, dtype, layout, weight_layout, C_in, C_out, groups, H, W, stride, padding,
+             dilation):
+    """The lookup key of one grouped_conv_bn_relu call (ints, strings, tuples only). `layout` is
+    the input's memory format and `weight_layout` the weight's ("nhwc" for channels_last, else
+    "nchw"). cuDNN's speed on a channels_last input depends on the weights' layout (channels_last
+    weights are what `model.to(memory_format=torch.channels_last)` gives; docs/KERNELS.md has
+    the measurement), so a choice measured with one says nothing about the other."""
     return ("grouped_conv_bn_relu", str(arch), str(dtype).replace("torch.", ""), str(layout),
-            int(C_in), int(C_out), int(groups), int(H), int(W),
+            str(weight_layout), int(C_in), int(C_out), int(groups), int(H), int(W),
             tuple(int(s) for s in stride), tuple(int(p) for p in padding),
             tuple(int(d) for d in dilation))
 
 
 def entry_key(entry: dict):
-    return conv_key(entry["arch"], entry["dtype"], entry["layout"], entry["C_in"],
-                    entry["C_out"], entry["groups"], entry["H"], entry["W"], entry["stride"],
-                    entry["padding"], entry["dilation"])
+    return conv_key(entry["arch"], entry["dtype"], entry["layout"], entry["weight_layout"],
+                    entry["C_in"], entry["C_out"], entry["groups"], entry["H"], entry["W"],
+                    entry["stride"], entry["padding"], entry["dilation"])
 
 
 def load_tables(directory=TABLE_DIR) -> dict:

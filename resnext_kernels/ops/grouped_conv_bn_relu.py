@@ -82,10 +82,13 @@ def _auto_table_key(x, weight, stride, padding, dilation, groups, backend):
     """The measured-table key of an "auto" call on a GPU (None otherwise, or with no table)."""
     if backend != "auto" or x.device.type != "cuda" or not auto_table.installed():
         return None
-    layout = "nhwc" if suggest_memory_format(x) == torch.channels_last else "nchw"
-    return auto_table.conv_key(backends.gpu_arch(x.device), x.dtype, layout, x.shape[1],
-                               weight.shape[0], groups, x.shape[2], x.shape[3], stride, padding,
-                               dilation)
+
+    def layout(t):
+        return "nhwc" if suggest_memory_format(t) == torch.channels_last else "nchw"
+
+    return auto_table.conv_key(backends.gpu_arch(x.device), x.dtype, layout(x), layout(weight),
+                               x.shape[1], weight.shape[0], groups, x.shape[2], x.shape[3],
+                               stride, padding, dilation)
 
 
 @torch.library.custom_op("resnext_kernels::grouped_conv_bn_relu", mutates_args=())
