@@ -7,11 +7,19 @@ cuDNN's would cost the time the checks need (on the H200, 2026-11-26, neither to
 its first case within 75 s when the references ran cuDNN on the GPU). A progress line per group
 of cases, with the time, shows in the log how far a run got.
 --device cpu (the GPU plan's dry run) runs the same cases on CPU tensors with the backends given.
+Triton runs its one fixed launch configuration (RESNEXT_KERNELS_TRITON_AUTOTUNE=0, set here):
+autotuning under memcheck on the H200 (2026-11-26, commit 6806982) filled the GPU's 139 GiB
+with memory held by PyTorch (the allocation that failed was Triton's 256 MiB benchmarking buffer)
+by the 12th group and ended in an out-of-memory error; every configuration is checked for
+correctness by tests/test_grouped_conv_bn_relu.py::test_triton_every_launch_config instead.
 """
 
 import argparse
+import os
 import sys
 import time
+
+os.environ["RESNEXT_KERNELS_TRITON_AUTOTUNE"] = "0"  # before any launch: see above
 
 import torch
 

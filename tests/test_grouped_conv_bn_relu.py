@@ -250,6 +250,31 @@ def test_triton_every_launch_config(poison_outputs, monkeypatch, config_index):
                       groups=4)
 
 
+@pytest.mark.gpu
+def test_triton_autotuning_holds_no_memory(monkeypatch):
+    """Autotuning new shapes leaves no GPU memory held once their outputs are gone. Under
+    compute-sanitizer on the H200 (2026-11-26) autotuning filled all 139 GiB (the failed
+    allocation: Triton's 256 MiB benchmarking buffer), so each of these 3 new shapes x 8
+    configurations would hold up to 256 MiB if that happens without the sanitizer too."""
+    if not torch.cuda.is_available():
+        pytest.skip("autotuning runs on the GPU only")
+    import gc
+    monkeypatch.setenv("RESNEXT_KERNELS_TRITON_AUTOTUNE", "1")
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for H in (11, 13, 17):  # shapes no other test autotunes
+        x, w, scale, shift, _ = make_case(8, 4, torch.float16, "cuda", True, 300 + H, N=1, H=H,
+                                          W=H + 2)
+        rk.grouped_conv_bn_relu(x, w, scale, shift, groups=4, backend="triton")
+        del x, w, scale, shift
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated() - before
+    gc.collect()
+    after_gc = torch.cuda.memory_allocated() - before
+    assert held < 64 * 2**20, (f"{held / 2**20:.0f} MiB held after autotuning 3 shapes "
+                               f"({after_gc / 2**20:.0f} MiB after gc.collect())")
+
+
 def test_triton_64bit_index_path(poison_outputs, monkeypatch):
     """The INDEX_64 specialisation (used past 2^31 elements), forced on a small case."""
     from resnext_kernels import backends
