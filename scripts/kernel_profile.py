@@ -185,30 +185,47 @@ def floor_bytes(shape):
     return x_bytes + x_bytes * H_out * H_out // (shape["H"] * shape["W"])
 
 
-def latest_results(prefix):
-    """The newest GPU results file of a benchmark (benchmarks/results/<prefix>-*.json)."""
+def gpu_results(prefix):
+    """The GPU results files of a benchmark (benchmarks/results/<prefix>-*.json) made on the GPU
+    of the newest one, oldest first (measurements of two GPUs are never mixed)."""
     envs = {f: json.load(open(f))["environment"]
             for f in glob.glob(str(REPO / "benchmarks" / "results" / f"{prefix}-*.json"))}
-    gpu_files = sorted((f for f, env in envs.items() if env.get("gpu")),
-                       key=lambda f: envs[f].get("date", ""))
-    return gpu_files[-1] if gpu_files else None
+    files = sorted((f for f, env in envs.items() if env.get("gpu")),
+                   key=lambda f: envs[f].get("date", ""))
+    return [f for f in files if envs[f]["gpu"] == envs[files[-1]]["gpu"]] if files else []
+
+
+def measured_layout(prefix, row):
+    """A results row's layout in the report's terms: "nhwc,w-nchw" for a channels_last input
+    with contiguous weights (every grouped_conv results file without a weight_layout field)."""
+    if (prefix == "grouped_conv" and row["layout"] == "nhwc"
+            and row.get("weight_layout", "nchw") == "nchw"):
+        return "nhwc,w-nchw"
+    return row["layout"]
 
 
 def measured_rows():
-    """{(model, layer, provider, layout): p50 us} and the source files, from the newest GPU
-    results (fp16)."""
+    """{(model, layer, provider, layout): p50 us} and the source files, from the GPU results
+    (fp16): every file is read, oldest first, so each row holds its newest measurement (a later
+    run of a few providers, such as the GPU plan's max-autotune step, leaves the rest as they
+    were)."""
     out, sources = {}, []
     for prefix, key in (("grouped_conv", "layer"), ("squeeze_excite", "stage")):
-        path = latest_results(prefix)
-        if not path:
-            continue
-        data = json.load(open(path))
-        sources.append((os.path.relpath(path, REPO), data["environment"].get("gpu")))
-        for r in data["rows"]:
-            if r.get("dtype") == "float16" and r.get("status") == "ok":
+        for path in gpu_results(prefix):
+            data = json.load(open(path))
+            rows = [r for r in data["rows"]
+                    if r.get("dtype") == "float16" and r.get("status") == "ok"]
+            if rows:
+                sources.append((os.path.relpath(path, REPO), data["environment"].get("gpu")))
+            for r in rows:
                 provider = {"eager": "cudnn_eager"}.get(r["provider"], r["provider"])
-                out[(r["model"], r[key], provider, r["layout"])] = r["p50_ms"] * 1e3
+                out[(r["model"], r[key], provider, measured_layout(prefix, r))] = r["p50_ms"] * 1e3
     return out, sources
+
+
+def stand_in(path):
+    """"†" where a path's measured time is of another weight layout (see measured_layout)."""
+    return "†" if path.get("measured_layout", path["layout"]) != path["layout"] else ""
 
 
 def gpu_key(name):
@@ -265,13 +282,21 @@ def build(blocks: int):
                 entry[f"bound_{gpu}"] = p["bound"]
                 entry[f"terms_{gpu}"] = {k: round(v, 2) for k, v in p.items()
                                          if k.endswith("_us") and k != "time_us"}
-            bench_layout = {"nhwc,w-nchw": "nhwc"}.get(layout, layout)
-            provider_layout_ok = (backend != "triton" or layout == "nhwc,w-nchw"
-                                  or shape["op"] == "se")
-            m = measured.get((shape["model"], shape["layer"], backend, bench_layout))
-            if m and provider_layout_ok:
+            # Triton's paths differ by the weights' layout, so its measurement must match it;
+            # the CUDA kernels repack the weights and cudnn_eager is a traffic bound: for them
+            # a channels_last measurement with contiguous weights stands in for want of one
+            # with channels_last weights (the report says which: measured_layout)
+            candidates = [layout]
+            if backend != "triton" and layout == "nhwc":
+                candidates.append("nhwc,w-nchw")
+            found = [c for c in candidates
+                     if (shape["model"], shape["layer"], backend, c) in measured]
+            if found:
+                m = measured[(shape["model"], shape["layer"], backend, found[0])]
                 entry["measured_us"] = m
-                entry["measured_over_predicted"] = m / entry[f"predicted_us_{gpu_key(sources[0][1])}"]
+                entry["measured_layout"] = found[0]
+                entry["measured_over_predicted"] = (
+                    m / entry[f"predicted_us_{gpu_key(sources[0][1])}"])
             paths.append(entry)
     report = dict(batch=BATCH, dtype="fp16", blocks_per_grid=blocks, gpus=list(GPUS),
                   model_constants={g: tm.GPUS[g] for g in GPUS},
@@ -309,8 +334,11 @@ def markdown(report):
         f"column `measured us`, copied from: {src}.",
         "",
         "Layouts: nhwc = channels_last activations and weights (a converted model); "
-        "nhwc,w-nchw = channels_last activations, contiguous weights (the op called directly, "
-        "as the benchmarks call it); nchw. cudnn_eager: its memory traffic only (a lower bound).",
+        "nhwc,w-nchw = channels_last activations, contiguous weights (the op called directly "
+        "on a channels_last input only; every benchmark run before grouped_conv.py recorded "
+        "weight_layout); nchw. cudnn_eager: its memory traffic only (a lower bound). A measured "
+        "figure marked † is of nhwc,w-nchw standing in for nhwc (CUDA kernels and cudnn_eager "
+        "only, until a run with channels_last weights).",
         "",
         "| layer | backend | layout | ld sect/req | st sect/req | sh wf/req | sh confl | "
         "L2→SM/in | pred us H100 | % floor H100 | bound | per kernel (H100) | pred us H200 | "
@@ -327,7 +355,8 @@ def markdown(report):
             f"{fmt(p['predicted_us_H100 SXM'], '.1f')} | {fmt(p['pct_of_floor_H100 SXM'], '.0f')} | "
             f"{p['bound_H100 SXM']} | {per_kernel(p['launches_H100 SXM'])} | "
             f"{fmt(p['predicted_us_H200'], '.1f')} | "
-            f"{fmt(p.get('measured_us'), '.1f')} | {fmt(p.get('measured_over_predicted'))} |")
+            f"{fmt(p.get('measured_us'), '.1f')}{stand_in(p)} | "
+            f"{fmt(p.get('measured_over_predicted'))} |")
     lines += ["", "## Per model (sum over blocks, predicted, H100 SXM)", "",
               "| model | backend | layout | predicted ms | % of floor |", "|---|---|---|---|---|"]
     totals = {}

@@ -111,3 +111,39 @@ def test_guard_fails_when_paths_differ():
     new = dict(paths=old["paths"] + [dict(old["paths"][0], layout="nchw")])
     assert kernel_profile.check(new, old) == ["path not in the committed report: m l cuda nchw"]
     assert kernel_profile.check(old, new) == ["path gone from the profile: m l cuda nchw"]
+
+
+def _results_file(folder, name, gpu, date, rows):
+    import json
+    env = dict(gpu=gpu, date=date)
+    (folder / name).write_text(json.dumps(dict(environment=env, rows=rows)))
+
+
+def test_measured_rows_keep_each_rows_newest_measurement_of_one_gpu(tmp_path, monkeypatch):
+    """Every GPU results file counts, oldest first, so a later run of a few providers leaves the
+    other rows; files of another GPU than the newest file's are ignored; rows without a
+    weight_layout were measured with contiguous weights ("nhwc,w-nchw")."""
+    folder = tmp_path / "benchmarks" / "results"
+    folder.mkdir(parents=True)
+    monkeypatch.setattr(kernel_profile, "REPO", tmp_path)
+
+    def row(provider, p50, layout="nhwc", weight_layout=None):
+        r = dict(model="m", layer="l1", provider=provider, layout=layout, dtype="float16",
+                 status="ok", p50_ms=p50)
+        if weight_layout:
+            r["weight_layout"] = weight_layout
+        return r
+
+    _results_file(folder, "grouped_conv-a.json", "H200", "2026-01-01",
+                  [row("cuda", 1.0), row("triton", 2.0), row("cudnn_eager", 3.0)])
+    _results_file(folder, "grouped_conv-b.json", "H200", "2026-01-02",
+                  [row("cuda", 0.5), row("triton", 1.5, weight_layout="nhwc")])
+    _results_file(folder, "grouped_conv-c.json", "H100", "2025-12-31", [row("cuda", 9.0)])
+    _results_file(folder, "grouped_conv-cpu.json", None, "2026-01-03", [row("cuda", 7.0)])
+    measured, sources = kernel_profile.measured_rows()
+    assert measured == {("m", "l1", "cuda", "nhwc,w-nchw"): 500.0,
+                        ("m", "l1", "triton", "nhwc,w-nchw"): 2000.0,
+                        ("m", "l1", "triton", "nhwc"): 1500.0,
+                        ("m", "l1", "cudnn_eager", "nhwc,w-nchw"): 3000.0}
+    assert [f for f, _ in sources] == ["benchmarks/results/grouped_conv-a.json",
+                                       "benchmarks/results/grouped_conv-b.json"]
