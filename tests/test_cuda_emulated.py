@@ -19,6 +19,7 @@ import cuda_emulator
 from conftest import channels_last_if, seeded, tolerance
 from test_grouped_conv_bn_relu import make_case, reference
 from test_squeeze_excite import make_case as make_se_case
+from test_squeeze_excite import check_non_finite, non_finite_case
 from test_squeeze_excite import reference as se_reference
 
 HALF_TYPES = (torch.float16, torch.bfloat16)
@@ -240,6 +241,13 @@ def test_squeeze_excite_strided_residual(emulator):
     res = channels_last_if(torch.randn(2, 32, 8, 4, generator=seeded(9701)), False)
     res = res.to(torch.bfloat16)[:, :, ::2]  # NCHW-strided view next to a channels_last u
     se_check(emulator, u, w1, b1, w2, b2, res, relu=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF_TYPES], ids=str)
+def test_squeeze_excite_non_finite(emulator, dtype):
+    u, w1, b1, w2, b2, res = non_finite_case(dtype, "cpu")
+    out = cuda_emulator.squeeze_excite(emulator, u, w1, b1, w2, b2, residual=res, relu=True)
+    check_non_finite(out, u, w1, b1, w2, b2, res)
 
 
 # --- racecheck: the same kernels under ThreadSanitizer -------------------------------------

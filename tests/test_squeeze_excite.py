@@ -73,6 +73,32 @@ def test_odd_widths_conv_form_no_bias(backend_device, poison_outputs):
     check(backend, u, w1, b1, w2, b2, res, relu=True)
 
 
+def non_finite_case(dtype, device):
+    """A NaN in image 0's input, a +inf in image 1's (R = 6: Triton pads the hidden units)."""
+    u, w1, b1, w2, b2, res = make_case(2, 24, 3, 5, 6, dtype, device, True, 77, residual=True)
+    u[0, 2, 1, 1] = float("nan")
+    u[1, 5, 0, 3] = float("inf")
+    return u, w1, b1, w2, b2, res
+
+
+def check_non_finite(out, u, w1, b1, w2, b2, res):
+    """The NaN makes image 0's pooled value NaN and, through W1, every hidden unit: torch.relu
+    keeps NaN, so its whole gate and output are NaN (a ReLU that maps NaN to 0 would give
+    finite gates instead). The +inf goes through the same path as in eager PyTorch (inf, or
+    NaN where +inf and -inf meet), and nothing else turns NaN."""
+    ref = reference(u, w1, b1, w2, b2, res, relu=True)
+    assert torch.isnan(out[0]).all(), "a NaN input must make its image's gate NaN"
+    torch.testing.assert_close(out.double().cpu(), ref, equal_nan=True, **tolerance(u.dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_non_finite_inputs_behave_as_in_pytorch(backend_device, poison_outputs, dtype):
+    backend, device = backend_device
+    u, w1, b1, w2, b2, res = non_finite_case(dtype, device)
+    out = rk.squeeze_excite(u, w1, b1, w2, b2, residual=res, relu=True, backend=backend)
+    check_non_finite(out, u, w1, b1, w2, b2, res)
+
+
 @pytest.mark.parametrize("N", [0, 1])
 def test_batch_zero_and_one(backend_device, N):
     backend, device = backend_device

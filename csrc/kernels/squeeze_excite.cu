@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(kExciteThreads) se_excite_kernel(SqueezeExcite
     float acc = 0.f;
     for (int64_t c = lane; c < p.C; c += 32) acc += w1_row[c] * pooled[c];
     acc = warp_sum(acc);
-    if (lane == 0) hidden[r] = fmaxf(acc + (p.b1 ? p.b1[r] : 0.f), 0.f);
+    if (lane == 0) hidden[r] = relu_keep_nan(acc + (p.b1 ? p.b1[r] : 0.f));  // as torch.relu
   }
   __syncthreads();
   for (int64_t c = threadIdx.x; c < p.C; c += blockDim.x) {

@@ -75,7 +75,10 @@ def _se_excite_kernel(
         hidden += tl.sum(w1 * p[None, :], axis=1)
     if HAS_B1:
         hidden += tl.load(b1_ptr + offs_r, mask=r_ok, other=0.0).to(tl.float32)
-    hidden = tl.maximum(hidden, 0.0)
+    hidden = tl.where(hidden < 0.0, 0.0, hidden)  # ReLU that keeps NaN, as torch.relu does
+    # the padding units past R hold 0 * pooled, NaN where pooled is infinite: zero them, or
+    # they would reach every gate through W2
+    hidden = tl.where(r_ok, hidden, 0.0)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         c_ok = offs_c < C
