@@ -13,9 +13,11 @@ launch_shapes), so the grids are the ones the real launchers compute.
 Triton: each launch recorded and compiled as scripts/triton_aot_check.py does (Triton's own JIT
 specialisation, Triton's ptxas), with the conv's fixed configuration
 (RESNEXT_KERNELS_TRITON_AUTOTUNE=0: BLOCK_M 64, 4 warps, 2 stages): which configuration the
-autotuner picks on a GPU is not known here.
-Both: fp16, channels_last (and NCHW) activations; bf16 compiles to the same registers (see
-docs/KERNELS.md); instruction mix from cuobjdump -sass (scripts/sass_mix.py).
+autotuner picks on a GPU is not known here. The launches are recorded first, then each distinct
+specialisation is compiled once, in a process per core.
+Both: fp16 on every real layer, and bf16 and fp32 with TF32 on one layer per (cpg, stride) class
+and on the SE stages (class_shapes), channels_last (and NCHW) activations; instruction mix from
+cuobjdump -sass (scripts/sass_mix.py).
 
 Occupancy limits (CUDA C++ Programming Guide, "Technical Specifications per Compute
 Capability", for 8.0 and 9.0): 65536 32-bit registers per SM, allocated per warp in units of
@@ -24,6 +26,8 @@ Capability", for 8.0 and 9.0): 65536 32-bit registers per SM, allocated per warp
 """
 
 import argparse
+import concurrent.futures
+import functools
 import json
 import math
 import os
@@ -108,7 +112,10 @@ def cuda_kernels(arch: int):
     return kernels
 
 
-CUDA_TYPES = {"fp16": "half", "bf16": "bf16", "fp32": "float"}
+CUDA_TYPES = {"fp16": "half", "bf16": "bf16", "fp32/tf32": "float", "fp32": "float"}
+# the report's dtypes: (torch dtype name, TF32 allowed)
+DTYPES = {"fp16": ("float16", False), "bf16": ("bfloat16", False), "fp32/tf32": ("float32", True)}
+ELEM_BYTES = {"fp16": 2, "bf16": 2, "fp32/tf32": 4, "fp32": 4}
 
 
 def cuda_launch_kernels(op, path_report, dtype, stride):
@@ -137,15 +144,39 @@ def layer_shapes():
                    count=count)
 
 
-def layer_name(shape, batch, layout):
+def class_shapes():
+    """One real layer per grouped-conv (cpg, stride) class (its first in layer_shapes), and every
+    SE stage: the shapes the dtypes other than fp16 are profiled at."""
+    seen = set()
+    for shape in layer_shapes():
+        if shape["op"] == "se":
+            yield shape
+        elif (shape["cpg"], shape["stride"]) not in seen:
+            seen.add((shape["cpg"], shape["stride"]))
+            yield shape
+
+
+def op_dtype(op, dtype):
+    """The dtype's name for an op: the SE has no TF32 switch, its "fp32/tf32" is plain fp32."""
+    return dtype.split("/")[0] if op == "se" else dtype
+
+
+def dtype_shapes(dtypes):
+    """(dtype, shape) pairs: fp16 on every real layer, other dtypes on class_shapes()."""
+    for dtype in dtypes:
+        for shape in (layer_shapes() if dtype == "fp16" else class_shapes()):
+            yield dtype, shape
+
+
+def layer_name(shape, batch, layout, dtype="fp16"):
     if shape["op"] == "conv":
         return (f"{shape['model']} {shape['layer']} conv cpg{shape['cpg']} s{shape['stride']} "
-                f"C{shape['C']} {shape['H']}x{shape['W']} b{batch} {layout}")
+                f"C{shape['C']} {shape['H']}x{shape['W']} b{batch} {dtype} {layout}")
     return (f"{shape['model']} {shape['layer']} se C{shape['C']} R{shape['R']} "
-            f"{shape['H']}x{shape['W']} b{batch} {layout}")
+            f"{shape['H']}x{shape['W']} b{batch} {dtype} {layout}")
 
 
-def cuda_profile(archs, layouts=("nhwc", "nchw"), batches=(128, 1)):
+def cuda_profile(archs, layouts=("nhwc", "nchw"), batches=(128, 1), dtypes=("fp16",)):
     import torch
 
     import cuda_emulator
@@ -153,19 +184,21 @@ def cuda_profile(archs, layouts=("nhwc", "nchw"), batches=(128, 1)):
     binary = cuda_emulator.build("profile")
     kernels = {arch: cuda_kernels(arch) for arch in archs}
     layers = []
-    for shape in layer_shapes():
+    for dtype, shape in dtype_shapes(dtypes):
+        torch_dtype, tf32 = DTYPES[dtype]
         for batch in batches:
             for layout in layouts:
                 kw = dict(N=batch, C=shape["C"], H=shape["H"], W=shape["W"],
-                          dtype=torch.float16, channels_last=layout == "nhwc")
+                          dtype=getattr(torch, torch_dtype), channels_last=layout == "nhwc")
                 if shape["op"] == "conv":
-                    kw.update(groups=shape["groups"], stride=shape["stride"])
+                    kw.update(groups=shape["groups"], stride=shape["stride"], allow_tf32=tf32)
                 else:
                     kw.update(R=shape["R"])
                 report, launches = cuda_emulator.launch_shapes(binary, shape["op"], **kw)
-                names = cuda_launch_kernels(shape["op"], report, "fp16", shape.get("stride"))
-                row = dict(name=layer_name(shape, batch, layout), backend="cuda", batch=batch,
-                           layout=layout, **shape, launches=[])
+                names = cuda_launch_kernels(shape["op"], report, dtype, shape.get("stride"))
+                name = layer_name(shape, batch, layout, op_dtype(shape["op"], dtype))
+                row = dict(name=name, backend="cuda", batch=batch, layout=layout,
+                           dtype=op_dtype(shape["op"], dtype), **shape, launches=[])
                 for name, launch in zip(names, launches):
                     entry = dict(kernel=name, grid=launch["grid"], blocks=launch["blocks"],
                                  threads=launch["threads"], smem_dynamic=launch["smem_bytes"])
@@ -184,48 +217,60 @@ def cuda_profile(archs, layouts=("nhwc", "nchw"), batches=(128, 1)):
 
 
 # ----------------------------------------------------------------------------------- Triton
-def triton_profile(archs, layouts=("nhwc", "nhwc,w-nchw", "nchw"), batches=(128, 1)):
+def triton_profile(archs, layouts=("nhwc", "nhwc,w-nchw", "nchw"), batches=(128, 1),
+                   dtypes=("fp16",)):
     os.environ["RESNEXT_KERNELS_TRITON_AUTOTUNE"] = "0"
     import triton_aot_check as tac
 
-    kernels, layers = {}, []
-    for shape in layer_shapes():
-        for batch in batches:
+    # 1. every launch of every call, recorded (no compiling yet), and the distinct
+    # specialisations among them
+    layers, launches, jobs = [], [], {}
+    for dtype, shape in dtype_shapes(dtypes):
+        # other dtypes at the first batch only: their grids are fp16's, and compiling each
+        # batch's specialisation again would double the profile's time in CI
+        for batch in (batches if dtype == "fp16" else batches[:1]):
             for layout in layouts:
                 if shape["op"] == "conv":
                     launch = tac.conv_launch(shape["C"], shape["H"], shape["W"], shape["C"],
-                                             shape["groups"], shape["stride"], batch, "fp16",
+                                             shape["groups"], shape["stride"], batch, dtype,
                                              layout)
                 else:
                     launch = tac.se_launch(shape["C"], shape["H"], shape["W"], shape["R"], batch,
-                                           "fp16", "fp32", layout)
-                row = dict(name=layer_name(shape, batch, layout), backend="triton", batch=batch,
-                           layout=layout, **shape, launches=[])
+                                           op_dtype("se", dtype), "fp32", layout)
+                name = layer_name(shape, batch, layout, op_dtype(shape["op"], dtype))
+                row = dict(name=name, backend="triton", batch=batch, layout=layout,
+                           dtype=op_dtype(shape["op"], dtype), **shape, launches=[])
                 for arch in archs:
                     recs = []
                     with tac.recording_launches(arch, recs):
                         launch()
                     for i, rec in enumerate(recs):
                         path = dict(rec, arch=arch)
-                        key = f"{tac.path_label(path)} {layout}"
                         kid = f"sm_{arch}/{rec['kernel']}/{rec['key']}"
-                        if kid not in kernels:
-                            kernels[kid] = dict(tac.compile_path(tac.job_of(path), sass=True),
-                                                label=key, num_warps=rec["options"]["num_warps"],
-                                                constexprs=tac.constexpr_values(path))
-                        k = kernels[kid]
-                        blocks = math.prod(rec["grid"])
-                        occ = occupancy(arch, k.get("regs") or 0, 32 * k["num_warps"],
-                                        k.get("smem") or 0)
-                        if len(row["launches"]) <= i:
-                            row["launches"].append(dict(kernel=key, grid=list(rec["grid"]),
-                                                        blocks=blocks,
-                                                        threads=32 * k["num_warps"],
-                                                        smem_dynamic=k.get("smem")))
-                        row["launches"][i][f"sm_{arch}"] = dict(
-                            occ, waves=waves(blocks, occ["blocks_per_sm"]), kernel_id=kid,
-                            constexprs=k["constexprs"])
+                        label = f"{tac.path_label(path)} {layout}"
+                        jobs.setdefault(kid, (tac.job_of(path), label,
+                                              rec["options"]["num_warps"],
+                                              tac.constexpr_values(path)))
+                        launches.append((row, arch, i, rec, kid, label))
                 layers.append(row)
+    # 2. each specialisation compiled once, on every core (as triton_aot_check does)
+    with concurrent.futures.ProcessPoolExecutor(os.cpu_count()) as pool:
+        results = pool.map(functools.partial(tac.compile_path, sass=True),
+                           [job for job, _, _, _ in jobs.values()])
+        kernels = {kid: dict(result, label=label, num_warps=warps, constexprs=constexprs)
+                   for (kid, (_, label, warps, constexprs)), result in zip(jobs.items(), results)}
+    # 3. per launch: grid, occupancy and waves
+    for row, arch, i, rec, kid, label in launches:
+        k = kernels[kid]
+        blocks = math.prod(rec["grid"])
+        occ = occupancy(arch, k.get("regs") or 0, 32 * k["num_warps"], k.get("smem") or 0)
+        if len(row["launches"]) <= i:
+            row["launches"].append(dict(kernel=label, grid=list(rec["grid"]), blocks=blocks,
+                                        threads=32 * k["num_warps"],
+                                        smem_dynamic=k.get("smem")))
+        row["launches"][i][f"sm_{arch}"] = dict(
+            occ, waves=waves(blocks, occ["blocks_per_sm"]), kernel_id=kid,
+            constexprs=k["constexprs"])
     return kernels, layers
 
 
@@ -292,13 +337,14 @@ def main(argv=None):
     p.add_argument("--json", default="compiled-profile.json")
     p.add_argument("--md", default="compiled-profile.md")
     p.add_argument("--backends", nargs="+", default=["cuda", "triton"])
+    p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     args = p.parse_args(argv)
     cuda_table, triton_table, layers = {}, {}, []
     if "cuda" in args.backends:
-        cuda_table, cuda_layers = cuda_profile(args.archs)
+        cuda_table, cuda_layers = cuda_profile(args.archs, dtypes=args.dtypes)
         layers += cuda_layers
     if "triton" in args.backends:
-        triton_table, triton_layers = triton_profile(args.archs)
+        triton_table, triton_layers = triton_profile(args.archs, dtypes=args.dtypes)
         layers += triton_layers
     Path(args.json).write_text(json.dumps(dict(sms=SMS, cuda_kernels=cuda_table,
                                                triton_kernels=triton_table, layers=layers),

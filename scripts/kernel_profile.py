@@ -1,6 +1,7 @@
 """The GPU-free kernel profile: for every kernel path and every real layer of resnext50_32x4d,
 resnext101_32x8d (grouped 3x3 conv + BN + ReLU) and seresnext50_32x4d (SE stages), at batch
-128, fp16: what a GPU profiler would show, computed on the CPU, and the time the throughput
+128, fp16 (and bf16 and fp32 with TF32 on one layer of each (cpg, stride) class and on every SE
+stage: compiled_profile.class_shapes): what a GPU profiler would show, computed on the CPU, and the time the throughput
 model predicts from it, next to what a GPU measured where a GPU session has measured it.
 
     python scripts/kernel_profile.py            # writes benchmarks/results/gpu-free-profile.{md,json}
@@ -22,6 +23,7 @@ figures depend on Triton's compiler.
 """
 
 import argparse
+import concurrent.futures
 import glob
 import json
 import math
@@ -41,7 +43,7 @@ import throughput_model as tm  # noqa: E402
 
 REPORT = REPO / "benchmarks" / "results" / "gpu-free-profile"
 BATCH = 128
-ELEM = 2  # fp16
+DTYPES = ("fp16", "bf16", "fp32/tf32")
 GPUS = ("H100 SXM", "H200")
 GUARD_TOLERANCE = 0.10
 GUARDED = ("global_ld_sectors_per_request", "global_st_sectors_per_request",
@@ -78,15 +80,35 @@ def instructions_per_memory_request(sass):
     return (sum(mix.values()) / mem) if mem else 1.0
 
 
-def cuda_layer(binary, shape, layout, cuda_kernels, plan, blocks):
-    """(model launches, guard figures) of one CUDA call at batch BATCH, from the access profile
-    at batch 1 scaled by each launch's blocks at BATCH over its blocks at 1."""
-    case = dict(shape, C_out=shape["C"], dtype="fp16", layout=layout, tf32=False)
-    launches, input_bytes, path = access_profile.run_case(binary, case, blocks)
+def access_case(shape, layout, dtype):
+    """The access profiler's case (scripts/access_profile.py) of one CUDA call at batch 1."""
+    return dict(shape, C_out=shape["C"], dtype=dtype.split("/")[0], layout=layout,
+                tf32=dtype == "fp32/tf32")
+
+
+def access_profiles(binary, calls, blocks):
+    """{(model, layer, layout, dtype): access_profile.run_case(...)} for every CUDA call, run
+    side by side (each is an emulator process) on every core."""
+    def run(call):
+        shape, layout, dtype = call
+        return access_profile.run_case(binary, access_case(shape, layout, dtype), blocks)
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        results = pool.map(run, calls)
+        return {(shape["model"], shape["layer"], layout, dtype): result
+                for (shape, layout, dtype), result in zip(calls, results)}
+
+
+def cuda_layer(profiled, shape, layout, dtype, cuda_kernels, plan):
+    """(model launches, guard figures) of one CUDA call at batch BATCH, from its access profile
+    at batch 1 (`profiled`, access_profiles' result) scaled by each launch's blocks at BATCH
+    over its blocks at 1."""
+    elem = compiled_profile.ELEM_BYTES[dtype]
+    launches, input_bytes, path = profiled
     summary = access_profile.summarise(f"{shape['op']} cuda", path, launches, input_bytes)
     b1 = plan["b1"]["launches"]
     b128 = plan["b128"]["launches"]
-    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * ELEM
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
     model = []
     for i, launch in enumerate(launches):
         s = access_profile.scaled(launch)
@@ -97,7 +119,7 @@ def cuda_layer(binary, shape, layout, cuda_kernels, plan, blocks):
         if shape["op"] == "conv":
             H_out = (shape["H"] - 1) // shape["stride"] + 1
             y_bytes = x_bytes * H_out * H_out // (shape["H"] * shape["W"])
-            w_bytes = 9 * shape["C"] * shape["cpg"] * ELEM
+            w_bytes = 9 * shape["C"] * shape["cpg"] * elem
             dram = 2 * w_bytes if name.startswith("repack") else x_bytes + y_bytes + w_bytes
         else:
             dram = {0: x_bytes, 1: 0, 2: 3 * x_bytes}[i]  # squeeze u; excite tiny; scale u, res, out
@@ -120,8 +142,9 @@ def cuda_layer(binary, shape, layout, cuda_kernels, plan, blocks):
 def triton_layer(row, triton_kernels, shape):
     """Model launches of one Triton call at batch BATCH, from its compiled profile: the hot
     loop's instructions x its trip count x the programs (no access profile for Triton yet)."""
+    elem = compiled_profile.ELEM_BYTES[row["dtype"]]
     model = []
-    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * ELEM
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
     for i, launch in enumerate(row["launches"]):
         info = launch["sm_90"]
         k = triton_kernels[info["kernel_id"]]
@@ -135,14 +158,14 @@ def triton_layer(row, triton_kernels, shape):
             cpg, bn, bk, bm = shape["cpg"], c["BLOCK_N"], c["BLOCK_K"], c["BLOCK_M"]
             span = (math.ceil(bn / cpg) * cpg) if bn >= cpg else cpg
             iterations = 9 * math.ceil(span / bk)
-            operand = ((bm * bk + bk * bn) * ELEM / tm.L1_WAVEFRONT_BYTES
+            operand = ((bm * bk + bk * bn) * elem / tm.L1_WAVEFRONT_BYTES
                        if mix.get("hgmma") else 0)
             H_out = (shape["H"] - 1) // shape["stride"] + 1
             y_bytes = x_bytes * H_out * H_out // (shape["H"] * shape["W"])
             model.append(dict(
                 dram_bytes=x_bytes + y_bytes,
                 # every tap's tiles from L2 (no reuse in L1): an upper bound
-                l2_bytes=programs * iterations * (bm * bk + bk * bn) * ELEM,
+                l2_bytes=programs * iterations * (bm * bk + bk * bn) * elem,
                 l1_wavefronts=programs * iterations * (per_warp * warps + operand),
                 warp_instructions=programs * iterations * instr * warps,
                 waves=info["waves"]))
@@ -164,9 +187,9 @@ def triton_layer(row, triton_kernels, shape):
     return model
 
 
-def cudnn_eager_traffic(shape):
+def cudnn_eager_traffic(shape, elem):
     """cuDNN's grouped conv, then BatchNorm, then ReLU, each a pass over memory."""
-    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * ELEM
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
     H_out = (shape["H"] - 1) // shape["stride"] + 1
     y_bytes = x_bytes * H_out * H_out // (shape["H"] * shape["W"])
     return [dict(dram_bytes=x_bytes + y_bytes, l2_bytes=0, l1_wavefronts=0, warp_instructions=0,
@@ -177,8 +200,8 @@ def cudnn_eager_traffic(shape):
                  waves=None)]
 
 
-def floor_bytes(shape):
-    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * ELEM
+def floor_bytes(shape, elem):
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
     if shape["op"] == "se":
         return 3 * x_bytes
     H_out = (shape["H"] - 1) // shape["stride"] + 1
@@ -204,9 +227,12 @@ def measured_layout(prefix, row):
     return row["layout"]
 
 
+MEASURED_DTYPES = {"float16": "fp16", "bfloat16": "bf16"}  # fp32 rows: TF32 or not is unrecorded
+
+
 def measured_rows():
-    """{(model, layer, provider, layout): p50 us} and the source files, from the GPU results
-    (fp16): every file is read, oldest first, so each row holds its newest measurement (a later
+    """{(model, layer, provider, layout, dtype): p50 us} and the source files, from the GPU
+    results (fp16, bf16): every file is read, oldest first, so each row holds its newest measurement (a later
     run of a few providers, such as the GPU plan's max-autotune step, leaves the rest as they
     were)."""
     out, sources = {}, []
@@ -214,12 +240,13 @@ def measured_rows():
         for path in gpu_results(prefix):
             data = json.load(open(path))
             rows = [r for r in data["rows"]
-                    if r.get("dtype") == "float16" and r.get("status") == "ok"]
+                    if r.get("dtype") in MEASURED_DTYPES and r.get("status") == "ok"]
             if rows:
                 sources.append((os.path.relpath(path, REPO), data["environment"].get("gpu")))
             for r in rows:
                 provider = {"eager": "cudnn_eager"}.get(r["provider"], r["provider"])
-                out[(r["model"], r[key], provider, measured_layout(prefix, r))] = r["p50_ms"] * 1e3
+                out[(r["model"], r[key], provider, measured_layout(prefix, r),
+                     MEASURED_DTYPES[r["dtype"]])] = r["p50_ms"] * 1e3
     return out, sources
 
 
@@ -236,8 +263,9 @@ def build(blocks: int):
     """(the report, the compiled-code profile it used: sm_90 and sm_80, batch 128 and 1)."""
     binary = access_profile.cuda_emulator.build("profile")
     cuda_kernels, cuda_all = compiled_profile.cuda_profile([90, 80], layouts=("nhwc", "nchw"),
-                                                           batches=(BATCH, 1))
-    triton_kernels, triton_all = compiled_profile.triton_profile([90, 80], batches=(BATCH, 1))
+                                                           batches=(BATCH, 1), dtypes=DTYPES)
+    triton_kernels, triton_all = compiled_profile.triton_profile([90, 80], batches=(BATCH, 1),
+                                                                 dtypes=DTYPES)
     compiled = dict(sms=compiled_profile.SMS, cuda_kernels=cuda_kernels,
                     triton_kernels=triton_kernels, layers=cuda_all + triton_all,
                     markdown=compiled_profile.markdown(cuda_kernels, triton_kernels,
@@ -247,27 +275,37 @@ def build(blocks: int):
     ck = cuda_kernels["sm_90"]
     plans = {}
     for row in cuda_rows:
-        plans.setdefault((row["model"], row["layer"], row["layout"]), {})[f"b{row['batch']}"] = row
+        key = (row["model"], row["layer"], row["layout"], row["dtype"])
+        plans.setdefault(key, {})[f"b{row['batch']}"] = row
     measured, sources = measured_rows()
     paths = []
-    for shape in compiled_profile.layer_shapes():
+    calls = [(shape, layout, compiled_profile.op_dtype(shape["op"], dtype))
+             for dtype, shape in compiled_profile.dtype_shapes(DTYPES)
+             for layout in ("nhwc", "nchw")]
+    profiles = access_profiles(binary, calls, blocks)
+    for report_dtype, shape in compiled_profile.dtype_shapes(DTYPES):
+        dtype = compiled_profile.op_dtype(shape["op"], report_dtype)
+        elem = compiled_profile.ELEM_BYTES[dtype]
         base = dict(model=shape["model"], layer=shape["layer"], op=shape["op"], C=shape["C"],
                     H=shape["H"], W=shape["W"], count=shape["count"],
-                    cpg=shape.get("cpg"), stride=shape.get("stride"), R=shape.get("R"))
-        fb = floor_bytes(shape)
+                    cpg=shape.get("cpg"), stride=shape.get("stride"), R=shape.get("R"),
+                    dtype=dtype)
+        fb = floor_bytes(shape, elem)
         entries = []
         for layout in ("nhwc", "nchw"):
-            plan = plans[(shape["model"], shape["layer"], layout)]
-            model, guard, path = cuda_layer(binary, shape, layout, ck, plan, blocks)
+            plan = plans[(shape["model"], shape["layer"], layout, dtype)]
+            profiled = profiles[(shape["model"], shape["layer"], layout, dtype)]
+            model, guard, path = cuda_layer(profiled, shape, layout, dtype, ck, plan)
             entries.append(("cuda", layout, model, guard, path,
                             [l["kernel"] for l in plan["b128"]["launches"]]))
         for row in triton_rows:
-            if (row["model"], row["layer"]) == (shape["model"], shape["layer"]):
+            if (row["model"], row["layer"], row["dtype"]) == (shape["model"], shape["layer"],
+                                                              dtype):
                 entries.append(("triton", row["layout"], triton_layer(row, triton_kernels, shape),
                                 {}, row["launches"][0]["kernel"],
                                 [l["kernel"] for l in row["launches"]]))
         if shape["op"] == "conv":
-            entries.append(("cudnn_eager", "nhwc", cudnn_eager_traffic(shape), {},
+            entries.append(("cudnn_eager", "nhwc", cudnn_eager_traffic(shape, elem), {},
                             "traffic only (3 passes)", ["conv", "batch_norm", "relu"]))
         for backend, layout, model, guard, path, kernels in entries:
             entry = dict(base, backend=backend, layout=layout, path=path, floor_bytes=fb,
@@ -290,22 +328,22 @@ def build(blocks: int):
             if backend != "triton" and layout == "nhwc":
                 candidates.append("nhwc,w-nchw")
             found = [c for c in candidates
-                     if (shape["model"], shape["layer"], backend, c) in measured]
+                     if (shape["model"], shape["layer"], backend, c, dtype) in measured]
             if found:
-                m = measured[(shape["model"], shape["layer"], backend, found[0])]
+                m = measured[(shape["model"], shape["layer"], backend, found[0], dtype)]
                 entry["measured_us"] = m
                 entry["measured_layout"] = found[0]
                 entry["measured_over_predicted"] = (
                     m / entry[f"predicted_us_{gpu_key(sources[0][1])}"])
             paths.append(entry)
-    report = dict(batch=BATCH, dtype="fp16", blocks_per_grid=blocks, gpus=list(GPUS),
+    report = dict(batch=BATCH, dtypes=list(DTYPES), blocks_per_grid=blocks, gpus=list(GPUS),
                   model_constants={g: tm.GPUS[g] for g in GPUS},
                   l1_efficiency=tm.L1_EFFICIENCY, measured_sources=sources, paths=paths)
     return report, compiled
 
 
 def path_id(p):
-    return f"{p['model']} {p['layer']} {p['backend']} {p['layout']}"
+    return f"{p['model']} {p['layer']} {p['backend']} {p.get('dtype', 'fp16')} {p['layout']}"
 
 
 def fmt(v, spec=".2f"):
@@ -325,9 +363,11 @@ def markdown(report):
     lines = [
         "# GPU-free kernel profile and predicted times",
         "",
-        f"Generated by scripts/kernel_profile.py: batch {report['batch']}, fp16, every real "
+        f"Generated by scripts/kernel_profile.py: batch {report['batch']}, fp16 on every real "
         "layer of resnext50_32x4d, resnext101_32x8d (grouped conv + BN + ReLU) and "
-        "seresnext50_32x4d (SE stages). **Predicted** times come from the throughput model "
+        "seresnext50_32x4d (SE stages); bf16 and fp32 (TF32 allowed, as by default: the conv's "
+        "TF32 paths) on the first layer of each (cpg, stride) class and on every SE stage "
+        "(the SE's fp32 is plain fp32). **Predicted** times come from the throughput model "
         "(docs/THROUGHPUT_MODEL.md); sectors, wavefronts and L2 figures from the CUDA "
         "emulator's access profile (CUDA paths) at batch 1, "
         f"{report['blocks_per_grid']} blocks per grid. Nothing here is measured except the "
@@ -340,14 +380,15 @@ def markdown(report):
         "figure marked † is of nhwc,w-nchw standing in for nhwc (CUDA kernels and cudnn_eager "
         "only, until a run with channels_last weights).",
         "",
-        "| layer | backend | layout | ld sect/req | st sect/req | sh wf/req | sh confl | "
+        "| layer | backend | dtype | layout | ld sect/req | st sect/req | sh wf/req | sh confl | "
         "L2→SM/in | pred us H100 | % floor H100 | bound | per kernel (H100) | pred us H200 | "
         "measured us (H200) | meas/pred |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in report["paths"]:
         lines.append(
-            f"| {p['model']} {p['layer']} {p['op']} | {p['backend']} | {p['layout']} | "
+            f"| {p['model']} {p['layer']} {p['op']} | {p['backend']} | {p['dtype']} | "
+            f"{p['layout']} | "
             f"{fmt(p.get('global_ld_sectors_per_request'))} | "
             f"{fmt(p.get('global_st_sectors_per_request'))} | "
             f"{fmt(p.get('shared_ld_wavefronts_per_request'))} | "
@@ -357,10 +398,12 @@ def markdown(report):
             f"{fmt(p['predicted_us_H200'], '.1f')} | "
             f"{fmt(p.get('measured_us'), '.1f')}{stand_in(p)} | "
             f"{fmt(p.get('measured_over_predicted'))} |")
-    lines += ["", "## Per model (sum over blocks, predicted, H100 SXM)", "",
+    lines += ["", "## Per model (fp16, sum over blocks, predicted, H100 SXM)", "",
               "| model | backend | layout | predicted ms | % of floor |", "|---|---|---|---|---|"]
     totals = {}
     for p in report["paths"]:
+        if p["dtype"] != "fp16":  # the other dtypes cover one layer per class, not the model
+            continue
         key = (p["model"], p["backend"], p["layout"])
         t = totals.setdefault(key, [0.0, 0.0])
         t[0] += p["predicted_us_H100 SXM"] * p["count"]

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -127,12 +128,14 @@ def _write_params(directory: Path, params: dict):
     (directory / "params.txt").write_text("\n".join(lines) + "\n")
 
 
-_EXTRA_ENV: dict = {}  # set by profile_launches() for the call it wraps
+# The environment profile_launches() and launch_shapes() add for the call they wrap: per thread,
+# so that profiles can run side by side (scripts/kernel_profile.py runs them in a thread pool).
+_EXTRA_ENV = threading.local()
 
 
 def _run(binary: Path, *args) -> str:
     proc = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True,
-                          env={**RUN_ENV, **_EXTRA_ENV}, timeout=600)
+                          env={**RUN_ENV, **getattr(_EXTRA_ENV, "env", {})}, timeout=600)
     if proc.returncode != 0:
         raise EmulatorError(proc.returncode, proc.stdout + proc.stderr)
     return proc.stdout
@@ -228,15 +231,14 @@ def profile_launches(call, binary, *args, sample_blocks: int = 0, **kwargs):
     """
     import json
 
-    global _EXTRA_ENV
     with tempfile.TemporaryDirectory(prefix="emu_profile_") as tmp:
         out = Path(tmp) / "profile.jsonl"
-        _EXTRA_ENV = {"CUDA_EMULATOR_PROFILE_OUT": str(out),
-                      "CUDA_EMULATOR_PROFILE_BLOCKS": str(sample_blocks)}
+        _EXTRA_ENV.env = {"CUDA_EMULATOR_PROFILE_OUT": str(out),
+                          "CUDA_EMULATOR_PROFILE_BLOCKS": str(sample_blocks)}
         try:
             result = call(binary, *args, **kwargs)
         finally:
-            _EXTRA_ENV = {}
+            _EXTRA_ENV.env = {}
         launches = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     return result, launches
 
@@ -275,12 +277,11 @@ def launch_shapes(binary, op: str, *, N, C, H, W, dtype, channels_last, groups=N
                 out_stride=x.stride(), residual_stride=x.stride(), relu=True,
                 channels_last=channels_last, has_residual=True, has_b1=True, has_b2=True))
             args = ("squeeze_excite", d)
-        global _EXTRA_ENV
-        _EXTRA_ENV = {"CUDA_EMULATOR_PROFILE_OUT": str(out), "CUDA_EMULATOR_PLAN_ONLY": "1"}
+        _EXTRA_ENV.env = {"CUDA_EMULATOR_PROFILE_OUT": str(out), "CUDA_EMULATOR_PLAN_ONLY": "1"}
         try:
             report = _run(binary, *args)
         finally:
-            _EXTRA_ENV = {}
+            _EXTRA_ENV.env = {}
         launches = [json.loads(line) for line in out.read_text().splitlines()]
     return report.strip(), [dict(grid=l["grid"], blocks=l["blocks"], threads=l["block_threads"],
                                  smem_bytes=l["smem_bytes"]) for l in launches]

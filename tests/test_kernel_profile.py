@@ -92,7 +92,7 @@ def test_wavefronts_per_instruction():
 
 
 def _report(**figures):
-    base = dict(model="m", layer="l", backend="cuda", layout="nhwc")
+    base = dict(model="m", layer="l", backend="cuda", dtype="fp16", layout="nhwc")
     return dict(paths=[dict(base, **figures)])
 
 
@@ -109,8 +109,8 @@ def test_guard_fails_on_a_regression_over_10_percent_only():
 def test_guard_fails_when_paths_differ():
     old = _report(**{"predicted_us_H100 SXM": 1.0})
     new = dict(paths=old["paths"] + [dict(old["paths"][0], layout="nchw")])
-    assert kernel_profile.check(new, old) == ["path not in the committed report: m l cuda nchw"]
-    assert kernel_profile.check(old, new) == ["path gone from the profile: m l cuda nchw"]
+    assert kernel_profile.check(new, old) == ["path not in the committed report: m l cuda fp16 nchw"]
+    assert kernel_profile.check(old, new) == ["path gone from the profile: m l cuda fp16 nchw"]
 
 
 def _results_file(folder, name, gpu, date, rows):
@@ -127,23 +127,41 @@ def test_measured_rows_keep_each_rows_newest_measurement_of_one_gpu(tmp_path, mo
     folder.mkdir(parents=True)
     monkeypatch.setattr(kernel_profile, "REPO", tmp_path)
 
-    def row(provider, p50, layout="nhwc", weight_layout=None):
-        r = dict(model="m", layer="l1", provider=provider, layout=layout, dtype="float16",
+    def row(provider, p50, layout="nhwc", weight_layout=None, dtype="float16"):
+        r = dict(model="m", layer="l1", provider=provider, layout=layout, dtype=dtype,
                  status="ok", p50_ms=p50)
         if weight_layout:
             r["weight_layout"] = weight_layout
         return r
 
     _results_file(folder, "grouped_conv-a.json", "H200", "2026-01-01",
-                  [row("cuda", 1.0), row("triton", 2.0), row("cudnn_eager", 3.0)])
+                  [row("cuda", 1.0), row("triton", 2.0), row("cudnn_eager", 3.0),
+                   row("cuda", 4.0, dtype="bfloat16"), row("cuda", 5.0, dtype="float32")])
     _results_file(folder, "grouped_conv-b.json", "H200", "2026-01-02",
                   [row("cuda", 0.5), row("triton", 1.5, weight_layout="nhwc")])
     _results_file(folder, "grouped_conv-c.json", "H100", "2025-12-31", [row("cuda", 9.0)])
     _results_file(folder, "grouped_conv-cpu.json", None, "2026-01-03", [row("cuda", 7.0)])
     measured, sources = kernel_profile.measured_rows()
-    assert measured == {("m", "l1", "cuda", "nhwc,w-nchw"): 500.0,
-                        ("m", "l1", "triton", "nhwc,w-nchw"): 2000.0,
-                        ("m", "l1", "triton", "nhwc"): 1500.0,
-                        ("m", "l1", "cudnn_eager", "nhwc,w-nchw"): 3000.0}
+    # fp32 rows are left out: whether TF32 was on is not recorded
+    assert measured == {("m", "l1", "cuda", "nhwc,w-nchw", "fp16"): 500.0,
+                        ("m", "l1", "triton", "nhwc,w-nchw", "fp16"): 2000.0,
+                        ("m", "l1", "triton", "nhwc", "fp16"): 1500.0,
+                        ("m", "l1", "cudnn_eager", "nhwc,w-nchw", "fp16"): 3000.0,
+                        ("m", "l1", "cuda", "nhwc,w-nchw", "bf16"): 4000.0}
     assert [f for f, _ in sources] == ["benchmarks/results/grouped_conv-a.json",
                                        "benchmarks/results/grouped_conv-b.json"]
+
+
+def test_other_dtypes_cover_every_cpg_stride_class_and_se_stage():
+    """bf16 and fp32/TF32 are profiled on one layer of every grouped-conv (cpg, stride) class of
+    the real models and on every SE stage; fp16 on every layer."""
+    every = list(compiled_profile.layer_shapes())
+    chosen = list(compiled_profile.class_shapes())
+    conv_classes = {(s["cpg"], s["stride"]) for s in every if s["op"] == "conv"}
+    assert sorted((s["cpg"], s["stride"]) for s in chosen if s["op"] == "conv") == sorted(
+        conv_classes)
+    assert [s for s in chosen if s["op"] == "se"] == [s for s in every if s["op"] == "se"]
+    pairs = list(compiled_profile.dtype_shapes(("fp16", "bf16")))
+    assert len(pairs) == len(every) + len(chosen)
+    assert compiled_profile.op_dtype("se", "fp32/tf32") == "fp32"
+    assert compiled_profile.op_dtype("conv", "fp32/tf32") == "fp32/tf32"
