@@ -230,6 +230,16 @@ def test_squeeze_excite_shapes(emulator, N, C, H, W, R, bias):
     se_check(emulator, u, w1, b1, w2, b2, res, relu=True)
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_squeeze_excite_several_scale_tiles(emulator, channels_last):
+    """More than one tile of the scale kernel along both grid axes: C = 300 spans two
+    256-channel tiles (channels_last) or ten 32-channel ones (NCHW), H*W = 289 pixels span
+    19 16-pixel tiles or two 256-pixel ones, each with a partial last tile."""
+    u, w1, b1, w2, b2, res = make_se_case(2, 300, 17, 17, 8, torch.float16, "cpu",
+                                          channels_last, 9550, residual=True)
+    se_check(emulator, u, w1, b1, w2, b2, res, relu=True)
+
+
 def test_squeeze_excite_batch_zero(emulator):
     u, w1, b1, w2, b2, _ = make_se_case(0, 16, 3, 3, 4, torch.float16, "cpu", True, 9600)
     out = cuda_emulator.squeeze_excite(emulator, u, w1, b1, w2, b2)

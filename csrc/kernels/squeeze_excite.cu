@@ -12,6 +12,18 @@ constexpr int kSqueezeChannels = 32;  // channels per squeeze block (blockDim.x 
 constexpr int kSqueezeRows = 8;       // blockDim.y
 constexpr int kExciteThreads = 256;
 constexpr int kScaleThreads = 256;
+constexpr int kScalePixels = 16;    // channels_last scale: pixels per tile (a loop per thread)
+constexpr int kScaleChannels = 32;  // NCHW scale: channels per tile (grid.y = C / 32 <= 65535)
+
+// Advances the pixel (h, w) by `step` pixels in row-major order without a division: the
+// kernels below decode a pixel index once per thread and then walk it.
+__device__ __forceinline__ void advance_pixel(int64_t& h, int64_t& w, int64_t step, int64_t W) {
+  w += step;
+  while (w >= W) {
+    w -= W;
+    ++h;
+  }
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
   // Fixed butterfly order: the same inputs give the same bits every run.
@@ -38,9 +50,11 @@ __global__ void __launch_bounds__(kSqueezeChannels * kSqueezeRows)
     const int64_t c = c0 + threadIdx.x;
     float acc = 0.f;
     if (c < p.C) {
+      int64_t h = 0, w = 0;
+      advance_pixel(h, w, threadIdx.y, p.W);
       for (int64_t hw = threadIdx.y; hw < HW; hw += kSqueezeRows) {
-        const int64_t h = hw / p.W, w = hw % p.W;
         acc += Cvt::to_float(u_n[offset4(p.u_stride, 0, c, h, w)]);
+        advance_pixel(h, w, kSqueezeRows, p.W);
       }
     }
     partial[threadIdx.y][threadIdx.x] = acc;
@@ -56,9 +70,11 @@ __global__ void __launch_bounds__(kSqueezeChannels * kSqueezeRows)
       const int64_t c = c0 + j;
       if (c >= p.C) break;  // uniform across the warp: c depends on threadIdx.y only
       float acc = 0.f;
+      int64_t h = 0, w = 0;
+      advance_pixel(h, w, threadIdx.x, p.W);
       for (int64_t hw = threadIdx.x; hw < HW; hw += 32) {
-        const int64_t h = hw / p.W, w = hw % p.W;
         acc += Cvt::to_float(u_n[offset4(p.u_stride, 0, c, h, w)]);
+        advance_pixel(h, w, 32, p.W);
       }
       acc = warp_sum(acc);
       if (threadIdx.x == 0) p.pooled[n * p.C + c] = acc * inv_hw;
@@ -91,22 +107,71 @@ __global__ void __launch_bounds__(kExciteThreads) se_excite_kernel(SqueezeExcite
   }
 }
 
-// out = act(u * gate[n, c] + residual), one element per thread, walked in memory order.
+// out = act(u * gate + residual) at element offsets (u, residual, out) of one element.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kScaleThreads) se_scale_kernel(SqueezeExciteParams p) {
+__device__ __forceinline__ void scale_element(const SqueezeExciteParams& p, int64_t u_off,
+                                              int64_t res_off, int64_t out_off, float gate) {
   using Cvt = Convert<scalar_t>;
   const scalar_t* __restrict__ u = static_cast<const scalar_t*>(p.u);
   const scalar_t* __restrict__ res = static_cast<const scalar_t*>(p.residual);
   scalar_t* __restrict__ out = static_cast<scalar_t*>(p.out);
-  const int64_t total = p.N * p.C * p.H * p.W;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t n, c, h, w;
-    decode_index(idx, p.C, p.H, p.W, p.channels_last, n, c, h, w);
-    float v = Cvt::to_float(u[offset4(p.u_stride, n, c, h, w)]) * p.gate[n * p.C + c];
-    if (res) v += Cvt::to_float(res[offset4(p.residual_stride, n, c, h, w)]);
-    if (p.relu) v = relu_keep_nan(v);
-    out[offset4(p.out_stride, n, c, h, w)] = Cvt::from_float(v);
+  float v = Cvt::to_float(u[u_off]) * gate;
+  if (res) v += Cvt::to_float(res[res_off]);
+  if (p.relu) v = relu_keep_nan(v);
+  out[out_off] = Cvt::from_float(v);
+}
+
+// The scale pass over tiles of one image, indices decoded once per thread and tile (no
+// division or multiplication per element: offsets advance by the strides), grid-stride over
+// the tiles along x:
+//   channels_last: a tile is kScaleThreads channels (grid.y) x kScalePixels pixels; each thread
+//     owns a channel (one gate load) and walks the tile's pixels; a warp reads 32 neighbouring
+//     channels of one pixel.
+//   NCHW: a tile is kScaleThreads pixels x kScaleChannels channels (grid.y); each thread owns a
+//     pixel and walks the channels; a warp reads 32 neighbouring pixels of one channel.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kScaleThreads) se_scale_kernel(SqueezeExciteParams p) {
+  const int64_t HW = p.H * p.W;
+  const int64_t pixels_per_tile = p.channels_last ? kScalePixels : kScaleThreads;
+  const int64_t tiles_per_image = (HW + pixels_per_tile - 1) / pixels_per_tile;
+  const int64_t* us = p.u_stride;
+  const int64_t* rs = p.residual_stride;
+  const int64_t* os = p.out_stride;
+  for (int64_t tile = blockIdx.x; tile < p.N * tiles_per_image; tile += gridDim.x) {
+    const int64_t n = tile / tiles_per_image;
+    const int64_t hw0 = (tile % tiles_per_image) * pixels_per_tile;
+    if (p.channels_last) {
+      const int64_t c = static_cast<int64_t>(blockIdx.y) * kScaleThreads + threadIdx.x;
+      if (c >= p.C) continue;
+      const float gate = p.gate[n * p.C + c];
+      const int64_t count = hw0 + kScalePixels < HW ? kScalePixels : HW - hw0;
+      int64_t h = hw0 / p.W, w = hw0 % p.W;
+      int64_t u_off = offset4(us, n, c, h, w), r_off = offset4(rs, n, c, h, w);
+      int64_t o_off = offset4(os, n, c, h, w);
+      for (int64_t i = 0; i < count; ++i) {
+        scale_element<scalar_t>(p, u_off, r_off, o_off, gate);
+        if (++w < p.W) {  // next pixel in the row
+          u_off += us[3], r_off += rs[3], o_off += os[3];
+        } else {  // first pixel of the next row
+          w = 0;
+          u_off += us[2] - (p.W - 1) * us[3];
+          r_off += rs[2] - (p.W - 1) * rs[3];
+          o_off += os[2] - (p.W - 1) * os[3];
+        }
+      }
+    } else {
+      const int64_t hw = hw0 + threadIdx.x;
+      if (hw >= HW) continue;
+      const int64_t h = hw / p.W, w = hw % p.W;
+      const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kScaleChannels;
+      const int64_t c_end = c0 + kScaleChannels < p.C ? c0 + kScaleChannels : p.C;
+      int64_t u_off = offset4(us, n, c0, h, w), r_off = offset4(rs, n, c0, h, w);
+      int64_t o_off = offset4(os, n, c0, h, w);
+      for (int64_t c = c0; c < c_end; ++c) {
+        scale_element<scalar_t>(p, u_off, r_off, o_off, p.gate[n * p.C + c]);
+        u_off += us[1], r_off += rs[1], o_off += os[1];
+      }
+    }
   }
 }
 
@@ -129,8 +194,14 @@ cudaError_t launch_typed(const SqueezeExciteParams& p, cudaStream_t stream) {
                       static_cast<size_t>(smem), stream, p);
   if (err != cudaSuccess) return err;
 
-  return launch_kernel(se_scale_kernel<scalar_t>, grid_stride_grid(total, kScaleThreads),
-                       dim3(kScaleThreads), 0, stream, p);
+  const int64_t HW = p.H * p.W;
+  const int64_t pixels_per_tile = p.channels_last ? kScalePixels : kScaleThreads;
+  const int64_t tiles = p.N * ((HW + pixels_per_tile - 1) / pixels_per_tile);
+  const int64_t channel_tiles = p.channels_last ? (p.C + kScaleThreads - 1) / kScaleThreads
+                                                : (p.C + kScaleChannels - 1) / kScaleChannels;
+  const dim3 scale_grid(static_cast<unsigned int>(std::min<int64_t>(tiles, int64_t{1} << 20)),
+                        static_cast<unsigned int>(channel_tiles));
+  return launch_kernel(se_scale_kernel<scalar_t>, scale_grid, dim3(kScaleThreads), 0, stream, p);
 }
 
 }  // namespace
