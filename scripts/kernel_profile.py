@@ -1,8 +1,8 @@
 """The GPU-free kernel profile: for every kernel path and every real layer of resnext50_32x4d,
 resnext101_32x8d (grouped 3x3 conv + BN + ReLU) and seresnext50_32x4d (SE stages), at batch
 128, fp16 (and bf16 and fp32 with TF32 on one layer of each (cpg, stride) class and on every SE
-stage: compiled_profile.class_shapes): what a GPU profiler would show, computed on the CPU, and the time the throughput
-model predicts from it, next to what a GPU measured where a GPU session has measured it.
+stage: compiled_profile.class_shapes): what a GPU profiler would show, computed on the CPU, and
+the time the throughput model predicts from it, next to what a GPU measured where a GPU session has measured it.
 
     python scripts/kernel_profile.py            # writes benchmarks/results/gpu-free-profile.{md,json}
                                                 # and compiled-profile.{md,json}
@@ -232,9 +232,9 @@ MEASURED_DTYPES = {"float16": "fp16", "bfloat16": "bf16"}  # fp32 rows: TF32 or 
 
 def measured_rows():
     """{(model, layer, provider, layout, dtype): p50 us} and the source files, from the GPU
-    results (fp16, bf16): every file is read, oldest first, so each row holds its newest measurement (a later
-    run of a few providers, such as the GPU plan's max-autotune step, leaves the rest as they
-    were)."""
+    results (fp16, bf16): every file is read, oldest first, so each row holds its newest
+    measurement (a later run of a few providers, such as the GPU plan's max-autotune step, leaves
+    the rest as they were)."""
     out, sources = {}, []
     for prefix, key in (("grouped_conv", "layer"), ("squeeze_excite", "stage")):
         for path in gpu_results(prefix):
@@ -279,11 +279,11 @@ def build(blocks: int):
         plans.setdefault(key, {})[f"b{row['batch']}"] = row
     measured, sources = measured_rows()
     paths = []
+    dtype_shapes = list(compiled_profile.dtype_shapes(DTYPES))
     calls = [(shape, layout, compiled_profile.op_dtype(shape["op"], dtype))
-             for dtype, shape in compiled_profile.dtype_shapes(DTYPES)
-             for layout in ("nhwc", "nchw")]
+             for dtype, shape in dtype_shapes for layout in ("nhwc", "nchw")]
     profiles = access_profiles(binary, calls, blocks)
-    for report_dtype, shape in compiled_profile.dtype_shapes(DTYPES):
+    for report_dtype, shape in dtype_shapes:
         dtype = compiled_profile.op_dtype(shape["op"], report_dtype)
         elem = compiled_profile.ELEM_BYTES[dtype]
         base = dict(model=shape["model"], layer=shape["layer"], op=shape["op"], C=shape["C"],

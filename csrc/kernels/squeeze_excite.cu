@@ -107,6 +107,16 @@ __global__ void __launch_bounds__(kExciteThreads) se_excite_kernel(SqueezeExcite
   }
 }
 
+// The scale pass's tiles of one image: kScalePixels pixels (channels_last) or kScaleThreads
+// pixels (NCHW) each; the kernel and its launcher both count them here.
+__host__ __device__ __forceinline__ int64_t scale_pixels_per_tile(bool channels_last) {
+  return channels_last ? kScalePixels : kScaleThreads;
+}
+__host__ __device__ __forceinline__ int64_t scale_tiles_per_image(const SqueezeExciteParams& p) {
+  const int64_t per_tile = scale_pixels_per_tile(p.channels_last);
+  return (p.H * p.W + per_tile - 1) / per_tile;
+}
+
 // out = act(u * gate + residual) at element offsets (u, residual, out) of one element.
 template <typename scalar_t>
 __device__ __forceinline__ void scale_element(const SqueezeExciteParams& p, int64_t u_off,
@@ -132,8 +142,8 @@ __device__ __forceinline__ void scale_element(const SqueezeExciteParams& p, int6
 template <typename scalar_t>
 __global__ void __launch_bounds__(kScaleThreads) se_scale_kernel(SqueezeExciteParams p) {
   const int64_t HW = p.H * p.W;
-  const int64_t pixels_per_tile = p.channels_last ? kScalePixels : kScaleThreads;
-  const int64_t tiles_per_image = (HW + pixels_per_tile - 1) / pixels_per_tile;
+  const int64_t pixels_per_tile = scale_pixels_per_tile(p.channels_last);
+  const int64_t tiles_per_image = scale_tiles_per_image(p);
   const int64_t* us = p.u_stride;
   const int64_t* rs = p.residual_stride;
   const int64_t* os = p.out_stride;
@@ -194,9 +204,7 @@ cudaError_t launch_typed(const SqueezeExciteParams& p, cudaStream_t stream) {
                       static_cast<size_t>(smem), stream, p);
   if (err != cudaSuccess) return err;
 
-  const int64_t HW = p.H * p.W;
-  const int64_t pixels_per_tile = p.channels_last ? kScalePixels : kScaleThreads;
-  const int64_t tiles = p.N * ((HW + pixels_per_tile - 1) / pixels_per_tile);
+  const int64_t tiles = p.N * scale_tiles_per_image(p);
   const int64_t channel_tiles = p.channels_last ? (p.C + kScaleThreads - 1) / kScaleThreads
                                                 : (p.C + kScaleChannels - 1) / kScaleChannels;
   const dim3 scale_grid(static_cast<unsigned int>(std::min<int64_t>(tiles, int64_t{1} << 20)),
