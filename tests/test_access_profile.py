@@ -83,6 +83,21 @@ def test_ldmatrix_rows_32_bytes_apart_conflict_and_padding_fixes_it(profiler, ld
     assert p["ldmatrix"]["wavefronts"] == wavefronts and p["ldmatrix"]["ideal"] == 4
 
 
+@pytest.mark.parametrize("b_layout, b_wavefronts", [("", 4), ("_btrans", 2)])
+def test_cp_async_ldmatrix_and_mma_stand_ins_record_what_they_issue(profiler, b_layout,
+                                                                    b_wavefronts):
+    p = selftest_profile(profiler, f"ptx_gemm_f16{b_layout}")
+    # cp.async: A 32 lanes x 16 bytes (16 sectors), B 16 lanes (8); their shared writes are
+    # conflict-free 16-byte stores: 4 and 2 quarter-warp wavefronts
+    assert p["global_load"]["requests"] == 2 and p["global_load"]["sectors"] == 24
+    assert p["shared_store"]["requests"] == 2 and p["shared_store"]["wavefronts"] == 6
+    # ldmatrix: A .x4 with 32-byte rows (2-way conflicts: 8 wavefronts); B .x2 with 32-byte
+    # rows (4), or .x2.trans of a [16][8] tile with 16-byte rows (2, conflict-free)
+    ld = sorted(per_request(s) for s in sites_of(p, "ldmatrix"))
+    assert ld == sorted([8, b_wavefronts])
+    assert p["mma_per_block"] == 2  # one m16n8k16, one m16n8k8
+
+
 def test_conv_kernel_in_the_profile_build_still_computes_the_conv(profiler):
     """The instrumented build runs the same kernel: all blocks, the right answer."""
     x, w, scale, shift, bn = make_case(4, 16, torch.float16, "cpu", True, 5, N=2, H=9, W=7)

@@ -60,11 +60,29 @@ def test_emulator_runs_a_correct_kernel(emulator):
     ("out_of_bounds_read", "heap-buffer-overflow"),
     ("shared_overflow", "heap-buffer-overflow"),
     ("too_much_shared_memory", "invalid argument"),
+    # the sm_80 PTX stand-ins (csrc/emulation/ptx.h)
+    ("ptx_gemm_f16_no_wait", "cp.async copies still in flight"),
+    ("ptx_gemm_f16_global_destination", "destination is not inside the block's shared memory"),
+    ("ptx_gemm_f16_misaligned_row", "ldmatrix: row address not 16-byte aligned"),
+    ("ptx_gemm_f16_half_warp_mma", "different warp-collective matrix instructions"),
+    # a register layout the kernel gets wrong gives wrong numbers, as on a GPU
+    ("ptx_gemm_bf16_swapped_fragment", "wrong 183 of 256"),
 ])
 def test_emulator_catches_broken_kernels(emulator, name, message):
     with pytest.raises(cuda_emulator.EmulatorError) as info:
         cuda_emulator.selftest(emulator, name)
     assert message in info.value.output
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+@pytest.mark.parametrize("b_layout", ["", "_btrans"])
+def test_ptx_stand_ins_follow_the_documented_register_layouts(emulator, dtype, b_layout):
+    """cp.async -> ldmatrix (.x4 for A; .x2 or .x2.trans for B) -> mma.sync m16n8k16 and
+    m16n8k8, accumulators stored by the PTX ISA's fragment layout, against an exact host
+    reference: the emulator's layouts are the documented ones, so kernels written against
+    them put the right element in each register on a GPU too."""
+    assert cuda_emulator.selftest(emulator, f"ptx_gemm_{dtype}{b_layout}").split() == [
+        "wrong", "0", "of", "256"]
 
 
 # --- grouped conv + BN + ReLU: the tensor-core path -----------------------------------------
@@ -273,6 +291,16 @@ def test_racecheck_catches_a_shared_memory_race(racecheck):
     with pytest.raises(cuda_emulator.EmulatorError) as info:
         cuda_emulator.selftest(racecheck, "shared_race")
     assert "data race" in info.value.output
+
+
+def test_racecheck_catches_ldmatrix_of_copies_no_barrier_published(racecheck):
+    """Each lane waits for its own cp.async copies but no barrier follows, so the ldmatrix rows
+    other lanes copied are unordered reads: the warp-collective instruction itself orders no
+    memory, in the emulator as in the PTX memory model."""
+    assert cuda_emulator.selftest(racecheck, "ptx_gemm_f16").split()[1] == "0"
+    with pytest.raises(cuda_emulator.EmulatorError) as info:
+        cuda_emulator.selftest(racecheck, "ptx_gemm_f16_no_barrier")
+    assert "data race" in info.value.output and "ldmatrix" in info.value.output
 
 
 @pytest.mark.parametrize("cpg,stride,channels_last,dtype,allow_tf32", [

@@ -63,6 +63,7 @@ constexpr size_t kOptInMaxDynamicSmem = 227 * 1024;
 
 [[noreturn]] void fatal(const char* what);
 unsigned char* dynamic_shared_memory();
+size_t shared_memory_bytes();  // the launch's dynamic shared memory size
 void set_max_dynamic_smem(const void* kernel, int bytes);
 size_t max_dynamic_smem(const void* kernel);
 // Runs body() on every thread of every block of the grid; returns a launch error, if any.
@@ -73,6 +74,16 @@ cudaError_t run_grid_erased(dim3 grid, dim3 block, size_t smem_bytes, void (*bod
 void sync_block();
 void sync_warp();
 uint32_t exchange_down(uint32_t value, unsigned int delta);  // warp shuffle down, full warp
+// The calling thread's lane in its warp.
+int lane_id();
+// Warp all-gather, for the warp-collective matrix instructions (ptx.h): every lane of a full
+// warp contributes `words` (<= kMaxGatherWords) 32-bit words and receives every lane's, in
+// all[lane * words + i]. A barrier for the warp, so a lane that does not arrive is an error,
+// and so is a lane that arrives from another `site` (the instruction's call site). Unlike
+// __syncwarp it gives ThreadSanitizer no ordering: ldmatrix and mma.sync do not order memory,
+// so an ldmatrix of rows other lanes wrote needs a __syncwarp or __syncthreads before it.
+constexpr int kMaxGatherWords = 8;
+void gather_warp(const uint32_t* mine, int words, uint32_t* all, const void* site);
 
 template <typename Body>
 cudaError_t run_grid(dim3 grid, dim3 block, size_t smem_bytes, Body&& body) {

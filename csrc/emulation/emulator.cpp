@@ -20,6 +20,7 @@
 
 #include "access_profile.h"
 #include "cuda_runtime.h"
+#include "ptx.h"
 
 #if defined(__SANITIZE_THREAD__)
 extern "C" {
@@ -83,6 +84,9 @@ struct Warp {
   int exited = 0;    // lanes that finished the kernel for the current block
   uint64_t generation = 0;
   uint32_t exchange[32] = {};
+  uint32_t gathered[32 * kMaxGatherWords] = {};  // gather_warp's lanes x words
+  const void* gather_site = nullptr;  // the instruction the lanes of the current gather are at
+  int gather_writers = 0;
 };
 
 // Everything about the grid being run; one mutex guards it all (the emulator is about
@@ -206,6 +210,7 @@ void run_thread(GridState& g, int linear, void (*body)(void*), void* ctx) {
                      static_cast<unsigned int>(b / (uint64_t{g.grid.x} * g.grid.y))};
     profile::begin_block(b, linear, smem, g.smem_bytes);
     body(ctx);
+    ptx::end_block_thread();
     profile::end_block_thread();
     arrive_block(Arrival::kEnd);
   }
@@ -226,6 +231,11 @@ unsigned char* dynamic_shared_memory() {
   if (t_grid == nullptr) fatal("dynamic_shared_memory() called outside a kernel");
   EMULATOR_BOOKKEEPING;
   return t_grid->smem;
+}
+
+size_t shared_memory_bytes() {
+  if (t_grid == nullptr) fatal("shared_memory_bytes() called outside a kernel");
+  return t_grid->smem_bytes;
 }
 
 void set_max_dynamic_smem(const void* kernel, int bytes) {
@@ -332,6 +342,40 @@ uint32_t exchange_down(uint32_t value, unsigned int delta) {
   }
   sync_warp();
   return result;
+}
+
+int lane_id() {
+  if (t_grid == nullptr) fatal("a warp operation called outside a kernel");
+  return t_linear % 32;
+}
+
+void gather_warp(const uint32_t* mine, int words, uint32_t* all, const void* site) {
+  if (words < 1 || words > kMaxGatherWords) fatal("gather_warp: 1 to kMaxGatherWords words");
+  GridState& g = *t_grid;
+  const int lane = lane_id();
+  Warp& w = g.warps[t_linear / 32];
+  if (w.lanes != 32) fatal("a warp-collective matrix instruction in a partial warp (blockDim not a multiple of 32)");
+  {
+    EMULATOR_BOOKKEEPING;
+    std::lock_guard<std::mutex> lock(g.mutex);
+    if (w.gather_writers == 0) {
+      w.gather_site = site;
+    } else if (w.gather_site != site) {
+      fatal("the lanes of a warp reached different warp-collective matrix instructions "
+            "(ldmatrix / mma.sync are .aligned: every lane must execute the same one)");
+    }
+    if (++w.gather_writers == 32) w.gather_writers = 0;
+    for (int i = 0; i < words; ++i) w.gathered[lane * kMaxGatherWords + i] = mine[i];
+  }
+  sync_warp_hidden();  // the exchange itself orders no memory accesses (see cuda_runtime.h)
+  {
+    EMULATOR_BOOKKEEPING;
+    std::lock_guard<std::mutex> lock(g.mutex);
+    for (int l = 0; l < 32; ++l) {
+      for (int i = 0; i < words; ++i) all[l * words + i] = w.gathered[l * kMaxGatherWords + i];
+    }
+  }
+  sync_warp_hidden();  // the exchange itself orders no memory accesses (see cuda_runtime.h)
 }
 
 }  // namespace cuda_emulator

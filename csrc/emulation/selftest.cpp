@@ -3,11 +3,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 #include <mma.h>
 
 #include "access_profile.h"
 #include "kernels/launch.cuh"
+#include "kernels/ptx_sm80.cuh"
 
 namespace {
 
@@ -90,9 +92,156 @@ __global__ void profile_ldmatrix_kernel(float* out, int ldm) {
   out[threadIdx.x] = __half2float(a.x[0]);
 }
 
+// ---- the sm_80 PTX stand-ins (ptx.h), one warp: D = A B for A 16x16 and B 16x8 (fp16 or bf16)
+// from global memory through cp.async, ldmatrix and mma.sync; D is written in the documented
+// accumulator layout, so the host's exact reference (small integers) checks every layout.
+enum class GemmFault {
+  kNone,
+  kNoWait,            // reads the cp.async destinations without cp.async.wait_group
+  kNoBarrier,         // waits for its own copies only, then reads other lanes' (a race)
+  kSwappedFragment,   // passes A's registers 1 and 2 swapped to the mma: a wrong answer
+  kMisalignedRow,     // an ldmatrix row address 8 bytes off
+  kHalfWarpMma,       // only lanes 0-15 reach the mma
+  kGlobalDestination  // a cp.async whose destination is not shared memory
+};
+
+// a: [16][16] row-major; b: [8][16] (column n's 16 k values contiguous) or, with kBTrans,
+// [16][8] row-major, read with ldmatrix .trans; d: [16][8] fp32 (k16) and d8: A[:, :8] B[:8, :].
+template <typename T, bool kBTrans, GemmFault kFault>
+__global__ void ptx_gemm_kernel(const T* a, const T* b, float* d, float* d8) {
+  namespace ptx = resnext_kernels::ptx;
+  unsigned char* smem = resnext_kernels::dynamic_shared_memory();
+  T* a_s = reinterpret_cast<T*>(smem);             // 512 bytes
+  T* b_s = reinterpret_cast<T*>(smem + 512);       // 256 bytes
+  const int lane = threadIdx.x;
+  void* a_dst = kFault == GemmFault::kGlobalDestination ? static_cast<void*>(d) : a_s + lane * 8;
+  ptx::cp_async_16(a_dst, a + lane * 8, true);     // 32 lanes x 16 bytes
+  if (lane < 16) ptx::cp_async_16(b_s + lane * 8, b + lane * 8, true);
+  ptx::cp_async_commit();
+  if (kFault != GemmFault::kNoWait) ptx::cp_async_wait<0>();
+  if (kFault != GemmFault::kNoBarrier && kFault != GemmFault::kNoWait) __syncthreads();
+
+  uint32_t af[4], bf[2];
+  // A: matrix i = rows 8(i%2).., columns 8(i/2)..: lane l gives row l%16 of column block l/16
+  const T* a_row = a_s + (lane % 16) * 16 + (lane / 16) * 8;
+  if (kFault == GemmFault::kMisalignedRow && lane == 5) a_row += 4;
+  ptx::ldmatrix<4>(af, a_row);
+  if (kBTrans) {
+    ptx::ldmatrix<2, true>(bf, b_s + (lane % 16) * 8);  // rows k = 0..15 of [16][8]
+  } else {
+    ptx::ldmatrix<2>(bf, b_s + (lane % 8) * 16 + ((lane / 8) % 2) * 8);  // n = l%8, k block l/8
+  }
+  if (kFault == GemmFault::kSwappedFragment) {
+    const uint32_t t = af[1];
+    af[1] = af[2];
+    af[2] = t;
+  }
+  float acc[4] = {0.f, 0.f, 0.f, 0.f}, acc8[4] = {0.f, 0.f, 0.f, 0.f};
+  if (kFault != GemmFault::kHalfWarpMma || lane < 16) ptx::mma_m16n8k16<T>(acc, af, bf);
+  const uint32_t a8[2] = {af[0], af[1]}, b8[1] = {bf[0]};
+  ptx::mma_m16n8k8<T>(acc8, a8, b8);
+  const int g = lane / 4, t = lane % 4;
+  for (int q = 0; q < 4; ++q) {
+    const int row = g + (q >= 2 ? 8 : 0), col = 2 * t + q % 2;
+    d[row * 8 + col] = acc[q];
+    d8[row * 8 + col] = acc8[q];
+  }
+}
+
+template <typename T, T (*FromFloat)(float)>
+int run_ptx_gemm(const std::string& fault_name, bool b_trans) {
+  static const std::pair<const char*, GemmFault> kFaults[] = {
+      {"", GemmFault::kNone}, {"no_wait", GemmFault::kNoWait},
+      {"no_barrier", GemmFault::kNoBarrier}, {"swapped_fragment", GemmFault::kSwappedFragment},
+      {"misaligned_row", GemmFault::kMisalignedRow}, {"half_warp_mma", GemmFault::kHalfWarpMma},
+      {"global_destination", GemmFault::kGlobalDestination}};
+  GemmFault fault = GemmFault::kNone;
+  bool known = false;
+  for (const auto& f : kFaults) {
+    if (fault_name == f.first) fault = f.second, known = true;
+  }
+  if (!known) return 2;
+  T* a = static_cast<T*>(std::aligned_alloc(256, 512));
+  T* b = static_cast<T*>(std::aligned_alloc(256, 256));
+  float* d = static_cast<float*>(std::aligned_alloc(256, 512));
+  float* d8 = static_cast<float*>(std::aligned_alloc(256, 512));
+  float av[16][16], bv[16][8];  // small integers: every product and sum is exact in fp32
+  for (int r = 0; r < 16; ++r) {
+    for (int k = 0; k < 16; ++k) av[r][k] = static_cast<float>((r * 7 + k * 3) % 11 - 5);
+  }
+  for (int k = 0; k < 16; ++k) {
+    for (int n = 0; n < 8; ++n) bv[k][n] = static_cast<float>((k * 5 + n * 9) % 7 - 3);
+  }
+  for (int r = 0; r < 16; ++r) {
+    for (int k = 0; k < 16; ++k) a[r * 16 + k] = FromFloat(av[r][k]);
+  }
+  for (int k = 0; k < 16; ++k) {
+    for (int n = 0; n < 8; ++n) b[b_trans ? k * 8 + n : n * 16 + k] = FromFloat(bv[k][n]);
+  }
+  for (float* p : {d, d8}) cuda_emulator::profile::note_global_buffer(p, 512);
+  cuda_emulator::profile::note_global_buffer(a, 512);
+  cuda_emulator::profile::note_global_buffer(b, 256);
+  cudaError_t err = cudaSuccess;
+  auto launch = [&](auto kernel) {
+    err = resnext_kernels::launch_kernel(kernel, dim3(1), dim3(32), 768, nullptr, a, b, d, d8);
+  };
+  switch (fault) {
+#define PTX_GEMM_CASE(F)                                                  \
+  case F:                                                                 \
+    b_trans ? launch(ptx_gemm_kernel<T, true, F>) : launch(ptx_gemm_kernel<T, false, F>); \
+    break;
+    PTX_GEMM_CASE(GemmFault::kNone)
+    PTX_GEMM_CASE(GemmFault::kNoWait)
+    PTX_GEMM_CASE(GemmFault::kNoBarrier)
+    PTX_GEMM_CASE(GemmFault::kSwappedFragment)
+    PTX_GEMM_CASE(GemmFault::kMisalignedRow)
+    PTX_GEMM_CASE(GemmFault::kHalfWarpMma)
+    PTX_GEMM_CASE(GemmFault::kGlobalDestination)
+#undef PTX_GEMM_CASE
+  }
+  if (err != cudaSuccess) {
+    std::fprintf(stderr, "launch failed: %s\n", cudaGetErrorString(err));
+    return 4;
+  }
+  int wrong = 0;
+  for (int r = 0; r < 16; ++r) {
+    for (int n = 0; n < 8; ++n) {
+      float ref = 0.f, ref8 = 0.f;
+      for (int k = 0; k < 16; ++k) ref += av[r][k] * bv[k][n];
+      for (int k = 0; k < 8; ++k) ref8 += av[r][k] * bv[k][n];
+      wrong += d[r * 8 + n] != ref;  // NaN (a read of a copy not yet landed) counts too
+      wrong += d8[r * 8 + n] != ref8;
+    }
+  }
+  std::printf("wrong %d of 256\n", wrong);
+  std::free(a);
+  std::free(b);
+  std::free(d);
+  std::free(d8);
+  return wrong == 0 ? 0 : 5;
+}
+
+__half half_from_float(float v) { return __float2half_rn(v); }
+__nv_bfloat16 bf16_from_float(float v) { return __float2bfloat16_rn(v); }
+
 }  // namespace
 
 int run_selftest(const std::string& name) {
+  // ptx_gemm_{f16,bf16}[_btrans][_<fault>]
+  if (name.rfind("ptx_gemm_", 0) == 0) {
+    std::string rest = name.substr(9);
+    const bool bf16 = rest.rfind("bf16", 0) == 0;
+    if (!bf16 && rest.rfind("f16", 0) != 0) return 2;
+    rest = rest.substr(bf16 ? 4 : 3);
+    const bool b_trans = rest.rfind("_btrans", 0) == 0;
+    if (b_trans) rest = rest.substr(7);
+    if (!rest.empty()) {
+      if (rest[0] != '_') return 2;
+      rest = rest.substr(1);
+    }
+    return bf16 ? run_ptx_gemm<__nv_bfloat16, bf16_from_float>(rest, b_trans)
+                : run_ptx_gemm<__half, half_from_float>(rest, b_trans);
+  }
   constexpr int n = 64;
   // 256-byte aligned, as cudaMalloc's are: the sector counts of the profile tests assume it
   float* in = static_cast<float*>(std::aligned_alloc(256, n * sizeof(float)));

@@ -1,0 +1,181 @@
+// The sm_80+ PTX instructions the v3 conv kernel is built from, as small device functions:
+// cp.async (16-byte global -> shared copies with zero fill, in commit/wait groups), ldmatrix
+// (8x8 16-bit matrices from shared memory into mma operand registers, one row address per
+// lane) and mma.sync (m16n8k16 and m16n8k8, fp16 or bf16 operands, fp32 accumulators).
+//
+// Fragments are plain uint32_t registers holding two 16-bit elements each (low half = the lower
+// column), in the layouts of the PTX ISA; csrc/emulation/ptx.cpp spells them out. Under the CUDA
+// emulator (RESNEXT_KERNELS_EMULATION) each call goes to the stand-ins of csrc/emulation/ptx.h,
+// which compute with those layouts and check the instruction's rules; in the access-profile
+// build each call also records the requests the instruction issues, keyed by its call site.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#if defined(RESNEXT_KERNELS_EMULATION)
+#include "access_profile.h"
+#include "ptx.h"
+#endif
+
+namespace resnext_kernels {
+namespace ptx {
+
+#if defined(RESNEXT_KERNELS_EMULATION)
+#if defined(RESNEXT_KERNELS_ACCESS_PROFILE)
+// Not inlined, so that the return address names the call site; not instrumented element by
+// element: the call records what the instruction issues.
+#define PTX_CALL __attribute__((noinline, no_sanitize_thread))
+#define PTX_SITE() (reinterpret_cast<uint64_t>(__builtin_return_address(0)) * 16)
+#else
+#define PTX_CALL inline
+#define PTX_SITE() uint64_t{0}
+#endif
+namespace profile = cuda_emulator::profile;
+#else
+#define PTX_CALL __device__ __forceinline__
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+#endif
+
+// ------------------------------------------------------------------------------ cp.async
+// 16 bytes from global to shared memory, asynchronously; zeros instead when !fill (the source
+// is then not read, but must still be a 16-byte aligned address).
+PTX_CALL void cp_async_16(void* shared_dst, const void* global_src, bool fill) {
+#if defined(RESNEXT_KERNELS_EMULATION)
+  const uint64_t site = PTX_SITE();
+  if (fill) profile::record(site, global_src, 16, profile::Op::kLoad);
+  profile::record(site + 1, shared_dst, 16, profile::Op::kStore);
+  cuda_emulator::ptx::cp_async_16(shared_dst, global_src, fill);
+#else
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared_dst)),
+               "l"(global_src), "r"(fill ? 16 : 0));
+#endif
+}
+
+// Closes the group of copies issued since the previous commit.
+PTX_CALL void cp_async_commit() {
+#if defined(RESNEXT_KERNELS_EMULATION)
+  cuda_emulator::ptx::cp_async_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most kPending of this thread's committed groups are in flight. Other threads
+// see the data only after a barrier that follows their writers' waits.
+template <int kPending>
+PTX_CALL void cp_async_wait() {
+#if defined(RESNEXT_KERNELS_EMULATION)
+  cuda_emulator::ptx::cp_async_wait(kPending);
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
+}
+
+// ------------------------------------------------------------------------------ ldmatrix
+// kMatrices (1, 2 or 4) 8x8 matrices of 16-bit elements; lanes 8i..8i+7 give the 16-byte row
+// addresses of matrix i (any rows: a row address per lane is what lets a conv tap shift the
+// pixels for free). kTrans loads each matrix transposed.
+template <int kMatrices, bool kTrans = false>
+PTX_CALL void ldmatrix(uint32_t (&regs)[kMatrices], const void* row) {
+  static_assert(kMatrices == 1 || kMatrices == 2 || kMatrices == 4, "ldmatrix .x1, .x2 or .x4");
+#if defined(RESNEXT_KERNELS_EMULATION)
+  if (profile::kEnabled) {
+    const unsigned lane = (threadIdx.x + threadIdx.y * blockDim.x) % 32;
+    if (lane < 8u * kMatrices) profile::record(PTX_SITE(), row, 16, profile::Op::kLdmatrix);
+  }
+  cuda_emulator::ptx::ldmatrix(regs, kMatrices, kTrans, row);
+#else
+  const uint32_t a = shared_address(row);
+  if constexpr (kMatrices == 1) {
+    if constexpr (kTrans) {
+      asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(regs[0]) : "r"(a));
+    } else {
+      asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(regs[0]) : "r"(a));
+    }
+  } else if constexpr (kMatrices == 2) {
+    if constexpr (kTrans) {
+      asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+                   : "=r"(regs[0]), "=r"(regs[1]) : "r"(a));
+    } else {
+      asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+                   : "=r"(regs[0]), "=r"(regs[1]) : "r"(a));
+    }
+  } else {
+    if constexpr (kTrans) {
+      asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(regs[0]), "=r"(regs[1]), "=r"(regs[2]), "=r"(regs[3]) : "r"(a));
+    } else {
+      asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(regs[0]), "=r"(regs[1]), "=r"(regs[2]), "=r"(regs[3]) : "r"(a));
+    }
+  }
+#endif
+}
+
+// ------------------------------------------------------------------------------ mma.sync
+// d = a * b + c for a 16 x K tile of A (row-major), a K x 8 tile of B (column-major) and a
+// 16 x 8 fp32 accumulator; T is the operand type (__half or __nv_bfloat16).
+template <typename T>
+PTX_CALL void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  static_assert(std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value,
+                "mma operands are fp16 or bf16");
+#if defined(RESNEXT_KERNELS_EMULATION)
+  profile::note_mma(PTX_SITE());
+  cuda_emulator::ptx::mma_m16n8k16(d, a, b, d, std::is_same<T, __half>::value
+                                                   ? cuda_emulator::ptx::Operand::kF16
+                                                   : cuda_emulator::ptx::Operand::kBF16);
+#else
+  if constexpr (std::is_same<T, __half>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+#endif
+}
+
+template <typename T>
+PTX_CALL void mma_m16n8k8(float (&d)[4], const uint32_t (&a)[2], const uint32_t (&b)[1]) {
+  static_assert(std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value,
+                "mma operands are fp16 or bf16");
+#if defined(RESNEXT_KERNELS_EMULATION)
+  profile::note_mma(PTX_SITE());
+  cuda_emulator::ptx::mma_m16n8k8(d, a, b, d, std::is_same<T, __half>::value
+                                                  ? cuda_emulator::ptx::Operand::kF16
+                                                  : cuda_emulator::ptx::Operand::kBF16);
+#else
+  if constexpr (std::is_same<T, __half>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b[0]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b[0]));
+  }
+#endif
+}
+
+#undef PTX_CALL
+#undef PTX_SITE
+
+}  // namespace ptx
+}  // namespace resnext_kernels
