@@ -52,6 +52,7 @@ import common  # noqa: E402
 
 import resnext_kernels as rk  # noqa: E402
 from resnext_kernels import backends  # noqa: E402
+from resnext_kernels.backends.cuda_plan import cuda_conv_path  # noqa: E402
 from resnext_kernels.models.shapes import grouped_conv_shapes  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -173,6 +174,14 @@ def run_row(row, job, cases, device, args):
     def derive(row, case):
         t = row["p50_ms"] * 1e-3
         row.update(tflops=case["flops"] / t / 1e12, gbs=case["nbytes"] / t / 1e9)
+        if provider == "cuda" and device.type == "cuda":
+            # which of our CUDA kernels ran: reports compare a kernel's measurement with its own
+            # prediction only (rows without the field predate v3: "wmma" or "direct")
+            conv, x = case["conv"], case["inputs"][0][0]
+            row["cuda_path"] = cuda_conv_path(
+                x, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups,
+                device_major=torch.cuda.get_device_capability(device)[0],
+                allow_tf32=torch.backends.cudnn.allow_tf32)
 
     common.measure_row(
         row, lambda: cases.get(si, dtype, layout),

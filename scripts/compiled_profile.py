@@ -118,12 +118,15 @@ DTYPES = {"fp16": ("float16", False), "bf16": ("bfloat16", False), "fp32/tf32": 
 ELEM_BYTES = {"fp16": 2, "bf16": 2, "fp32/tf32": 4, "fp32": 4}
 
 
-def cuda_launch_kernels(op, path_report, dtype, stride):
+def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None):
     """The kernel of each launch of a call, in launch order."""
     t = CUDA_TYPES[dtype]
     if op == "se":
         return [f"se_squeeze_kernel<{t}>", "se_excite_kernel", f"se_scale_kernel<{t}>"]
     m = re.search(r"path (\w+) block_channels (\d+)", path_report)
+    if m.group(1) == "v3":
+        return [f"pack_b_fragments_kernel<{t}, {cpg}>",
+                f"grouped_conv_bn_relu_v3_kernel<{t}, {cpg}, {stride}>"]
     if m.group(1) == "wmma":
         bc = m.group(2)
         return [f"repack_weights_kernel<{t}, {bc}>",
@@ -195,7 +198,8 @@ def cuda_profile(archs, layouts=("nhwc", "nchw"), batches=(128, 1), dtypes=("fp1
                 else:
                     kw.update(R=shape["R"])
                 report, launches = cuda_emulator.launch_shapes(binary, shape["op"], **kw)
-                names = cuda_launch_kernels(shape["op"], report, dtype, shape.get("stride"))
+                names = cuda_launch_kernels(shape["op"], report, dtype, shape.get("stride"),
+                                            shape.get("cpg"))
                 name = layer_name(shape, batch, layout, op_dtype(shape["op"], dtype))
                 row = dict(name=name, backend="cuda", batch=batch, layout=layout,
                            dtype=op_dtype(shape["op"], dtype), **shape, launches=[])

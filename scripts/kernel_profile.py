@@ -120,7 +120,7 @@ def cuda_layer(profiled, shape, layout, dtype, cuda_kernels, plan):
             H_out = (shape["H"] - 1) // shape["stride"] + 1
             y_bytes = x_bytes * H_out * H_out // (shape["H"] * shape["W"])
             w_bytes = 9 * shape["C"] * shape["cpg"] * elem
-            dram = 2 * w_bytes if name.startswith("repack") else x_bytes + y_bytes + w_bytes
+            dram = 2 * w_bytes if name.startswith(("repack", "pack_b")) else x_bytes + y_bytes + w_bytes
         else:
             dram = {0: x_bytes, 1: 0, 2: 3 * x_bytes}[i]  # squeeze u; excite tiny; scale u, res, out
         model.append(dict(
@@ -246,8 +246,17 @@ def measured_rows():
             for r in rows:
                 provider = {"eager": "cudnn_eager"}.get(r["provider"], r["provider"])
                 out[(r["model"], r[key], provider, measured_layout(prefix, r),
-                     MEASURED_DTYPES[r["dtype"]])] = r["p50_ms"] * 1e3
+                     MEASURED_DTYPES[r["dtype"]])] = (r["p50_ms"] * 1e3, r.get("cuda_path"))
     return out, sources
+
+
+def same_cuda_kernel(measured_path, profiled_path):
+    """Whether a measured CUDA row ran the profiled kernel ("path v3 ...", the emulator's
+    report). Rows without cuda_path predate v3 (benchmarks/grouped_conv.py): wmma or direct."""
+    kernel = profiled_path.split()[1] if profiled_path.startswith("path ") else None
+    if measured_path is None:
+        return kernel != "v3"
+    return measured_path == kernel
 
 
 def stand_in(path):
@@ -328,9 +337,11 @@ def build(blocks: int):
             if backend != "triton" and layout == "nhwc":
                 candidates.append("nhwc,w-nchw")
             found = [c for c in candidates
-                     if (shape["model"], shape["layer"], backend, c, dtype) in measured]
+                     if (shape["model"], shape["layer"], backend, c, dtype) in measured
+                     and (backend != "cuda" or shape["op"] != "conv" or same_cuda_kernel(
+                         measured[(shape["model"], shape["layer"], backend, c, dtype)][1], path))]
             if found:
-                m = measured[(shape["model"], shape["layer"], backend, found[0], dtype)]
+                m = measured[(shape["model"], shape["layer"], backend, found[0], dtype)][0]
                 entry["measured_us"] = m
                 entry["measured_layout"] = found[0]
                 entry["measured_over_predicted"] = (

@@ -31,7 +31,9 @@ def conv_cases():
         for stride in (1, 2):
             for cl in (False, True):
                 for dtype in (torch.float32, torch.float16, torch.bfloat16):
-                    yield cpg, stride, cl, dtype
+                    yield cpg, stride, cl, dtype, True
+                    if cl and dtype != torch.float32 and cpg in (4, 8, 16):
+                        yield cpg, stride, cl, dtype, False  # the same call on CUDA v2
 
 
 START = time.monotonic()
@@ -55,8 +57,11 @@ def main():
     torch.manual_seed(0)
     failures = 0
     for backend in args.backends:
-        for cpg, stride, cl, dtype in conv_cases():
-            groups = max(2, 32 // cpg)  # C >= 32: cpg 1/4/8 take the packed tensor-core path
+        for cpg, stride, cl, dtype, v3 in conv_cases():
+            # C >= 64: cpg 1/4/8 take the packed tensor-core path (v2), and channels_last
+            # fp16/bf16 at cpg 4/8/16 CUDA v3, or v2 where v3 is off (read on every call)
+            os.environ["RESNEXT_KERNELS_CUDA_V3"] = "1" if v3 else "0"
+            groups = max(2, 64 // cpg)
             x = torch.randn(2, cpg * groups, 7, 5, device=device, dtype=dtype)
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -67,7 +72,8 @@ def main():
                                           backend="reference")
             err = (y.float().cpu() - ref).abs().max().item()
             if not err < 0.1:
-                print(f"conv {backend} cpg={cpg} stride={stride} cl={cl} {dtype}: max err {err}")
+                print(f"conv {backend} cpg={cpg} stride={stride} cl={cl} {dtype} v3={v3}: "
+                      f"max err {err}")
                 failures += 1
             if cl and dtype == torch.bfloat16:
                 progress(f"conv {backend} cpg {cpg} stride {stride}")

@@ -155,9 +155,10 @@ def _poisoned_like_glue(shape, dtype, memory_format):
 
 def grouped_conv_bn_relu(binary, x, weight, scale, shift, *, stride=1, padding=1, dilation=1,
                          groups, relu=True, device_major=9, force_direct=False, x_lead_elems=0,
-                         allow_tf32=False):
+                         allow_tf32=False, allow_v3=True):
     """Runs the CUDA launch path (plan, weight re-layout, kernel) like the torch glue does;
-    allow_tf32 stands for torch.backends.cudnn.allow_tf32, which the glue reads.
+    allow_tf32 stands for torch.backends.cudnn.allow_tf32, which the glue reads; allow_v3=False
+    for RESNEXT_KERNELS_CUDA_V3=0 (calls v3 would take run v2).
 
     Returns (y, path): path is the harness's report, e.g. "wmma block_channels 16 ...".
     """
@@ -180,7 +181,8 @@ def grouped_conv_bn_relu(binary, x, weight, scale, shift, *, stride=1, padding=1
             padding=[padding] * 2, dilation=[dilation] * 2, x_stride=x.stride(),
             w_stride=weight.stride(), y_stride=y.stride(), relu=relu,
             y_channels_last=memory_format == torch.channels_last, device_major=device_major,
-            force_direct=force_direct, x_lead_elems=x_lead_elems, allow_tf32=allow_tf32))
+            force_direct=force_direct, x_lead_elems=x_lead_elems, allow_tf32=allow_tf32,
+            allow_v3=allow_v3))
         report = _run(binary, "grouped_conv", d)
         return _read_like(d, "y", y), report.strip()
 

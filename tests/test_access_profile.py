@@ -98,12 +98,14 @@ def test_cp_async_ldmatrix_and_mma_stand_ins_record_what_they_issue(profiler, b_
     assert p["mma_per_block"] == 2  # one m16n8k16, one m16n8k8
 
 
-def test_conv_kernel_in_the_profile_build_still_computes_the_conv(profiler):
+@pytest.mark.parametrize("allow_v3, kernel", [(True, "v3"), (False, "wmma")])
+def test_conv_kernel_in_the_profile_build_still_computes_the_conv(profiler, allow_v3, kernel):
     """The instrumented build runs the same kernel: all blocks, the right answer."""
     x, w, scale, shift, bn = make_case(4, 16, torch.float16, "cpu", True, 5, N=2, H=9, W=7)
     (y, path), launches = cuda_emulator.profile_launches(
-        cuda_emulator.grouped_conv_bn_relu, profiler, x, w, scale, shift, groups=16)
-    assert path.startswith("path wmma")
+        cuda_emulator.grouped_conv_bn_relu, profiler, x, w, scale, shift, groups=16,
+        allow_v3=allow_v3)
+    assert path.startswith(f"path {kernel}")
     torch.testing.assert_close(y.double(), reference(x, w, bn, 1, 1, 1, 16, True),
                                **tolerance(torch.float16))
     conv = launches[-1]

@@ -39,6 +39,9 @@ def emulator():
 
 def conv_and_check(emulator, x, w, scale, shift, bn, *, groups, stride=1, padding=1,
                    dilation=1, relu=True, expect_path, allow_tf32=False, **kwargs):
+    # the WMMA (v2) tests keep v2 on calls v3 would take (RESNEXT_KERNELS_CUDA_V3=0), so v2 stays
+    # verified on its whole domain: it runs NCHW, fp32/TF32, cpg 1/2/32/64 and unaligned calls
+    kwargs.setdefault("allow_v3", not expect_path.startswith("path wmma"))
     y, report = cuda_emulator.grouped_conv_bn_relu(
         emulator, x, w, scale, shift, stride=stride, padding=padding, dilation=dilation,
         groups=groups, relu=relu, allow_tf32=allow_tf32, **kwargs)
@@ -171,6 +174,113 @@ def test_wmma_nan_stays_within_its_slab(emulator):
     assert not torch.isnan(y[0, :, 5:]).any()
 
 
+# --- grouped conv + BN + ReLU: v3 (mma.sync, channels_last fp16/bf16, cpg 4/8/16) -----------
+
+V3_CPG = (4, 8, 16)
+
+
+@pytest.mark.parametrize("cpg", V3_CPG)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dtype", HALF_TYPES, ids=str)
+def test_v3_matches_conv_bn_relu(emulator, cpg, stride, dtype):
+    """Two 64-channel tiles, odd sizes; at stride 2 an odd input width (the last column's
+    halo is padding)."""
+    groups = 128 // cpg
+    H, W = (7, 9) if stride == 1 else (9, 7)
+    seed = 12000 + cpg * 10 + stride + 1000 * HALF_TYPES.index(dtype)
+    x, w, scale, shift, bn = make_case(cpg, groups, dtype, "cpu", True, seed, N=2, H=H, W=W)
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=groups, stride=stride,
+                   expect_path="path v3")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_v3_several_bands_and_batch_one(emulator, stride):
+    """W_out 40: bands of 6 rows at most (256 pixels), so H_out 16 is bands of 6, 6 and a
+    short last one of 4; each band's last m16 tile is partial (240 and 160 pixels)."""
+    x, w, scale, shift, bn = make_case(8, 8, torch.float16, "cpu", True, 12100 + stride,
+                                       N=1, H=16 * stride, W=40 * stride)
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=8, stride=stride,
+                   expect_path="path v3")
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_v3_relu_off(emulator, relu):
+    x, w, scale, shift, bn = make_case(16, 4, torch.bfloat16, "cpu", True, 12200 + relu, N=1)
+    y, _ = conv_and_check(emulator, x, w, scale, shift, bn, groups=4, relu=relu,
+                          expect_path="path v3")
+    if not relu:
+        assert (y < 0).any()
+
+
+@pytest.mark.parametrize("cpg", V3_CPG)
+def test_v3_non_finite_inputs_stay_in_their_group(emulator, cpg):
+    """NaN and +-inf reach exactly the outputs they reach in nn.Conv2d: at cpg 4 two groups
+    share an MMA (block-diagonal weights), and each group's MMA sees the other's inputs as 0."""
+    groups = 64 // cpg
+    x, w, scale, shift, bn = make_case(cpg, groups, torch.float16, "cpu", True, 12300 + cpg,
+                                       N=2, H=7, W=7)
+    x[0, 5, 3, 3] = float("nan")   # group 1 at cpg 4 (paired with group 0), group 0 otherwise
+    x[0, 2, 1, 5] = float("inf")
+    x[1, 9, 0, 0] = float("-inf")
+    y, report = cuda_emulator.grouped_conv_bn_relu(emulator, x, w, scale, shift, groups=groups)
+    assert report.startswith("path v3")
+    ref = reference(x, w, bn, 1, 1, 1, groups, True)
+    assert torch.equal(y.isnan(), ref.isnan())
+    assert torch.equal(y.isinf(), ref.isinf())
+    finite = ref.isfinite()
+    torch.testing.assert_close(y.double()[finite], ref[finite], **tolerance(torch.float16))
+
+
+def test_v3_leaves_other_calls_to_v2(emulator):
+    """NCHW, a channels_last x whose pixels are not 16-byte aligned, C not a multiple of 64,
+    cpg 32, fp32: each runs v2 (or the direct kernel), not v3."""
+    x, w, scale, shift, bn = make_case(8, 8, torch.float16, "cpu", False, 12400)
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=8, expect_path="path wmma",
+                   allow_v3=True)
+    x, w, scale, shift, bn = make_case(8, 8, torch.float16, "cpu", True, 12401)
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=8, x_lead_elems=1,
+                   expect_path="path wmma", allow_v3=True)
+    x, w, scale, shift, bn = make_case(8, 4, torch.bfloat16, "cpu", True, 12402)
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=4, expect_path="path wmma",
+                   allow_v3=True)
+    x, w, scale, shift, bn = make_case(32, 2, torch.float16, "cpu", True, 12403, N=1, H=4, W=4)
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=2, expect_path="path wmma",
+                   allow_v3=True)
+    x, w, scale, shift, bn = make_case(8, 8, torch.float32, "cpu", True, 12404, N=1)
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=8, expect_path="path direct",
+                   allow_v3=True)
+
+
+PLAN_CASES = [  # (cpg, groups, dtype, channels_last, stride, H, W, x_lead_elems, allow_tf32)
+    (4, 16, torch.float16, True, 1, 5, 6, 0, False), (4, 16, torch.float16, True, 1, 5, 6, 1, False),
+    (8, 8, torch.bfloat16, True, 2, 5, 6, 0, False), (8, 8, torch.bfloat16, False, 2, 5, 6, 0, False),
+    (16, 4, torch.float16, True, 1, 3, 300, 0, False), (16, 2, torch.float16, True, 1, 5, 6, 0, False),
+    (32, 2, torch.float16, True, 1, 4, 4, 0, False), (2, 32, torch.float16, True, 1, 4, 4, 0, False),
+    (8, 8, torch.float32, True, 1, 4, 4, 0, True), (8, 8, torch.float32, True, 1, 4, 4, 0, False),
+    (3, 4, torch.float16, True, 1, 4, 4, 0, False), (16, 4, torch.bfloat16, True, 2, 3, 600, 0, False),
+]
+
+
+@pytest.mark.parametrize("case", PLAN_CASES, ids=[str(i) for i in range(len(PLAN_CASES))])
+def test_python_mirror_of_the_cuda_planner(emulator, case):
+    """resnext_kernels.backends.cuda_plan (what benchmarks record as a row's CUDA kernel)
+    names the path the C++ planner takes, over each of its rules (the band-size rule: W in
+    the hundreds)."""
+    from resnext_kernels.backends.cuda_plan import cuda_conv_path
+
+    cpg, groups, dtype, channels_last, stride, H, W, lead, tf32 = case
+    x, w, scale, shift, bn = make_case(cpg, groups, dtype, "cpu", channels_last, 12500, N=1,
+                                       H=H, W=W)
+    for allow_v3 in (True, False):
+        _, report = cuda_emulator.grouped_conv_bn_relu(
+            emulator, x, w, scale, shift, stride=stride, groups=groups, x_lead_elems=lead,
+            allow_tf32=tf32, allow_v3=allow_v3)
+        expected = cuda_conv_path(x, w, (stride, stride), (1, 1), (1, 1), groups,
+                                  device_major=9, allow_tf32=tf32, allow_v3=allow_v3,
+                                  x_data_ptr=256 + lead * x.element_size())
+        assert report.split()[1] == expected, (report, expected)
+
+
 # --- the direct kernel: everything the tensor-core path does not take -----------------------
 
 @pytest.mark.parametrize("case", [
@@ -212,10 +322,11 @@ def test_direct_kernel_non_contiguous(emulator):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_batch_zero_launches_nothing(emulator, dtype):
-    x, w, scale, shift, bn = make_case(16, 2, dtype, "cpu", True, 9300, N=0)
-    y, _ = cuda_emulator.grouped_conv_bn_relu(emulator, x, w, scale, shift, groups=2)
-    assert y.shape == (0, 32, 7, 9)
+@pytest.mark.parametrize("groups", [2, 4], ids=["C32", "C64"])  # C64 fp16: the v3 path
+def test_batch_zero_launches_nothing(emulator, dtype, groups):
+    x, w, scale, shift, bn = make_case(16, groups, dtype, "cpu", True, 9300, N=0)
+    y, _ = cuda_emulator.grouped_conv_bn_relu(emulator, x, w, scale, shift, groups=groups)
+    assert y.shape == (0, 16 * groups, 7, 9)
 
 
 # --- squeeze-and-excitation --------------------------------------------------------------
@@ -310,9 +421,16 @@ def test_racecheck_catches_ldmatrix_of_copies_no_barrier_published(racecheck):
     (64, 1, True, torch.float16, False),    # per-tap weight staging, 18 barriers
     (32, 1, False, torch.float32, True),    # TF32
     (3, 1, True, torch.float32, False),     # direct kernel
-], ids=["cpg4", "cpg8-nchw", "cpg32-s2", "cpg64", "tf32", "direct"])
+    (4, 1, True, torch.bfloat16, False),    # v3: paired groups, masked MMAs
+    (8, 2, True, torch.float16, False),     # v3: two taps per m16n8k16
+    (16, 1, True, torch.float16, False),    # v3: an m16n8k16 per tap and n-tile
+], ids=["cpg4", "cpg8-nchw", "cpg32-s2", "cpg64", "tf32", "direct", "v3-cpg4", "v3-cpg8-s2",
+        "v3-cpg16"])
 def test_racecheck_grouped_conv(racecheck, cpg, stride, channels_last, dtype, allow_tf32):
     groups = max(1, 16 // cpg) if cpg < 16 else 1
+    if (cpg, channels_last, dtype) != (4, True, torch.float16) and cpg in V3_CPG and \
+            channels_last and dtype != torch.float32:
+        groups = 64 // cpg  # a whole 64-channel tile: v3
     x, w, scale, shift, bn = make_case(cpg, groups, dtype, "cpu", channels_last, 9800 + cpg,
                                        N=1, H=5, W=4)
     y, _ = cuda_emulator.grouped_conv_bn_relu(racecheck, x, w, scale, shift, stride=stride,

@@ -208,7 +208,9 @@ def test_real_resnext_shapes(backend_device, poison_outputs, C, H, W, groups, st
 
 @pytest.mark.gpu
 @pytest.mark.slow
-def test_64bit_offsets(backend_device):
+@pytest.mark.parametrize("channels_last,groups", [(False, 32), (True, 16)],
+                         ids=["nchw", "nhwc-cpg4"])  # nhwc cpg 4: the CUDA v3 kernel
+def test_64bit_offsets(backend_device, channels_last, groups):
     """More than 2^31 input elements: offsets must not wrap."""
     backend, device = backend_device
     if device != "cuda":
@@ -216,16 +218,37 @@ def test_64bit_offsets(backend_device):
     N, C, H, W = 4, 64, 3000, 3000  # 2.3e9 elements per tensor (4.6 GB in fp16): past 2^31
     g = seeded(7)
     x = torch.empty(N, C, H, W, dtype=torch.float16, device=device).normal_(generator=None)
-    w = (torch.randn(C, 2, 3, 3, generator=g) / 4).half().to(device)
+    x = channels_last_if(x, channels_last)
+    w = (torch.randn(C, C // groups, 3, 3, generator=g) / 4).half().to(device)
     scale = torch.rand(C, generator=g).to(device) + 0.5
     shift = torch.randn(C, generator=g).to(device)
-    y = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=32, backend=backend)
+    y = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=groups, backend=backend)
     last = x[-1:, :, -8:, -8:]
-    ref = torch.relu(F.conv2d(last.double(), w.double(), None, 1, 1, 1, 32)
+    ref = torch.relu(F.conv2d(last.double(), w.double(), None, 1, 1, 1, groups)
                      * scale.double().view(-1, 1, 1) + shift.double().view(-1, 1, 1))
     # interior of the corner patch (its border sees padding that the full tensor does not)
     torch.testing.assert_close(y[-1:, :, -7:-1, -7:-1].double(), ref[:, :, 1:-1, 1:-1],
                                **tolerance(torch.float16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cpg", [4, 8, 16])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_v3_and_v2_agree_on_the_gpu(poison_outputs, monkeypatch, cpg, stride, dtype):
+    """The calls CUDA v3 takes (channels_last fp16/bf16, C a multiple of 64, cpg 4/8/16), run
+    with v3 and with v2 (RESNEXT_KERNELS_CUDA_V3=0), both against the float64 reference: on the
+    GPU, where the emulator's model of ldmatrix and mma.sync meets the hardware."""
+    ok, reason = rk.backends.backend_status("cuda", "cuda")
+    if not ok:
+        pytest.skip(f"cuda on cuda: {reason}")
+    groups = 128 // cpg
+    x, w, scale, shift, bn = make_case(cpg, groups, dtype, "cuda", True, 4400 + cpg + stride,
+                                       N=3, H=29, W=31)
+    for v3 in ("1", "0"):
+        monkeypatch.setenv("RESNEXT_KERNELS_CUDA_V3", v3)
+        run_and_check("cuda", "cuda", x, w, scale, shift, bn, poison_outputs, stride=stride,
+                      groups=groups)
 
 
 @pytest.mark.gpu

@@ -127,29 +127,44 @@ def test_measured_rows_keep_each_rows_newest_measurement_of_one_gpu(tmp_path, mo
     folder.mkdir(parents=True)
     monkeypatch.setattr(kernel_profile, "REPO", tmp_path)
 
-    def row(provider, p50, layout="nhwc", weight_layout=None, dtype="float16"):
+    def row(provider, p50, layout="nhwc", weight_layout=None, dtype="float16", cuda_path=None):
         r = dict(model="m", layer="l1", provider=provider, layout=layout, dtype=dtype,
                  status="ok", p50_ms=p50)
         if weight_layout:
             r["weight_layout"] = weight_layout
+        if cuda_path:
+            r["cuda_path"] = cuda_path
         return r
 
     _results_file(folder, "grouped_conv-a.json", "H200", "2026-01-01",
                   [row("cuda", 1.0), row("triton", 2.0), row("cudnn_eager", 3.0),
                    row("cuda", 4.0, dtype="bfloat16"), row("cuda", 5.0, dtype="float32")])
     _results_file(folder, "grouped_conv-b.json", "H200", "2026-01-02",
-                  [row("cuda", 0.5), row("triton", 1.5, weight_layout="nhwc")])
+                  [row("cuda", 0.5), row("triton", 1.5, weight_layout="nhwc"),
+                   row("cuda", 0.25, weight_layout="nhwc", cuda_path="v3")])
     _results_file(folder, "grouped_conv-c.json", "H100", "2025-12-31", [row("cuda", 9.0)])
     _results_file(folder, "grouped_conv-cpu.json", None, "2026-01-03", [row("cuda", 7.0)])
     measured, sources = kernel_profile.measured_rows()
     # fp32 rows are left out: whether TF32 was on is not recorded
-    assert measured == {("m", "l1", "cuda", "nhwc,w-nchw", "fp16"): 500.0,
-                        ("m", "l1", "triton", "nhwc,w-nchw", "fp16"): 2000.0,
-                        ("m", "l1", "triton", "nhwc", "fp16"): 1500.0,
-                        ("m", "l1", "cudnn_eager", "nhwc,w-nchw", "fp16"): 3000.0,
-                        ("m", "l1", "cuda", "nhwc,w-nchw", "bf16"): 4000.0}
+    assert measured == {("m", "l1", "cuda", "nhwc,w-nchw", "fp16"): (500.0, None),
+                        ("m", "l1", "cuda", "nhwc", "fp16"): (250.0, "v3"),
+                        ("m", "l1", "triton", "nhwc,w-nchw", "fp16"): (2000.0, None),
+                        ("m", "l1", "triton", "nhwc", "fp16"): (1500.0, None),
+                        ("m", "l1", "cudnn_eager", "nhwc,w-nchw", "fp16"): (3000.0, None),
+                        ("m", "l1", "cuda", "nhwc,w-nchw", "bf16"): (4000.0, None)}
     assert [f for f, _ in sources] == ["benchmarks/results/grouped_conv-a.json",
                                        "benchmarks/results/grouped_conv-b.json"]
+
+
+def test_measured_cuda_rows_meet_only_the_kernel_they_ran():
+    """A CUDA measurement is compared with the prediction of the kernel that ran: rows from
+    before v3 (no cuda_path) never stand for a v3 prediction, and v3 rows only for v3."""
+    assert kernel_profile.same_cuda_kernel(None, "path wmma block_channels 16 workspace_bytes 0")
+    assert kernel_profile.same_cuda_kernel(None, "path direct block_channels 0 workspace_bytes 0")
+    assert not kernel_profile.same_cuda_kernel(None, "path v3 block_channels 0 workspace_bytes 9")
+    assert kernel_profile.same_cuda_kernel("v3", "path v3 block_channels 0 workspace_bytes 9")
+    assert not kernel_profile.same_cuda_kernel("v3", "path wmma block_channels 16 x")
+    assert not kernel_profile.same_cuda_kernel("wmma", "path v3 block_channels 0 x")
 
 
 def test_other_dtypes_cover_every_cpg_stride_class_and_se_stage():

@@ -123,7 +123,8 @@ int run_grouped_conv(const std::string& dir) {
 
   resnext_kernels::GroupedConvPlan plan =
       resnext_kernels::plan_grouped_conv_bn_relu(p, dtype, static_cast<int>(prm.get("device_major")),
-                                                 prm.get("allow_tf32") != 0);
+                                                 prm.get("allow_tf32") != 0,
+                                                 !prm.has("allow_v3") || prm.get("allow_v3") != 0);
   if (prm.get("force_direct") != 0) plan = resnext_kernels::GroupedConvPlan{};
   Buffer workspace = scratch(static_cast<size_t>(plan.workspace_bytes));
   const cudaError_t err =
@@ -131,7 +132,7 @@ int run_grouped_conv(const std::string& dir) {
   if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
   save(dir, "y", y);
   std::printf("path %s block_channels %d workspace_bytes %lld\n",
-              plan.path == resnext_kernels::GroupedConvPath::kWmma ? "wmma" : "direct",
+              resnext_kernels::grouped_conv_path_name(plan.path),
               plan.block_channels, static_cast<long long>(plan.workspace_bytes));
   return 0;
 }

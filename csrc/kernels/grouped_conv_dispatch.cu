@@ -1,12 +1,17 @@
-// Chooses the kernel for a grouped conv + BN + ReLU call and launches it: the tensor-core path
-// where it applies (grouped_conv_wmma.cu), the direct kernel everywhere else.
+// Chooses the kernel for a grouped conv + BN + ReLU call and launches it: v3 where it applies
+// (grouped_conv_v3.cu), else the WMMA kernel (grouped_conv_wmma.cu), else the direct kernel.
 #include "kernels/params.h"
 
 namespace resnext_kernels {
 
 GroupedConvPlan plan_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
-                                          int device_major, bool allow_tf32) {
+                                          int device_major, bool allow_tf32, bool allow_v3) {
   GroupedConvPlan plan;
+  if (allow_v3 && grouped_conv_v3_applies(p, dtype, device_major)) {
+    plan.path = GroupedConvPath::kV3;
+    plan.workspace_bytes = grouped_conv_v3_workspace_bytes(p);
+    return plan;
+  }
   const int block_channels = grouped_conv_wmma_block_channels(p, dtype, device_major, allow_tf32);
   if (block_channels > 0) {
     plan.path = GroupedConvPath::kWmma;
@@ -20,11 +25,21 @@ cudaError_t launch_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
                                         const GroupedConvPlan& plan, void* workspace,
                                         cudaStream_t stream) {
   switch (plan.path) {
+    case GroupedConvPath::kV3: return launch_grouped_conv_bn_relu_v3(p, dtype, workspace, stream);
     case GroupedConvPath::kWmma:
       return launch_grouped_conv_bn_relu_wmma(p, dtype, plan.block_channels, workspace, stream);
     case GroupedConvPath::kDirect: return launch_grouped_conv_bn_relu_direct(p, dtype, stream);
   }
   return cudaErrorInvalidValue;
+}
+
+const char* grouped_conv_path_name(GroupedConvPath path) {
+  switch (path) {
+    case GroupedConvPath::kDirect: return "direct";
+    case GroupedConvPath::kWmma: return "wmma";
+    case GroupedConvPath::kV3: return "v3";
+  }
+  return "unknown";
 }
 
 }  // namespace resnext_kernels

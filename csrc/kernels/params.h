@@ -50,17 +50,30 @@ cudaError_t launch_grouped_conv_bn_relu_wmma(const GroupedConvParams& p, DType d
                                              int block_channels, void* workspace,
                                              cudaStream_t stream);
 
+// v3 (grouped_conv_v3.cu): mma.sync on a swizzled shared-memory band of the input, B in
+// registers. fp16/bf16, x and y channels_last with 16-byte aligned pixels, 3x3, stride 1 or 2,
+// padding 1, dilation 1, C_in == C_out a multiple of 64, 4, 8 or 16 channels per group,
+// compute capability 8.0+. The launch first packs the weights into `workspace`
+// (grouped_conv_v3_workspace_bytes) in the order the kernel's lanes hold them.
+bool grouped_conv_v3_applies(const GroupedConvParams& p, DType dtype, int device_major);
+int64_t grouped_conv_v3_workspace_bytes(const GroupedConvParams& p);
+cudaError_t launch_grouped_conv_bn_relu_v3(const GroupedConvParams& p, DType dtype,
+                                           void* workspace, cudaStream_t stream);
+
 // Which kernel runs a call, and the scratch memory it needs: the one place that decides.
-enum class GroupedConvPath : int { kDirect = 0, kWmma = 1 };
+enum class GroupedConvPath : int { kDirect = 0, kWmma = 1, kV3 = 2 };
 struct GroupedConvPlan {
   GroupedConvPath path = GroupedConvPath::kDirect;
   int block_channels = 0;       // WMMA channel slab width
   int64_t workspace_bytes = 0;  // for the re-laid-out weights
 };
+const char* grouped_conv_path_name(GroupedConvPath path);
 // allow_tf32: fp32 may multiply in TF32 (torch.backends.cudnn.allow_tf32); otherwise fp32 runs
-// the direct kernel in full fp32.
+// the direct kernel in full fp32. allow_v3 = false keeps calls v3 would take on v2 (WMMA), for
+// comparisons (RESNEXT_KERNELS_CUDA_V3=0 in the torch glue).
 GroupedConvPlan plan_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
-                                          int device_major, bool allow_tf32);
+                                          int device_major, bool allow_tf32,
+                                          bool allow_v3 = true);
 // Runs the planned kernel(s) on `stream`; `workspace` holds plan.workspace_bytes.
 cudaError_t launch_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
                                         const GroupedConvPlan& plan, void* workspace,

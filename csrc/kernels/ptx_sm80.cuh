@@ -29,7 +29,7 @@ namespace ptx {
 #if defined(RESNEXT_KERNELS_ACCESS_PROFILE)
 // Not inlined, so that the return address names the call site; not instrumented element by
 // element: the call records what the instruction issues.
-#define PTX_CALL __attribute__((noinline, no_sanitize_thread))
+#define PTX_CALL __attribute__((noinline, no_sanitize_thread)) inline
 #define PTX_SITE() (reinterpret_cast<uint64_t>(__builtin_return_address(0)) * 16)
 #else
 #define PTX_CALL inline

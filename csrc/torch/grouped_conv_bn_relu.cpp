@@ -7,6 +7,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/params.h"
 #include "torch/tensor_checks.h"
@@ -87,7 +89,11 @@ at::Tensor grouped_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weig
                                         x.get_device()));
   // fp32 follows torch.backends.cudnn.allow_tf32, like the aten convolution it replaces.
   const bool allow_tf32 = at::globalContext().allowTF32CuDNN();
-  const GroupedConvPlan plan = plan_grouped_conv_bn_relu(p, dtype, device_major, allow_tf32);
+  // RESNEXT_KERNELS_CUDA_V3=0 keeps the calls v3 would take on v2, to compare the two.
+  const char* v3_env = std::getenv("RESNEXT_KERNELS_CUDA_V3");
+  const bool allow_v3 = v3_env == nullptr || std::strcmp(v3_env, "0") != 0;
+  const GroupedConvPlan plan =
+      plan_grouped_conv_bn_relu(p, dtype, device_major, allow_tf32, allow_v3);
   // Scratch for the re-laid-out weights (16-byte aligned: the caching allocator gives 512).
   const at::Tensor workspace =
       at::empty({std::max<int64_t>(plan.workspace_bytes, 1)}, x.options().dtype(at::kByte));

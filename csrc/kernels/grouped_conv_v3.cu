@@ -1,0 +1,408 @@
+// Grouped 3x3 conv + folded BN + ReLU, v3: mma.sync on a swizzled band of channels_last input
+// (fp16/bf16, stride 1 or 2, padding 1, C_in == C_out, 4, 8 or 16 channels per group).
+//
+// Work unit (one CTA): image n, a band of output rows, a 64-channel tile (128 bytes per pixel:
+// every pixel is one whole cache line). Channel tile fastest in the grid, so neighbouring CTAs
+// read neighbouring lines of the same pixels.
+//  1. Loader: the band's input rows with their halo go to shared memory with 16-byte cp.async
+//     copies; padding is the copies' zero fill. Pixel q's 8 chunks of 16 bytes are stored
+//     swizzled (SwizzledPixels), so the 8 rows of an ldmatrix, pixels `stride` apart, fall in 8
+//     distinct bank quads.
+//  2. Mainloop: warp w owns one MMA channel group ("super-group", SG channels: a group at cpg 8
+//     and 16, two groups of 4 at cpg 4) and walks the band's pixels 16 at a time. A comes
+//     from ldmatrix with one row address per lane: the tap shift and the stride cost nothing.
+//     B (the weights) stays in registers for the CTA's lifetime, packed once per call by
+//     pack_b_fragments_kernel into each lane's fragment order. cpg 8: two taps per m16n8k16
+//     (K = 2 taps x 8 channels) and an m16n8k8 for the ninth; cpg 16: per tap an m16n8k16 per 8
+//     output channels. cpg 4 pairs two groups in one MMA with block-diagonal weights, and runs
+//     each group's MMA with the other group's A elements zeroed, so a non-finite input stays in
+//     its own group (NaN * 0 would otherwise reach the neighbour).
+//  3. Epilogue: fp32 scale, shift and NaN-keeping ReLU in registers, packed to 16 bits into a
+//     swizzled shared staging tile (conflict-free), then written out as whole 128-byte lines
+//     with 16-byte stores.
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/dtype_traits.cuh"
+#include "kernels/launch.cuh"
+#include "kernels/params.h"
+#include "kernels/ptx_sm80.cuh"
+
+namespace resnext_kernels {
+namespace {
+
+constexpr int kTileC = 64;               // channels per CTA
+constexpr int kPixelBytes = kTileC * 2;  // one 128-byte line per pixel (16-bit types)
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kPackThreads = 256;
+constexpr int kMaxBandPixels = 256;                 // output pixels per CTA (16 m16 tiles)
+// Two CTAs per SM at least, and within every sm_80+ part's per-block limit (99 KB on sm_86/89).
+constexpr size_t kMaxSmemBytes = 99 * 1024;
+
+// A tile of pixels, each one 128-byte row of 8 chunks of 16 bytes (8 channels); chunk c of
+// pixel q sits at position c ^ ((q >> kShift) & 7). With kShift = log2(stride), the 8 rows of
+// an ldmatrix (8 consecutive output pixels: input pixels `stride` apart) hit 8 different
+// positions, so the 8 16-byte rows are served in one wavefront.
+template <int kShift>
+struct SwizzledPixels {
+  unsigned char* base;
+  __device__ __forceinline__ unsigned char* chunk(int q, int c) const {
+    return base + q * kPixelBytes + ((c ^ ((q >> kShift) & 7)) << 4);
+  }
+};
+
+// Per channels-per-group class: the MMA channel group and the B fragment words per lane.
+template <int kCpg>
+struct V3Class {
+  static_assert(kCpg == 4 || kCpg == 8 || kCpg == 16, "v3 covers cpg 4, 8 and 16");
+  static constexpr int kSG = kCpg < 8 ? 8 : kCpg;          // channels per MMA group
+  static constexpr int kSuperGroups = kTileC / kSG;        // per CTA: 8 or 4
+  static constexpr int kWarpsPerSG = kWarps / kSuperGroups;
+  static constexpr bool kSplitPairs = kCpg == 4;           // two groups per MMA group
+  // B words per lane: SG 8: 4 k16 steps (2 words) + 1 k8 step (1), padded to 12 for uint4
+  // loads; SG 16: 9 taps x 2 n-tiles x 2 words.
+  static constexpr int kWordsUsed = kSG == 8 ? 9 : 36;
+  static constexpr int kWords = kSG == 8 ? 12 : 36;
+};
+
+// The band geometry of one call, the same for every CTA.
+struct Band {
+  int rows = 0;     // output rows per band (the last band of an image may have fewer)
+  int in_rows = 0;  // input rows staged: (rows - 1) * stride + 3
+  int in_cols = 0;  // input columns staged: (W_out - 1) * stride + 3
+  size_t smem_bytes = 0;
+};
+
+Band plan_band(const GroupedConvParams& p) {
+  const int64_t s = p.stride_h;
+  Band b;
+  b.in_cols = static_cast<int>((p.W_out - 1) * s + 3);
+  int64_t rows_max = std::max<int64_t>(1, std::min<int64_t>(p.H_out, kMaxBandPixels / p.W_out));
+  auto smem = [&](int64_t rows) {
+    return static_cast<size_t>(((rows - 1) * s + 3) * b.in_cols + rows * p.W_out) * kPixelBytes;
+  };
+  while (rows_max > 0 && smem(rows_max) > kMaxSmemBytes) --rows_max;
+  if (rows_max == 0) return Band{};
+  const int64_t bands = (p.H_out + rows_max - 1) / rows_max;
+  b.rows = static_cast<int>((p.H_out + bands - 1) / bands);  // even bands: no short tail
+  b.in_rows = static_cast<int>((b.rows - 1) * s + 3);
+  b.smem_bytes = smem(b.rows);
+  return b;
+}
+
+__device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
+
+template <typename T>
+__device__ __forceinline__ uint16_t bits_of(T v) {
+  uint16_t bits;
+  memcpy(&bits, &v, sizeof bits);
+  return bits;
+}
+
+// packed[sg][v][lane][4]: the B fragment registers of MMA channel group sg (of C / SG), words
+// 4v..4v+3 of each lane together, so that the warp loads them with coalesced 16-byte loads
+// (512 contiguous bytes per load). Element (k, n) of a step's B is weight[co = sg*SG + n,
+// ci, tap] with (tap, ci) from k; zero where ci and co are in different groups (cpg 4).
+template <typename T, int kCpg>
+__global__ void __launch_bounds__(kPackThreads)
+    pack_b_fragments_kernel(GroupedConvParams p, uint32_t* __restrict__ packed) {
+  using Class = V3Class<kCpg>;
+  constexpr int kSG = Class::kSG;
+  const T* __restrict__ w = static_cast<const T*>(p.w);
+  const int64_t total = p.C_out / kSG * 32 * Class::kWords;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    constexpr int kVectors = Class::kWords / 4;
+    const int lane = static_cast<int>((i / 4) % 32);
+    const int word = static_cast<int>((i / 128) % kVectors) * 4 + static_cast<int>(i % 4);
+    const int64_t sg = i / (128 * kVectors);
+    const int g = lane / 4, t = lane % 4;
+    uint32_t value = 0;
+    for (int h = 0; h < 2; ++h) {
+      int tap, ci, n;
+      if (kSG == 8) {
+        if (word >= Class::kWordsUsed) continue;  // padding
+        tap = word;                               // words 2s, 2s+1: taps 2s, 2s+1; word 8: tap 8
+        ci = 2 * t + h;
+        n = g;
+      } else {
+        tap = word / 4;
+        const int j = (word / 2) % 2, r = word % 2;
+        ci = 2 * t + 8 * r + h;
+        n = j * 8 + g;
+      }
+      const int64_t co = sg * kSG + n, c_in = sg * kSG + ci;
+      if (c_in / kCpg != co / kCpg) continue;  // another group: zero
+      const T v = w[co * p.w_stride[0] + (c_in % kCpg) * p.w_stride[1] + (tap / 3) * p.w_stride[2] +
+                    (tap % 3) * p.w_stride[3]];
+      value |= uint32_t{bits_of(v)} << (16 * h);
+    }
+    packed[i] = value;
+  }
+}
+
+__device__ __forceinline__ uint32_t pack_pair(float lo, float hi, __half) {
+  return uint32_t{bits_of(__float2half_rn(lo))} | (uint32_t{bits_of(__float2half_rn(hi))} << 16);
+}
+__device__ __forceinline__ uint32_t pack_pair(float lo, float hi, __nv_bfloat16) {
+  return uint32_t{bits_of(__float2bfloat16_rn(lo))} |
+         (uint32_t{bits_of(__float2bfloat16_rn(hi))} << 16);
+}
+
+template <typename T, int kCpg, int kStride>
+__global__ void __launch_bounds__(kThreads)
+    grouped_conv_bn_relu_v3_kernel(GroupedConvParams p,
+                                   const uint32_t* __restrict__ packed,  // pack_b_fragments
+                                   Band band,
+                                   int tiles_c,            // C / 64
+                                   int bands_per_image) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using Class = V3Class<kCpg>;
+  constexpr int kSG = Class::kSG;
+  constexpr int kShift = kStride == 2 ? 1 : 0;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+
+  // The CTA's work unit: channel tile fastest.
+  const int ct = static_cast<int>(blockIdx.x % static_cast<unsigned>(tiles_c));
+  const unsigned rest = blockIdx.x / static_cast<unsigned>(tiles_c);
+  const int band_index = static_cast<int>(rest % static_cast<unsigned>(bands_per_image));
+  const int64_t n = rest / static_cast<unsigned>(bands_per_image);
+  const int oh0 = band_index * band.rows;
+  const int rows = min_int(band.rows, static_cast<int>(p.H_out) - oh0);
+  const int W_out = static_cast<int>(p.W_out);
+  const int band_pixels = rows * W_out;
+  const int in_rows = (rows - 1) * kStride + 3;
+
+  unsigned char* smem = dynamic_shared_memory();
+  const SwizzledPixels<kShift> in_tile{smem};
+  const SwizzledPixels<0> out_tile{smem + static_cast<size_t>(band.in_rows) * band.in_cols * kPixelBytes};
+
+  // 1. The input band and its halo (rows oh0*S - 1 ...), zeros outside the image.
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* x_n = x + n * p.x_stride[0] + static_cast<int64_t>(ct) * kTileC;
+  const int ih0 = oh0 * kStride - static_cast<int>(p.pad_h);
+  const int in_chunks = in_rows * band.in_cols * 8;
+  for (int i = threadIdx.x; i < in_chunks; i += kThreads) {
+    const int q = i / 8, c = i % 8;
+    const int r = q / band.in_cols, col = q - r * band.in_cols;
+    const int ih = ih0 + r, iw = col - static_cast<int>(p.pad_w);
+    const bool inside = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
+    const T* src = inside ? x_n + ih * p.x_stride[2] + iw * p.x_stride[3] + c * 8 : x;
+    ptx::cp_async_16(in_tile.chunk(q, c), src, inside);
+  }
+  ptx::cp_async_commit();
+
+  // B fragments of this warp's MMA group, for the whole CTA (overlaps the copies in flight).
+  const int sg = warp % Class::kSuperGroups;
+  uint32_t b[Class::kWords];
+  {
+    const uint4* src = reinterpret_cast<const uint4*>(packed) +
+                       (static_cast<int64_t>(ct) * Class::kSuperGroups + sg) * (Class::kWords / 4) * 32 + lane;
+#pragma unroll
+    for (int v = 0; v < Class::kWords / 4; ++v) {
+      const uint4 q = src[v * 32];
+      b[4 * v] = q.x; b[4 * v + 1] = q.y; b[4 * v + 2] = q.z; b[4 * v + 3] = q.w;
+    }
+  }
+  // Scale and shift of this lane's output channels: 2t, 2t+1 of each n-tile of the group.
+  constexpr int kNTiles = kSG / 8;
+  // (scalar loads: scale and shift may be views at any float offset)
+  float2 scale[kNTiles], shift[kNTiles];
+#pragma unroll
+  for (int j = 0; j < kNTiles; ++j) {
+    const int64_t c = static_cast<int64_t>(ct) * kTileC + sg * kSG + j * 8 + 2 * t;
+    scale[j] = float2{p.scale[c], p.scale[c + 1]};
+    shift[j] = float2{p.shift[c], p.shift[c + 1]};
+  }
+
+  ptx::cp_async_wait<0>();
+  __syncthreads();
+
+  // 2. + 3. Per 16 output pixels: MMAs over the 9 taps, then the epilogue into out_tile.
+  const int m_tiles = (band_pixels + 15) / 16;
+  const int in_cols = band.in_cols;
+  // the chunk of this lane's ldmatrix rows: SG 16 lanes 16-31 load the group's second 8 channels
+  const int a_chunk = kSG == 8 ? sg : 2 * sg + lane / 16;
+  for (int m = warp / Class::kSuperGroups; m < m_tiles; m += Class::kWarpsPerSG) {
+    // This lane's A row: output pixel m*16 + lane%16 (clamped into the band; its results are
+    // not stored), as input pixel q0 of the tile at tap (0, 0).
+    const int pix = min_int(m * 16 + lane % 16, band_pixels - 1);
+    const int orow = pix / W_out, ocol = pix - orow * W_out;
+    const int q0 = orow * kStride * in_cols + ocol * kStride;
+    float acc[kNTiles][4] = {};
+    float acc_hi[4] = {0.f, 0.f, 0.f, 0.f};  // cpg 4: the second group of the pair
+    if constexpr (kSG == 8) {
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        const int tap = 2 * s + lane / 16;  // lanes 16-31: the pair's second tap (k 8-15)
+        uint32_t a[4];
+        ptx::ldmatrix<4>(a, in_tile.chunk(q0 + (tap / 3) * in_cols + tap % 3, a_chunk));
+        const uint32_t bs[2] = {b[2 * s], b[2 * s + 1]};
+        if constexpr (Class::kSplitPairs) {
+          // channels 2t, 2t+1 of the 8: group 0 for t < 2, group 1 otherwise
+          const bool first = t < 2;
+          const uint32_t a0[4] = {first ? a[0] : 0u, first ? a[1] : 0u, first ? a[2] : 0u, first ? a[3] : 0u};
+          const uint32_t a1[4] = {first ? 0u : a[0], first ? 0u : a[1], first ? 0u : a[2], first ? 0u : a[3]};
+          ptx::mma_m16n8k16<T>(acc[0], a0, bs);
+          ptx::mma_m16n8k16<T>(acc_hi, a1, bs);
+        } else {
+          ptx::mma_m16n8k16<T>(acc[0], a, bs);
+        }
+      }
+      uint32_t a[2];
+      ptx::ldmatrix<2>(a, in_tile.chunk(q0 + 2 * in_cols + 2, a_chunk));  // tap 8
+      const uint32_t bs[1] = {b[8]};
+      if constexpr (Class::kSplitPairs) {
+        const bool first = t < 2;
+        const uint32_t a0[2] = {first ? a[0] : 0u, first ? a[1] : 0u};
+        const uint32_t a1[2] = {first ? 0u : a[0], first ? 0u : a[1]};
+        ptx::mma_m16n8k8<T>(acc[0], a0, bs);
+        ptx::mma_m16n8k8<T>(acc_hi, a1, bs);
+      } else {
+        ptx::mma_m16n8k8<T>(acc[0], a, bs);
+      }
+    } else {
+#pragma unroll
+      for (int tap = 0; tap < 9; ++tap) {
+        uint32_t a[4];
+        ptx::ldmatrix<4>(a, in_tile.chunk(q0 + (tap / 3) * in_cols + tap % 3, a_chunk));
+#pragma unroll
+        for (int j = 0; j < kNTiles; ++j) {
+          const uint32_t bs[2] = {b[(tap * 2 + j) * 2], b[(tap * 2 + j) * 2 + 1]};
+          ptx::mma_m16n8k16<T>(acc[j], a, bs);
+        }
+      }
+    }
+    if constexpr (Class::kSplitPairs) {
+      if (t >= 2) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[0][e] = acc_hi[e];
+      }
+    }
+    // Epilogue: lane holds pixels m*16 + g and + 8, channels j*8 + 2t, + 1 of the group.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int out_pix = m * 16 + g + 8 * half;
+      if (out_pix >= band_pixels) continue;
+#pragma unroll
+      for (int j = 0; j < kNTiles; ++j) {
+        float v0 = acc[j][2 * half] * scale[j].x + shift[j].x;
+        float v1 = acc[j][2 * half + 1] * scale[j].y + shift[j].y;
+        if (p.relu) {
+          v0 = relu_keep_nan(v0);
+          v1 = relu_keep_nan(v1);
+        }
+        const int c = (sg * kSG + j * 8) / 8;  // the 16-byte chunk of these 8 channels
+        *reinterpret_cast<uint32_t*>(out_tile.chunk(out_pix, c) + 4 * t) = pack_pair(v0, v1, T{});
+      }
+    }
+  }
+  __syncthreads();
+
+  // 4. The band's output, one 128-byte line per pixel, 16 bytes per thread.
+  T* __restrict__ y = static_cast<T*>(p.y);
+  T* y_n = y + n * p.y_stride[0] + static_cast<int64_t>(ct) * kTileC;
+  for (int i = threadIdx.x; i < band_pixels * 8; i += kThreads) {
+    const int q = i / 8, c = i % 8;
+    const int orow = q / W_out, ocol = q - orow * W_out;
+    *reinterpret_cast<uint4*>(y_n + (oh0 + orow) * p.y_stride[2] + ocol * p.y_stride[3] + c * 8) =
+        *reinterpret_cast<const uint4*>(out_tile.chunk(q, c));
+  }
+#else
+  __trap();  // built only for sm_80+; the planner never selects v3 below sm_80
+#endif
+}
+
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// Channel-contiguous, every 64-channel tile of every pixel on a 16-byte boundary.
+bool channels_last_aligned16(const void* ptr, const int64_t* stride) {
+  return aligned16(ptr) && stride[1] == 1 && stride[0] % 8 == 0 && stride[2] % 8 == 0 &&
+         stride[3] % 8 == 0;
+}
+
+template <typename T, int kCpg, int kStride>
+cudaError_t launch_class(const GroupedConvParams& p, const Band& band, void* workspace,
+                         cudaStream_t stream) {
+  using Class = V3Class<kCpg>;
+  uint32_t* packed = static_cast<uint32_t*>(workspace);
+  const int64_t words = p.C_out / Class::kSG * 32 * Class::kWords;
+  cudaError_t err = launch_kernel(pack_b_fragments_kernel<T, kCpg>,
+                                  grid_stride_grid(words, kPackThreads, 4096), dim3(kPackThreads),
+                                  0, stream, p, packed);
+  if (err != cudaSuccess) return err;
+  auto kernel = grouped_conv_bn_relu_v3_kernel<T, kCpg, kStride>;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(band.smem_bytes));
+  if (err != cudaSuccess) return err;
+  const int64_t tiles_c = p.C_out / kTileC;
+  const int64_t bands = (p.H_out + band.rows - 1) / band.rows;
+  const int64_t blocks = tiles_c * bands * p.N;
+  if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  return launch_kernel(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+                       band.smem_bytes, stream, p, static_cast<const uint32_t*>(packed), band,
+                       static_cast<int>(tiles_c), static_cast<int>(bands));
+}
+
+template <typename T>
+cudaError_t launch_typed(const GroupedConvParams& p, const Band& band, void* workspace,
+                         cudaStream_t stream) {
+  const int64_t cpg = p.C_in / p.groups;
+  const bool s2 = p.stride_h == 2;
+  switch (cpg) {
+    case 4: return s2 ? launch_class<T, 4, 2>(p, band, workspace, stream)
+                      : launch_class<T, 4, 1>(p, band, workspace, stream);
+    case 8: return s2 ? launch_class<T, 8, 2>(p, band, workspace, stream)
+                      : launch_class<T, 8, 1>(p, band, workspace, stream);
+    case 16: return s2 ? launch_class<T, 16, 2>(p, band, workspace, stream)
+                       : launch_class<T, 16, 1>(p, band, workspace, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+bool grouped_conv_v3_applies(const GroupedConvParams& p, DType dtype, int device_major) {
+  if (device_major < 8 || dtype == DType::kFloat32) return false;
+  if (p.groups <= 0 || p.C_in != p.C_out || p.C_in % p.groups != 0 || p.C_in % kTileC != 0) {
+    return false;
+  }
+  const int64_t cpg = p.C_in / p.groups;
+  if (cpg != 4 && cpg != 8 && cpg != 16) return false;
+  const bool stride_ok =
+      (p.stride_h == 1 && p.stride_w == 1) || (p.stride_h == 2 && p.stride_w == 2);
+  if (!(p.KH == 3 && p.KW == 3 && stride_ok && p.pad_h == 1 && p.pad_w == 1 && p.dil_h == 1 &&
+        p.dil_w == 1)) {
+    return false;
+  }
+  // 32-bit pixel and row arithmetic inside a band; 64-bit offsets from the image base.
+  if (p.H > (1 << 20) || p.W > (1 << 20)) return false;
+  if (!channels_last_aligned16(p.x, p.x_stride) || !channels_last_aligned16(p.y, p.y_stride)) {
+    return false;
+  }
+  return plan_band(p).rows > 0;
+}
+
+int64_t grouped_conv_v3_workspace_bytes(const GroupedConvParams& p) {
+  const int64_t cpg = p.C_in / p.groups;
+  const int64_t sg = cpg < 8 ? 8 : cpg, words = sg == 8 ? 12 : 36;
+  return p.C_out / sg * 32 * words * static_cast<int64_t>(sizeof(uint32_t));
+}
+
+cudaError_t launch_grouped_conv_bn_relu_v3(const GroupedConvParams& p, DType dtype,
+                                           void* workspace, cudaStream_t stream) {
+  if (p.N * p.C_out * p.H_out * p.W_out == 0) return cudaSuccess;
+  if (!aligned16(workspace)) return cudaErrorInvalidValue;
+  const Band band = plan_band(p);
+  if (band.rows == 0) return cudaErrorInvalidValue;
+  switch (dtype) {
+    case DType::kFloat16: return launch_typed<__half>(p, band, workspace, stream);
+    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, band, workspace, stream);
+    case DType::kFloat32: break;
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace resnext_kernels
