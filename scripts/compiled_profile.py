@@ -124,6 +124,9 @@ def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None):
     if op == "se":
         return [f"se_squeeze_kernel<{t}>", "se_excite_kernel", f"se_scale_kernel<{t}>"]
     m = re.search(r"path (\w+) block_channels (\d+)", path_report)
+    if m.group(1) == "v3" and cpg >= 32:
+        return [f"pack_weight_rows_kernel<{t}, {cpg}>",
+                f"grouped_conv_bn_relu_v3_wide_kernel<{t}, {cpg}, {stride}>"]
     if m.group(1) == "v3":
         return [f"pack_b_fragments_kernel<{t}, {cpg}>",
                 f"grouped_conv_bn_relu_v3_kernel<{t}, {cpg}, {stride}>"]

@@ -120,7 +120,8 @@ def cuda_layer(profiled, shape, layout, dtype, cuda_kernels, plan):
             H_out = (shape["H"] - 1) // shape["stride"] + 1
             y_bytes = x_bytes * H_out * H_out // (shape["H"] * shape["W"])
             w_bytes = 9 * shape["C"] * shape["cpg"] * elem
-            dram = 2 * w_bytes if name.startswith(("repack", "pack_b")) else x_bytes + y_bytes + w_bytes
+            dram = (2 * w_bytes if name.startswith(("repack", "pack_")) else
+                    x_bytes + y_bytes + w_bytes)
         else:
             dram = {0: x_bytes, 1: 0, 2: 3 * x_bytes}[i]  # squeeze u; excite tiny; scale u, res, out
         model.append(dict(

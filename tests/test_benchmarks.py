@@ -229,7 +229,9 @@ def test_bench_on_the_cpu_times_a_known_call_and_rotates_the_inputs():
                        target_ms=5.0)
     k = row["calls_per_sample"]
     assert 2 <= k <= 3, "5 ms per sample of 2+ ms calls"
-    assert 1.9 <= row["p20_ms"] <= row["p50_ms"] <= row["p80_ms"] <= 4.0, row
+    # per call, not per sample; p80 is left open above: a loaded machine oversleeps now and then
+    assert 1.9 <= row["p20_ms"] <= row["p50_ms"] <= row["p80_ms"], row
+    assert row["p50_ms"] <= 4.0, row
     assert row["host_us_per_call"] == pytest.approx(row["p50_ms"] * 1e3)
     assert row["samples"] == 5 and row["device_timing"] == "wall"
     assert row["graph_status"] == "off"

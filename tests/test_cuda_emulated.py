@@ -174,9 +174,9 @@ def test_wmma_nan_stays_within_its_slab(emulator):
     assert not torch.isnan(y[0, :, 5:]).any()
 
 
-# --- grouped conv + BN + ReLU: v3 (mma.sync, channels_last fp16/bf16, cpg 4/8/16) -----------
+# --- grouped conv + BN + ReLU: v3 (mma.sync, channels_last fp16/bf16, cpg 4 to 64) -----------
 
-V3_CPG = (4, 8, 16)
+V3_CPG = (4, 8, 16, 32, 64)  # 32/64: the wide kernel (weights in shared memory)
 
 
 @pytest.mark.parametrize("cpg", V3_CPG)
@@ -184,9 +184,12 @@ V3_CPG = (4, 8, 16)
 @pytest.mark.parametrize("dtype", HALF_TYPES, ids=str)
 def test_v3_matches_conv_bn_relu(emulator, cpg, stride, dtype):
     """Two 64-channel tiles, odd sizes; at stride 2 an odd input width (the last column's
-    halo is padding)."""
+    halo is padding). cpg 32/64 at 9x13: 117 pixels, 8 m16 tiles, so warps run pairs of tiles
+    (sharing B fragments) and single ones."""
     groups = 128 // cpg
     H, W = (7, 9) if stride == 1 else (9, 7)
+    if cpg >= 32:
+        H, W = (9, 13) if stride == 1 else (17, 25)
     seed = 12000 + cpg * 10 + stride + 1000 * HALF_TYPES.index(dtype)
     x, w, scale, shift, bn = make_case(cpg, groups, dtype, "cpu", True, seed, N=2, H=H, W=W)
     conv_and_check(emulator, x, w, scale, shift, bn, groups=groups, stride=stride,
@@ -233,7 +236,7 @@ def test_v3_non_finite_inputs_stay_in_their_group(emulator, cpg):
 
 def test_v3_leaves_other_calls_to_v2(emulator):
     """NCHW, a channels_last x whose pixels are not 16-byte aligned, C not a multiple of 64,
-    cpg 32, fp32: each runs v2 (or the direct kernel), not v3."""
+    cpg 2, fp32: each runs v2 (or the direct kernel), not v3."""
     x, w, scale, shift, bn = make_case(8, 8, torch.float16, "cpu", False, 12400)
     conv_and_check(emulator, x, w, scale, shift, bn, groups=8, expect_path="path wmma",
                    allow_v3=True)
@@ -243,8 +246,8 @@ def test_v3_leaves_other_calls_to_v2(emulator):
     x, w, scale, shift, bn = make_case(8, 4, torch.bfloat16, "cpu", True, 12402)
     conv_and_check(emulator, x, w, scale, shift, bn, groups=4, expect_path="path wmma",
                    allow_v3=True)
-    x, w, scale, shift, bn = make_case(32, 2, torch.float16, "cpu", True, 12403, N=1, H=4, W=4)
-    conv_and_check(emulator, x, w, scale, shift, bn, groups=2, expect_path="path wmma",
+    x, w, scale, shift, bn = make_case(2, 32, torch.float16, "cpu", True, 12403, N=1, H=4, W=4)
+    conv_and_check(emulator, x, w, scale, shift, bn, groups=32, expect_path="path wmma",
                    allow_v3=True)
     x, w, scale, shift, bn = make_case(8, 8, torch.float32, "cpu", True, 12404, N=1)
     conv_and_check(emulator, x, w, scale, shift, bn, groups=8, expect_path="path direct",
@@ -256,6 +259,8 @@ PLAN_CASES = [  # (cpg, groups, dtype, channels_last, stride, H, W, x_lead_elems
     (8, 8, torch.bfloat16, True, 2, 5, 6, 0, False), (8, 8, torch.bfloat16, False, 2, 5, 6, 0, False),
     (16, 4, torch.float16, True, 1, 3, 300, 0, False), (16, 2, torch.float16, True, 1, 5, 6, 0, False),
     (32, 2, torch.float16, True, 1, 4, 4, 0, False), (2, 32, torch.float16, True, 1, 4, 4, 0, False),
+    (64, 1, torch.bfloat16, True, 2, 5, 6, 0, False),
+    (64, 1, torch.float16, True, 2, 3, 120, 0, False),  # fits without its 75 KB of weights only
     (8, 8, torch.float32, True, 1, 4, 4, 0, True), (8, 8, torch.float32, True, 1, 4, 4, 0, False),
     (3, 4, torch.float16, True, 1, 4, 4, 0, False), (16, 4, torch.bfloat16, True, 2, 3, 600, 0, False),
 ]
@@ -424,12 +429,13 @@ def test_racecheck_catches_ldmatrix_of_copies_no_barrier_published(racecheck):
     (4, 1, True, torch.bfloat16, False),    # v3: paired groups, masked MMAs
     (8, 2, True, torch.float16, False),     # v3: two taps per m16n8k16
     (16, 1, True, torch.float16, False),    # v3: an m16n8k16 per tap and n-tile
+    (32, 2, True, torch.float16, False),    # v3 wide: weights in shared memory
+    (64, 1, True, torch.bfloat16, False),   # v3 wide
 ], ids=["cpg4", "cpg8-nchw", "cpg32-s2", "cpg64", "tf32", "direct", "v3-cpg4", "v3-cpg8-s2",
-        "v3-cpg16"])
-def test_racecheck_grouped_conv(racecheck, cpg, stride, channels_last, dtype, allow_tf32):
+        "v3-cpg16", "v3-cpg32-s2", "v3-cpg64"])
+def test_racecheck_grouped_conv(racecheck, request, cpg, stride, channels_last, dtype, allow_tf32):
     groups = max(1, 16 // cpg) if cpg < 16 else 1
-    if (cpg, channels_last, dtype) != (4, True, torch.float16) and cpg in V3_CPG and \
-            channels_last and dtype != torch.float32:
+    if request.node.callspec.id.startswith("v3"):
         groups = 64 // cpg  # a whole 64-channel tile: v3
     x, w, scale, shift, bn = make_case(cpg, groups, dtype, "cpu", channels_last, 9800 + cpg,
                                        N=1, H=5, W=4)

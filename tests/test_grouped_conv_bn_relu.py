@@ -232,11 +232,11 @@ def test_64bit_offsets(backend_device, channels_last, groups):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cpg", [4, 8, 16])
+@pytest.mark.parametrize("cpg", [4, 8, 16, 32, 64])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_cuda_v3_and_v2_agree_on_the_gpu(poison_outputs, monkeypatch, cpg, stride, dtype):
-    """The calls CUDA v3 takes (channels_last fp16/bf16, C a multiple of 64, cpg 4/8/16), run
+    """The calls CUDA v3 takes (channels_last fp16/bf16, C a multiple of 64, cpg 4 to 64), run
     with v3 and with v2 (RESNEXT_KERNELS_CUDA_V3=0), both against the float64 reference: on the
     GPU, where the emulator's model of ldmatrix and mma.sync meets the hardware."""
     ok, reason = rk.backends.backend_status("cuda", "cuda")

@@ -1,5 +1,5 @@
 // Grouped 3x3 conv + folded BN + ReLU, v3: mma.sync on a swizzled band of channels_last input
-// (fp16/bf16, stride 1 or 2, padding 1, C_in == C_out, 4, 8 or 16 channels per group).
+// (fp16/bf16, stride 1 or 2, padding 1, C_in == C_out, 4, 8, 16, 32 or 64 channels per group).
 //
 // Work unit (one CTA): image n, a band of output rows, a 64-channel tile (128 bytes per pixel:
 // every pixel is one whole cache line). Channel tile fastest in the grid, so neighbouring CTAs
@@ -17,6 +17,11 @@
 //     output channels. cpg 4 pairs two groups in one MMA with block-diagonal weights, and runs
 //     each group's MMA with the other group's A elements zeroed, so a non-finite input stays in
 //     its own group (NaN * 0 would otherwise reach the neighbour).
+//     cpg 32 and 64 (grouped_conv_bn_relu_v3_wide_kernel): B is too big for registers (144
+//     words per lane per 32 output channels); the CTA stages its tile's weights in shared
+//     memory once (rows of 9*cpg input taps, padded by 16 bytes so 8 rows' ldmatrix is
+//     conflict-free) and each warp computes 32 output channels for one or two m16 tiles,
+//     loading each B fragment once per pair of tiles.
 //  3. Epilogue: fp32 scale, shift and NaN-keeping ReLU in registers, packed to 16 bits into a
 //     swizzled shared staging tile (conflict-free), then written out as whole 128-byte lines
 //     with 16-byte stores.
@@ -55,7 +60,7 @@ struct SwizzledPixels {
 // Per channels-per-group class: the MMA channel group and the B fragment words per lane.
 template <int kCpg>
 struct V3Class {
-  static_assert(kCpg == 4 || kCpg == 8 || kCpg == 16, "v3 covers cpg 4, 8 and 16");
+  static_assert(kCpg == 4 || kCpg == 8 || kCpg == 16, "B in registers: cpg 4, 8 and 16");
   static constexpr int kSG = kCpg < 8 ? 8 : kCpg;          // channels per MMA group
   static constexpr int kSuperGroups = kTileC / kSG;        // per CTA: 8 or 4
   static constexpr int kWarpsPerSG = kWarps / kSuperGroups;
@@ -67,26 +72,37 @@ struct V3Class {
 };
 
 // The band geometry of one call, the same for every CTA.
+// cpg 32/64: a weight row (one output channel: 9 taps x cpg inputs) padded by 8 elements, so
+// that 8 rows' 16-byte pieces at the same column fall in 8 different bank quads.
+constexpr int wide_weight_pitch(int cpg) { return 9 * cpg + 8; }
+
 struct Band {
   int rows = 0;     // output rows per band (the last band of an image may have fewer)
   int in_rows = 0;  // input rows staged: (rows - 1) * stride + 3
   int in_cols = 0;  // input columns staged: (W_out - 1) * stride + 3
+  size_t out_offset = 0;  // shared memory: input band, then output staging, then weights
+  size_t w_offset = 0;
   size_t smem_bytes = 0;
 };
 
 Band plan_band(const GroupedConvParams& p) {
-  const int64_t s = p.stride_h;
+  const int64_t s = p.stride_h, cpg = p.C_in / p.groups;
+  const size_t w_bytes =
+      cpg >= 32 ? size_t{kTileC} * wide_weight_pitch(static_cast<int>(cpg)) * 2 : 0;
   Band b;
   b.in_cols = static_cast<int>((p.W_out - 1) * s + 3);
   int64_t rows_max = std::max<int64_t>(1, std::min<int64_t>(p.H_out, kMaxBandPixels / p.W_out));
   auto smem = [&](int64_t rows) {
-    return static_cast<size_t>(((rows - 1) * s + 3) * b.in_cols + rows * p.W_out) * kPixelBytes;
+    return static_cast<size_t>(((rows - 1) * s + 3) * b.in_cols + rows * p.W_out) * kPixelBytes +
+           w_bytes;
   };
   while (rows_max > 0 && smem(rows_max) > kMaxSmemBytes) --rows_max;
   if (rows_max == 0) return Band{};
   const int64_t bands = (p.H_out + rows_max - 1) / rows_max;
   b.rows = static_cast<int>((p.H_out + bands - 1) / bands);  // even bands: no short tail
   b.in_rows = static_cast<int>((b.rows - 1) * s + 3);
+  b.out_offset = static_cast<size_t>(b.in_rows) * b.in_cols * kPixelBytes;
+  b.w_offset = b.out_offset + static_cast<size_t>(b.rows) * p.W_out * kPixelBytes;
   b.smem_bytes = smem(b.rows);
   return b;
 }
@@ -150,6 +166,86 @@ __device__ __forceinline__ uint32_t pack_pair(float lo, float hi, __nv_bfloat16)
          (uint32_t{bits_of(__float2bfloat16_rn(hi))} << 16);
 }
 
+// The CTA's work unit: a 64-channel tile (fastest in the grid), an image, a band of rows.
+struct WorkUnit {
+  int ct;           // channel tile
+  int64_t n;        // image
+  int oh0;          // first output row
+  int band_pixels;  // rows * W_out (the last band of an image may be short)
+  int in_rows;      // input rows staged
+};
+
+__device__ __forceinline__ WorkUnit work_unit(const GroupedConvParams& p, const Band& band,
+                                              int tiles_c, int bands_per_image, int stride) {
+  WorkUnit u;
+  u.ct = static_cast<int>(blockIdx.x % static_cast<unsigned>(tiles_c));
+  const unsigned rest = blockIdx.x / static_cast<unsigned>(tiles_c);
+  const int band_index = static_cast<int>(rest % static_cast<unsigned>(bands_per_image));
+  u.n = rest / static_cast<unsigned>(bands_per_image);
+  u.oh0 = band_index * band.rows;
+  const int rows = min_int(band.rows, static_cast<int>(p.H_out) - u.oh0);
+  u.band_pixels = rows * static_cast<int>(p.W_out);
+  u.in_rows = (rows - 1) * stride + 3;
+  return u;
+}
+
+// Loader: the unit's input rows oh0*S - 1 ... with their halo columns, 16-byte cp.async copies
+// into the swizzled tile (zeros outside the image); the caller commits and waits.
+template <typename T, int kShift>
+__device__ __forceinline__ void load_band_async(const GroupedConvParams& p, const Band& band,
+                                                const WorkUnit& u, int stride,
+                                                SwizzledPixels<kShift> in_tile) {
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* x_n = x + u.n * p.x_stride[0] + static_cast<int64_t>(u.ct) * kTileC;
+  const int ih0 = u.oh0 * stride - static_cast<int>(p.pad_h);
+  const int in_chunks = u.in_rows * band.in_cols * 8;
+  for (int i = threadIdx.x; i < in_chunks; i += kThreads) {
+    const int q = i / 8, c = i % 8;
+    const int r = q / band.in_cols, col = q - r * band.in_cols;
+    const int ih = ih0 + r, iw = col - static_cast<int>(p.pad_w);
+    const bool inside = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
+    const T* src = inside ? x_n + ih * p.x_stride[2] + iw * p.x_stride[3] + c * 8 : x;
+    ptx::cp_async_16(in_tile.chunk(q, c), src, inside);
+  }
+}
+
+// Epilogue, one lane's pair of channels (c, c + 1 of the tile) of one output pixel: scale,
+// shift, NaN-keeping ReLU, two 16-bit values into the staging tile.
+template <typename T>
+__device__ __forceinline__ void stage_pair(const GroupedConvParams& p, SwizzledPixels<0> out_tile,
+                                           int out_pix, int c, float a0, float a1, float2 scale,
+                                           float2 shift) {
+  float v0 = a0 * scale.x + shift.x, v1 = a1 * scale.y + shift.y;
+  if (p.relu) {
+    v0 = relu_keep_nan(v0);
+    v1 = relu_keep_nan(v1);
+  }
+  *reinterpret_cast<uint32_t*>(out_tile.chunk(out_pix, c / 8) + 2 * (c % 8)) =
+      pack_pair(v0, v1, T{});
+}
+
+// The unit's output from the staging tile: one 128-byte line per pixel, 16 bytes per thread.
+template <typename T>
+__device__ __forceinline__ void store_band(const GroupedConvParams& p, const WorkUnit& u,
+                                           SwizzledPixels<0> out_tile) {
+  T* __restrict__ y = static_cast<T*>(p.y);
+  T* y_n = y + u.n * p.y_stride[0] + static_cast<int64_t>(u.ct) * kTileC;
+  const int W_out = static_cast<int>(p.W_out);
+  for (int i = threadIdx.x; i < u.band_pixels * 8; i += kThreads) {
+    const int q = i / 8, c = i % 8;
+    const int orow = q / W_out, ocol = q - orow * W_out;
+    *reinterpret_cast<uint4*>(y_n + (u.oh0 + orow) * p.y_stride[2] + ocol * p.y_stride[3] + c * 8) =
+        *reinterpret_cast<const uint4*>(out_tile.chunk(q, c));
+  }
+}
+
+// Scale and shift of channels c, c + 1 (scalar loads: they may be views at any float offset).
+__device__ __forceinline__ void load_scale_shift(const GroupedConvParams& p, int64_t c,
+                                                 float2& scale, float2& shift) {
+  scale = float2{p.scale[c], p.scale[c + 1]};
+  shift = float2{p.shift[c], p.shift[c + 1]};
+}
+
 template <typename T, int kCpg, int kStride>
 __global__ void __launch_bounds__(kThreads)
     grouped_conv_bn_relu_v3_kernel(GroupedConvParams p,
@@ -164,34 +260,14 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
 
-  // The CTA's work unit: channel tile fastest.
-  const int ct = static_cast<int>(blockIdx.x % static_cast<unsigned>(tiles_c));
-  const unsigned rest = blockIdx.x / static_cast<unsigned>(tiles_c);
-  const int band_index = static_cast<int>(rest % static_cast<unsigned>(bands_per_image));
-  const int64_t n = rest / static_cast<unsigned>(bands_per_image);
-  const int oh0 = band_index * band.rows;
-  const int rows = min_int(band.rows, static_cast<int>(p.H_out) - oh0);
-  const int W_out = static_cast<int>(p.W_out);
-  const int band_pixels = rows * W_out;
-  const int in_rows = (rows - 1) * kStride + 3;
-
+  const WorkUnit u = work_unit(p, band, tiles_c, bands_per_image, kStride);
+  const int ct = u.ct, band_pixels = u.band_pixels, W_out = static_cast<int>(p.W_out);
   unsigned char* smem = dynamic_shared_memory();
   const SwizzledPixels<kShift> in_tile{smem};
-  const SwizzledPixels<0> out_tile{smem + static_cast<size_t>(band.in_rows) * band.in_cols * kPixelBytes};
+  const SwizzledPixels<0> out_tile{smem + band.out_offset};
 
-  // 1. The input band and its halo (rows oh0*S - 1 ...), zeros outside the image.
-  const T* __restrict__ x = static_cast<const T*>(p.x);
-  const T* x_n = x + n * p.x_stride[0] + static_cast<int64_t>(ct) * kTileC;
-  const int ih0 = oh0 * kStride - static_cast<int>(p.pad_h);
-  const int in_chunks = in_rows * band.in_cols * 8;
-  for (int i = threadIdx.x; i < in_chunks; i += kThreads) {
-    const int q = i / 8, c = i % 8;
-    const int r = q / band.in_cols, col = q - r * band.in_cols;
-    const int ih = ih0 + r, iw = col - static_cast<int>(p.pad_w);
-    const bool inside = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
-    const T* src = inside ? x_n + ih * p.x_stride[2] + iw * p.x_stride[3] + c * 8 : x;
-    ptx::cp_async_16(in_tile.chunk(q, c), src, inside);
-  }
+  // 1. The input band and its halo.
+  load_band_async<T>(p, band, u, kStride, in_tile);
   ptx::cp_async_commit();
 
   // B fragments of this warp's MMA group, for the whole CTA (overlaps the copies in flight).
@@ -208,13 +284,11 @@ __global__ void __launch_bounds__(kThreads)
   }
   // Scale and shift of this lane's output channels: 2t, 2t+1 of each n-tile of the group.
   constexpr int kNTiles = kSG / 8;
-  // (scalar loads: scale and shift may be views at any float offset)
   float2 scale[kNTiles], shift[kNTiles];
 #pragma unroll
   for (int j = 0; j < kNTiles; ++j) {
-    const int64_t c = static_cast<int64_t>(ct) * kTileC + sg * kSG + j * 8 + 2 * t;
-    scale[j] = float2{p.scale[c], p.scale[c + 1]};
-    shift[j] = float2{p.shift[c], p.shift[c + 1]};
+    load_scale_shift(p, static_cast<int64_t>(ct) * kTileC + sg * kSG + j * 8 + 2 * t, scale[j],
+                     shift[j]);
   }
 
   ptx::cp_async_wait<0>();
@@ -288,28 +362,154 @@ __global__ void __launch_bounds__(kThreads)
       if (out_pix >= band_pixels) continue;
 #pragma unroll
       for (int j = 0; j < kNTiles; ++j) {
-        float v0 = acc[j][2 * half] * scale[j].x + shift[j].x;
-        float v1 = acc[j][2 * half + 1] * scale[j].y + shift[j].y;
-        if (p.relu) {
-          v0 = relu_keep_nan(v0);
-          v1 = relu_keep_nan(v1);
-        }
-        const int c = (sg * kSG + j * 8) / 8;  // the 16-byte chunk of these 8 channels
-        *reinterpret_cast<uint32_t*>(out_tile.chunk(out_pix, c) + 4 * t) = pack_pair(v0, v1, T{});
+        stage_pair<T>(p, out_tile, out_pix, sg * kSG + j * 8 + 2 * t, acc[j][2 * half],
+                      acc[j][2 * half + 1], scale[j], shift[j]);
       }
     }
   }
   __syncthreads();
 
-  // 4. The band's output, one 128-byte line per pixel, 16 bytes per thread.
-  T* __restrict__ y = static_cast<T*>(p.y);
-  T* y_n = y + n * p.y_stride[0] + static_cast<int64_t>(ct) * kTileC;
-  for (int i = threadIdx.x; i < band_pixels * 8; i += kThreads) {
-    const int q = i / 8, c = i % 8;
-    const int orow = q / W_out, ocol = q - orow * W_out;
-    *reinterpret_cast<uint4*>(y_n + (oh0 + orow) * p.y_stride[2] + ocol * p.y_stride[3] + c * 8) =
-        *reinterpret_cast<const uint4*>(out_tile.chunk(q, c));
+  // 4. The band's output.
+  store_band<T>(p, u, out_tile);
+#else
+  __trap();  // built only for sm_80+; the planner never selects v3 below sm_80
+#endif
+}
+
+// cpg 32/64: w_rows[co][tap * cpg + ci] (each row padded to wide_weight_pitch(cpg) elements,
+// zeros) for every output channel, the layout the wide kernel copies into shared memory.
+template <typename T, int kCpg>
+__global__ void __launch_bounds__(kPackThreads)
+    pack_weight_rows_kernel(GroupedConvParams p, T* __restrict__ w_rows) {
+  constexpr int kPitch = wide_weight_pitch(kCpg);
+  const T* __restrict__ w = static_cast<const T*>(p.w);
+  const int64_t total = p.C_out * kPitch;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t co = i / kPitch;
+    const int e = static_cast<int>(i % kPitch), tap = e / kCpg, ci = e % kCpg;
+    w_rows[i] = e < 9 * kCpg ? w[co * p.w_stride[0] + ci * p.w_stride[1] +
+                                 (tap / 3) * p.w_stride[2] + (tap % 3) * p.w_stride[3]]
+                             : Convert<T>::from_float(0.f);
   }
+}
+
+// One warp's 32 output channels (4 n-tiles) for kM m16 tiles of pixels (rows at input pixels
+// q0[i] for tap (0, 0)): every B fragment from shared memory once for the kM tiles.
+template <int kM, typename T, int kCpg, int kShift>
+__device__ __forceinline__ void wide_mainloop(float (&acc)[kM][4][4], const int (&q0)[kM],
+                                              SwizzledPixels<kShift> in_tile, int in_cols,
+                                              int a_chunk0, const unsigned char* b_row) {
+  constexpr int kPitchBytes = wide_weight_pitch(kCpg) * 2;
+#pragma unroll 1
+  for (int tap = 0; tap < 9; ++tap) {
+    const int tap_offset = (tap / 3) * in_cols + tap % 3;
+#pragma unroll
+    for (int k = 0; k < kCpg / 16; ++k) {
+      // n-tiles (0, 1) and (2, 3), k 16 at a time: matrices (n-tile, k lo / k hi)
+      uint32_t bq[2][4];
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) {
+        ptx::ldmatrix<4>(bq[jj], b_row + jj * 16 * kPitchBytes + (tap * kCpg + k * 16) * 2);
+      }
+#pragma unroll
+      for (int i = 0; i < kM; ++i) {
+        uint32_t a[4];
+        ptx::ldmatrix<4>(a, in_tile.chunk(q0[i] + tap_offset, a_chunk0 + 2 * k));
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const uint32_t b[2] = {bq[j / 2][(j % 2) * 2], bq[j / 2][(j % 2) * 2 + 1]};
+          ptx::mma_m16n8k16<T>(acc[i][j], a, b);
+        }
+      }
+    }
+  }
+}
+
+template <typename T, int kCpg, int kStride>
+__global__ void __launch_bounds__(kThreads)
+    grouped_conv_bn_relu_v3_wide_kernel(GroupedConvParams p,
+                                        const T* __restrict__ w_rows,  // pack_weight_rows
+                                        Band band,
+                                        int tiles_c,            // C / 64
+                                        int bands_per_image) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  static_assert(kCpg == 32 || kCpg == 64, "the wide kernel covers cpg 32 and 64");
+  constexpr int kShift = kStride == 2 ? 1 : 0;
+  constexpr int kPitch = wide_weight_pitch(kCpg);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const WorkUnit u = work_unit(p, band, tiles_c, bands_per_image, kStride);
+  unsigned char* smem = dynamic_shared_memory();
+  const SwizzledPixels<kShift> in_tile{smem};
+  const SwizzledPixels<0> out_tile{smem + band.out_offset};
+  unsigned char* w_s = smem + band.w_offset;  // [64 output channels][kPitch]
+
+  // 1. The input band and the tile's weights (one contiguous block), in one group of copies.
+  load_band_async<T>(p, band, u, kStride, in_tile);
+  {
+    const unsigned char* src =
+        reinterpret_cast<const unsigned char*>(w_rows + static_cast<int64_t>(u.ct) * kTileC * kPitch);
+    for (int i = threadIdx.x; i < kTileC * kPitch * 2 / 16; i += kThreads) {
+      ptx::cp_async_16(w_s + i * 16, src + i * 16, true);
+    }
+  }
+  ptx::cp_async_commit();
+
+  // Warp w: output channels nb*32 .. nb*32 + 31 of the tile (nb = w % 2), m16 tiles w/2, +4, ...
+  const int nb = warp % 2;
+  const int ci0 = (nb * 32 / kCpg) * kCpg;  // the first input channel of their group
+  const int a_chunk0 = ci0 / 8 + lane / 16;  // lanes 16-31: the k step's second 8 channels
+  // this lane's ldmatrix row of B: matrix lane/8 = (n-tile lane/16, k half (lane/8) % 2)
+  const unsigned char* b_row =
+      w_s + (nb * 32 + (lane / 16) * 8 + lane % 8) * kPitch * 2 + ((lane / 8) % 2) * 16;
+  float2 scale[4], shift[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    load_scale_shift(p, static_cast<int64_t>(u.ct) * kTileC + nb * 32 + j * 8 + 2 * t, scale[j],
+                     shift[j]);
+  }
+  ptx::cp_async_wait<0>();
+  __syncthreads();
+
+  // 2. + 3. Per one or two m16 tiles: the MMAs, then the epilogue into out_tile.
+  const int W_out = static_cast<int>(p.W_out), in_cols = band.in_cols;
+  const int m_tiles = (u.band_pixels + 15) / 16;
+  auto row_of = [&](int m) {  // input pixel of this lane's A row at tap (0, 0), clamped
+    const int pix = min_int(m * 16 + lane % 16, u.band_pixels - 1);
+    const int orow = pix / W_out, ocol = pix - orow * W_out;
+    return orow * kStride * in_cols + ocol * kStride;
+  };
+  auto epilogue = [&](int m, const float (&acc)[4][4]) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int out_pix = m * 16 + g + 8 * half;
+      if (out_pix >= u.band_pixels) continue;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        stage_pair<T>(p, out_tile, out_pix, nb * 32 + j * 8 + 2 * t, acc[j][2 * half],
+                      acc[j][2 * half + 1], scale[j], shift[j]);
+      }
+    }
+  };
+  for (int m = warp / 2; m < m_tiles; m += 8) {
+    if (m + 4 < m_tiles) {  // two tiles share every B fragment
+      float acc[2][4][4] = {};
+      const int q0[2] = {row_of(m), row_of(m + 4)};
+      wide_mainloop<2, T, kCpg>(acc, q0, in_tile, in_cols, a_chunk0, b_row);
+      epilogue(m, acc[0]);
+      epilogue(m + 4, acc[1]);
+    } else {
+      float acc[1][4][4] = {};
+      const int q0[1] = {row_of(m)};
+      wide_mainloop<1, T, kCpg>(acc, q0, in_tile, in_cols, a_chunk0, b_row);
+      epilogue(m, acc[0]);
+    }
+  }
+  __syncthreads();
+
+  // 4. The band's output.
+  store_band<T>(p, u, out_tile);
 #else
   __trap();  // built only for sm_80+; the planner never selects v3 below sm_80
 #endif
@@ -346,6 +546,28 @@ cudaError_t launch_class(const GroupedConvParams& p, const Band& band, void* wor
                        static_cast<int>(tiles_c), static_cast<int>(bands));
 }
 
+template <typename T, int kCpg, int kStride>
+cudaError_t launch_wide(const GroupedConvParams& p, const Band& band, void* workspace,
+                        cudaStream_t stream) {
+  T* w_rows = static_cast<T*>(workspace);
+  cudaError_t err = launch_kernel(pack_weight_rows_kernel<T, kCpg>,
+                                  grid_stride_grid(p.C_out * wide_weight_pitch(kCpg), kPackThreads,
+                                                   4096),
+                                  dim3(kPackThreads), 0, stream, p, w_rows);
+  if (err != cudaSuccess) return err;
+  auto kernel = grouped_conv_bn_relu_v3_wide_kernel<T, kCpg, kStride>;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(band.smem_bytes));
+  if (err != cudaSuccess) return err;
+  const int64_t tiles_c = p.C_out / kTileC;
+  const int64_t bands = (p.H_out + band.rows - 1) / band.rows;
+  const int64_t blocks = tiles_c * bands * p.N;
+  if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  return launch_kernel(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+                       band.smem_bytes, stream, p, static_cast<const T*>(w_rows), band,
+                       static_cast<int>(tiles_c), static_cast<int>(bands));
+}
+
 template <typename T>
 cudaError_t launch_typed(const GroupedConvParams& p, const Band& band, void* workspace,
                          cudaStream_t stream) {
@@ -358,6 +580,10 @@ cudaError_t launch_typed(const GroupedConvParams& p, const Band& band, void* wor
                       : launch_class<T, 8, 1>(p, band, workspace, stream);
     case 16: return s2 ? launch_class<T, 16, 2>(p, band, workspace, stream)
                        : launch_class<T, 16, 1>(p, band, workspace, stream);
+    case 32: return s2 ? launch_wide<T, 32, 2>(p, band, workspace, stream)
+                       : launch_wide<T, 32, 1>(p, band, workspace, stream);
+    case 64: return s2 ? launch_wide<T, 64, 2>(p, band, workspace, stream)
+                       : launch_wide<T, 64, 1>(p, band, workspace, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -370,7 +596,7 @@ bool grouped_conv_v3_applies(const GroupedConvParams& p, DType dtype, int device
     return false;
   }
   const int64_t cpg = p.C_in / p.groups;
-  if (cpg != 4 && cpg != 8 && cpg != 16) return false;
+  if (cpg != 4 && cpg != 8 && cpg != 16 && cpg != 32 && cpg != 64) return false;
   const bool stride_ok =
       (p.stride_h == 1 && p.stride_w == 1) || (p.stride_h == 2 && p.stride_w == 2);
   if (!(p.KH == 3 && p.KW == 3 && stride_ok && p.pad_h == 1 && p.pad_w == 1 && p.dil_h == 1 &&
@@ -387,7 +613,8 @@ bool grouped_conv_v3_applies(const GroupedConvParams& p, DType dtype, int device
 
 int64_t grouped_conv_v3_workspace_bytes(const GroupedConvParams& p) {
   const int64_t cpg = p.C_in / p.groups;
-  const int64_t sg = cpg < 8 ? 8 : cpg, words = sg == 8 ? 12 : 36;
+  if (cpg >= 32) return p.C_out * wide_weight_pitch(static_cast<int>(cpg)) * 2;  // weight rows
+  const int64_t sg = cpg < 8 ? 8 : cpg, words = sg == 8 ? 12 : 36;  // B fragments
   return p.C_out / sg * 32 * words * static_cast<int64_t>(sizeof(uint32_t));
 }
 

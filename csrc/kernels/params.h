@@ -52,9 +52,10 @@ cudaError_t launch_grouped_conv_bn_relu_wmma(const GroupedConvParams& p, DType d
 
 // v3 (grouped_conv_v3.cu): mma.sync on a swizzled shared-memory band of the input, B in
 // registers. fp16/bf16, x and y channels_last with 16-byte aligned pixels, 3x3, stride 1 or 2,
-// padding 1, dilation 1, C_in == C_out a multiple of 64, 4, 8 or 16 channels per group,
+// padding 1, dilation 1, C_in == C_out a multiple of 64, 4, 8, 16, 32 or 64 channels per group,
 // compute capability 8.0+. The launch first packs the weights into `workspace`
-// (grouped_conv_v3_workspace_bytes) in the order the kernel's lanes hold them.
+// (grouped_conv_v3_workspace_bytes): in the order the kernel's lanes hold them (cpg <= 16), or
+// as padded rows per output channel that each CTA copies to shared memory (cpg 32/64).
 bool grouped_conv_v3_applies(const GroupedConvParams& p, DType dtype, int device_major);
 int64_t grouped_conv_v3_workspace_bytes(const GroupedConvParams& p);
 cudaError_t launch_grouped_conv_bn_relu_v3(const GroupedConvParams& p, DType dtype,

@@ -21,11 +21,13 @@ def _channels_last_aligned16(t: torch.Tensor, data_ptr: int) -> bool:
     return data_ptr % 16 == 0 and s[1] == 1 and s[0] % 8 == 0 and s[2] % 8 == 0 and s[3] % 8 == 0
 
 
-def _v3_band_fits(H_out, W_out, stride) -> bool:
+def _v3_band_fits(H_out, W_out, stride, cpg) -> bool:
     in_cols = (W_out - 1) * stride + 3
+    weight_bytes = V3_TILE_CHANNELS * (9 * cpg + 8) * 2 if cpg >= 32 else 0
     rows = max(1, min(H_out, V3_MAX_BAND_PIXELS // W_out))
     while rows > 0:
-        if (((rows - 1) * stride + 3) * in_cols + rows * W_out) * 128 <= V3_MAX_SMEM_BYTES:
+        if (((rows - 1) * stride + 3) * in_cols + rows * W_out) * 128 + weight_bytes \
+                <= V3_MAX_SMEM_BYTES:
             return True
         rows -= 1
     return False
@@ -53,10 +55,11 @@ def cuda_conv_path(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilat
     cpg = C // groups
     H_out, W_out = (H - 1) // stride[0] + 1, (W - 1) // stride[1] + 1
     y_channels_last = torch._prims_common.suggest_memory_format(x) == torch.channels_last
-    if (allow_v3 and x.dtype in HALF_TYPES and C % V3_TILE_CHANNELS == 0 and cpg in (4, 8, 16)
+    if (allow_v3 and x.dtype in HALF_TYPES and C % V3_TILE_CHANNELS == 0
+            and cpg in (4, 8, 16, 32, 64)
             and H <= 1 << 20 and W <= 1 << 20 and _channels_last_aligned16(x, x_ptr)
             and y_channels_last and y_channels_last_aligned
-            and _v3_band_fits(H_out, W_out, stride[0])):
+            and _v3_band_fits(H_out, W_out, stride[0], cpg)):
         return "v3"
     if x.dtype == torch.float32 and not allow_tf32:
         return "direct"
