@@ -42,7 +42,8 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kPackThreads = 256;
 constexpr int kMaxBandPixels = 256;                 // output pixels per CTA (16 m16 tiles)
-// Two CTAs per SM at least, and within every sm_80+ part's per-block limit (99 KB on sm_86/89).
+// Within every sm_80+ part's per-block limit (99 KB on sm_86/89). Not an occupancy promise: a
+// band near the cap leaves one CTA per SM on sm_86/89 (100 KB per SM) and on sm_80 above ~81 KB.
 constexpr size_t kMaxSmemBytes = 99 * 1024;
 
 // A tile of pixels, each one 128-byte row of 8 chunks of 16 bytes (8 channels); chunk c of
@@ -533,9 +534,11 @@ cudaError_t launch_class(const GroupedConvParams& p, const Band& band, void* wor
                                   grid_stride_grid(words, kPackThreads, 4096), dim3(kPackThreads),
                                   0, stream, p, packed);
   if (err != cudaSuccess) return err;
+  // Always the cap, never this call's size: the attribute is per function, shared by every
+  // host thread, and a smaller value set by one call must not fail another's larger launch.
   auto kernel = grouped_conv_bn_relu_v3_kernel<T, kCpg, kStride>;
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(band.smem_bytes));
+                             static_cast<int>(kMaxSmemBytes));
   if (err != cudaSuccess) return err;
   const int64_t tiles_c = p.C_out / kTileC;
   const int64_t bands = (p.H_out + band.rows - 1) / band.rows;
@@ -555,9 +558,9 @@ cudaError_t launch_wide(const GroupedConvParams& p, const Band& band, void* work
                                                    4096),
                                   dim3(kPackThreads), 0, stream, p, w_rows);
   if (err != cudaSuccess) return err;
-  auto kernel = grouped_conv_bn_relu_v3_wide_kernel<T, kCpg, kStride>;
+  auto kernel = grouped_conv_bn_relu_v3_wide_kernel<T, kCpg, kStride>;  // (the cap: see above)
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(band.smem_bytes));
+                             static_cast<int>(kMaxSmemBytes));
   if (err != cudaSuccess) return err;
   const int64_t tiles_c = p.C_out / kTileC;
   const int64_t bands = (p.H_out + band.rows - 1) / band.rows;

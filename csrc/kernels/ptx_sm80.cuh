@@ -63,7 +63,7 @@ PTX_CALL void cp_async_commit() {
 #if defined(RESNEXT_KERNELS_EMULATION)
   cuda_emulator::ptx::cp_async_commit();
 #else
-  asm volatile("cp.async.commit_group;\n" ::);
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
 
@@ -74,7 +74,8 @@ PTX_CALL void cp_async_wait() {
 #if defined(RESNEXT_KERNELS_EMULATION)
   cuda_emulator::ptx::cp_async_wait(kPending);
 #else
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+  // "memory": no shared-memory value read before the wait may be reused after it
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 #endif
 }
 
