@@ -524,51 +524,51 @@ bool channels_last_aligned16(const void* ptr, const int64_t* stride) {
          stride[3] % 8 == 0;
 }
 
+// One v3 kernel over the grid of (channel tile, band, image) work units, after its weights
+// were packed into `weights`. The shared-memory attribute is always the cap, never this call's
+// size: it is per function, shared by every host thread, and a smaller value set by one call
+// must not fail another's larger launch.
+template <typename W>
+cudaError_t launch_bands(void (*kernel)(GroupedConvParams, const W*, Band, int, int),
+                         const GroupedConvParams& p, const Band& band, const W* weights,
+                         cudaStream_t stream) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(kMaxSmemBytes));
+  if (err != cudaSuccess) return err;
+  const int64_t tiles_c = p.C_out / kTileC;
+  const int64_t bands = (p.H_out + band.rows - 1) / band.rows;
+  const int64_t blocks = tiles_c * bands * p.N;
+  if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  return launch_kernel(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+                       band.smem_bytes, stream, p, weights, band, static_cast<int>(tiles_c),
+                       static_cast<int>(bands));
+}
+
 template <typename T, int kCpg, int kStride>
 cudaError_t launch_class(const GroupedConvParams& p, const Band& band, void* workspace,
                          cudaStream_t stream) {
   using Class = V3Class<kCpg>;
   uint32_t* packed = static_cast<uint32_t*>(workspace);
   const int64_t words = p.C_out / Class::kSG * 32 * Class::kWords;
-  cudaError_t err = launch_kernel(pack_b_fragments_kernel<T, kCpg>,
-                                  grid_stride_grid(words, kPackThreads, 4096), dim3(kPackThreads),
-                                  0, stream, p, packed);
+  const cudaError_t err = launch_kernel(pack_b_fragments_kernel<T, kCpg>,
+                                        grid_stride_grid(words, kPackThreads, 4096),
+                                        dim3(kPackThreads), 0, stream, p, packed);
   if (err != cudaSuccess) return err;
-  // Always the cap, never this call's size: the attribute is per function, shared by every
-  // host thread, and a smaller value set by one call must not fail another's larger launch.
-  auto kernel = grouped_conv_bn_relu_v3_kernel<T, kCpg, kStride>;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(kMaxSmemBytes));
-  if (err != cudaSuccess) return err;
-  const int64_t tiles_c = p.C_out / kTileC;
-  const int64_t bands = (p.H_out + band.rows - 1) / band.rows;
-  const int64_t blocks = tiles_c * bands * p.N;
-  if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
-  return launch_kernel(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
-                       band.smem_bytes, stream, p, static_cast<const uint32_t*>(packed), band,
-                       static_cast<int>(tiles_c), static_cast<int>(bands));
+  return launch_bands(grouped_conv_bn_relu_v3_kernel<T, kCpg, kStride>, p, band,
+                      static_cast<const uint32_t*>(packed), stream);
 }
 
 template <typename T, int kCpg, int kStride>
 cudaError_t launch_wide(const GroupedConvParams& p, const Band& band, void* workspace,
                         cudaStream_t stream) {
   T* w_rows = static_cast<T*>(workspace);
-  cudaError_t err = launch_kernel(pack_weight_rows_kernel<T, kCpg>,
-                                  grid_stride_grid(p.C_out * wide_weight_pitch(kCpg), kPackThreads,
-                                                   4096),
-                                  dim3(kPackThreads), 0, stream, p, w_rows);
+  const cudaError_t err = launch_kernel(
+      pack_weight_rows_kernel<T, kCpg>,
+      grid_stride_grid(p.C_out * wide_weight_pitch(kCpg), kPackThreads, 4096),
+      dim3(kPackThreads), 0, stream, p, w_rows);
   if (err != cudaSuccess) return err;
-  auto kernel = grouped_conv_bn_relu_v3_wide_kernel<T, kCpg, kStride>;  // (the cap: see above)
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(kMaxSmemBytes));
-  if (err != cudaSuccess) return err;
-  const int64_t tiles_c = p.C_out / kTileC;
-  const int64_t bands = (p.H_out + band.rows - 1) / band.rows;
-  const int64_t blocks = tiles_c * bands * p.N;
-  if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
-  return launch_kernel(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
-                       band.smem_bytes, stream, p, static_cast<const T*>(w_rows), band,
-                       static_cast<int>(tiles_c), static_cast<int>(bands));
+  return launch_bands(grouped_conv_bn_relu_v3_wide_kernel<T, kCpg, kStride>, p, band,
+                      static_cast<const T*>(w_rows), stream);
 }
 
 template <typename T>
