@@ -5,6 +5,7 @@ reported by `build_info()` and `available_backends()`, and the Triton and refere
 work without it.
 """
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -41,6 +42,7 @@ def extension_loaded() -> bool:
     return EXTENSION_ERROR is None
 
 
+@functools.lru_cache(maxsize=None)  # registered when _C is imported, above, or never
 def cuda_kernels_registered() -> bool:
     """True when the CUDA kernels of the extension are registered for the CUDA dispatch key."""
     if not extension_loaded():

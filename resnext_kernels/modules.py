@@ -13,7 +13,10 @@ take (float64), the original forward runs: training semantics are exactly the or
 import torch
 from torch import nn
 
-from .ops import fold_batchnorm, grouped_conv_bn_relu, squeeze_excite
+from ._derived import DerivedTensors
+from .ops import fold_batchnorm, squeeze_excite
+from .ops._direct import plain_eager
+from .ops.grouped_conv_bn_relu import grouped_conv_bn_relu_call
 from .ops._checks import SUPPORTED_DTYPES
 
 
@@ -68,23 +71,71 @@ def torchvision_se_eligible(se) -> bool:
 # --------------------------------------------------------------------------- fused calls
 def _compute_dtype(x):
     """The dtype nn.Conv2d would compute in: autocast's when it is on, else x's."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
     return x.dtype
 
 
-def _can_fuse_conv_bn(module, x, bn) -> bool:
-    return (not module.training and bn.running_mean is not None
-            and _compute_dtype(x) in SUPPORTED_DTYPES)
-
-
-def fused_conv_bn(x, conv, bn, relu: bool, backend: str):
+def _fusable_dtype(module, x, bn):
+    """The dtype to run module's conv + bn fused in, or None: the original forward runs."""
+    if module.training or _buffer(bn, "running_mean") is None:
+        return None
     dtype = _compute_dtype(x)
-    scale, shift = fold_batchnorm(bn, conv.bias)
-    return grouped_conv_bn_relu(
-        x.to(dtype), conv.weight.to(dtype), scale, shift, stride=conv.stride,
-        padding=conv.padding, dilation=conv.dilation, groups=conv.groups, relu=relu,
-        backend=backend)
+    return dtype if dtype in SUPPORTED_DTYPES else None
+
+
+# The key under which a fused module keeps its folded conv + BN (in its __dict__: not a
+# buffer, so never in a state_dict, and dropped when the module is pickled or copied).
+FOLD_CACHE = "_rk_fold_cache"
+
+
+def _folded_conv_bn(module, conv, bn, dtype, plain):
+    """(weight in `dtype`, scale, shift): BN folded and the weight cast, computed once per
+    module and reused while the parameters and statistics are unchanged (_derived.py).
+    A running statistic written other than by the BatchNorm module's own training forward or
+    an in-place op (a direct F.batch_norm(training=True) call on the buffers) is not seen."""
+    def fold():
+        scale, shift = fold_batchnorm(bn, conv.bias)
+        return conv.weight.to(dtype), scale, shift
+
+    if not plain:  # a trace (compile, export) must hold the fold, and see no side effect
+        return fold()
+    cache = module.__dict__.get(FOLD_CACHE)
+    if cache is None:
+        cache = module.__dict__[FOLD_CACHE] = DerivedTensors()
+
+    # num_batches_tracked: the batch_norm kernel writes the running statistics without a
+    # version bump, but every training-mode forward of a BatchNorm module also does
+    # num_batches_tracked.add_(1), which bumps its version
+    sources = (_parameter(conv, "weight"), _parameter(conv, "bias"), _parameter(bn, "weight"),
+               _parameter(bn, "bias"), _buffer(bn, "running_mean"), _buffer(bn, "running_var"),
+               _buffer(bn, "num_batches_tracked"))
+    return cache.get(sources, (dtype, bn.eps), fold)
+
+
+# nn.Module.__getattr__ costs about a microsecond a call (Python, after the normal lookup
+# fails); these read the registered tensor directly, and fall back to getattr for a name that
+# is not registered there (a parametrization's property, say)
+def _parameter(module, name):
+    table = module._parameters
+    return table[name] if name in table else getattr(module, name)
+
+
+def _buffer(module, name):
+    table = module._buffers
+    return table[name] if name in table else getattr(module, name)
+
+
+def fused_conv_bn(module, x, dtype, conv, bn, relu: bool, backend: str):
+    """conv + bn (+ ReLU) of `module` as one grouped_conv_bn_relu call in `dtype`."""
+    plain = plain_eager()
+    weight, scale, shift = _folded_conv_bn(module, conv, bn, dtype, plain)
+    if x.dtype != dtype:
+        x = x.to(dtype)
+    return grouped_conv_bn_relu_call(
+        x, weight, scale, shift, list(conv.stride), list(conv.padding), list(conv.dilation),
+        conv.groups, relu, backend, plain)
 
 
 def fused_se(u, fc1, fc2, residual, relu: bool, backend: str):
@@ -95,14 +146,29 @@ def fused_se(u, fc1, fc2, residual, relu: bool, backend: str):
 
 
 class FusedMixin:
-    """Set by replace.py: `_rk_original_class` on the fused class, `_rk_backend` on the module."""
+    """Set by replace.py: `_rk_original_class` and `_rk_mixin` on the fused class,
+    `_rk_backend` on the module."""
 
     _rk_original_class = None
+    _rk_mixin = None
     _rk_backend = "auto"
 
     def fused_kinds(self):
         """{kind: count} of the fused computations this module runs in eval mode."""
         raise NotImplementedError
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop(FOLD_CACHE, None)  # derived from the parameters; rebuilt on the next call
+        return state
+
+    def __reduce_ex__(self, protocol):
+        # The fused class is made at run time (replace.py) and has no importable name: pickle
+        # and deepcopy rebuild the module from the original class and the mixin, which have.
+        from .replace import _new_fused_module
+
+        return (_new_fused_module, (self._rk_original_class, self._rk_mixin),
+                self.__getstate__())
 
 
 # --------------------------------------------------------------------------- the blocks
@@ -118,9 +184,12 @@ class FusedConvBNAct(FusedMixin):
         return {"grouped conv+BN+ReLU" if len(self) == 3 else "grouped conv+BN": 1}
 
     def forward(self, x):
-        if not _can_fuse_conv_bn(self, x, self[1]):
+        children = iter(self._modules.values())
+        conv, bn = next(children), next(children)
+        dtype = _fusable_dtype(self, x, bn)
+        if dtype is None:
             return super().forward(x)
-        return fused_conv_bn(x, self[0], self[1], relu=len(self) == 3, backend=self._rk_backend)
+        return fused_conv_bn(self, x, dtype, conv, bn, len(self._modules) == 3, self._rk_backend)
 
 
 class FusedTorchvisionBottleneck(FusedMixin):
@@ -134,11 +203,12 @@ class FusedTorchvisionBottleneck(FusedMixin):
         return {"grouped conv+BN+ReLU": 1}
 
     def forward(self, x):
-        if not _can_fuse_conv_bn(self, x, self.bn2):
+        dtype = _fusable_dtype(self, x, self.bn2)
+        if dtype is None:
             return super().forward(x)
         identity = x
         out = self.relu(self.bn1(self.conv1(x)))
-        out = fused_conv_bn(out, self.conv2, self.bn2, relu=True, backend=self._rk_backend)
+        out = fused_conv_bn(self, out, dtype, self.conv2, self.bn2, True, self._rk_backend)
         out = self.bn3(self.conv3(out))
         if self.downsample is not None:
             identity = self.downsample(x)
@@ -171,12 +241,13 @@ class FusedTimmBottleneck(FusedMixin):
         return kinds
 
     def forward(self, x):
-        if not _can_fuse_conv_bn(self, x, self.bn2):
+        dtype = _fusable_dtype(self, x, self.bn2)
+        if dtype is None:
             return super().forward(x)
         shortcut = x
         x = self.act1(self.bn1(self.conv1(x)))
         if self.conv_fusable(self):
-            x = fused_conv_bn(x, self.conv2, self.bn2, relu=True, backend=self._rk_backend)
+            x = fused_conv_bn(self, x, dtype, self.conv2, self.bn2, True, self._rk_backend)
         else:
             x = self.act2(self.drop_block(self.bn2(self.conv2(x))))
         x = self.aa(x)

@@ -4,8 +4,9 @@ A registry maps block classes to the fused behaviour in resnext_kernels/modules.
 by exact class (a subclass may have its own forward), except for nn.Sequential(conv, bn[, relu])
 which is matched by its contents. Swapping changes a module's class only: the module object, its
 children, parameters and buffers stay, so optimizers, state_dicts and checkpoints keep working.
-Save a swapped model with its state_dict (or restore_modules first): pickling a whole swapped
-model refers to classes that exist only after replace_modules ran.
+A swapped model also pickles whole (torch.save(model), copy.deepcopy): each fused module is
+rebuilt from its original class and its mixin, both found by name, so loading needs
+resnext_kernels importable and torch.load(..., weights_only=False), as for any pickled module.
 """
 
 import warnings
@@ -53,9 +54,17 @@ def _fused_class(original: type, mixin: type) -> type:
     key = (original, mixin)
     if key not in _FUSED_CLASSES:
         cls = type(f"Fused{original.__name__}", (mixin, original),
-                   {"_rk_original_class": original, "__module__": __name__})
+                   {"_rk_original_class": original, "_rk_mixin": mixin, "__module__": __name__})
         _FUSED_CLASSES[key] = cls
     return _FUSED_CLASSES[key]
+
+
+def _new_fused_module(original: type, mixin: type) -> nn.Module:
+    """An empty instance of the fused subclass of `original`: how pickle and copy.deepcopy
+    rebuild a swapped module (modules.FusedMixin.__reduce_ex__), since the fused classes are
+    made at run time and cannot be looked up by name."""
+    cls = _fused_class(original, mixin)
+    return cls.__new__(cls)
 
 
 def _mixin_for(module: nn.Module, registry) -> Optional[type]:
@@ -140,4 +149,5 @@ def restore_modules(model: nn.Module) -> nn.Module:
         if is_fused(module):
             module.__class__ = module._rk_original_class
             module.__dict__.pop("_rk_backend", None)
+            module.__dict__.pop(modules.FOLD_CACHE, None)
     return model

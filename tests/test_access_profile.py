@@ -16,6 +16,9 @@ from test_grouped_conv_bn_relu import make_case, reference
 from test_squeeze_excite import make_case as make_se_case
 from test_squeeze_excite import reference as se_reference
 
+# torch-independent (the kernels run as C++): CI runs these in one of its environments only
+pytestmark = pytest.mark.emulator
+
 
 @pytest.fixture(scope="module")
 def profiler():

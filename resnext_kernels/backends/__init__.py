@@ -156,6 +156,7 @@ _MODULES = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def implementation(op_name: str, backend: str):
     """The function implementing `op_name` in a concrete backend (imported on first use)."""
     return getattr(importlib.import_module(_MODULES[backend]), op_name)

@@ -1,34 +1,63 @@
 """The aten reference backend: what the fused kernels must match, and the CPU default.
 
 grouped_conv_bn_relu folds BN's scale into the weights (in fp32, rounded once to the input
-dtype), runs one aten convolution (cuDNN on GPU) with the shift as its bias, then an in-place ReLU.
+dtype; reused while the same weight, scale and shift tensors are unchanged), runs one aten
+convolution (cuDNN on GPU) with the shift as its bias, then an in-place ReLU.
 """
 
 import torch
 import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
+from .._derived import DerivedTensors
+
+
+# (folded weight, shift in x's dtype) per weight tensor, reused while weight, scale and shift
+# are unchanged: repeated calls with the same parameters (a fused module's) fold once
+_FOLDED = DerivedTensors()
+
+
+def _fold(weight, scale, shift, dtype):
+    folded = (weight.float() * scale.float().view(-1, 1, 1, 1)).to(dtype)
+    return folded, shift.to(dtype)
+
 
 def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups, relu):
-    folded = (weight.float() * scale.float().view(-1, 1, 1, 1)).to(x.dtype)
-    y = F.conv2d(x, folded, shift.to(x.dtype), stride, padding, dilation, groups)
+    dtype = x.dtype
+    folded, bias = _FOLDED.get((weight, scale, shift), (dtype,),
+                               lambda: _fold(weight, scale, shift, dtype))
+    y = F.conv2d(x, folded, bias, stride, padding, dilation, groups)
     if relu:
         y.relu_()
-    return y.contiguous(memory_format=suggest_memory_format(x))
+    # suggest_memory_format(x), without its cost where x is contiguous (never channels_last-like)
+    return y.contiguous(memory_format=torch.contiguous_format if x.is_contiguous()
+                        else suggest_memory_format(x))
+
+
+def _memory_format(x):
+    """suggest_memory_format(x), without its cost for contiguous x (never channels_last-like)."""
+    return torch.contiguous_format if x.is_contiguous() else suggest_memory_format(x)
+
+
+def _f32(t):
+    """t in fp32 (t.float() costs a call even when t is fp32 already)."""
+    return t if t is None or t.dtype == torch.float32 else t.float()
 
 
 def se_gate(u, w1, b1, w2, b2):
     """s = sigmoid(W2 relu(W1 mean_hw(u) + b1) + b2) in fp32, [N, C]. w1: [R, C], w2: [C, R]."""
-    pooled = u.float().mean((2, 3))
-    h = torch.relu(F.linear(pooled, w1.float(), None if b1 is None else b1.float()))
-    return torch.sigmoid(F.linear(h, w2.float(), None if b2 is None else b2.float()))
+    pooled = _f32(u).mean((2, 3))
+    h = torch.relu(F.linear(pooled, _f32(w1), _f32(b1)))
+    return torch.sigmoid(F.linear(h, _f32(w2), _f32(b2)))
 
 
 def squeeze_excite(u, w1, b1, w2, b2, residual, relu):
     gate = se_gate(u, w1, b1, w2, b2)[:, :, None, None]
-    out = u.float() * gate
+    out = _f32(u) * gate
     if residual is not None:
-        out = out + residual.float()
+        out = out + _f32(residual)
     if relu:
         out = torch.relu(out)
-    return out.to(u.dtype).contiguous(memory_format=suggest_memory_format(u))
+    if out.dtype != u.dtype:
+        out = out.to(u.dtype)
+    return out.contiguous(memory_format=_memory_format(u))

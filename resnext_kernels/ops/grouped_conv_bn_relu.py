@@ -21,6 +21,7 @@ from torch._prims_common import suggest_memory_format
 from .. import _extension, backends
 from ..backends import auto_table
 from ._checks import (
+    SUPPORTED_DTYPES,
     check_call_types,
     check_floating,
     check_same_device,
@@ -30,22 +31,32 @@ from ._checks import (
     check_tensor,
     pair,
 )
+from ._direct import direct_call_allowed
 
 SUPPORTED_KERNEL_SIZES = ((3, 3),)
 
 
 def _check_args(x, weight, scale, shift, stride, padding, dilation, groups):
-    """Validates the op's arguments; returns the output shape."""
-    check_tensor(x, "x", 4)
-    check_tensor(weight, "weight", 4)
-    check_tensor(scale, "scale", 1)
-    check_tensor(shift, "shift", 1)
-    check_supported_dtype(x, "x")
-    check_same_dtype(weight, "weight", x, "x")
-    check_floating(scale, "scale")
-    check_floating(shift, "shift")
+    """Validates the op's arguments; returns the output shape.
+
+    It runs on every call, so each check is an inline test, and the _checks helper that words
+    the error is called only when a test fails."""
+    for t, name, ndim in ((x, "x", 4), (weight, "weight", 4), (scale, "scale", 1),
+                          (shift, "shift", 1)):
+        if not isinstance(t, torch.Tensor) or t.dim() != ndim:
+            check_tensor(t, name, ndim)
+    if x.dtype not in SUPPORTED_DTYPES:
+        check_supported_dtype(x, "x")
+    if weight.dtype != x.dtype:
+        check_same_dtype(weight, "weight", x, "x")
+    if not scale.is_floating_point():
+        check_floating(scale, "scale")
+    if not shift.is_floating_point():
+        check_floating(shift, "shift")
+    device = x.device
     for t, name in ((weight, "weight"), (scale, "scale"), (shift, "shift")):
-        check_same_device(t, name, x, "x")
+        if t.device != device:
+            check_same_device(t, name, x, "x")
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"groups: expected a positive integer, got {groups!r}")
     N, C_in, H, W = x.shape
@@ -59,9 +70,13 @@ def _check_args(x, weight, scale, shift, stride, padding, dilation, groups):
             f"weight: kernel size {KH}x{KW} is not supported; supported: "
             + ", ".join(f"{a}x{b}" for a, b in SUPPORTED_KERNEL_SIZES)
         )
-    check_shape(weight, "weight", (C_out, C_in // groups, KH, KW), "[C_out, C_in // groups, KH, KW]")
-    check_shape(scale, "scale", (C_out,), "one per output channel")
-    check_shape(shift, "shift", (C_out,), "one per output channel")
+    if cpg_in != C_in // groups:
+        check_shape(weight, "weight", (C_out, C_in // groups, KH, KW),
+                    "[C_out, C_in // groups, KH, KW]")
+    if scale.shape[0] != C_out:
+        check_shape(scale, "scale", (C_out,), "one per output channel")
+    if shift.shape[0] != C_out:
+        check_shape(shift, "shift", (C_out,), "one per output channel")
     if len(stride) != 2 or min(stride) < 1:
         raise ValueError(f"stride: expected positive values, got {list(stride)}")
     if len(dilation) != 2 or min(dilation) < 1:
@@ -104,9 +119,16 @@ def _grouped_conv_bn_relu_op(
     relu: bool,
     backend: str,
 ) -> torch.Tensor:
+    return _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, backend)
+
+
+def _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, backend):
+    """The op's body: validation, the backend, its kernel. Called by the dispatcher, or
+    directly by grouped_conv_bn_relu where nothing would observe the difference (_direct.py)."""
     _check_args(x, weight, scale, shift, stride, padding, dilation, groups)
-    name = backends.resolve(backend, x.device, _auto_table_key(x, weight, stride, padding,
-                                                                dilation, groups, backend))
+    table_key = None if backend != "auto" else _auto_table_key(x, weight, stride, padding,
+                                                               dilation, groups, backend)
+    name = backends.resolve(backend, x.device, table_key)
     impl = backends.implementation("grouped_conv_bn_relu", name)
     return impl(x, weight, scale, shift, stride, padding, dilation, groups, relu)
 
@@ -196,18 +218,20 @@ def grouped_conv_bn_relu(
     check_call_types(dict(x=x, weight=weight, scale=scale, shift=shift), {}, backend)
     if isinstance(groups, bool) or not isinstance(groups, int):
         raise TypeError(f"groups: expected an int, got {type(groups).__name__}")
+    return grouped_conv_bn_relu_call(x, weight, scale, shift, pair(stride, "stride"),
+                                     pair(padding, "padding"), pair(dilation, "dilation"),
+                                     groups, bool(relu), backend)
+
+
+def grouped_conv_bn_relu_call(x, weight, scale, shift, stride, padding, dilation, groups,
+                              relu, backend, plain=None):
+    """The op with its arguments in the schema's types (the fused modules call this): run
+    directly where nothing observes the difference, else through the dispatcher. `plain`:
+    _direct.plain_eager(), where the caller has it already."""
+    if direct_call_allowed(x, weight, scale, shift, plain=plain):
+        return _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, backend)
     return torch.ops.resnext_kernels.grouped_conv_bn_relu(
-        x,
-        weight,
-        scale,
-        shift,
-        pair(stride, "stride"),
-        pair(padding, "padding"),
-        pair(dilation, "dilation"),
-        groups,
-        bool(relu),
-        backend,
-    )
+        x, weight, scale, shift, stride, padding, dilation, groups, relu, backend)
 
 
 def fold_batchnorm(bn: torch.nn.BatchNorm2d, conv_bias=None):

@@ -1,0 +1,91 @@
+"""torch.export of swapped models: the program keeps our ops as ops, runs, and matches the
+original model. CPU: the reference backend, and triton under the interpreter; cuda on a GPU."""
+
+import pytest
+import torch
+
+import resnext_kernels as rk
+from conftest import HAS_CUDA
+from resnext_kernels import backends
+from test_replace import (assert_logits_close, randomize_bn, swapped_copy, tiny_resnext,
+                          tiny_seresnext)
+
+OUR_OPS = ("resnext_kernels.grouped_conv_bn_relu.default", "resnext_kernels.squeeze_excite.default")
+
+
+def our_op_nodes(program):
+    return [str(n.target) for n in program.graph.nodes
+            if n.op == "call_function" and str(n.target) in OUR_OPS]
+
+
+def fused_calls(model):
+    """How many op calls one forward of the swapped model makes."""
+    return sum(rk.replacement_report(model).values())
+
+
+def export_and_check(model, fused, x, rel, strict=False):
+    with torch.no_grad():
+        program = torch.export.export(fused, (x,), strict=strict)
+        nodes = our_op_nodes(program)
+        assert len(nodes) == fused_calls(fused), nodes
+        assert_logits_close(program.module()(x), model(x), rel)
+    return program
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["non-strict", "strict"])
+@pytest.mark.parametrize("build", [tiny_resnext, tiny_seresnext])
+def test_export_our_models(build, strict):
+    model = randomize_bn(build()).eval()
+    fused = swapped_copy(model, backend="reference")
+    export_and_check(model, fused, torch.randn(2, 3, 32, 32), 1e-4, strict)
+
+
+def test_exported_program_runs_triton_under_the_interpreter():
+    if not backends.backend_status("triton", "cpu")[0]:
+        pytest.skip("Triton does not run on the CPU here (TRITON_INTERPRET=1 and numpy < 2.4)")
+    model = randomize_bn(tiny_seresnext()).eval()
+    fused = swapped_copy(model, backend="triton")
+    export_and_check(model, fused, torch.randn(1, 3, 16, 16), 1e-4)
+
+
+def test_exported_program_saves_and_loads(tmp_path):
+    model = randomize_bn(tiny_seresnext()).eval()
+    fused = swapped_copy(model, backend="reference")
+    x = torch.randn(2, 3, 32, 32)
+    program = export_and_check(model, fused, x, 1e-4)
+    torch.export.save(program, tmp_path / "model.pt2")
+    loaded = torch.export.load(tmp_path / "model.pt2")
+    assert len(our_op_nodes(loaded)) == fused_calls(fused)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module()(x), program.module()(x))
+
+
+def test_export_torchvision_resnext50():
+    torchvision = pytest.importorskip("torchvision")
+    model = randomize_bn(torchvision.models.resnext50_32x4d()).eval()
+    fused = swapped_copy(model, backend="reference")
+    export_and_check(model, fused, torch.randn(1, 3, 64, 64), 1e-4)
+
+
+def test_export_timm_seresnext50():
+    timm = pytest.importorskip("timm")
+    model = randomize_bn(timm.create_model("seresnext50_32x4d", pretrained=False)).eval()
+    fused = swapped_copy(model, backend="reference")
+    export_and_check(model, fused, torch.randn(1, 3, 64, 64), 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_export_on_the_gpu(backend):
+    if not HAS_CUDA:
+        pytest.skip("needs a CUDA device")
+    if not backends.backend_status(backend, "cuda")[0]:
+        pytest.skip(backends.backend_status(backend, "cuda")[1])
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("seresnext50_32x4d", pretrained=False)
+    model = randomize_bn(model).eval().to("cuda", torch.float16,
+                                          memory_format=torch.channels_last)
+    fused = swapped_copy(model, backend=backend)
+    x = torch.randn(4, 3, 224, 224, device="cuda", dtype=torch.float16).to(
+        memory_format=torch.channels_last)
+    export_and_check(model, fused, x, 5e-2)
