@@ -7,8 +7,10 @@ Public surface:
     models                                         ResNet, ResNeXt, Wide ResNet, SE-ResNeXt builders
     build_info()                                   what was compiled, and what loaded
     available_backends(device=None)                which backends work here, and why not
+    clear_caches()                                 forget the cached BN folds (see _derived.py)
 """
 
+from ._derived import clear_caches
 from ._extension import build_info
 from .backends import available_backends
 from . import models, ops
@@ -18,6 +20,7 @@ from .replace import replace_modules, replacement_report, restore_modules
 __all__ = [
     "available_backends",
     "build_info",
+    "clear_caches",
     "fold_batchnorm",
     "grouped_conv_bn_relu",
     "models",

@@ -92,25 +92,27 @@ FOLD_CACHE = "_rk_fold_cache"
 
 def _folded_conv_bn(module, conv, bn, dtype, plain):
     """(weight in `dtype`, scale, shift): BN folded and the weight cast, computed once per
-    module and reused while the parameters and statistics are unchanged (_derived.py).
-    A running statistic written other than by the BatchNorm module's own training forward or
-    an in-place op (a direct F.batch_norm(training=True) call on the buffers) is not seen."""
+    module and reused while the parameters and statistics are unchanged (_derived.py says what
+    that means, and what it cannot see)."""
     def fold():
         scale, shift = fold_batchnorm(bn, conv.bias)
         return conv.weight.to(dtype), scale, shift
 
     if not plain:  # a trace (compile, export) must hold the fold, and see no side effect
         return fold()
+    tracked = _buffer(bn, "num_batches_tracked")
+    if tracked is None:  # nothing would show that a training forward updated the statistics
+        return fold()
     cache = module.__dict__.get(FOLD_CACHE)
     if cache is None:
-        cache = module.__dict__[FOLD_CACHE] = DerivedTensors()
+        cache = module.__dict__[FOLD_CACHE] = DerivedTensors(single=True)
 
     # num_batches_tracked: the batch_norm kernel writes the running statistics without a
     # version bump, but every training-mode forward of a BatchNorm module also does
     # num_batches_tracked.add_(1), which bumps its version
     sources = (_parameter(conv, "weight"), _parameter(conv, "bias"), _parameter(bn, "weight"),
                _parameter(bn, "bias"), _buffer(bn, "running_mean"), _buffer(bn, "running_var"),
-               _buffer(bn, "num_batches_tracked"))
+               tracked)
     return cache.get(sources, (dtype, bn.eps), fold)
 
 
@@ -158,7 +160,8 @@ class FusedMixin:
         raise NotImplementedError
 
     def __getstate__(self):
-        state = self.__dict__.copy()
+        state = super().__getstate__()  # nn.Module's (it drops a compiled forward, say)
+        state = dict(state)
         state.pop(FOLD_CACHE, None)  # derived from the parameters; rebuilt on the next call
         return state
 

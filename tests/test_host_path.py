@@ -5,9 +5,11 @@ All on the CPU with the reference backend: what is tested here is the Python aro
 """
 
 import copy
+import gc
 import importlib
 import io
 import pickle
+import weakref
 
 import pytest
 import torch
@@ -77,9 +79,24 @@ def test_direct_call_in_plain_inference_equals_the_dispatched_op(direct_calls, m
         direct = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=4, backend="reference")
         assert direct_calls == [True]
         monkeypatch.setattr(_direct, "ENABLED", False)
+        reference._FOLDED.clear()  # computed afresh, not from the direct call's fold
         dispatched = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=4, backend="reference")
         assert direct_calls == [True, False]
     assert torch.equal(direct, dispatched)
+
+
+def test_traces_transforms_and_forward_ad_are_not_plain_eager():
+    assert _direct.plain_eager()
+    with torch.overrides.TorchFunctionMode():
+        assert not _direct.plain_eager()
+    with OpRecorder():
+        assert not _direct.plain_eager()
+    seen = []
+    torch.vmap(lambda t: seen.append(_direct.plain_eager()) or t)(torch.ones(2, 2))
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        seen.append(_direct.plain_eager())
+    assert seen == [False, False]
 
 
 def test_direct_call_keeps_the_ops_errors(direct_calls):
@@ -201,6 +218,70 @@ def test_a_change_of_parameters_or_statistics_refolds(name, change):
     assert not torch.equal(before, after)
 
 
+@pytest.mark.parametrize("foreach_or_fused", ["fused", "foreach"])
+def test_every_optimizer_step_refolds(foreach_or_fused):
+    """Adam(fused=True) writes the parameters without a version bump: every optimizer step
+    clears the caches (frozen-BN fine-tuning, validated between steps)."""
+    model = conv_bn_relu()
+    fused = swapped_copy(model, backend="reference")
+    x = torch.randn(2, 16, 5, 5)
+    optimizers = [torch.optim.Adam(m.parameters(), lr=0.1, **{foreach_or_fused: True})
+                  for m in (model, fused)]
+    for step in range(2):
+        for m, opt in zip((model, fused), optimizers):
+            m(x).square().sum().backward()  # eval mode: the fused path, with grad
+            opt.step()
+            opt.zero_grad()
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), model(x), **CLOSE)
+
+
+def test_clear_caches_covers_writes_no_version_counter_sees():
+    model = conv_bn_relu()
+    fused = swapped_copy(model, backend="reference")
+    x = torch.randn(2, 16, 5, 5)
+    with torch.no_grad():
+        fused(x)
+        for m in (model, fused):
+            m[0].weight.data.mul_(-1)  # .data: its own version counter
+            m[1].running_var.data.mul_(4)
+        rk.clear_caches()
+        torch.testing.assert_close(fused(x), model(x), **CLOSE)
+
+
+def test_bn_without_num_batches_tracked_is_folded_every_call(fold_counter):
+    """Without num_batches_tracked nothing shows that a training forward moved the running
+    statistics (the batch_norm kernel writes them without a version bump)."""
+    model = conv_bn_relu()
+    fused = swapped_copy(model, backend="reference")
+    for m in (model, fused):
+        m[1].num_batches_tracked = None
+    x = torch.randn(2, 16, 5, 5)
+    batch = torch.randn(4, 16, 5, 5) * 3 + 1
+    with torch.no_grad():
+        fused(x)
+        for m in (model, fused):
+            m.train()(batch)
+            m.eval()
+        torch.testing.assert_close(fused(x), model(x), **CLOSE)
+    assert len(fold_counter) == 2
+
+
+def test_replaced_parameters_are_not_kept_alive():
+    model = conv_bn_relu()
+    fused = swapped_copy(model, backend="reference")
+    x = torch.randn(2, 16, 5, 5)
+    old = []
+    with torch.no_grad():
+        for i in range(3):
+            old.append(weakref.ref(fused[0].weight))
+            fused.load_state_dict(randomize_bn(conv_bn_relu(seed=i + 1), i + 1).state_dict(),
+                                  assign=True)
+            fused(x)
+    gc.collect()
+    assert [r() is None for r in old] == [True, True, True]
+
+
 def test_eval_with_grad_is_never_cached_and_gets_every_gradient(fold_counter):
     model = conv_bn_relu()
     fused = swapped_copy(model, backend="reference")
@@ -299,3 +380,17 @@ def test_swapped_models_pickle_and_deepcopy(build):
         assert torch.equal(fused(x), expected)
     rk.restore_modules(fused)
     assert not any(modules.FOLD_CACHE in m.__dict__ for m in fused.modules())
+
+
+def test_deepcopy_of_a_module_compiled_in_place():
+    """Module.compile() keeps the compiled forward in the module's __dict__; a copy must not
+    run the original's."""
+    model = conv_bn_relu()
+    fused = swapped_copy(model, backend="reference")
+    fused.compile(backend="eager")
+    copied = copy.deepcopy(fused)
+    with torch.no_grad():
+        copied[0].weight.mul_(-1)
+        model[0].weight.mul_(-1)
+        x = torch.randn(2, 16, 5, 5)
+        torch.testing.assert_close(copied(x), model(x), **CLOSE)

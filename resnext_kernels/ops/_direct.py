@@ -10,7 +10,7 @@ that whoever is watching sees it as one op:
 - torch.compile (Dynamo) and torch.jit tracing record the op, not what its body runs;
 - a TorchDispatchMode or TorchFunctionMode is active: fake tensors, make_fx / torch.export,
   functionalization, FlopCounterMode, a user's mode;
-- functorch transforms (vmap, grad) are active;
+- functorch transforms (vmap, grad) or forward-mode AD (a dual level) are active;
 - a tensor is a subclass (DTensor, FakeTensor, a user's): only torch.Tensor and nn.Parameter
   are plain;
 - autograd must record the op: grad mode is on and an input requires grad.
@@ -21,6 +21,7 @@ RESNEXT_KERNELS_DIRECT_CALLS=0 (read at import) sends every call through the dis
 import os
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import nn
 
 ENABLED = os.environ.get("RESNEXT_KERNELS_DIRECT_CALLS", "1") != "0"
@@ -35,9 +36,10 @@ _jit_tracing_state = torch._C._get_tracing_state
 
 def plain_eager() -> bool:
     """True in plain eager execution: nothing traces, transforms or watches the calls (no
-    compile, jit trace, dispatch or function mode, functorch transform)."""
+    compile, jit trace, dispatch or function mode, functorch transform, forward-mode AD)."""
     return not (_is_compiling() or _function_mode_enabled() or _dispatch_stack_len()
-                or _functorch_stack_top() is not None or _jit_tracing_state() is not None)
+                or _functorch_stack_top() is not None or _jit_tracing_state() is not None
+                or _forward_ad._current_level >= 0)
 
 
 def direct_call_allowed(*tensors, plain=None) -> bool:
