@@ -93,9 +93,6 @@ class DerivedTensors:
         entries[key] = (refs, state, value)
         return value
 
-    def __len__(self):
-        return len(self._entries)
-
     def clear(self):
         self._entries.clear()
 

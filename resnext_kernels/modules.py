@@ -160,8 +160,7 @@ class FusedMixin:
         raise NotImplementedError
 
     def __getstate__(self):
-        state = super().__getstate__()  # nn.Module's (it drops a compiled forward, say)
-        state = dict(state)
+        state = dict(super().__getstate__())  # nn.Module's (it drops a compiled forward)
         state.pop(FOLD_CACHE, None)  # derived from the parameters; rebuilt on the next call
         return state
 

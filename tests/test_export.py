@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import resnext_kernels as rk
-from conftest import HAS_CUDA
 from resnext_kernels import backends
+from test_cuda_graphs import gpu_input, gpu_model
 from test_replace import (assert_logits_close, randomize_bn, swapped_copy, tiny_resnext,
                           tiny_seresnext)
 
@@ -77,13 +77,5 @@ def test_export_timm_seresnext50():
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_export_on_the_gpu(backend):
-    if not HAS_CUDA:
-        pytest.skip("needs a CUDA device")
-    if not backends.backend_status(backend, "cuda")[0]:
-        pytest.skip(backends.backend_status(backend, "cuda")[1])
-    model = randomize_bn(tiny_seresnext()).eval().to("cuda", torch.float16,
-                                                      memory_format=torch.channels_last)
-    fused = swapped_copy(model, backend=backend)
-    x = torch.randn(4, 3, 64, 64, device="cuda", dtype=torch.float16).to(
-        memory_format=torch.channels_last)
-    export_and_check(model, fused, x, 5e-2)
+    model, fused = gpu_model(backend)
+    export_and_check(model, fused, gpu_input(0), 5e-2)

@@ -29,9 +29,7 @@ def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, gro
     y = F.conv2d(x, folded, bias, stride, padding, dilation, groups)
     if relu:
         y.relu_()
-    # suggest_memory_format(x), without its cost where x is contiguous (never channels_last-like)
-    return y.contiguous(memory_format=torch.contiguous_format if x.is_contiguous()
-                        else suggest_memory_format(x))
+    return y.contiguous(memory_format=_memory_format(x))
 
 
 def _memory_format(x):
