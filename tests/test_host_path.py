@@ -356,6 +356,27 @@ def test_reference_fold_is_reused_and_dropped_with_its_weight(monkeypatch):
     assert key not in reference._FOLDED._entries
 
 
+def test_reference_fold_is_kept_by_direct_calls_only():
+    """Under the dispatcher the op may run inside a compiled graph: CUDA-graph trees (compile's
+    reduce-overhead mode) refuse any allocation of the graph's pool that outlives its run, so a
+    fold cached there broke them (seen on an H100, 2026-11-26). Only direct calls cache."""
+    reference._FOLDED.clear()
+    x, w, scale, shift = conv_args(seed=5)
+    expected = torch.relu(torch.conv2d(x, w * scale.view(-1, 1, 1, 1), shift, 1, 1, 1, 4))
+    with torch.no_grad():
+        dispatched = torch.ops.resnext_kernels.grouped_conv_bn_relu(
+            x, w, scale, shift, [1, 1], [1, 1], [1, 1], 4, True, "reference")
+        assert len(reference._FOLDED._entries) == 0
+        compiled = torch.compile(
+            lambda *a: rk.grouped_conv_bn_relu(*a, groups=4, backend="reference"),
+            fullgraph=True, backend="aot_eager")(x, w, scale, shift)
+        assert len(reference._FOLDED._entries) == 0
+        direct = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=4, backend="reference")
+        assert id(w) in reference._FOLDED._entries
+    for y in (dispatched, compiled, direct):
+        torch.testing.assert_close(y, expected, **CLOSE)
+
+
 # ---------------------------------------------------------------------------- pickling
 @pytest.mark.parametrize("build", [tiny_resnext, tiny_seresnext])
 def test_swapped_models_pickle_and_deepcopy(build):

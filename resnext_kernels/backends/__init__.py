@@ -157,6 +157,15 @@ _MODULES = {
 
 
 @functools.lru_cache(maxsize=None)
-def implementation(op_name: str, backend: str):
-    """The function implementing `op_name` in a concrete backend (imported on first use)."""
-    return getattr(importlib.import_module(_MODULES[backend]), op_name)
+def implementation(op_name: str, backend: str, direct: bool = False):
+    """The function implementing `op_name` in a concrete backend (imported on first use).
+
+    direct=True: for a direct call in plain eager (ops/_direct.py), a backend's
+    `<op_name>_direct` where it has one: a variant that may keep values between calls (the
+    reference backend's folded weight). Under the dispatcher the plain function runs, which
+    keeps nothing: a compiled graph's call must not hold tensors past its run (CUDA-graph
+    trees check that their memory pool holds only the graph's outputs)."""
+    module = importlib.import_module(_MODULES[backend])
+    if direct and hasattr(module, op_name + "_direct"):
+        return getattr(module, op_name + "_direct")
+    return getattr(module, op_name)

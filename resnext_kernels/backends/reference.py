@@ -1,8 +1,9 @@
 """The aten reference backend: what the fused kernels must match, and the CPU default.
 
 grouped_conv_bn_relu folds BN's scale into the weights (in fp32, rounded once to the input
-dtype; reused while the same weight, scale and shift tensors are unchanged), runs one aten
-convolution (cuDNN on GPU) with the shift as its bias, then an in-place ReLU.
+dtype), runs one aten convolution (cuDNN on GPU) with the shift as its bias, then an in-place
+ReLU. Its direct-call variant (grouped_conv_bn_relu_direct, plain eager only) reuses the fold
+while the same weight, scale and shift tensors are unchanged.
 """
 
 import torch
@@ -13,7 +14,9 @@ from .._derived import DerivedTensors
 
 
 # (folded weight, shift in x's dtype) per weight tensor, reused while weight, scale and shift
-# are unchanged: repeated calls with the same parameters (a fused module's) fold once
+# are unchanged: repeated direct calls with the same parameters (a fused module's) fold once.
+# Only direct calls use it: under the dispatcher the op may run inside a compiled graph, whose
+# CUDA-graph trees allow no allocation of theirs to outlive the graph's run.
 _FOLDED = DerivedTensors()
 
 
@@ -23,9 +26,19 @@ def _fold(weight, scale, shift, dtype):
 
 
 def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups, relu):
+    folded, bias = _fold(weight, scale, shift, x.dtype)
+    return _conv_relu(x, folded, bias, stride, padding, dilation, groups, relu)
+
+
+def grouped_conv_bn_relu_direct(x, weight, scale, shift, stride, padding, dilation, groups,
+                                relu):
     dtype = x.dtype
     folded, bias = _FOLDED.get((weight, scale, shift), (dtype,),
                                lambda: _fold(weight, scale, shift, dtype))
+    return _conv_relu(x, folded, bias, stride, padding, dilation, groups, relu)
+
+
+def _conv_relu(x, folded, bias, stride, padding, dilation, groups, relu):
     y = F.conv2d(x, folded, bias, stride, padding, dilation, groups)
     if relu:
         y.relu_()

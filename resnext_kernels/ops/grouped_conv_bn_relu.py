@@ -122,14 +122,16 @@ def _grouped_conv_bn_relu_op(
     return _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, backend)
 
 
-def _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, backend):
+def _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, backend,
+         direct=False):
     """The op's body: validation, the backend, its kernel. Called by the dispatcher, or
-    directly by grouped_conv_bn_relu where nothing would observe the difference (_direct.py)."""
+    directly (direct=True) by grouped_conv_bn_relu where nothing would observe the difference
+    (_direct.py)."""
     _check_args(x, weight, scale, shift, stride, padding, dilation, groups)
     table_key = None if backend != "auto" else _auto_table_key(x, weight, stride, padding,
                                                                dilation, groups, backend)
     name = backends.resolve(backend, x.device, table_key)
-    impl = backends.implementation("grouped_conv_bn_relu", name)
+    impl = backends.implementation("grouped_conv_bn_relu", name, direct)
     return impl(x, weight, scale, shift, stride, padding, dilation, groups, relu)
 
 
@@ -229,7 +231,8 @@ def grouped_conv_bn_relu_call(x, weight, scale, shift, stride, padding, dilation
     directly where nothing observes the difference, else through the dispatcher. `plain`:
     _direct.plain_eager(), where the caller has it already."""
     if direct_call_allowed(x, weight, scale, shift, plain=plain):
-        return _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, backend)
+        return _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, backend,
+                    direct=True)
     return torch.ops.resnext_kernels.grouped_conv_bn_relu(
         x, weight, scale, shift, stride, padding, dilation, groups, relu, backend)
 
