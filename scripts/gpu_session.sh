@@ -10,6 +10,9 @@
 #   bench          220  benchmarks/grouped_conv.py: resnext50_32x4d + resnext101_32x8d, batch
 #                       128, fp16/bf16, channels_last, cudnn_eager cudnn_folded reference triton
 #                       cuda (device time, host time, CUDA-graph time); then the auto table
+#   host            60  benchmarks/overhead_gpu.py: host time per call, layer by layer (aten, the
+#                       original and swapped modules, the op direct and dispatched, the C++ op)
+#                       and per resnext50 forward, with a cProfile of the swapped model
 #   sanitize       100  compute-sanitizer memcheck + racecheck on small cases of every path
 #   ncu            120  Nsight Compute on one call of every kernel path (scripts/ncu_cases.py):
 #                       DRAM bytes vs floor, sectors/request, shared wavefronts, occupancy
@@ -20,8 +23,11 @@
 # 540 s, for a 600 s call), each under its own timeout, and skips the rest: call it again on the
 # warm machine for the next ones (state in /tmp/resnext_kernels_plan). Device time per session
 # was 15 minutes at the last reading (a start takes 1-2 of them), calls at most 10 minutes:
-#   15-minute lease:  call 1  scripts/gpu_session.sh --budget 540   (build, gpu-tests, bench)
+#   15-minute lease:  call 1  scripts/gpu_session.sh --budget 540   (build, gpu-tests, bench,
+#                                                                   and host where it fits)
 #                     call 2  scripts/gpu_session.sh --budget 300   (sanitize, ncu, + what fits)
+# (measured on an H100, 2026-11-26: build 46 s, gpu-tests 194 s, bench 114 s, sanitize 106 s,
+# ncu 151 s, se-models 96 s; a start 1-2 minutes)
 #   30-minute lease:  as above with call 2 --budget 540, then call 3 for se-models/max-autotune.
 # Without .git in the copied tree, name the commit: RESNEXT_KERNELS_COMMIT=<sha> scripts/...
 # A fresh machine (the warm one was given back) forgets the state: name the steps instead,
@@ -45,10 +51,10 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 
 DRY=0; BUDGET=540; UNPACK=""; STEPS=()
-ALL_STEPS=(gpu-tests bench sanitize ncu se-models max-autotune)
-declare -A PLANNED=([build]=120 [gpu-tests]=200 [bench]=220 [sanitize]=100 [ncu]=120
+ALL_STEPS=(gpu-tests bench host sanitize ncu se-models max-autotune)
+declare -A PLANNED=([build]=120 [gpu-tests]=200 [bench]=220 [host]=60 [sanitize]=100 [ncu]=120
                     [se-models]=150 [max-autotune]=240)
-usage() { sed -n '2,42p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
+usage() { sed -n '2,48p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
@@ -188,6 +194,13 @@ step_bench() {
     return $rc
   fi
   return $(( rc || auto_rc ))
+}
+
+step_host() {
+  log "host overhead per call and per model forward (benchmarks/overhead_gpu.py)"
+  local args=(--out "$STAGE/benchmarks/results")
+  [ "$DRY" = 1 ] && args+=(--quick)
+  run_logged "$1" "$LOGDIR/host.log" $PY "$REPO/benchmarks/overhead_gpu.py" "${args[@]}"
 }
 
 step_sanitize() {
