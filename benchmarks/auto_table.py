@@ -1,11 +1,16 @@
-"""Builds the backend="auto" table from a GPU run of benchmarks/grouped_conv.py.
+"""Builds a backend="auto" table from a GPU run of benchmarks/grouped_conv.py or
+benchmarks/squeeze_excite.py.
 
     python benchmarks/auto_table.py benchmarks/results/grouped_conv-<gpu>-<commit>-<date>.json
+    python benchmarks/auto_table.py benchmarks/results/squeeze_excite-<gpu>-<commit>-<date>.json
 
-For every measured (dtype, input layout, weight layout, layer shape) it keeps the fastest of the providers "auto" can
-choose ("reference", "triton", "cuda") by p50, among those whose output matched the float64
-reference, and writes resnext_kernels/backends/auto_tables/<arch>.json. A shape without a
-"reference" measurement gets no entry: no baseline, no claim. CPU results are refused.
+For every measured (dtype, input layout, weight layout, layer shape) it keeps the fastest of the
+providers "auto" can choose ("reference", "triton", "cuda") by p50, among those whose output
+matched the float64 reference, and writes resnext_kernels/backends/auto_tables/<arch>.json
+(<arch>-squeeze_excite.json for SE results). A shape without a "reference" measurement gets no
+entry: no baseline, no claim. An SE shape where no choosable provider beat the unfused module
+("eager") gets none either: "auto" then runs the aten reference, which computes what that module
+does. CPU results are refused.
 """
 
 import argparse
@@ -27,6 +32,8 @@ def build_table(results: dict, source: str) -> dict:
     if not arch:
         raise ValueError(f"{source}: the environment has no 'gpu_capability' (re-run the "
                          "benchmark with this version of benchmarks/common.py)")
+    if rows and "R" in rows[0]:
+        return _se_table(env, rows, arch, source)
     groups = {}
     for r in rows:
         if r.get("status") != "ok" or r["provider"] not in CHOOSABLE:
@@ -50,6 +57,30 @@ def build_table(results: dict, source: str) -> dict:
                 git_commit=env.get("git_commit"), date=env.get("date"), entries=entries)
 
 
+def _se_table(env, rows, arch, source):
+    """squeeze_excite.py's rows: the bottleneck tail, relu(u * SE(u) + residual), per stage."""
+    groups = {}
+    for r in rows:
+        if r.get("status") != "ok" or r["provider"] not in CHOOSABLE + ("eager",):
+            continue
+        key = (r["dtype"], r["layout"], r["C"], r["R"], r["H"], r["W"])
+        groups.setdefault(key, {})[r["provider"]] = r["p50_ms"]
+    entries = []
+    for (dtype, layout, C, R, H, W), times in sorted(groups.items()):
+        choosable = {k: v for k, v in times.items() if k in CHOOSABLE}
+        if "reference" not in choosable:
+            continue
+        best = min(choosable, key=choosable.get)
+        if "eager" in times and choosable[best] >= times["eager"]:
+            continue  # nothing beat the module it replaces: the default (aten) runs
+        entries.append(dict(op="squeeze_excite", arch=arch, dtype=dtype, layout=layout, C=C,
+                            R=R, H=H, W=W, residual=True, relu=True, backend=best,
+                            p50_ms={k: round(v, 5) for k, v in sorted(times.items())}))
+    batches = sorted({r["batch"] for r in rows})
+    return dict(source=source, gpu=env["gpu"], arch=arch, op="squeeze_excite", batch=batches,
+                git_commit=env.get("git_commit"), date=env.get("date"), entries=entries)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", help="a benchmarks/grouped_conv.py results .json from a GPU run")
@@ -62,7 +93,8 @@ def main(argv=None):
     source = args.source or os.path.relpath(args.results, os.path.join(HERE, ".."))
     table = build_table(results, source)
     os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, f"{table['arch']}.json")
+    suffix = "-squeeze_excite" if table.get("op") == "squeeze_excite" else ""
+    path = os.path.join(args.out_dir, f"{table['arch']}{suffix}.json")
     with open(path, "w") as f:
         json.dump(table, f, indent=1)
     picks = {}

@@ -16,7 +16,8 @@
 #   sanitize       100  compute-sanitizer memcheck + racecheck on small cases of every path
 #   ncu            120  Nsight Compute on one call of every kernel path (scripts/ncu_cases.py):
 #                       DRAM bytes vs floor, sectors/request, shared wavefronts, occupancy
-#   se-models      150  benchmarks/squeeze_excite.py (seresnext50 SE stages) + models.py
+#   se-models      150  benchmarks/squeeze_excite.py (seresnext50 SE stages; then the SE's auto
+#                       table) + models.py
 #   max-autotune   240  grouped_conv.py's torch.compile(max-autotune) provider, resnext50 fp16
 #
 # One call runs the next steps not yet done on this machine that fit in its --budget (default
@@ -54,7 +55,7 @@ DRY=0; BUDGET=540; UNPACK=""; STEPS=()
 ALL_STEPS=(gpu-tests bench host sanitize ncu se-models max-autotune)
 declare -A PLANNED=([build]=120 [gpu-tests]=200 [bench]=220 [host]=60 [sanitize]=100 [ncu]=120
                     [se-models]=150 [max-autotune]=240)
-usage() { sed -n '2,48p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
+usage() { sed -n '2,49p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
@@ -286,6 +287,14 @@ step_se_models() {
                  compile_cl_fp16 fused_compile_cl_fp16)
   fi
   run_logged "$half" "$LOGDIR/se-bench.log" $PY "$REPO/benchmarks/squeeze_excite.py" "${se_args[@]}" || rc=$?
+  local results
+  results=$(ls -t "$STAGE"/benchmarks/results/squeeze_excite-*.json 2>/dev/null | head -1)
+  if [ -n "$results" ]; then  # the SE's backend="auto" table (refused in a dry run: CPU results)
+    mkdir -p "$STAGE/resnext_kernels/backends/auto_tables"
+    (cd "$REPO" && $PY benchmarks/auto_table.py "$results" \
+        --source "benchmarks/results/$(basename "$results")" \
+        --out-dir "$STAGE/resnext_kernels/backends/auto_tables") 2>&1 | tail -n 3 | tee -a "$LOG"
+  fi
   run_logged "$half" "$LOGDIR/models.log" $PY "$REPO/benchmarks/models.py" "${model_args[@]}" || rc=$?
   return $rc
 }

@@ -91,6 +91,35 @@ def test_resolve_uses_a_table_entry_only_when_that_backend_is_usable(monkeypatch
     assert backends.resolve("reference", cpu, key) == "reference", "explicit names win"
 
 
+def _se_row(provider, p50, C=256, H=56, dtype="float16", layout="nhwc", status="ok"):
+    return dict(provider=provider, p50_ms=p50, status=status, dtype=dtype, layout=layout, C=C,
+                R=C // 16, H=H, W=H, batch=128, stage="layer1.0")
+
+
+def test_se_builder_claims_a_kernel_only_where_it_beat_the_unfused_module(tmp_path):
+    rows = [
+        _se_row("eager", 0.70), _se_row("reference", 2.3), _se_row("triton", 0.31),
+        _se_row("cuda", 0.57),
+        # nothing beats eager here: no entry, so "auto" runs the default (aten) reference
+        _se_row("eager", 0.12, C=2048, H=7), _se_row("reference", 0.37, C=2048, H=7),
+        _se_row("triton", 0.19, C=2048, H=7),
+        _se_row("eager", 0.40, C=512, H=28), _se_row("reference", 0.30, C=512, H=28),
+        _se_row("triton", 0.10, C=512, H=28, status="wrong: max rel err"),
+    ]
+    table = _builder().build_table(_results(rows), "x.json")
+    assert table["op"] == "squeeze_excite"
+    by_c = {e["C"]: e for e in table["entries"]}
+    assert set(by_c) == {256, 512}
+    assert by_c[256]["backend"] == "triton"
+    assert by_c[512]["backend"] == "reference", "a wrong result is never chosen"
+    (tmp_path / "sm_90-squeeze_excite.json").write_text(json.dumps(table))
+    tables = auto_table.load_tables(tmp_path)
+    key = auto_table.se_key("sm_90", torch.float16, "nhwc", 256, 16, 56, 56, True, True)
+    assert auto_table.lookup(key, tables) == "triton"
+    alone = auto_table.se_key("sm_90", torch.float16, "nhwc", 256, 16, 56, 56, False, False)
+    assert auto_table.lookup(alone, tables) is None, "measured as the bottleneck tail only"
+
+
 def test_installed_tables_are_valid():
     """Whatever tables are committed load, and name a source results file that is committed."""
     for path in sorted(auto_table.TABLE_DIR.glob("*.json")):
@@ -115,9 +144,28 @@ def test_auto_on_gpu_runs_the_tabled_backend(monkeypatch):
     real = backends.implementation
     monkeypatch.setattr(auto_table, "_installed_tables", lambda: {key: "triton"})
     monkeypatch.setattr(backends, "implementation",
-                        lambda op, name: chosen.append(name) or real(op, name))
+                        lambda op, name, *direct: chosen.append(name) or real(op, name, *direct))
     rk.grouped_conv_bn_relu(x, w, s, b, groups=32)
     assert chosen == ["triton"]
     w_cl = w.contiguous(memory_format=torch.channels_last)
     rk.grouped_conv_bn_relu(x, w_cl, s, b, groups=32)
     assert chosen == ["triton", backends.resolve("auto", x.device, None)]
+
+
+@pytest.mark.gpu
+def test_se_auto_on_gpu_runs_the_tabled_backend(monkeypatch):
+    u = torch.randn(2, 64, 8, 8, device="cuda", dtype=torch.float16)
+    u = u.contiguous(memory_format=torch.channels_last)
+    res = torch.randn_like(u)
+    w1, w2 = torch.randn(4, 64, device="cuda") / 8, torch.randn(64, 4, device="cuda") / 2
+    key = auto_table.se_key(backends.gpu_arch(u.device), u.dtype, "nhwc", 64, 4, 8, 8, True,
+                            True)
+    chosen = []
+    real = backends.implementation
+    monkeypatch.setattr(auto_table, "_installed_tables", lambda: {key: "triton"})
+    monkeypatch.setattr(backends, "implementation",
+                        lambda op, name, *direct: chosen.append(name) or real(op, name, *direct))
+    rk.squeeze_excite(u, w1, None, w2, None, residual=res, relu=True)
+    assert chosen == ["triton"]
+    rk.squeeze_excite(u, w1, None, w2, None)  # the SE alone: no entry
+    assert chosen == ["triton", backends.resolve("auto", u.device, None)]

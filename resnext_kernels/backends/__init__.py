@@ -18,9 +18,10 @@ BACKENDS = ("reference", "triton", "cuda")
 
 # What "auto" tries, in order, per device type, for calls that no measured per-shape table
 # (auto_table.py) covers. Only backends verified and measured faster than the reference on that
-# device belong before "reference". The first GPU run (H200, 2026-11-26) measured our kernels
-# slower than cuDNN on most shapes, so outside the measured per-shape table (sm_90.json) "auto"
-# stays on the aten reference (cuDNN on GPU).
+# device belong before "reference". Measured so far on sm_90 only (H200 and H100, 2026-11-26),
+# and there per shape: CUDA v3 beat cuDNN on most ResNeXt layers and Triton's SE beat the eager
+# module on three of four SE-ResNeXt stages (auto_tables/sm_90*.json), so an unmeasured shape
+# or GPU stays on the aten reference (cuDNN on a GPU).
 AUTO_PREFERENCE = {
     "cuda": ("reference",),
     "cpu": ("reference",),

@@ -1,11 +1,11 @@
 """Per-shape choices for backend="auto" on a GPU, taken from committed benchmark results.
 
-`benchmarks/auto_table.py RESULTS.json` turns a GPU run of benchmarks/grouped_conv.py into a
-table under resnext_kernels/backends/auto_tables/: for every measured (GPU architecture, dtype,
-layout, layer shape), the fastest backend whose output matched the float64 reference, among
-"triton", "cuda" and "reference" (cuDNN with BatchNorm folded). "auto" looks the call up there;
-a shape, GPU architecture or dtype that no table covers gets the device's default preference
-(resnext_kernels.backends.AUTO_PREFERENCE), which is the aten reference until measured.
+`benchmarks/auto_table.py RESULTS.json` turns a GPU run of benchmarks/grouped_conv.py or of
+benchmarks/squeeze_excite.py into a table under resnext_kernels/backends/auto_tables/: for every
+measured (GPU architecture, dtype, layout, shape), the fastest backend whose output matched the
+float64 reference, among "triton", "cuda" and "reference" (aten: cuDNN with BatchNorm folded, or
+the SE in aten ops). "auto" looks the call up there; a call that no table covers gets the
+device's default preference (resnext_kernels.backends.AUTO_PREFERENCE), the aten reference.
 
 Keys hold everything the kernels' speed depends on except the batch (tables are measured at one
 batch size, which each table records). GPUs are matched by compute capability (an H100 and an
@@ -33,7 +33,17 @@ def conv_key(arch, dtype, layout, weight_layout, C_in, C_out, groups, H, W, stri
             tuple(int(d) for d in dilation))
 
 
+def se_key(arch, dtype, layout, C, R, H, W, residual: bool, relu: bool):
+    """The lookup key of one squeeze_excite call: u's layout and shape, the hidden width R,
+    and whether the bottleneck tail (residual, ReLU) is fused in."""
+    return ("squeeze_excite", str(arch), str(dtype).replace("torch.", ""), str(layout), int(C),
+            int(R), int(H), int(W), bool(residual), bool(relu))
+
+
 def entry_key(entry: dict):
+    if entry.get("op") == "squeeze_excite":
+        return se_key(entry["arch"], entry["dtype"], entry["layout"], entry["C"], entry["R"],
+                      entry["H"], entry["W"], entry["residual"], entry["relu"])
     return conv_key(entry["arch"], entry["dtype"], entry["layout"], entry["weight_layout"],
                     entry["C_in"], entry["C_out"], entry["groups"], entry["H"], entry["W"],
                     entry["stride"], entry["padding"], entry["dilation"])
