@@ -5,7 +5,7 @@
 #
 # Steps, in order, with the seconds each is planned for (each also gets a hard timeout):
 #   build          120  the extension for sm_90 (MAX_JOBS=16), build_info, available backends
-#   gpu-tests      200  pytest -m gpu: every backend on CUDA tensors, every kernel path, the real
+#   gpu-tests      240  pytest -m gpu: every backend on CUDA tensors, every kernel path, the real
 #                       ResNeXt / SE-ResNeXt shapes, opcheck, torch.compile, the swapped models
 #   bench          220  benchmarks/grouped_conv.py: resnext50_32x4d + resnext101_32x8d, batch
 #                       128, fp16/bf16, channels_last, cudnn_eager cudnn_folded reference triton
@@ -53,7 +53,7 @@ PY=${PYTHON:-python3}
 
 DRY=0; BUDGET=540; UNPACK=""; STEPS=()
 ALL_STEPS=(gpu-tests bench host sanitize ncu se-models max-autotune)
-declare -A PLANNED=([build]=120 [gpu-tests]=200 [bench]=220 [host]=60 [sanitize]=100 [ncu]=120
+declare -A PLANNED=([build]=120 [gpu-tests]=240 [bench]=220 [host]=60 [sanitize]=100 [ncu]=120
                     [se-models]=150 [max-autotune]=240)
 usage() { sed -n '2,49p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
 while [ $# -gt 0 ]; do

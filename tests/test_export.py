@@ -1,6 +1,8 @@
 """torch.export of swapped models: the program keeps our ops as ops, runs, and matches the
 original model. CPU: the reference backend, and triton under the interpreter; cuda on a GPU."""
 
+import os
+
 import pytest
 import torch
 
@@ -79,3 +81,35 @@ def test_export_timm_seresnext50():
 def test_export_on_the_gpu(backend):
     model, fused = gpu_model(backend)
     export_and_check(model, fused, gpu_input(0), 5e-2)
+
+
+# ------------------------------------------------------------------------------- AOTInductor
+def aoti_run(program, x, tmp_path):
+    """Compiles an exported program with AOTInductor into a package, loads it and runs it. In
+    this process: the package calls our ops through the dispatcher by name, so resnext_kernels
+    must be imported where it runs (a C++-only runtime has no Python ops)."""
+    path = torch._inductor.aoti_compile_and_package(
+        program, package_path=str(tmp_path / "model.pt2"))
+    with torch.no_grad():
+        return torch._inductor.aoti_load_package(path)(x)
+
+
+@pytest.mark.skipif(os.environ.get("RESNEXT_KERNELS_AOTI_TESTS") != "1",
+                    reason="about 1.5 minutes of C++ compilation on a 2-core machine: "
+                           "RESNEXT_KERNELS_AOTI_TESTS=1 runs it (CI does not)")
+def test_aot_inductor_package_on_the_cpu(tmp_path):
+    model = randomize_bn(tiny_resnext()).eval()
+    fused = swapped_copy(model, backend="reference")
+    x = torch.randn(2, 3, 32, 32)
+    program = export_and_check(model, fused, x, 1e-4)
+    with torch.no_grad():
+        assert_logits_close(aoti_run(program, x, tmp_path), model(x), 1e-4)
+
+
+@pytest.mark.gpu
+def test_aot_inductor_package_on_the_gpu(tmp_path):
+    model, fused = gpu_model("cuda")
+    x = gpu_input(0)
+    program = export_and_check(model, fused, x, 5e-2)
+    with torch.no_grad():
+        assert_logits_close(aoti_run(program, x, tmp_path), model(x), 5e-2)
