@@ -83,7 +83,7 @@ def run_case(binary, case, blocks: int, seed: int = 0):
         (_, path), launches = cuda_emulator.profile_launches(
             cuda_emulator.grouped_conv_bn_relu, binary, x, w, scale, shift,
             stride=case["stride"], groups=case["groups"], allow_tf32=case.get("tf32", False),
-            sample_blocks=blocks)
+            allow_v3=case.get("cuda_v3") is not False, sample_blocks=blocks)
         return launches, x.numel() * x.element_size(), path
     R = case["R"]
     w1, w2 = torch.randn(R, C, generator=g) / C**0.5, torch.randn(C, R, generator=g) / R**0.5

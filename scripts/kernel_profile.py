@@ -372,6 +372,7 @@ def per_kernel(launches):
 
 def markdown(report):
     src = ", ".join(f"{f} ({g})" for f, g in report["measured_sources"]) or "none"
+    measured_on = ", ".join(sorted({g for _, g in report["measured_sources"]})) or "no GPU"
     lines = [
         "# GPU-free kernel profile and predicted times",
         "",
@@ -394,7 +395,7 @@ def markdown(report):
         "",
         "| layer | backend | dtype | layout | ld sect/req | st sect/req | sh wf/req | sh confl | "
         "L2→SM/in | pred us H100 | % floor H100 | bound | per kernel (H100) | pred us H200 | "
-        "measured us (H200) | meas/pred |",
+        f"measured us ({measured_on}) | meas/pred |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in report["paths"]:
