@@ -83,7 +83,8 @@ def _se_table(env, rows, arch, source):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("results", help="a benchmarks/grouped_conv.py results .json from a GPU run")
+    p.add_argument("results", help="a benchmarks/grouped_conv.py or squeeze_excite.py results "
+                                   ".json from a GPU run")
     p.add_argument("--out-dir", default=TABLE_DIR)
     p.add_argument("--source", help="the results file's path in the repository, when it is read "
                                     "from elsewhere (the GPU plan's staging tree)")

@@ -17,7 +17,8 @@ on the host, where the kernels are asynchronous. Rows:
   the aten calls the reference backend makes for it (conv2d with the folded weight, relu_):
   the op's own cost per call, in microseconds and instructions; and the same for a call of the
   registered op, torch.ops.resnext_kernels.grouped_conv_bn_relu, which always goes through the
-  dispatcher (what the direct calls of ops/_direct.py save).
+  dispatcher (what the direct calls of ops/_direct.py save; since ed01663 it also folds the
+  weight on every call, as only direct calls keep the reference backend's fold).
 
 Each under torch.inference_mode and torch.no_grad. Writes
 benchmarks/results/overhead-host-<commit>-<date>.{json,csv} (see results/README.md).

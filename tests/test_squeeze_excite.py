@@ -158,6 +158,23 @@ def test_bad_input_names_the_argument(change, error, match):
                           residual=args["residual"], backend="reference")
 
 
+def test_layouts_mixed_and_autocast(backend_device):
+    """u channels_last with an NCHW residual: the output takes u's layout. Under autocast the
+    gate is still fp32 (the kernels' contract): the same output as without autocast."""
+    backend, device = backend_device
+    u, w1, b1, w2, b2, res = make_case(2, 16, 3, 5, 4, torch.float32, device, True, 7,
+                                       residual=True)
+    res = res.contiguous()
+    out = rk.squeeze_excite(u, w1, b1, w2, b2, residual=res, relu=True, backend=backend)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    check_out = reference(u, w1, b1, w2, b2, res, True)
+    torch.testing.assert_close(out.double().cpu(), check_out, **tolerance(torch.float32))
+    with torch.autocast(device, dtype=torch.bfloat16):
+        in_autocast = rk.squeeze_excite(u, w1, b1, w2, b2, residual=res, relu=True,
+                                        backend=backend)
+    torch.testing.assert_close(in_autocast, out, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_opcheck(backend_device, with_residual):
     backend, device = backend_device

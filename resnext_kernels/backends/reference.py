@@ -57,7 +57,12 @@ def _f32(t):
 
 def se_gate(u, w1, b1, w2, b2):
     """s = sigmoid(W2 relu(W1 mean_hw(u) + b1) + b2) in fp32, [N, C]. w1: [R, C], w2: [C, R].
-    The mean accumulates in fp32 without an fp32 copy of u."""
+    The mean accumulates in fp32 (on a GPU without an fp32 copy of u); autocast, where it is on,
+    is held off, as the kernels compute the gate in fp32 whatever the caller's autocast."""
+    device_type = u.device.type
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return se_gate(u, w1, b1, w2, b2)
     pooled = u.mean((2, 3), dtype=torch.float32)
     h = torch.relu(F.linear(pooled, _f32(w1), _f32(b1)))
     return torch.sigmoid(F.linear(h, _f32(w2), _f32(b2)))
@@ -69,7 +74,11 @@ def squeeze_excite(u, w1, b1, w2, b2, residual, relu):
     # dtype first. An fp32 copy of u and the residual took 2.8-3.3x the eager module's time on
     # an H100 (benchmarks/results/squeeze_excite-NVIDIA-H100-80GB-HBM3-46be7dbe19ed-*.json).
     gate = se_gate(u, w1, b1, w2, b2).to(u.dtype)[:, :, None, None]
-    out = u * gate if residual is None else torch.addcmul(residual, u, gate)
+    if residual is None:
+        out = u * gate
+    else:  # written in u's layout directly (addcmul would follow the residual's)
+        out = torch.empty_like(u, memory_format=_memory_format(u))
+        torch.addcmul(residual, u, gate, out=out)
     if relu:
         out.relu_()
     return out.contiguous(memory_format=_memory_format(u))
