@@ -12,7 +12,10 @@ from test_cuda_graphs import gpu_input, gpu_model
 from test_replace import (assert_logits_close, randomize_bn, swapped_copy, tiny_resnext,
                           tiny_seresnext)
 
-OUR_OPS = ("resnext_kernels.grouped_conv_bn_relu.default", "resnext_kernels.squeeze_excite.default")
+# the Python ops, or (backend="cuda", inference) the cuda backend's C++ ops themselves
+OUR_OPS = ("resnext_kernels.grouped_conv_bn_relu.default", "resnext_kernels.squeeze_excite.default",
+           "resnext_kernels.grouped_conv_bn_relu_cuda.default",
+           "resnext_kernels.squeeze_excite_cuda.default")
 
 
 def our_op_nodes(program):

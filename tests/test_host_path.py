@@ -130,6 +130,42 @@ def test_modes_and_transforms_see_the_op(direct_calls):
     assert recorder.ops[0] == "resnext_kernels.squeeze_excite.default"
 
 
+@pytest.mark.skipif(not _direct.CUDA_OPS, reason="needs the compiled extension's CUDA ops")
+def test_traced_cuda_calls_record_the_cpp_op():
+    """backend="cuda", CUDA tensors, nothing for autograd: a trace records the backend's C++ op
+    (what a compiled graph then calls, and what AOTInductor can package). Fake CUDA tensors: no
+    GPU needed."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with FakeTensorMode():
+        x = torch.empty(2, 64, 8, 8, device="cuda", dtype=torch.float16)
+        w = torch.empty(64, 2, 3, 3, device="cuda", dtype=torch.float16)
+        scale, shift = torch.empty(64, device="cuda"), torch.empty(64, device="cuda")
+        w1, w2 = torch.empty(4, 64, 1, 1, device="cuda"), torch.empty(64, 4, 1, 1, device="cuda")
+
+    def ops(fn, *args):
+        graph = make_fx(fn, tracing_mode="fake")(*args).graph
+        return [str(n.target) for n in graph.nodes if str(n.target).startswith("resnext")]
+
+    def conv(backend):
+        return lambda x, w: rk.grouped_conv_bn_relu(x, w, scale, shift, groups=32,
+                                                    backend=backend)
+
+    assert ops(conv("cuda"), x, w) == ["resnext_kernels.grouped_conv_bn_relu_cuda.default"]
+    assert ops(conv("auto"), x, w) == ["resnext_kernels.grouped_conv_bn_relu.default"]
+    se = lambda u: rk.squeeze_excite(u, w1, None, w2, None, residual=u, relu=True,  # noqa: E731
+                                     backend="cuda")
+    assert ops(se, x) == ["resnext_kernels.squeeze_excite_cuda.default"]
+    # autograd must record it: the Python op, which has the backward
+    assert ops(conv("cuda"), x, w.requires_grad_()) == [
+        "resnext_kernels.grouped_conv_bn_relu.default"]
+    with pytest.raises(ValueError, match="scale: expected shape"):
+        make_fx(lambda x, w: rk.grouped_conv_bn_relu(x, w, scale[:8], shift, groups=32,
+                                                     backend="cuda"),
+                tracing_mode="fake")(x, w.detach())
+
+
 def test_tensor_subclasses_go_through_the_dispatcher(direct_calls):
     class Marked(torch.Tensor):
         pass

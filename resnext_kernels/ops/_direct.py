@@ -16,6 +16,14 @@ that whoever is watching sees it as one op:
 - autograd must record the op: grad mode is on and an input requires grad.
 
 RESNEXT_KERNELS_DIRECT_CALLS=0 (read at import) sends every call through the dispatcher.
+
+A call that goes through the dispatcher with backend="cuda" named, on CUDA tensors, and nothing
+for autograd to record calls the cuda backend's own C++ op (`resnext_kernels::<op>_cuda`, which
+the Python op's body would call anyway) instead of the Python op around it
+(`backend_op_allowed`): a compiled graph then calls the C++ op without the Python op's layers
+(about 140k instructions a call on the CPU, benchmarks/overhead.py), and an exported program
+holds an op with no Python in it, for AOTInductor. Traces see that op; the arguments are
+validated by the same checks, and the C++ op has the Python op's fake.
 """
 
 import os
@@ -24,7 +32,11 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch import nn
 
+from .. import _extension
+
 ENABLED = os.environ.get("RESNEXT_KERNELS_DIRECT_CALLS", "1") != "0"
+# the compiled extension's CUDA ops are registered (fixed at import, like the extension itself)
+CUDA_OPS = _extension.cuda_kernels_registered()
 
 PLAIN_TYPES = (torch.Tensor, nn.Parameter)  # not subclasses (FakeTensor, DTensor, ...)
 _is_compiling = torch.compiler.is_compiling
@@ -53,5 +65,20 @@ def direct_call_allowed(*tensors, plain=None) -> bool:
         if t is None:
             continue
         if type(t) not in PLAIN_TYPES or (grad and t.requires_grad):
+            return False
+    return True
+
+
+def backend_op_allowed(backend, *tensors) -> bool:
+    """True when a dispatched call may call the cuda backend's C++ op itself (see the module
+    docstring): backend "cuda" named, the extension's CUDA ops registered, every tensor on a
+    CUDA device, and none that autograd must record (the C++ op has no backward)."""
+    if backend != "cuda" or not CUDA_OPS:
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        if t.device.type != "cuda" or (grad and t.requires_grad):
             return False
     return True

@@ -31,7 +31,7 @@ from ._checks import (
     check_tensor,
     pair,
 )
-from ._direct import direct_call_allowed
+from ._direct import backend_op_allowed, direct_call_allowed
 
 SUPPORTED_KERNEL_SIZES = ((3, 3),)
 
@@ -233,6 +233,10 @@ def grouped_conv_bn_relu_call(x, weight, scale, shift, stride, padding, dilation
     if direct_call_allowed(x, weight, scale, shift, plain=plain):
         return _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, backend,
                     direct=True)
+    if backend_op_allowed(backend, x, weight, scale, shift):  # traced: the C++ op itself
+        _check_args(x, weight, scale, shift, stride, padding, dilation, groups)
+        return torch.ops.resnext_kernels.grouped_conv_bn_relu_cuda(
+            x, weight, scale, shift, stride, padding, dilation, groups, relu)
     return torch.ops.resnext_kernels.grouped_conv_bn_relu(
         x, weight, scale, shift, stride, padding, dilation, groups, relu, backend)
 

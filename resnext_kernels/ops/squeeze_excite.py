@@ -28,7 +28,7 @@ from ._checks import (
     check_supported_dtype,
     check_tensor,
 )
-from ._direct import direct_call_allowed
+from ._direct import backend_op_allowed, direct_call_allowed
 
 
 def _fc_matrix(w, name, rows, cols, rows_name, cols_name):
@@ -208,4 +208,8 @@ def squeeze_excite(
     args = (u, w1, b1, w2, b2, residual, bool(relu), backend)
     if direct_call_allowed(u, w1, b1, w2, b2, residual):
         return _run(*args)
+    if backend_op_allowed(backend, u, w1, b1, w2, b2, residual):  # traced: the C++ op itself
+        _check_args(u, w1, b1, w2, b2, residual)
+        return torch.ops.resnext_kernels.squeeze_excite_cuda(
+            u, _as_matrix(w1), b1, _as_matrix(w2), b2, residual, bool(relu))
     return torch.ops.resnext_kernels.squeeze_excite(*args)
