@@ -48,9 +48,9 @@ from resnext_kernels.models.seresnext import SEModule  # noqa: E402
 MODES = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad}
 
 
-def conv_bn_relu():
-    return nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, groups=32, bias=False),
-                         nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+def conv_bn_relu(channels=64, groups=32):
+    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, groups=groups, bias=False),
+                         nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
 
 
 def randomise(module):

@@ -49,33 +49,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
 import resnext_kernels as rk  # noqa: E402
+from overhead import conv_bn_relu, randomise  # noqa: E402
 from resnext_kernels import models  # noqa: E402
 
 C, HW, GROUPS = 512, 14, 32  # resnext50_32x4d layer3's grouped conv: cpg 16
 C_CPU, HW_CPU = 64, 8
 
 
-def randomise(module):
-    """Non-trivial parameters and BN statistics (fresh random, never zeros)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.uniform_(-0.5, 0.5)
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    return module.eval()
-
-
-def conv_bn_relu(channels):
-    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, groups=GROUPS, bias=False),
-                         nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-
-
 def layer_cases(device, backend, channels, dtype):
     """{row name: (fn, context name)}: every layer of one call, on the same parameters."""
-    original = randomise(conv_bn_relu(channels)).to(device, memory_format=torch.channels_last)
-    swapped = conv_bn_relu(channels).to(device, memory_format=torch.channels_last)
+    cl = torch.channels_last
+    original = randomise(conv_bn_relu(channels, GROUPS)).to(device, memory_format=cl)
+    swapped = conv_bn_relu(channels, GROUPS).to(device, memory_format=cl)
     swapped.load_state_dict(original.state_dict())
     rk.replace_modules(swapped.eval(), backend=backend, verbose=False)
     low = ([copy.deepcopy(m).to(dtype) for m in (original, swapped)]

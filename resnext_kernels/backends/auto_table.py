@@ -16,6 +16,9 @@ import functools
 import json
 from pathlib import Path
 
+import torch
+from torch._prims_common import suggest_memory_format
+
 TABLE_DIR = Path(__file__).with_name("auto_tables")
 CHOOSABLE = ("triton", "cuda", "reference")
 
@@ -31,6 +34,11 @@ def conv_key(arch, dtype, layout, weight_layout, C_in, C_out, groups, H, W, stri
             str(weight_layout), int(C_in), int(C_out), int(groups), int(H), int(W),
             tuple(int(s) for s in stride), tuple(int(p) for p in padding),
             tuple(int(d) for d in dilation))
+
+
+def layout_name(t) -> str:
+    """A tensor's layout as the tables name it: "nhwc" (channels_last) or "nchw"."""
+    return "nhwc" if suggest_memory_format(t) == torch.channels_last else "nchw"
 
 
 def se_key(arch, dtype, layout, C, R, H, W, residual: bool, relu: bool):

@@ -98,9 +98,7 @@ def _auto_table_key(x, weight, stride, padding, dilation, groups, backend):
     if backend != "auto" or x.device.type != "cuda" or not auto_table.installed():
         return None
 
-    def layout(t):
-        return "nhwc" if suggest_memory_format(t) == torch.channels_last else "nchw"
-
+    layout = auto_table.layout_name
     return auto_table.conv_key(backends.gpu_arch(x.device), x.dtype, layout(x), layout(weight),
                                x.shape[1], weight.shape[0], groups, x.shape[2], x.shape[3],
                                stride, padding, dilation)

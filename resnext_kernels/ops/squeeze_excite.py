@@ -105,7 +105,8 @@ def _run(u, w1, b1, w2, b2, residual, relu, backend):
     directly by squeeze_excite where nothing would observe the difference (_direct.py)."""
     _check_args(u, w1, b1, w2, b2, residual)
     table_key = None if backend != "auto" else _auto_table_key(u, w1, residual, relu)
-    impl = backends.implementation("squeeze_excite", backends.resolve(backend, u.device, table_key))
+    name = backends.resolve(backend, u.device, table_key)
+    impl = backends.implementation("squeeze_excite", name)
     return impl(u, _as_matrix(w1), b1, _as_matrix(w2), b2, residual, relu)
 
 
@@ -113,9 +114,9 @@ def _auto_table_key(u, w1, residual, relu):
     """The measured-table key of an "auto" call on a GPU (None otherwise, or with no table)."""
     if u.device.type != "cuda" or not auto_table.installed():
         return None
-    layout = "nhwc" if suggest_memory_format(u) == torch.channels_last else "nchw"
-    return auto_table.se_key(backends.gpu_arch(u.device), u.dtype, layout, u.shape[1],
-                             w1.shape[0], u.shape[2], u.shape[3], residual is not None, relu)
+    return auto_table.se_key(backends.gpu_arch(u.device), u.dtype, auto_table.layout_name(u),
+                             u.shape[1], w1.shape[0], u.shape[2], u.shape[3],
+                             residual is not None, relu)
 
 
 @_squeeze_excite_op.register_fake
