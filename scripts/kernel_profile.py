@@ -81,7 +81,8 @@ def instructions_per_memory_request(sass):
 
 
 def access_case(shape, layout, dtype):
-    """The access profiler's case (scripts/access_profile.py) of one CUDA call at batch 1."""
+    """The access profiler's case (scripts/access_profile.py) of one CUDA call (run at batch 1,
+    or for conv at the batch where v3 plans batch 128's schedule)."""
     return dict(shape, C_out=shape["C"], dtype=dtype.split("/")[0], layout=layout,
                 tf32=dtype == "fp32/tf32")
 
@@ -101,18 +102,17 @@ def access_profiles(binary, calls, blocks):
 
 def cuda_layer(profiled, shape, layout, dtype, cuda_kernels, plan):
     """(model launches, guard figures) of one CUDA call at batch BATCH, from its access profile
-    at batch 1 (`profiled`, access_profiles' result) scaled by each launch's blocks at BATCH
-    over its blocks at 1."""
+    (`profiled`, access_profiles' result: at batch 1, or at the batch where v3 plans BATCH's
+    schedule) scaled by each launch's blocks at BATCH over its blocks in the profile."""
     elem = compiled_profile.ELEM_BYTES[dtype]
     launches, input_bytes, path = profiled
     summary = access_profile.summarise(f"{shape['op']} cuda", path, launches, input_bytes)
-    b1 = plan["b1"]["launches"]
     b128 = plan["b128"]["launches"]
     x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
     model = []
     for i, launch in enumerate(launches):
         s = access_profile.scaled(launch)
-        grow = b128[i]["blocks"] / max(1, b1[i]["blocks"])
+        grow = b128[i]["blocks"] / max(1, launch["blocks"])
         requests = sum(s[k]["requests"] for k in access_profile.KINDS) * grow
         sass = sass_of(cuda_kernels, b128[i]["kernel"])
         name = b128[i]["kernel"]
@@ -382,7 +382,8 @@ def markdown(report):
         "TF32 paths) on the first layer of each (cpg, stride) class and on every SE stage "
         "(the SE's fp32 is plain fp32). **Predicted** times come from the throughput model "
         "(docs/THROUGHPUT_MODEL.md); sectors, wavefronts and L2 figures from the CUDA "
-        "emulator's access profile (CUDA paths) at batch 1, "
+        "emulator's access profile (CUDA paths) at batch 1 (conv: at the smallest batch, 1 to "
+        "4, where CUDA v3 plans the schedule it plans at batch 128 on an H100), "
         f"{report['blocks_per_grid']} blocks per grid. Nothing here is measured except the "
         f"column `measured us`, copied from: {src}.",
         "",

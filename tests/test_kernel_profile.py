@@ -180,3 +180,33 @@ def test_other_dtypes_cover_every_cpg_stride_class_and_se_stage():
     assert len(pairs) == len(every) + len(chosen)
     assert compiled_profile.op_dtype("se", "fp32/tf32") == "fp32"
     assert compiled_profile.op_dtype("conv", "fp32/tf32") == "fp32/tf32"
+
+
+def test_v3_profile_batch_plans_the_batch_128_schedule_on_every_real_layer():
+    """The access profile runs v3 at a small batch and scales by blocks: that is the batch-128
+    profile only if the small batch plans the same schedule (rows per step, steps per CTA,
+    stages) with whole CTAs, so that its blocks are batch-128's blocks in miniature."""
+    from resnext_kernels.backends import cuda_plan
+    from resnext_kernels.models.shapes import grouped_conv_shapes
+
+    smem = cuda_plan.SM90_V3_PIPELINED_SMEM
+    assert smem == 113 * 1024
+    pipelined = 0
+    for model in ("resnext50_32x4d", "resnext101_32x8d"):
+        for _layer, C, H, W, _C_out, groups, stride, _count in grouped_conv_shapes(model):
+            H_out, W_out, cpg = (H - 1) // stride + 1, (W - 1) // stride + 1, C // groups
+            n, min_ctas = cuda_plan.v3_profile_batch(C, H_out, W_out, stride, cpg)
+            assert n <= 4
+            at_128 = cuda_plan.v3_schedule(128, C, H_out, W_out, stride, cpg, pipeline=True,
+                                           max_smem=smem)
+            at_n = cuda_plan.v3_schedule(n, C, H_out, W_out, stride, cpg, pipeline=True,
+                                         min_ctas=min_ctas, max_smem=smem)
+            assert at_n == at_128
+            rows, steps_per_cta = at_128[:2]
+            steps_per_image = -(-H_out // rows)
+            blocks = lambda batch: C // 64 * -(-batch * steps_per_image // steps_per_cta)
+            assert blocks(128) == blocks(n) * 128 // n
+            pipelined += steps_per_cta > 1
+    # of 14 shapes, all but resnext101 layer4.0 (cpg 64, stride 2: with 73 KB of weights, two
+    # windows of 15 input rows do not fit in 113 KB)
+    assert pipelined == 13
