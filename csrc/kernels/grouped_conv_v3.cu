@@ -35,6 +35,7 @@
 // (plan_band); V3Schedule{pipeline = false} gives the first v3: one band per CTA, loaded, then
 // computed.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "kernels/dtype_traits.cuh"
@@ -106,7 +107,6 @@ struct Band {
   size_t out_offset = 0;  // shared memory: the ring, then output staging, then weights
   size_t w_offset = 0;
   size_t smem_bytes = 0;
-  int64_t smem_cap = 0;   // host side: the kernel's dynamic shared memory attribute
 };
 
 constexpr int kMaxStages = 2;       // cp.async groups ahead: wait_group takes an immediate
@@ -155,7 +155,7 @@ int64_t even_rows(const GroupedConvParams& p, int64_t pixels) {
 // at an image's top or at a band boundary of its stripe. Without such a schedule (small
 // batches, or too little shared memory), each CTA loads one band of up to kMaxBandPixels and
 // computes it: the first v3.
-Band plan_steps(const GroupedConvParams& p, const V3Schedule& schedule) {
+Band plan_band(const GroupedConvParams& p, const V3Schedule& schedule) {
   const int64_t tiles_c = p.C_out / kTileC;
   if (schedule.pipeline) {
     for (const int pixels : kStepPixels) {
@@ -180,13 +180,6 @@ Band plan_steps(const GroupedConvParams& p, const V3Schedule& schedule) {
   return make_band(p, (p.H_out + steps - 1) / steps, 1, 0, kMaxSmemBytes);
 }
 
-// The call's schedule, and the shared-memory attribute its kernel gets: the device's cap, the
-// same for every call on it.
-Band plan_band(const GroupedConvParams& p, const V3Schedule& schedule) {
-  Band b = plan_steps(p, schedule);
-  b.smem_cap = std::max<int64_t>(kMaxSmemBytes, schedule.max_smem_bytes);
-  return b;
-}
 
 __device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
 
@@ -685,16 +678,34 @@ bool channels_last_aligned16(const void* ptr, const int64_t* stride) {
          stride[3] % 8 == 0;
 }
 
+// The current device's opt-in shared memory per block, queried once per device.
+int device_optin_smem_bytes() {
+  constexpr int kDevices = 64;
+  static std::atomic<int> cached[kDevices];  // 0: not queried yet
+  int device = 0, value = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return static_cast<int>(kMaxSmemBytes);
+  if (device >= 0 && device < kDevices) value = cached[device].load(std::memory_order_relaxed);
+  if (value == 0) {
+    if (cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+        cudaSuccess) {
+      return static_cast<int>(kMaxSmemBytes);
+    }
+    if (device >= 0 && device < kDevices) cached[device].store(value, std::memory_order_relaxed);
+  }
+  return value;
+}
+
 // One v3 kernel over the grid of CTAs (channel tile fastest, then chunks of steps_per_cta
 // steps), after its weights were packed into `weights`. The shared-memory attribute is always
-// the device's cap (band.smem_cap), never this call's size: it is per function, shared by every host
-// thread, and a smaller value set by one call must not fail another's larger launch.
+// the device's opt-in limit, never this call's size (nor its schedule's cap): it is per
+// function, shared by every host thread, and a smaller value set by one call must not fail
+// another's larger launch.
 template <typename W>
 cudaError_t launch_bands(void (*kernel)(GroupedConvParams, const W*, Band, int),
                          const GroupedConvParams& p, const Band& band, const W* weights,
                          cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(band.smem_cap));
+                                         device_optin_smem_bytes());
   if (err != cudaSuccess) return err;
   const int64_t tiles_c = p.C_out / kTileC;
   const int64_t steps = p.N * band.steps_per_image;
