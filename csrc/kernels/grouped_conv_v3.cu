@@ -35,7 +35,6 @@
 // (plan_band); V3Schedule{pipeline = false} gives the first v3: one band per CTA, loaded, then
 // computed.
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 
 #include "kernels/dtype_traits.cuh"
@@ -678,19 +677,15 @@ bool channels_last_aligned16(const void* ptr, const int64_t* stride) {
          stride[3] % 8 == 0;
 }
 
-// The current device's opt-in shared memory per block, queried once per device.
+// The current device's opt-in shared memory per block (an attribute read, like the
+// cudaFuncSetAttribute it feeds; no cache here, so no statics or atomics in the kernel
+// sources, which the emulator's profile build instruments without a ThreadSanitizer runtime).
 int device_optin_smem_bytes() {
-  constexpr int kDevices = 64;
-  static std::atomic<int> cached[kDevices];  // 0: not queried yet
   int device = 0, value = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return static_cast<int>(kMaxSmemBytes);
-  if (device >= 0 && device < kDevices) value = cached[device].load(std::memory_order_relaxed);
-  if (value == 0) {
-    if (cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
-        cudaSuccess) {
-      return static_cast<int>(kMaxSmemBytes);
-    }
-    if (device >= 0 && device < kDevices) cached[device].store(value, std::memory_order_relaxed);
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+          cudaSuccess) {
+    return static_cast<int>(kMaxSmemBytes);
   }
   return value;
 }
