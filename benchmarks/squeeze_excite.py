@@ -215,7 +215,7 @@ def run(args, budget):
     env["skipped_providers"] = skipped
 
     def checkpoint(rows):
-        env["copy_bandwidth_gbs"] = cases._bandwidth and round(cases._bandwidth, 1)
+        env["copy_bandwidth_gbs"] = cases._bandwidth and round(cases._bandwidth, 3)
         common.write_results(prefix, env, rows, args.out)
 
     torch.backends.cudnn.benchmark = True  # the eager provider's 1x1 convs
@@ -223,7 +223,7 @@ def run(args, budget):
     interrupted = common.run_rows(jobs, lambda row, job: run_row(row, job, cases, device, args),
                                   budget, "squeeze_excite", checkpoint)
     rows = [row for row, _ in jobs]
-    env["copy_bandwidth_gbs"] = cases._bandwidth and round(cases._bandwidth, 1)
+    env["copy_bandwidth_gbs"] = cases._bandwidth and round(cases._bandwidth, 3)
     add_speedups(rows)
     return env, rows, skipped, interrupted
 
