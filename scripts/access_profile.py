@@ -86,22 +86,24 @@ def run_case(binary, case, blocks: int, seed: int = 0):
         H_out, W_out = (H - 1) // case["stride"] + 1, (W - 1) // case["stride"] + 1
         N, min_ctas = cuda_plan.v3_profile_batch(C, H_out, W_out, case["stride"], case["cpg"])
         schedule = dict(v3_min_ctas=min_ctas, v3_max_smem=cuda_plan.SM90_V3_PIPELINED_SMEM)
-        planned = cuda_plan.v3_schedule(N, C, H_out, W_out, case["stride"], case["cpg"],
-                                        pipeline=True, min_ctas=min_ctas,
-                                        max_smem=cuda_plan.SM90_V3_PIPELINED_SMEM)
-        runs_v3 = (case["layout"] == "nhwc" and case["dtype"] in ("fp16", "bf16")
-                   and case.get("cuda_v3") is not False and C % 64 == 0
-                   and case["cpg"] in (4, 8, 16, 32, 64))
-        if blocks and runs_v3 and planned and planned[1] > 1:
-            # a pipelined block runs steps_per_cta bands: sample about as many bands as
-            # `blocks` one-band blocks would be (at least 3: the first, a middle and the last)
-            blocks = max(3, -(-blocks // planned[1]))
     x = torch.randn(N, C, H, W, generator=g).to(dtype)
     if case["layout"] == "nhwc":
         x = x.contiguous(memory_format=torch.channels_last)
     if case["op"] == "conv":
         cpg = case["cpg"]
         w = (torch.randn(case["C_out"], cpg, 3, 3, generator=g) / (3 * cpg**0.5)).to(dtype)
+        stride = (case["stride"],) * 2
+        runs_v3 = cuda_plan.cuda_conv_path(
+            x, w, stride, (1, 1), (1, 1), case["groups"], device_major=9,
+            allow_tf32=case.get("tf32", False), allow_v3=case.get("cuda_v3") is not False,
+            x_data_ptr=0) == "v3"
+        planned = runs_v3 and cuda_plan.v3_schedule(
+            N, C, H_out, W_out, case["stride"], cpg, pipeline=True, min_ctas=min_ctas,
+            max_smem=cuda_plan.SM90_V3_PIPELINED_SMEM)
+        if blocks and planned and planned[1] > 1:
+            # a pipelined block runs steps_per_cta bands: sample about as many bands as
+            # `blocks` one-band blocks would be (at least 3: the first, a middle and the last)
+            blocks = max(3, -(-blocks // planned[1]))
         scale, shift = torch.rand(case["C_out"], generator=g) + 0.5, torch.randn(case["C_out"], generator=g)
         (_, path), launches = cuda_emulator.profile_launches(
             cuda_emulator.grouped_conv_bn_relu, binary, x, w, scale, shift,

@@ -96,7 +96,6 @@ constexpr int wide_weight_pitch(int cpg) { return 9 * cpg + 8; }
 // the computing step's) fits in ring_rows slots at once.
 struct Band {
   int rows = 0;           // output rows per step (an image's last step may have fewer)
-  int window = 0;         // input rows a full step reads: (rows - 1) * stride + 3
   int in_cols = 0;        // input columns staged: (W_out - 1) * stride + 3
   int ring_rows = 0;      // input rows the ring holds
   int stages = 0;         // steps whose loads are in flight while one computes: 0 to kMaxStages
@@ -123,7 +122,6 @@ Band make_band(const GroupedConvParams& p, int64_t rows, int steps_per_cta, int 
       cpg >= 32 ? size_t{kTileC} * wide_weight_pitch(static_cast<int>(cpg)) * 2 : 0;
   Band b;
   b.rows = static_cast<int>(rows);
-  b.window = static_cast<int>((rows - 1) * s + 3);
   b.in_cols = static_cast<int>((p.W_out - 1) * s + 3);
   b.steps_per_image = static_cast<int>((p.H_out + rows - 1) / rows);
   b.image_rows = static_cast<int>((p.H_out - 1) * s + 3);
@@ -132,8 +130,9 @@ Band make_band(const GroupedConvParams& p, int64_t rows, int steps_per_cta, int 
   // Rows a step adds: rows * stride inside an image; a whole window where a CTA's steps run
   // from one image into the next (steps_per_cta not a divisor of steps_per_image).
   const bool crosses_images = b.steps_per_image % steps_per_cta != 0;
-  const int64_t max_new = crosses_images ? b.window : rows * s;
-  b.ring_rows = static_cast<int>(b.window + b.stages * max_new);
+  const int64_t window = (rows - 1) * s + 3;  // input rows a full step reads
+  const int64_t max_new = crosses_images ? window : rows * s;
+  b.ring_rows = static_cast<int>(window + b.stages * max_new);
   b.out_offset = static_cast<size_t>(b.ring_rows) * b.in_cols * kPixelBytes;
   b.w_offset = b.out_offset + static_cast<size_t>(rows * p.W_out) * kPixelBytes;
   b.smem_bytes = b.w_offset + w_bytes;

@@ -27,7 +27,7 @@ V3_STEP_PIXELS = (128, 64)
 V3_MIN_CTAS = 1024
 
 
-def _v3_band(N, C, H_out, W_out, stride, cpg, rows, steps_per_cta, stages, max_smem):
+def _v3_band(H_out, W_out, stride, cpg, rows, steps_per_cta, stages, max_smem):
     """make_band: (rows, steps_per_cta, stages, ring_rows, smem_bytes), or None if too big."""
     weight_bytes = V3_TILE_CHANNELS * (9 * cpg + 8) * 2 if cpg >= 32 else 0
     window = (rows - 1) * stride + 3
@@ -66,17 +66,17 @@ def v3_schedule(N, C, H_out, W_out, stride, cpg, *, pipeline=None, min_ctas=V3_M
                 if tiles_c * -(-steps // d) < min_ctas:
                     continue
                 for stages in range(V3_MAX_STAGES, 0, -1):
-                    band = _v3_band(N, C, H_out, W_out, stride, cpg, rows, d, stages, max_smem)
+                    band = _v3_band(H_out, W_out, stride, cpg, rows, d, stages, max_smem)
                     if band:
                         return band
     cap = V3_MAX_SMEM_BYTES  # one band per CTA: what every sm_80+ part allows
     rows = max(1, min(H_out, V3_MAX_BAND_PIXELS // W_out))
-    while rows > 0 and not _v3_band(N, C, H_out, W_out, stride, cpg, rows, 1, 0, cap):
+    while rows > 0 and not _v3_band(H_out, W_out, stride, cpg, rows, 1, 0, cap):
         rows -= 1
     if rows == 0:
         return None
     steps = -(-H_out // rows)
-    return _v3_band(N, C, H_out, W_out, stride, cpg, -(-H_out // steps), 1, 0, cap)
+    return _v3_band(H_out, W_out, stride, cpg, -(-H_out // steps), 1, 0, cap)
 
 
 def v3_pipelined_smem_bytes(per_sm: int, per_block_optin: int) -> int:
