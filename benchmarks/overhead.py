@@ -37,8 +37,9 @@ import time
 import torch
 from torch import nn
 
+# benchmarks/ only, not the repository root: that would shadow the installed package (and its
+# compiled resnext_kernels._C) with the source tree.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import common  # noqa: E402
 import resnext_kernels as rk  # noqa: E402

@@ -2,6 +2,8 @@
 original model. CPU: the reference backend, and triton under the interpreter; cuda on a GPU."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -109,10 +111,35 @@ def test_aot_inductor_package_on_the_cpu(tmp_path):
         assert_logits_close(aoti_run(program, x, tmp_path), model(x), 1e-4)
 
 
-@pytest.mark.gpu
-def test_aot_inductor_package_on_the_gpu(tmp_path):
+def aoti_gpu_case(tmp_path):
     model, fused = gpu_model("cuda")
     x = gpu_input(0)
     program = export_and_check(model, fused, x, 5e-2)
     with torch.no_grad():
         assert_logits_close(aoti_run(program, x, tmp_path), model(x), 5e-2)
+
+
+AOTI_CHILD = "RESNEXT_KERNELS_AOTI_CHILD"
+
+
+@pytest.mark.gpu
+def test_aot_inductor_package_on_the_gpu(tmp_path):
+    """In a child process: on the H100 (torch 2.11.0+cu130, f43d976) aoti_load_package of this
+    package died with a segmentation fault, and took the GPU plan's whole test step with it. A
+    crash here is this test's failure, with the child's output, not the end of the run."""
+    if os.environ.get(AOTI_CHILD) == "1":
+        aoti_gpu_case(tmp_path)
+        return
+    if not backends.backend_status("cuda", "cuda")[0]:
+        pytest.skip(backends.backend_status("cuda", "cuda")[1])
+    node = f"{os.path.abspath(__file__)}::test_aot_inductor_package_on_the_gpu"
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", node, "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+         "--basetemp", str(tmp_path / "child")],
+        env={**os.environ, AOTI_CHILD: "1"}, capture_output=True, text=True, timeout=600,
+        cwd=str(tmp_path))
+    how = (f"died of signal {-child.returncode}" if child.returncode < 0
+           else f"exited {child.returncode}")
+    assert child.returncode == 0, (f"the AOTInductor child {how}:\n"
+                                   f"{(child.stdout + child.stderr)[-6000:]}")
+    assert " passed" in child.stdout, child.stdout[-2000:]
