@@ -52,16 +52,14 @@ import common  # noqa: E402
 
 import resnext_kernels as rk  # noqa: E402
 from resnext_kernels import backends  # noqa: E402
-from resnext_kernels.backends.cuda_plan import cuda_conv_path, v3_schedule_on  # noqa: E402
+from resnext_kernels.backends.cuda_plan import cuda_conv_path  # noqa: E402
 from resnext_kernels.models.shapes import grouped_conv_shapes  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # "reference" is the op with backend="reference" (what "auto" runs when no table entry says
 # otherwise: BN folded per call, then cuDNN), the baseline benchmarks/auto_table.py compares with.
-# "cuda_v3_unpipelined": the cuda backend with RESNEXT_KERNELS_CUDA_V3_PIPELINE=0 (one band per
-# CTA, loaded then computed: the first v3), beside "cuda" to measure what the pipeline gives.
 GPU_PROVIDERS = ["cudnn_eager", "cudnn_folded", "compile_max_autotune", "reference", "triton",
-                 "cuda", "cuda_v3_unpipelined"]
+                 "cuda"]
 CPU_PROVIDERS = ["cudnn_eager", "cudnn_folded"]
 TOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 8e-2}  # relative to max |ref|
 
@@ -107,19 +105,6 @@ def provider_fn(name, conv, bn, dtype, device):
             return reason
         return lambda x: rk.grouped_conv_bn_relu(x, conv.weight, scale, shift, stride=conv.stride,
                                                  groups=conv.groups, backend=name)
-    if name == "cuda_v3_unpipelined":
-        ok, reason = backends.backend_status("cuda", device.type)
-        if not ok:
-            return reason
-
-        def unpipelined(x):  # the glue reads the variable on every call
-            os.environ["RESNEXT_KERNELS_CUDA_V3_PIPELINE"] = "0"
-            try:
-                return rk.grouped_conv_bn_relu(x, conv.weight, scale, shift, stride=conv.stride,
-                                               groups=conv.groups, backend="cuda")
-            finally:
-                del os.environ["RESNEXT_KERNELS_CUDA_V3_PIPELINE"]
-        return unpipelined
     return f"unknown provider {name}"
 
 
@@ -189,23 +174,14 @@ def run_row(row, job, cases, device, args):
     def derive(row, case):
         t = row["p50_ms"] * 1e-3
         row.update(tflops=case["flops"] / t / 1e12, gbs=case["nbytes"] / t / 1e9)
-        if provider in ("cuda", "cuda_v3_unpipelined") and device.type == "cuda":
+        if provider == "cuda" and device.type == "cuda":
             # which of our CUDA kernels ran: reports compare a kernel's measurement with its own
-            # prediction only (rows without the field predate v3: "wmma" or "direct"); for v3,
-            # its schedule (rows without it predate the pipelined v3: one band per CTA)
+            # prediction only (rows without the field predate v3: "wmma" or "direct")
             conv, x = case["conv"], case["inputs"][0][0]
             row["cuda_path"] = cuda_conv_path(
                 x, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups,
                 device_major=torch.cuda.get_device_capability(device)[0],
                 allow_tf32=torch.backends.cudnn.allow_tf32)
-            if row["cuda_path"] == "v3":
-                N, C, H, W = x.shape
-                s = conv.stride[0]
-                schedule = v3_schedule_on(device, N, C, (H - 1) // s + 1, (W - 1) // s + 1, s,
-                                          C // conv.groups,
-                                          pipeline=provider == "cuda")
-                row["cuda_v3_schedule"] = dict(zip(
-                    ("rows", "steps_per_cta", "stages", "ring_rows", "smem_bytes"), schedule))
 
     common.measure_row(
         row, lambda: cases.get(si, dtype, layout),

@@ -9,12 +9,9 @@ Cases: by default the paths the GPU plan's Nsight Compute step profiles (scripts
 the first real layer of every channels-per-group × stride class, the cpg 8 variants, the SE
 stages), with the same names, so `--ncu` puts the measured figures of a GPU session next to
 the profile's. --all adds every class × stride × layout (NHWC, NCHW) × dtype (fp16, bf16).
-Each case runs with its real channels and spatial size at batch 1, or for conv at the smallest
-batch (1 to 4 on the real layers) at which the CUDA v3 kernel plans the schedule it plans at
-batch 128 on an H100 (a v3 CTA walks several bands, of several images where they are small:
-cuda_plan.v3_profile_batch), `--blocks` blocks of each grid (spread evenly; counts are scaled to
-the whole grid): per-request figures do not depend on the batch, and the per-input-byte ones
-only through the edges of the image and the schedule.
+Each case runs at batch 1 with its real channels and spatial size, `--blocks` blocks of each
+grid (spread evenly; counts are scaled to the whole grid): per-request figures do not depend on
+the batch, and the per-input-byte ones only through the edges of the image.
 
 Figures per case: for conv, of the conv kernel (the weight repack that precedes it runs once
 per call, whatever the batch: its bytes are given apart); for SE, of its three kernels together:
@@ -44,9 +41,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "scripts"))
 import cuda_emulator  # noqa: E402
-
-sys.path.insert(0, str(REPO))
-from resnext_kernels.backends import cuda_plan  # noqa: E402
 import ncu_cases  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -75,40 +69,21 @@ def cases(everything: bool):
 
 
 def run_case(binary, case, blocks: int, seed: int = 0):
-    """(launches, input bytes, path) of one case at its profiling batch: 1, or for conv the
-    smallest batch at which v3 plans the batch-128 schedule of an H100 (cuda_plan.
-    v3_profile_batch: a v3 CTA runs several bands, of several images on small images)."""
+    """(launches, input bytes) of one case at batch 1."""
     g = torch.Generator().manual_seed(seed)
     dtype = DTYPES[case["dtype"]]
     C, H, W = case["C"], case["H"], case["W"]
-    N, schedule = 1, {}
-    if case["op"] == "conv":
-        H_out, W_out = (H - 1) // case["stride"] + 1, (W - 1) // case["stride"] + 1
-        N, min_ctas = cuda_plan.v3_profile_batch(C, H_out, W_out, case["stride"], case["cpg"])
-        schedule = dict(v3_min_ctas=min_ctas, v3_max_smem=cuda_plan.SM90_V3_PIPELINED_SMEM)
-    x = torch.randn(N, C, H, W, generator=g).to(dtype)
+    x = torch.randn(1, C, H, W, generator=g).to(dtype)
     if case["layout"] == "nhwc":
         x = x.contiguous(memory_format=torch.channels_last)
     if case["op"] == "conv":
         cpg = case["cpg"]
         w = (torch.randn(case["C_out"], cpg, 3, 3, generator=g) / (3 * cpg**0.5)).to(dtype)
-        stride = (case["stride"],) * 2
-        runs_v3 = cuda_plan.cuda_conv_path(
-            x, w, stride, (1, 1), (1, 1), case["groups"], device_major=9,
-            allow_tf32=case.get("tf32", False), allow_v3=case.get("cuda_v3") is not False,
-            x_data_ptr=0) == "v3"
-        planned = runs_v3 and cuda_plan.v3_schedule(
-            N, C, H_out, W_out, case["stride"], cpg, pipeline=True, min_ctas=min_ctas,
-            max_smem=cuda_plan.SM90_V3_PIPELINED_SMEM)
-        if blocks and planned and planned[1] > 1:
-            # a pipelined block runs steps_per_cta bands: sample about as many bands as
-            # `blocks` one-band blocks would be (at least 3: the first, a middle and the last)
-            blocks = max(3, -(-blocks // planned[1]))
         scale, shift = torch.rand(case["C_out"], generator=g) + 0.5, torch.randn(case["C_out"], generator=g)
         (_, path), launches = cuda_emulator.profile_launches(
             cuda_emulator.grouped_conv_bn_relu, binary, x, w, scale, shift,
             stride=case["stride"], groups=case["groups"], allow_tf32=case.get("tf32", False),
-            allow_v3=case.get("cuda_v3") is not False, sample_blocks=blocks, **schedule)
+            allow_v3=case.get("cuda_v3") is not False, sample_blocks=blocks)
         return launches, x.numel() * x.element_size(), path
     R = case["R"]
     w1, w2 = torch.randn(R, C, generator=g) / C**0.5, torch.randn(C, R, generator=g) / R**0.5
@@ -234,11 +209,11 @@ def main(argv=None):
         print(f"{name}: {path}, {len(launches)} launches, {time.time() - t0:.1f} s",
               file=sys.stderr, flush=True)
     header = ("# Access profile of the CUDA kernels (CUDA emulator, no GPU)\n\n"
-              f"{len(rows)} cases, batch 1 (v3: see run_case), {args.blocks or 'all'} blocks per grid scaled to "
+              f"{len(rows)} cases, batch 1, {args.blocks or 'all'} blocks per grid scaled to "
               "the grid. Columns marked ncu: measured by Nsight Compute in "
               f"{source}." if source else
               f"# Access profile of the CUDA kernels (CUDA emulator, no GPU)\n\n{len(rows)} "
-              f"cases, batch 1 (v3: see run_case), {args.blocks or 'all'} blocks per grid scaled to the grid.")
+              f"cases, batch 1, {args.blocks or 'all'} blocks per grid scaled to the grid.")
     text = markdown(rows, measured, header)
     Path(args.out_prefix + ".md").write_text(text)
     Path(args.out_prefix + ".json").write_text(json.dumps(

@@ -9,8 +9,7 @@
 #                       ResNeXt / SE-ResNeXt shapes, opcheck, torch.compile, the swapped models
 #   bench          220  benchmarks/grouped_conv.py: resnext50_32x4d + resnext101_32x8d, batch
 #                       128, fp16/bf16, channels_last, cudnn_eager cudnn_folded reference triton
-#                       cuda cuda_v3_unpipelined (the pipelined v3 against one band per CTA;
-#                       device time, host time, CUDA-graph time); then the auto table
+#                       cuda (device time, host time, CUDA-graph time); then the auto table
 #   host            60  benchmarks/overhead_gpu.py: host time per call, layer by layer (aten, the
 #                       original and swapped modules, the op direct and dispatched, the C++ op)
 #                       and per resnext50 forward, with a cProfile of the swapped model
@@ -177,8 +176,7 @@ step_bench() {
     args+=(--batch 1 --dtypes fp32 --layouts nhwc --shape 64,8,8,16,1 --reps 2)
   else
     args+=(--batch 128 --models resnext50_32x4d resnext101_32x8d --dtypes fp16 bf16
-           --layouts nhwc --providers cudnn_eager cudnn_folded reference triton cuda
-           cuda_v3_unpipelined --reps 20)
+           --layouts nhwc --providers cudnn_eager cudnn_folded reference triton cuda --reps 20)
   fi
   run_logged "$1" "$LOGDIR/bench.log" $PY "$REPO/benchmarks/grouped_conv.py" "${args[@]}"
   local rc=$?

@@ -81,8 +81,7 @@ def instructions_per_memory_request(sass):
 
 
 def access_case(shape, layout, dtype):
-    """The access profiler's case (scripts/access_profile.py) of one CUDA call (run at batch 1,
-    or for conv at the batch where v3 plans batch 128's schedule)."""
+    """The access profiler's case (scripts/access_profile.py) of one CUDA call at batch 1."""
     return dict(shape, C_out=shape["C"], dtype=dtype.split("/")[0], layout=layout,
                 tf32=dtype == "fp32/tf32")
 
@@ -102,17 +101,18 @@ def access_profiles(binary, calls, blocks):
 
 def cuda_layer(profiled, shape, layout, dtype, cuda_kernels, plan):
     """(model launches, guard figures) of one CUDA call at batch BATCH, from its access profile
-    (`profiled`, access_profiles' result: at batch 1, or at the batch where v3 plans BATCH's
-    schedule) scaled by each launch's blocks at BATCH over its blocks in the profile."""
+    at batch 1 (`profiled`, access_profiles' result) scaled by each launch's blocks at BATCH
+    over its blocks at 1."""
     elem = compiled_profile.ELEM_BYTES[dtype]
     launches, input_bytes, path = profiled
     summary = access_profile.summarise(f"{shape['op']} cuda", path, launches, input_bytes)
+    b1 = plan["b1"]["launches"]
     b128 = plan["b128"]["launches"]
     x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
     model = []
     for i, launch in enumerate(launches):
         s = access_profile.scaled(launch)
-        grow = b128[i]["blocks"] / max(1, launch["blocks"])
+        grow = b128[i]["blocks"] / max(1, b1[i]["blocks"])
         requests = sum(s[k]["requests"] for k in access_profile.KINDS) * grow
         sass = sass_of(cuda_kernels, b128[i]["kernel"])
         name = b128[i]["kernel"]
@@ -230,6 +230,17 @@ def measured_layout(prefix, row):
 
 MEASURED_DTYPES = {"float16": "fp16", "bfloat16": "bf16"}  # fp32 rows: TF32 or not is unrecorded
 
+# CUDA kernels that were measured and then reverted (docs/KERNELS.md, "Fourth GPU session"): their
+# rows stand for no kernel in the tree, so they neither meet a prediction nor hide the older
+# measurement of the kernel that is there.
+RETIRED_CUDA_KERNELS = {"v3.1"}
+
+
+def measured_cuda_path(row):
+    """The CUDA kernel a results row ran. CUDA v3.1's rows (f43d976) say "v3" but carry the
+    schedule it planned (cuda_v3_schedule), which no other kernel recorded."""
+    return "v3.1" if "cuda_v3_schedule" in row else row.get("cuda_path")
+
 
 def measured_rows():
     """{(model, layer, provider, layout, dtype): p50 us} and the source files, from the GPU
@@ -241,13 +252,14 @@ def measured_rows():
         for path in gpu_results(prefix):
             data = json.load(open(path))
             rows = [r for r in data["rows"]
-                    if r.get("dtype") in MEASURED_DTYPES and r.get("status") == "ok"]
+                    if r.get("dtype") in MEASURED_DTYPES and r.get("status") == "ok"
+                    and measured_cuda_path(r) not in RETIRED_CUDA_KERNELS]
             if rows:
                 sources.append((os.path.relpath(path, REPO), data["environment"].get("gpu")))
             for r in rows:
                 provider = {"eager": "cudnn_eager"}.get(r["provider"], r["provider"])
                 out[(r["model"], r[key], provider, measured_layout(prefix, r),
-                     MEASURED_DTYPES[r["dtype"]])] = (r["p50_ms"] * 1e3, r.get("cuda_path"))
+                     MEASURED_DTYPES[r["dtype"]])] = (r["p50_ms"] * 1e3, measured_cuda_path(r))
     return out, sources
 
 
@@ -382,8 +394,7 @@ def markdown(report):
         "TF32 paths) on the first layer of each (cpg, stride) class and on every SE stage "
         "(the SE's fp32 is plain fp32). **Predicted** times come from the throughput model "
         "(docs/THROUGHPUT_MODEL.md); sectors, wavefronts and L2 figures from the CUDA "
-        "emulator's access profile (CUDA paths) at batch 1 (conv: at the smallest batch, 1 to "
-        "4, where CUDA v3 plans the schedule it plans at batch 128 on an H100), "
+        "emulator's access profile (CUDA paths) at batch 1, "
         f"{report['blocks_per_grid']} blocks per grid. Nothing here is measured except the "
         f"column `measured us`, copied from: {src}.",
         "",

@@ -155,15 +155,10 @@ def _poisoned_like_glue(shape, dtype, memory_format):
 
 def grouped_conv_bn_relu(binary, x, weight, scale, shift, *, stride=1, padding=1, dilation=1,
                          groups, relu=True, device_major=9, force_direct=False, x_lead_elems=0,
-                         allow_tf32=False, allow_v3=True, v3_pipeline=True, v3_min_ctas=1,
-                         v3_max_smem=99 * 1024):
+                         allow_tf32=False, allow_v3=True):
     """Runs the CUDA launch path (plan, weight re-layout, kernel) like the torch glue does;
     allow_tf32 stands for torch.backends.cudnn.allow_tf32, which the glue reads; allow_v3=False
-    for RESNEXT_KERNELS_CUDA_V3=0 (calls v3 would take run v2); v3_pipeline=False for
-    RESNEXT_KERNELS_CUDA_V3_PIPELINE=0 (one band per CTA). v3_min_ctas: the fewest CTAs a
-    pipelined v3 schedule may leave; 1 (not the glue's 1024) so that test-sized calls pipeline.
-    v3_max_smem: the shared memory a pipelined v3 CTA may take (the glue's is the device's:
-    99 KB, 113 KB on sm_90).
+    for RESNEXT_KERNELS_CUDA_V3=0 (calls v3 would take run v2).
 
     Returns (y, path): path is the harness's report, e.g. "wmma block_channels 16 ...".
     """
@@ -187,8 +182,7 @@ def grouped_conv_bn_relu(binary, x, weight, scale, shift, *, stride=1, padding=1
             w_stride=weight.stride(), y_stride=y.stride(), relu=relu,
             y_channels_last=memory_format == torch.channels_last, device_major=device_major,
             force_direct=force_direct, x_lead_elems=x_lead_elems, allow_tf32=allow_tf32,
-            allow_v3=allow_v3, v3_pipeline=v3_pipeline, v3_min_ctas=v3_min_ctas,
-            v3_max_smem=v3_max_smem))
+            allow_v3=allow_v3))
         report = _run(binary, "grouped_conv", d)
         return _read_like(d, "y", y), report.strip()
 
@@ -252,14 +246,10 @@ def profile_launches(call, binary, *args, sample_blocks: int = 0, **kwargs):
 
 
 def launch_shapes(binary, op: str, *, N, C, H, W, dtype, channels_last, groups=None, stride=1,
-                  R=None, allow_tf32=False, device_major=9, v3_max_smem=None):
+                  R=None, allow_tf32=False, device_major=9):
     """The launches (grid, block threads, dynamic shared memory) that one call of `op` ("conv"
     or "se") makes at this shape, without running them: the profile build's plan-only mode, on
-    placeholder buffers, so real batch sizes cost nothing. Returns (path report, launches).
-    v3 is planned as the glue plans it (min_ctas 1024), with a pipelined CTA's shared memory
-    capped at v3_max_smem (default: an H100's, the GPU the profile predicts)."""
-    if v3_max_smem is None:
-        from resnext_kernels.backends.cuda_plan import SM90_V3_PIPELINED_SMEM as v3_max_smem
+    placeholder buffers, so real batch sizes cost nothing. Returns (path report, launches)."""
     import json
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -279,8 +269,7 @@ def launch_shapes(binary, op: str, *, N, C, H, W, dtype, channels_last, groups=N
                 W_out=W_out, groups=groups, KH=3, KW=3, stride=[stride] * 2, padding=[1, 1],
                 dilation=[1, 1], x_stride=x.stride(), w_stride=w.stride(), y_stride=y.stride(),
                 relu=True, y_channels_last=channels_last, device_major=device_major,
-                force_direct=False, x_lead_elems=0, allow_tf32=allow_tf32,
-                v3_max_smem=v3_max_smem))
+                force_direct=False, x_lead_elems=0, allow_tf32=allow_tf32))
             args = ("grouped_conv", d)
         else:
             for name in ("u", "out", "w1", "w2", "residual", "b1", "b2"):

@@ -247,75 +247,6 @@ def test_v3_non_finite_inputs_stay_in_their_group(emulator, cpg):
     torch.testing.assert_close(y.double()[finite], ref[finite], **tolerance(torch.float16))
 
 
-def schedule_of(report):
-    """(rows, steps_per_cta, stages, ring_rows) from the harness's v3 report."""
-    words = report.split()
-    return tuple(int(words[words.index(key) + 1])
-                 for key in ("rows", "steps_per_cta", "stages", "ring_rows"))
-
-
-# (cpg, N, H, W, stride, dtype, the schedule the planner must pick: rows per step, steps per
-# CTA, stages in flight, ring rows): each kind of walk a pipelined CTA makes.
-V3_SCHEDULE_CASES = [
-    (8, 2, 16, 40, 1, torch.float16, (3, 6, 2, 11)),   # down an image: the ring wraps, the
-                                                       # last step has 1 row
-    (4, 5, 7, 7, 1, torch.bfloat16, (7, 5, 2, 27)),    # a step per image, on through 5 images
-    (16, 3, 14, 14, 1, torch.float16, (7, 6, 2, 27)),  # 2 steps per image, 3 images per CTA
-    (16, 4, 11, 11, 2, torch.bfloat16, (6, 4, 2, 39)),  # stride 2, an image per step
-    (8, 2, 26, 20, 2, torch.float16, (7, 4, 1, 30)),   # stride 2, one stage, short last steps
-    (32, 3, 14, 14, 1, torch.bfloat16, (7, 6, 1, 18)),  # wide: weights staged once, 6 steps
-    (64, 3, 8, 8, 2, torch.float16, (4, 3, 1, 18)),    # wide, stride 2
-    # wide, stride 2 (resnext50 layer4.0's class): 102 KB, pipelined only where a device allows
-    # a pipelined CTA more than 99 KB (sm_90: 113 KB); one band per CTA otherwise
-    (32, 3, 14, 14, 2, torch.float16, (7, 3, 1, 30), 113 * 1024),
-    (32, 3, 14, 14, 2, torch.float16, (7, 1, 0, 15), 99 * 1024),
-]
-
-
-@pytest.mark.parametrize("case", V3_SCHEDULE_CASES,
-                         ids=[f"cpg{c[0]}-N{c[1]}-{c[2]}x{c[3]}-s{c[4]}-{c[-1] // 1024}K"
-                              if len(c) > 7 else f"cpg{c[0]}-N{c[1]}-{c[2]}x{c[3]}-s{c[4]}"
-                              for c in V3_SCHEDULE_CASES])
-def test_v3_pipelined_schedules(emulator, case):
-    """CTAs that run several steps with the next ones' loads in flight (a ring of input rows
-    in shared memory): the schedule the planner picks (v3_min_ctas=1, so test sizes pipeline),
-    and the result against float64, two 64-channel tiles. A wait for too few cp.async groups
-    reads poisoned (NaN) rows; a ring too small for the rows in flight overwrites live ones."""
-    from resnext_kernels.backends.cuda_plan import v3_schedule
-
-    cpg, N, H, W, stride, dtype, expected, *max_smem = case
-    max_smem = max_smem[0] if max_smem else 99 * 1024
-    groups = 128 // cpg
-    x, w, scale, shift, bn = make_case(cpg, groups, dtype, "cpu", True, 12600 + cpg + H,
-                                       N=N, H=H, W=W)
-    _, report = conv_and_check(emulator, x, w, scale, shift, bn, groups=groups, stride=stride,
-                               expect_path="path v3", v3_max_smem=max_smem)
-    assert schedule_of(report) == expected, report
-    # the Python mirror (what benchmarks record) plans the same
-    H_out, W_out = (H - 1) // stride + 1, (W - 1) // stride + 1
-    assert v3_schedule(N, 128, H_out, W_out, stride, cpg, pipeline=True, min_ctas=1,
-                       max_smem=max_smem)[:4] == expected
-
-
-def test_v3_schedule_keeps_min_ctas_and_can_be_unpipelined(emulator):
-    """One channel tile, 12 steps of 3 rows (or 32 of 1 row): min_ctas 3 allows 3 steps per
-    CTA (4 CTAs), not 6; min_ctas 17 allows no pipelined schedule (2 steps of one row per CTA
-    would leave 16), and neither does
-    v3_pipeline=False (RESNEXT_KERNELS_CUDA_V3_PIPELINE=0): one band of up to 256 pixels per
-    CTA, loaded then computed, as in the first v3."""
-    from resnext_kernels.backends.cuda_plan import v3_schedule
-
-    x, w, scale, shift, bn = make_case(8, 8, torch.float16, "cpu", True, 12700, N=2, H=16, W=40)
-    for kwargs, expected in ((dict(v3_min_ctas=3), (3, 3, 2, 11)),
-                             (dict(v3_min_ctas=17), (6, 1, 0, 8)),
-                             (dict(v3_pipeline=False), (6, 1, 0, 8))):
-        _, report = conv_and_check(emulator, x, w, scale, shift, bn, groups=8,
-                                   expect_path="path v3", **kwargs)
-        assert schedule_of(report) == expected, (kwargs, report)
-        assert v3_schedule(2, 64, 16, 40, 1, 8, pipeline=kwargs.get("v3_pipeline", True),
-                           min_ctas=kwargs.get("v3_min_ctas", 1))[:4] == expected
-
-
 def test_v3_leaves_other_calls_to_v2(emulator):
     """NCHW, a channels_last x whose pixels are not 16-byte aligned, C not a multiple of 64,
     cpg 2, fp32: each runs v2 (or the direct kernel), not v3."""
@@ -526,23 +457,6 @@ def test_racecheck_grouped_conv(racecheck, request, cpg, stride, channels_last, 
     ref = reference(x, w, bn, stride, 1, 1, groups, True)
     tol_key = "tf32" if allow_tf32 else dtype
     torch.testing.assert_close(y.double(), ref, **tolerance(tol_key))
-
-
-@pytest.mark.parametrize("cpg,N,H,W,expected", [
-    (4, 1, 12, 40, (3, 4, 2, 11)),  # down one image, two stages, the ring wraps
-    (32, 3, 4, 4, (4, 3, 2, 18)),   # wide, on through 3 images
-], ids=["v3-stripe", "v3-wide-images"])
-def test_racecheck_v3_pipelined(racecheck, cpg, N, H, W, expected):
-    """The pipelined v3 under ThreadSanitizer: a step's cp.async copies land in ring rows that
-    the previous steps' ldmatrix read, and its output tile is the one the previous step stored
-    from; only the barriers order them."""
-    groups = 64 // cpg
-    x, w, scale, shift, bn = make_case(cpg, groups, torch.float16, "cpu", True, 9850 + cpg,
-                                       N=N, H=H, W=W)
-    y, report = cuda_emulator.grouped_conv_bn_relu(racecheck, x, w, scale, shift, groups=groups)
-    assert schedule_of(report) == expected, report
-    torch.testing.assert_close(y.double(), reference(x, w, bn, 1, 1, 1, groups, True),
-                               **tolerance(torch.float16))
 
 
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])

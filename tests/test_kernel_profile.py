@@ -156,6 +156,28 @@ def test_measured_rows_keep_each_rows_newest_measurement_of_one_gpu(tmp_path, mo
                                        "benchmarks/results/grouped_conv-b.json"]
 
 
+def test_measured_rows_leave_out_retired_kernels(tmp_path, monkeypatch):
+    """CUDA v3.1's rows (reverted after its GPU run) carry cuda_v3_schedule: a newer file of them
+    does not replace the older v3 measurement, and its other providers still count."""
+    folder = tmp_path / "benchmarks" / "results"
+    folder.mkdir(parents=True)
+    monkeypatch.setattr(kernel_profile, "REPO", tmp_path)
+    base = dict(model="m", layer="l1", layout="nhwc", dtype="float16", status="ok")
+    _results_file(folder, "grouped_conv-v3.json", "H100", "2026-01-01",
+                  [dict(base, provider="cuda", p50_ms=1.0, cuda_path="v3"),
+                   dict(base, provider="triton", p50_ms=3.0)])
+    schedule = dict(rows=2, steps_per_cta=7, stages=2, ring_rows=8, smem_bytes=73728)
+    _results_file(folder, "grouped_conv-v31.json", "H100", "2026-01-02",
+                  [dict(base, provider="cuda", p50_ms=2.0, cuda_path="v3",
+                        cuda_v3_schedule=schedule),
+                   dict(base, provider="cuda_v3_unpipelined", p50_ms=2.5, cuda_path="v3",
+                        cuda_v3_schedule=schedule),
+                   dict(base, provider="triton", p50_ms=2.75)])
+    measured, _ = kernel_profile.measured_rows()
+    assert measured == {("m", "l1", "cuda", "nhwc,w-nchw", "fp16"): (1000.0, "v3"),
+                        ("m", "l1", "triton", "nhwc,w-nchw", "fp16"): (2750.0, None)}
+
+
 def test_measured_cuda_rows_meet_only_the_kernel_they_ran():
     """A CUDA measurement is compared with the prediction of the kernel that ran: rows from
     before v3 (no cuda_path) never stand for a v3 prediction, and v3 rows only for v3."""
@@ -180,33 +202,3 @@ def test_other_dtypes_cover_every_cpg_stride_class_and_se_stage():
     assert len(pairs) == len(every) + len(chosen)
     assert compiled_profile.op_dtype("se", "fp32/tf32") == "fp32"
     assert compiled_profile.op_dtype("conv", "fp32/tf32") == "fp32/tf32"
-
-
-def test_v3_profile_batch_plans_the_batch_128_schedule_on_every_real_layer():
-    """The access profile runs v3 at a small batch and scales by blocks: that is the batch-128
-    profile only if the small batch plans the same schedule (rows per step, steps per CTA,
-    stages) with whole CTAs, so that its blocks are batch-128's blocks in miniature."""
-    from resnext_kernels.backends import cuda_plan
-    from resnext_kernels.models.shapes import grouped_conv_shapes
-
-    smem = cuda_plan.SM90_V3_PIPELINED_SMEM
-    assert smem == 113 * 1024
-    pipelined = 0
-    for model in ("resnext50_32x4d", "resnext101_32x8d"):
-        for _layer, C, H, W, _C_out, groups, stride, _count in grouped_conv_shapes(model):
-            H_out, W_out, cpg = (H - 1) // stride + 1, (W - 1) // stride + 1, C // groups
-            n, min_ctas = cuda_plan.v3_profile_batch(C, H_out, W_out, stride, cpg)
-            assert n <= 4
-            at_128 = cuda_plan.v3_schedule(128, C, H_out, W_out, stride, cpg, pipeline=True,
-                                           max_smem=smem)
-            at_n = cuda_plan.v3_schedule(n, C, H_out, W_out, stride, cpg, pipeline=True,
-                                         min_ctas=min_ctas, max_smem=smem)
-            assert at_n == at_128
-            rows, steps_per_cta = at_128[:2]
-            steps_per_image = -(-H_out // rows)
-            blocks = lambda batch: C // 64 * -(-batch * steps_per_image // steps_per_cta)
-            assert blocks(128) == blocks(n) * 128 // n
-            pipelined += steps_per_cta > 1
-    # of 14 shapes, all but resnext101 layer4.0 (cpg 64, stride 2: with 73 KB of weights, two
-    # windows of 15 input rows do not fit in 113 KB)
-    assert pipelined == 13

@@ -46,7 +46,6 @@ struct CUstream_st;
 using cudaStream_t = CUstream_st*;
 
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
-enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 struct cudaLaunchAttribute;
 struct cudaLaunchConfig_t {
   dim3 gridDim;
@@ -101,17 +100,6 @@ cudaError_t cudaFuncSetAttribute(Kernel* kernel, cudaFuncAttribute attr, int val
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0) return cudaErrorInvalidValue;
   if (static_cast<size_t>(value) > cuda_emulator::kOptInMaxDynamicSmem) return cudaErrorInvalidValue;
   cuda_emulator::set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), value);
-  return cudaSuccess;
-}
-
-// One emulated device, 0, with the H100's opt-in shared memory per block.
-inline cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
-  return cudaSuccess;
-}
-inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  if (device != 0 || attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return cudaErrorInvalidValue;
-  *value = static_cast<int>(cuda_emulator::kOptInMaxDynamicSmem);
   return cudaSuccess;
 }
 

@@ -121,31 +121,19 @@ int run_grouped_conv(const std::string& dir) {
   p.relu = prm.get("relu") != 0;
   p.y_channels_last = prm.get("y_channels_last") != 0;
 
-  resnext_kernels::V3Schedule v3;  // the glue's unless the test says otherwise
-  if (prm.has("v3_pipeline")) v3.pipeline = prm.get("v3_pipeline") != 0;
-  if (prm.has("v3_min_ctas")) v3.min_ctas = prm.get("v3_min_ctas");
-  if (prm.has("v3_max_smem")) v3.max_smem_bytes = prm.get("v3_max_smem");
   resnext_kernels::GroupedConvPlan plan =
       resnext_kernels::plan_grouped_conv_bn_relu(p, dtype, static_cast<int>(prm.get("device_major")),
                                                  prm.get("allow_tf32") != 0,
-                                                 !prm.has("allow_v3") || prm.get("allow_v3") != 0,
-                                                 v3);
+                                                 !prm.has("allow_v3") || prm.get("allow_v3") != 0);
   if (prm.get("force_direct") != 0) plan = resnext_kernels::GroupedConvPlan{};
   Buffer workspace = scratch(static_cast<size_t>(plan.workspace_bytes));
   const cudaError_t err =
       resnext_kernels::launch_grouped_conv_bn_relu(p, dtype, plan, workspace.data(), nullptr);
   if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
   save(dir, "y", y);
-  std::printf("path %s block_channels %d workspace_bytes %lld",
+  std::printf("path %s block_channels %d workspace_bytes %lld\n",
               resnext_kernels::grouped_conv_path_name(plan.path),
               plan.block_channels, static_cast<long long>(plan.workspace_bytes));
-  if (plan.path == resnext_kernels::GroupedConvPath::kV3) {
-    const resnext_kernels::V3Steps steps = resnext_kernels::grouped_conv_v3_steps(p, plan.v3);
-    std::printf(" rows %d steps_per_cta %d stages %d ring_rows %d smem_bytes %lld", steps.rows,
-                steps.steps_per_cta, steps.stages, steps.ring_rows,
-                static_cast<long long>(steps.smem_bytes));
-  }
-  std::printf("\n");
   return 0;
 }
 

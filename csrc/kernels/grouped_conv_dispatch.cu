@@ -5,10 +5,8 @@
 namespace resnext_kernels {
 
 GroupedConvPlan plan_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
-                                          int device_major, bool allow_tf32, bool allow_v3,
-                                          V3Schedule v3) {
+                                          int device_major, bool allow_tf32, bool allow_v3) {
   GroupedConvPlan plan;
-  plan.v3 = v3;
   if (allow_v3 && grouped_conv_v3_applies(p, dtype, device_major)) {
     plan.path = GroupedConvPath::kV3;
     plan.workspace_bytes = grouped_conv_v3_workspace_bytes(p);
@@ -27,8 +25,7 @@ cudaError_t launch_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
                                         const GroupedConvPlan& plan, void* workspace,
                                         cudaStream_t stream) {
   switch (plan.path) {
-    case GroupedConvPath::kV3:
-      return launch_grouped_conv_bn_relu_v3(p, dtype, plan.v3, workspace, stream);
+    case GroupedConvPath::kV3: return launch_grouped_conv_bn_relu_v3(p, dtype, workspace, stream);
     case GroupedConvPath::kWmma:
       return launch_grouped_conv_bn_relu_wmma(p, dtype, plan.block_channels, workspace, stream);
     case GroupedConvPath::kDirect: return launch_grouped_conv_bn_relu_direct(p, dtype, stream);

@@ -1,21 +1,15 @@
-// Grouped 3x3 conv + folded BN + ReLU, v3: mma.sync on a swizzled ring of channels_last input
-// rows (fp16/bf16, stride 1 or 2, padding 1, C_in == C_out, 4, 8, 16, 32 or 64 channels per
-// group).
+// Grouped 3x3 conv + folded BN + ReLU, v3: mma.sync on a swizzled band of channels_last input
+// (fp16/bf16, stride 1 or 2, padding 1, C_in == C_out, 4, 8, 16, 32 or 64 channels per group).
 //
-// Work: a *step* is (image n, a band of output rows, a 64-channel tile), so every pixel is one
-// whole 128-byte cache line. A CTA runs `steps_per_cta` consecutive steps of one channel tile
-// (down an image, then on to the next image), channel tile fastest in the grid so neighbouring
-// CTAs read neighbouring lines of the same pixels.
-//  1. Loader: a step's input rows go to a ring of rows in shared memory with 16-byte cp.async
-//     copies; padding is the copies' zero fill. Rows the previous step already loaded (the halo
-//     a band shares with the band above it) are not loaded again. The loads of the next
-//     `stages` steps are in flight while a step computes (cp.async groups, one per step), so
-//     DRAM and the tensor cores work at once within a CTA: the H100 showed that one band
-//     loaded, then computed, per CTA left both idle by turns (docs/KERNELS.md). Pixel q's 8
-//     chunks of 16 bytes are stored swizzled (SwizzledPixels), so the 8 rows of an ldmatrix,
-//     pixels `stride` apart, fall in 8 distinct bank quads.
+// Work unit (one CTA): image n, a band of output rows, a 64-channel tile (128 bytes per pixel:
+// every pixel is one whole cache line). Channel tile fastest in the grid, so neighbouring CTAs
+// read neighbouring lines of the same pixels.
+//  1. Loader: the band's input rows with their halo go to shared memory with 16-byte cp.async
+//     copies; padding is the copies' zero fill. Pixel q's 8 chunks of 16 bytes are stored
+//     swizzled (SwizzledPixels), so the 8 rows of an ldmatrix, pixels `stride` apart, fall in 8
+//     distinct bank quads.
 //  2. Mainloop: warp w owns one MMA channel group ("super-group", SG channels: a group at cpg 8
-//     and 16, two groups of 4 at cpg 4) and walks the step's pixels 16 at a time. A comes
+//     and 16, two groups of 4 at cpg 4) and walks the band's pixels 16 at a time. A comes
 //     from ldmatrix with one row address per lane: the tap shift and the stride cost nothing.
 //     B (the weights) stays in registers for the CTA's lifetime, packed once per call by
 //     pack_b_fragments_kernel into each lane's fragment order. cpg 8: two taps per m16n8k16
@@ -25,15 +19,12 @@
 //     its own group (NaN * 0 would otherwise reach the neighbour).
 //     cpg 32 and 64 (grouped_conv_bn_relu_v3_wide_kernel): B is too big for registers (144
 //     words per lane per 32 output channels); the CTA stages its tile's weights in shared
-//     memory once for all its steps (rows of 9*cpg input taps, padded by 16 bytes so 8 rows'
-//     ldmatrix is conflict-free) and each warp computes 32 output channels for one or two m16
-//     tiles, loading each B fragment once per pair of tiles.
+//     memory once (rows of 9*cpg input taps, padded by 16 bytes so 8 rows' ldmatrix is
+//     conflict-free) and each warp computes 32 output channels for one or two m16 tiles,
+//     loading each B fragment once per pair of tiles.
 //  3. Epilogue: fp32 scale, shift and NaN-keeping ReLU in registers, packed to 16 bits into a
 //     swizzled shared staging tile (conflict-free), then written out as whole 128-byte lines
 //     with 16-byte stores.
-// The schedule (step rows, steps per CTA, stages, ring size) is planned per call on the host
-// (plan_band); V3Schedule{pipeline = false} gives the first v3: one band per CTA, loaded, then
-// computed.
 #include <algorithm>
 #include <cstring>
 
@@ -81,103 +72,41 @@ struct V3Class {
   static constexpr int kWords = kSG == 8 ? 12 : 36;
 };
 
+// The band geometry of one call, the same for every CTA.
 // cpg 32/64: a weight row (one output channel: 9 taps x cpg inputs) padded by 8 elements, so
 // that 8 rows' 16-byte pieces at the same column fall in 8 different bank quads.
 constexpr int wide_weight_pitch(int cpg) { return 9 * cpg + 8; }
 
-// One call's schedule, the same for every CTA (plan_band). A CTA runs steps
-// [chunk * steps_per_cta, + steps_per_cta) of its channel tile's sequence (image 0's bands top
-// to bottom, then image 1's, ...). Input rows live in a ring: the row ih of image n is "ring
-// row" v = n * image_rows + ih + 1 (ih from -1: the top padding) and sits in slot
-// v % ring_rows. Windows follow each other in v: a band's window overlaps the one above by
-// 3 - stride rows, and an image's first window starts right after the previous image's last.
-// So a step adds `rows * stride` rows to the ring within an image, a whole window when it starts
-// an image, and every row that is live while the next `stages` steps load (their windows and
-// the computing step's) fits in ring_rows slots at once.
 struct Band {
-  int rows = 0;           // output rows per step (an image's last step may have fewer)
-  int in_cols = 0;        // input columns staged: (W_out - 1) * stride + 3
-  int ring_rows = 0;      // input rows the ring holds
-  int stages = 0;         // steps whose loads are in flight while one computes: 0 to kMaxStages
-  int steps_per_cta = 1;  // consecutive steps per CTA
-  int steps_per_image = 0;
-  int image_rows = 0;     // ring rows per image: (H_out - 1) * stride + 3
-  size_t out_offset = 0;  // shared memory: the ring, then output staging, then weights
+  int rows = 0;     // output rows per band (the last band of an image may have fewer)
+  int in_rows = 0;  // input rows staged: (rows - 1) * stride + 3
+  int in_cols = 0;  // input columns staged: (W_out - 1) * stride + 3
+  size_t out_offset = 0;  // shared memory: input band, then output staging, then weights
   size_t w_offset = 0;
   size_t smem_bytes = 0;
 };
 
-constexpr int kMaxStages = 2;       // cp.async groups ahead: wait_group takes an immediate
-constexpr int kMaxStepsPerCta = 8;  // more only shortens the grid (see plan_band)
-// Output pixels per step tried by a pipelined schedule, largest first: a step is 4 to 8 m16
-// tiles, enough MMAs per barrier pair; smaller steps make room for more stages and CTAs.
-constexpr int kStepPixels[] = {128, 64};
-
-// A schedule of `rows` output rows per step, `steps_per_cta` steps and `stages` stages; rows 0
-// when it takes more than max_smem bytes of shared memory.
-Band make_band(const GroupedConvParams& p, int64_t rows, int steps_per_cta, int stages,
-               int64_t max_smem) {
+Band plan_band(const GroupedConvParams& p) {
   const int64_t s = p.stride_h, cpg = p.C_in / p.groups;
   const size_t w_bytes =
       cpg >= 32 ? size_t{kTileC} * wide_weight_pitch(static_cast<int>(cpg)) * 2 : 0;
   Band b;
-  b.rows = static_cast<int>(rows);
   b.in_cols = static_cast<int>((p.W_out - 1) * s + 3);
-  b.steps_per_image = static_cast<int>((p.H_out + rows - 1) / rows);
-  b.image_rows = static_cast<int>((p.H_out - 1) * s + 3);
-  b.steps_per_cta = steps_per_cta;
-  b.stages = std::min(stages, steps_per_cta - 1);
-  // Rows a step adds: rows * stride inside an image; a whole window where a CTA's steps run
-  // from one image into the next (steps_per_cta not a divisor of steps_per_image).
-  const bool crosses_images = b.steps_per_image % steps_per_cta != 0;
-  const int64_t window = (rows - 1) * s + 3;  // input rows a full step reads
-  const int64_t max_new = crosses_images ? window : rows * s;
-  b.ring_rows = static_cast<int>(window + b.stages * max_new);
-  b.out_offset = static_cast<size_t>(b.ring_rows) * b.in_cols * kPixelBytes;
-  b.w_offset = b.out_offset + static_cast<size_t>(rows * p.W_out) * kPixelBytes;
-  b.smem_bytes = b.w_offset + w_bytes;
-  if (b.smem_bytes > static_cast<size_t>(max_smem)) return Band{};
+  int64_t rows_max = std::max<int64_t>(1, std::min<int64_t>(p.H_out, kMaxBandPixels / p.W_out));
+  auto smem = [&](int64_t rows) {
+    return static_cast<size_t>(((rows - 1) * s + 3) * b.in_cols + rows * p.W_out) * kPixelBytes +
+           w_bytes;
+  };
+  while (rows_max > 0 && smem(rows_max) > kMaxSmemBytes) --rows_max;
+  if (rows_max == 0) return Band{};
+  const int64_t bands = (p.H_out + rows_max - 1) / rows_max;
+  b.rows = static_cast<int>((p.H_out + bands - 1) / bands);  // even bands: no short tail
+  b.in_rows = static_cast<int>((b.rows - 1) * s + 3);
+  b.out_offset = static_cast<size_t>(b.in_rows) * b.in_cols * kPixelBytes;
+  b.w_offset = b.out_offset + static_cast<size_t>(b.rows) * p.W_out * kPixelBytes;
+  b.smem_bytes = smem(b.rows);
   return b;
 }
-
-// Output rows per step for at most `pixels` pixels, split evenly over the image (no short tail).
-int64_t even_rows(const GroupedConvParams& p, int64_t pixels) {
-  const int64_t rows_max = std::max<int64_t>(1, std::min<int64_t>(p.H_out, pixels / p.W_out));
-  const int64_t steps = (p.H_out + rows_max - 1) / rows_max;
-  return (p.H_out + steps - 1) / steps;
-}
-
-// The pipelined schedule: the most steps per CTA (and then the most stages) that still leaves
-// schedule.min_ctas CTAs, so the grid keeps every SM busy to the end (a CTA's steps are not
-// rebalanced). steps_per_cta divides an image's steps or is a multiple of them, so a CTA starts
-// at an image's top or at a band boundary of its stripe. Without such a schedule (small
-// batches, or too little shared memory), each CTA loads one band of up to kMaxBandPixels and
-// computes it: the first v3.
-Band plan_band(const GroupedConvParams& p, const V3Schedule& schedule) {
-  const int64_t tiles_c = p.C_out / kTileC;
-  if (schedule.pipeline) {
-    for (const int pixels : kStepPixels) {
-      const int64_t rows = even_rows(p, pixels);
-      const int64_t steps_per_image = (p.H_out + rows - 1) / rows;
-      const int64_t steps = p.N * steps_per_image;
-      for (int d = kMaxStepsPerCta; d >= 2; --d) {
-        if (d > steps || (steps_per_image % d != 0 && d % steps_per_image != 0)) continue;
-        if (tiles_c * ((steps + d - 1) / d) < schedule.min_ctas) continue;
-        for (int stages = kMaxStages; stages >= 1; --stages) {
-          const Band b = make_band(p, rows, d, stages, schedule.max_smem_bytes);
-          if (b.rows > 0) return b;
-        }
-      }
-    }
-  }
-  // The largest band of at most kMaxBandPixels that fits, then split evenly.
-  int64_t rows = std::max<int64_t>(1, std::min<int64_t>(p.H_out, kMaxBandPixels / p.W_out));
-  while (rows > 0 && make_band(p, rows, 1, 0, kMaxSmemBytes).rows == 0) --rows;
-  if (rows == 0) return Band{};
-  const int64_t steps = (p.H_out + rows - 1) / rows;
-  return make_band(p, (p.H_out + steps - 1) / steps, 1, 0, kMaxSmemBytes);
-}
-
 
 __device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
 
@@ -238,97 +167,47 @@ __device__ __forceinline__ uint32_t pack_pair(float lo, float hi, __nv_bfloat16)
          (uint32_t{bits_of(__float2bfloat16_rn(hi))} << 16);
 }
 
-// The CTA's channel tile (fastest in the grid) and its steps [first, last).
-struct CtaSteps {
-  int ct;
-  int64_t first, last;
+// The CTA's work unit: a 64-channel tile (fastest in the grid), an image, a band of rows.
+struct WorkUnit {
+  int ct;           // channel tile
+  int64_t n;        // image
+  int oh0;          // first output row
+  int band_pixels;  // rows * W_out (the last band of an image may be short)
+  int in_rows;      // input rows staged
 };
 
-__device__ __forceinline__ CtaSteps cta_steps(const GroupedConvParams& p, const Band& band,
-                                              int tiles_c) {
-  CtaSteps c;
-  c.ct = static_cast<int>(blockIdx.x % static_cast<unsigned>(tiles_c));
-  const int64_t chunk = blockIdx.x / static_cast<unsigned>(tiles_c);
-  const int64_t steps = p.N * band.steps_per_image;
-  c.first = chunk * band.steps_per_cta;
-  c.last = c.first + band.steps_per_cta < steps ? c.first + band.steps_per_cta : steps;
-  return c;
+__device__ __forceinline__ WorkUnit work_unit(const GroupedConvParams& p, const Band& band,
+                                              int tiles_c, int bands_per_image, int stride) {
+  WorkUnit u;
+  u.ct = static_cast<int>(blockIdx.x % static_cast<unsigned>(tiles_c));
+  const unsigned rest = blockIdx.x / static_cast<unsigned>(tiles_c);
+  const int band_index = static_cast<int>(rest % static_cast<unsigned>(bands_per_image));
+  u.n = rest / static_cast<unsigned>(bands_per_image);
+  u.oh0 = band_index * band.rows;
+  const int rows = min_int(band.rows, static_cast<int>(p.H_out) - u.oh0);
+  u.band_pixels = rows * static_cast<int>(p.W_out);
+  u.in_rows = (rows - 1) * stride + 3;
+  return u;
 }
 
-// Step j of a channel tile: image n, output rows oh0 ... (band_pixels / W_out of them), and the
-// ring rows v_first ... v_last of its window, v_first in ring slot `slot`.
-struct Step {
-  int64_t n;
-  int oh0;
-  int band_pixels;
-  int64_t v_first, v_last;
-  int slot;
-};
-
-__device__ __forceinline__ Step step_at(const GroupedConvParams& p, const Band& band, int64_t j,
-                                        int stride) {
-  Step s;
-  s.n = j / band.steps_per_image;
-  s.oh0 = static_cast<int>(j - s.n * band.steps_per_image) * band.rows;
-  const int rows = min_int(band.rows, static_cast<int>(p.H_out) - s.oh0);
-  s.band_pixels = rows * static_cast<int>(p.W_out);
-  s.v_first = s.n * band.image_rows + static_cast<int64_t>(s.oh0) * stride;  // ih = oh0*S - 1
-  s.v_last = s.v_first + (rows - 1) * stride + 2;
-  s.slot = static_cast<int>(s.v_first % band.ring_rows);
-  return s;
-}
-
-// Loader: the rows of step j's window that the CTA's step j - 1 did not load (the whole window
-// for its first step, and where j starts an image), with their halo columns, as 16-byte
-// cp.async copies into the swizzled ring (zeros outside the image); the caller commits.
+// Loader: the unit's input rows oh0*S - 1 ... with their halo columns, 16-byte cp.async copies
+// into the swizzled tile (zeros outside the image); the caller commits and waits.
 template <typename T, int kShift>
-__device__ __forceinline__ void load_step_async(const GroupedConvParams& p, const Band& band,
-                                                const CtaSteps& cta, int64_t j, int stride,
-                                                SwizzledPixels<kShift> ring) {
-  const Step s = step_at(p, band, j, stride);
-  int64_t v_from = s.v_first;
-  if (j > cta.first) {
-    const int64_t previous_last = step_at(p, band, j - 1, stride).v_last;
-    if (previous_last >= v_from) v_from = previous_last + 1;
-  }
-  const int skip = static_cast<int>(v_from - s.v_first);  // window rows already in the ring
-  const int rows = static_cast<int>(s.v_last - v_from + 1);
-  int slot0 = s.slot + skip;
-  if (slot0 >= band.ring_rows) slot0 -= band.ring_rows;
+__device__ __forceinline__ void load_band_async(const GroupedConvParams& p, const Band& band,
+                                                const WorkUnit& u, int stride,
+                                                SwizzledPixels<kShift> in_tile) {
   const T* __restrict__ x = static_cast<const T*>(p.x);
-  const T* x_n = x + s.n * p.x_stride[0] + static_cast<int64_t>(cta.ct) * kTileC;
-  const int ih0 = s.oh0 * stride - static_cast<int>(p.pad_h) + skip;
-  const int chunks = rows * band.in_cols * 8;
-  for (int i = threadIdx.x; i < chunks; i += kThreads) {
+  const T* x_n = x + u.n * p.x_stride[0] + static_cast<int64_t>(u.ct) * kTileC;
+  const int ih0 = u.oh0 * stride - static_cast<int>(p.pad_h);
+  const int in_chunks = u.in_rows * band.in_cols * 8;
+  for (int i = threadIdx.x; i < in_chunks; i += kThreads) {
     const int q = i / 8, c = i % 8;
     const int r = q / band.in_cols, col = q - r * band.in_cols;
-    int slot = slot0 + r;  // rows <= window <= ring_rows: one wrap at most
-    if (slot >= band.ring_rows) slot -= band.ring_rows;
     const int ih = ih0 + r, iw = col - static_cast<int>(p.pad_w);
     const bool inside = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
     const T* src = inside ? x_n + ih * p.x_stride[2] + iw * p.x_stride[3] + c * 8 : x;
-    ptx::cp_async_16(ring.chunk(slot * band.in_cols + col, c), src, inside);
+    ptx::cp_async_16(in_tile.chunk(q, c), src, inside);
   }
-}
-
-// This lane's A rows for output pixel `pix` of step s: the ring pixel at tap (kh, 0) for
-// kh = 0, 1, 2 (three rows, each in its own ring slot).
-struct TapRows {
-  int q[3];
-  __device__ __forceinline__ int at(int kh) const { return kh == 0 ? q[0] : kh == 1 ? q[1] : q[2]; }
-};
-
-__device__ __forceinline__ TapRows tap_rows(const Band& band, const Step& s, int pix, int W_out,
-                                            int stride) {
-  const int orow = pix / W_out, ocol = pix - orow * W_out;
-  TapRows rows;
-#pragma unroll
-  for (int kh = 0; kh < 3; ++kh) {
-    int slot = s.slot + orow * stride + kh;  // < slot + window: one wrap at most
-    if (slot >= band.ring_rows) slot -= band.ring_rows;
-    rows.q[kh] = slot * band.in_cols + ocol * stride;
-  }
-  return rows;
 }
 
 // Epilogue, one lane's pair of channels (c, c + 1 of the tile) of one output pixel: scale,
@@ -346,62 +225,18 @@ __device__ __forceinline__ void stage_pair(const GroupedConvParams& p, SwizzledP
       pack_pair(v0, v1, T{});
 }
 
-// Step s's output from the staging tile: one 128-byte line per pixel, 16 bytes per thread.
+// The unit's output from the staging tile: one 128-byte line per pixel, 16 bytes per thread.
 template <typename T>
-__device__ __forceinline__ void store_step(const GroupedConvParams& p, const Step& s, int ct,
+__device__ __forceinline__ void store_band(const GroupedConvParams& p, const WorkUnit& u,
                                            SwizzledPixels<0> out_tile) {
   T* __restrict__ y = static_cast<T*>(p.y);
-  T* y_n = y + s.n * p.y_stride[0] + static_cast<int64_t>(ct) * kTileC;
+  T* y_n = y + u.n * p.y_stride[0] + static_cast<int64_t>(u.ct) * kTileC;
   const int W_out = static_cast<int>(p.W_out);
-  for (int i = threadIdx.x; i < s.band_pixels * 8; i += kThreads) {
+  for (int i = threadIdx.x; i < u.band_pixels * 8; i += kThreads) {
     const int q = i / 8, c = i % 8;
     const int orow = q / W_out, ocol = q - orow * W_out;
-    *reinterpret_cast<uint4*>(y_n + (s.oh0 + orow) * p.y_stride[2] + ocol * p.y_stride[3] + c * 8) =
+    *reinterpret_cast<uint4*>(y_n + (u.oh0 + orow) * p.y_stride[2] + ocol * p.y_stride[3] + c * 8) =
         *reinterpret_cast<const uint4*>(out_tile.chunk(q, c));
-  }
-}
-
-__device__ __forceinline__ void cp_async_wait_for(int pending) {
-  static_assert(kMaxStages == 2, "one immediate per possible count");
-  if (pending >= 2) {
-    ptx::cp_async_wait<2>();
-  } else if (pending == 1) {
-    ptx::cp_async_wait<1>();
-  } else {
-    ptx::cp_async_wait<0>();
-  }
-}
-
-// The pipeline over the CTA's steps. First the loads of steps first ... first + stages, a
-// cp.async group each (copies the caller issued before join the first group). Then per step
-// j: wait for its group (the stages younger ones stay in flight), compute(step) into
-// out_tile, issue the loads of step j + stages + 1 (a group, empty past the last step, so the
-// count in flight stays `stages`), store step j. The ring holds every row live meanwhile:
-// the windows of steps j + 1 ... j + stages + 1 (make_band).
-template <typename T, int kShift>
-__device__ __forceinline__ void pipeline_prologue(const GroupedConvParams& p, const Band& band,
-                                                  const CtaSteps& cta, int stride,
-                                                  SwizzledPixels<kShift> ring) {
-  for (int k = 0; k <= band.stages; ++k) {
-    if (cta.first + k < cta.last) load_step_async<T>(p, band, cta, cta.first + k, stride, ring);
-    ptx::cp_async_commit();
-  }
-}
-
-template <typename T, int kStride, int kShift, typename ComputeStep>
-__device__ __forceinline__ void pipeline_run(const GroupedConvParams& p, const Band& band,
-                                             const CtaSteps& cta, SwizzledPixels<kShift> ring,
-                                             SwizzledPixels<0> out_tile, ComputeStep&& compute) {
-  for (int64_t j = cta.first; j < cta.last; ++j) {
-    cp_async_wait_for(band.stages);
-    __syncthreads();  // step j's rows, from every thread's copies; out_tile stored
-    const Step s = step_at(p, band, j, kStride);
-    compute(s);
-    __syncthreads();  // out_tile complete; step j's rows read
-    const int64_t next = j + band.stages + 1;
-    if (next < cta.last) load_step_async<T>(p, band, cta, next, kStride, ring);
-    ptx::cp_async_commit();
-    store_step<T>(p, s, cta.ct, out_tile);
   }
 }
 
@@ -417,7 +252,8 @@ __global__ void __launch_bounds__(kThreads)
     grouped_conv_bn_relu_v3_kernel(GroupedConvParams p,
                                    const uint32_t* __restrict__ packed,  // pack_b_fragments
                                    Band band,
-                                   int tiles_c) {  // C / 64
+                                   int tiles_c,            // C / 64
+                                   int bands_per_image) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using Class = V3Class<kCpg>;
   constexpr int kSG = Class::kSG;
@@ -425,14 +261,15 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
 
-  const CtaSteps cta = cta_steps(p, band, tiles_c);
-  const int ct = cta.ct, W_out = static_cast<int>(p.W_out);
+  const WorkUnit u = work_unit(p, band, tiles_c, bands_per_image, kStride);
+  const int ct = u.ct, band_pixels = u.band_pixels, W_out = static_cast<int>(p.W_out);
   unsigned char* smem = dynamic_shared_memory();
-  const SwizzledPixels<kShift> ring{smem};
+  const SwizzledPixels<kShift> in_tile{smem};
   const SwizzledPixels<0> out_tile{smem + band.out_offset};
 
-  // 1. The first steps' input rows.
-  pipeline_prologue<T>(p, band, cta, kStride, ring);
+  // 1. The input band and its halo.
+  load_band_async<T>(p, band, u, kStride, in_tile);
+  ptx::cp_async_commit();
 
   // B fragments of this warp's MMA group, for the whole CTA (overlaps the copies in flight).
   const int sg = warp % Class::kSuperGroups;
@@ -454,81 +291,87 @@ __global__ void __launch_bounds__(kThreads)
     load_scale_shift(p, static_cast<int64_t>(ct) * kTileC + sg * kSG + j * 8 + 2 * t, scale[j],
                      shift[j]);
   }
+
+  ptx::cp_async_wait<0>();
+  __syncthreads();
+
+  // 2. + 3. Per 16 output pixels: MMAs over the 9 taps, then the epilogue into out_tile.
+  const int m_tiles = (band_pixels + 15) / 16;
+  const int in_cols = band.in_cols;
   // the chunk of this lane's ldmatrix rows: SG 16 lanes 16-31 load the group's second 8 channels
   const int a_chunk = kSG == 8 ? sg : 2 * sg + lane / 16;
-
-  // 2. + 3. Per step, per 16 output pixels: MMAs over the 9 taps, then the epilogue into
-  // out_tile.
-  pipeline_run<T, kStride>(p, band, cta, ring, out_tile, [&](const Step& step) {
-    const int m_tiles = (step.band_pixels + 15) / 16;
-    for (int m = warp / Class::kSuperGroups; m < m_tiles; m += Class::kWarpsPerSG) {
-      // This lane's A row: output pixel m*16 + lane%16 (clamped into the step; its results are
-      // not stored), as its ring pixels at taps (kh, 0).
-      const TapRows rows =
-          tap_rows(band, step, min_int(m * 16 + lane % 16, step.band_pixels - 1), W_out, kStride);
-      float acc[kNTiles][4] = {};
-      float acc_hi[4] = {0.f, 0.f, 0.f, 0.f};  // cpg 4: the second group of the pair
-      if constexpr (kSG == 8) {
+  for (int m = warp / Class::kSuperGroups; m < m_tiles; m += Class::kWarpsPerSG) {
+    // This lane's A row: output pixel m*16 + lane%16 (clamped into the band; its results are
+    // not stored), as input pixel q0 of the tile at tap (0, 0).
+    const int pix = min_int(m * 16 + lane % 16, band_pixels - 1);
+    const int orow = pix / W_out, ocol = pix - orow * W_out;
+    const int q0 = orow * kStride * in_cols + ocol * kStride;
+    float acc[kNTiles][4] = {};
+    float acc_hi[4] = {0.f, 0.f, 0.f, 0.f};  // cpg 4: the second group of the pair
+    if constexpr (kSG == 8) {
 #pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          const int tap = 2 * s + lane / 16;  // lanes 16-31: the pair's second tap (k 8-15)
-          uint32_t a[4];
-          ptx::ldmatrix<4>(a, ring.chunk(rows.at(tap / 3) + tap % 3, a_chunk));
-          const uint32_t bs[2] = {b[2 * s], b[2 * s + 1]};
-          if constexpr (Class::kSplitPairs) {
-            // channels 2t, 2t+1 of the 8: group 0 for t < 2, group 1 otherwise
-            const bool first = t < 2;
-            const uint32_t a0[4] = {first ? a[0] : 0u, first ? a[1] : 0u, first ? a[2] : 0u, first ? a[3] : 0u};
-            const uint32_t a1[4] = {first ? 0u : a[0], first ? 0u : a[1], first ? 0u : a[2], first ? 0u : a[3]};
-            ptx::mma_m16n8k16<T>(acc[0], a0, bs);
-            ptx::mma_m16n8k16<T>(acc_hi, a1, bs);
-          } else {
-            ptx::mma_m16n8k16<T>(acc[0], a, bs);
-          }
-        }
-        uint32_t a[2];
-        ptx::ldmatrix<2>(a, ring.chunk(rows.at(2) + 2, a_chunk));  // tap 8
-        const uint32_t bs[1] = {b[8]};
+      for (int s = 0; s < 4; ++s) {
+        const int tap = 2 * s + lane / 16;  // lanes 16-31: the pair's second tap (k 8-15)
+        uint32_t a[4];
+        ptx::ldmatrix<4>(a, in_tile.chunk(q0 + (tap / 3) * in_cols + tap % 3, a_chunk));
+        const uint32_t bs[2] = {b[2 * s], b[2 * s + 1]};
         if constexpr (Class::kSplitPairs) {
+          // channels 2t, 2t+1 of the 8: group 0 for t < 2, group 1 otherwise
           const bool first = t < 2;
-          const uint32_t a0[2] = {first ? a[0] : 0u, first ? a[1] : 0u};
-          const uint32_t a1[2] = {first ? 0u : a[0], first ? 0u : a[1]};
-          ptx::mma_m16n8k8<T>(acc[0], a0, bs);
-          ptx::mma_m16n8k8<T>(acc_hi, a1, bs);
+          const uint32_t a0[4] = {first ? a[0] : 0u, first ? a[1] : 0u, first ? a[2] : 0u, first ? a[3] : 0u};
+          const uint32_t a1[4] = {first ? 0u : a[0], first ? 0u : a[1], first ? 0u : a[2], first ? 0u : a[3]};
+          ptx::mma_m16n8k16<T>(acc[0], a0, bs);
+          ptx::mma_m16n8k16<T>(acc_hi, a1, bs);
         } else {
-          ptx::mma_m16n8k8<T>(acc[0], a, bs);
-        }
-      } else {
-#pragma unroll
-        for (int tap = 0; tap < 9; ++tap) {
-          uint32_t a[4];
-          ptx::ldmatrix<4>(a, ring.chunk(rows.at(tap / 3) + tap % 3, a_chunk));
-#pragma unroll
-          for (int j = 0; j < kNTiles; ++j) {
-            const uint32_t bs[2] = {b[(tap * 2 + j) * 2], b[(tap * 2 + j) * 2 + 1]};
-            ptx::mma_m16n8k16<T>(acc[j], a, bs);
-          }
+          ptx::mma_m16n8k16<T>(acc[0], a, bs);
         }
       }
+      uint32_t a[2];
+      ptx::ldmatrix<2>(a, in_tile.chunk(q0 + 2 * in_cols + 2, a_chunk));  // tap 8
+      const uint32_t bs[1] = {b[8]};
       if constexpr (Class::kSplitPairs) {
-        if (t >= 2) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[0][e] = acc_hi[e];
-        }
+        const bool first = t < 2;
+        const uint32_t a0[2] = {first ? a[0] : 0u, first ? a[1] : 0u};
+        const uint32_t a1[2] = {first ? 0u : a[0], first ? 0u : a[1]};
+        ptx::mma_m16n8k8<T>(acc[0], a0, bs);
+        ptx::mma_m16n8k8<T>(acc_hi, a1, bs);
+      } else {
+        ptx::mma_m16n8k8<T>(acc[0], a, bs);
       }
-      // Epilogue: lane holds pixels m*16 + g and + 8, channels j*8 + 2t, + 1 of the group.
+    } else {
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int out_pix = m * 16 + g + 8 * half;
-        if (out_pix >= step.band_pixels) continue;
+      for (int tap = 0; tap < 9; ++tap) {
+        uint32_t a[4];
+        ptx::ldmatrix<4>(a, in_tile.chunk(q0 + (tap / 3) * in_cols + tap % 3, a_chunk));
 #pragma unroll
         for (int j = 0; j < kNTiles; ++j) {
-          stage_pair<T>(p, out_tile, out_pix, sg * kSG + j * 8 + 2 * t, acc[j][2 * half],
-                        acc[j][2 * half + 1], scale[j], shift[j]);
+          const uint32_t bs[2] = {b[(tap * 2 + j) * 2], b[(tap * 2 + j) * 2 + 1]};
+          ptx::mma_m16n8k16<T>(acc[j], a, bs);
         }
       }
     }
-  });
+    if constexpr (Class::kSplitPairs) {
+      if (t >= 2) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[0][e] = acc_hi[e];
+      }
+    }
+    // Epilogue: lane holds pixels m*16 + g and + 8, channels j*8 + 2t, + 1 of the group.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int out_pix = m * 16 + g + 8 * half;
+      if (out_pix >= band_pixels) continue;
+#pragma unroll
+      for (int j = 0; j < kNTiles; ++j) {
+        stage_pair<T>(p, out_tile, out_pix, sg * kSG + j * 8 + 2 * t, acc[j][2 * half],
+                      acc[j][2 * half + 1], scale[j], shift[j]);
+      }
+    }
+  }
+  __syncthreads();
+
+  // 4. The band's output.
+  store_band<T>(p, u, out_tile);
 #else
   __trap();  // built only for sm_80+; the planner never selects v3 below sm_80
 #endif
@@ -552,17 +395,16 @@ __global__ void __launch_bounds__(kPackThreads)
   }
 }
 
-// One warp's 32 output channels (4 n-tiles) for kM m16 tiles of pixels (tile i's A rows at
-// ring pixels rows[i] for taps (kh, 0)): every B fragment from shared memory once for the kM
-// tiles.
+// One warp's 32 output channels (4 n-tiles) for kM m16 tiles of pixels (rows at input pixels
+// q0[i] for tap (0, 0)): every B fragment from shared memory once for the kM tiles.
 template <int kM, typename T, int kCpg, int kShift>
-__device__ __forceinline__ void wide_mainloop(float (&acc)[kM][4][4], const TapRows (&rows)[kM],
-                                              SwizzledPixels<kShift> ring, int a_chunk0,
-                                              const unsigned char* b_row) {
+__device__ __forceinline__ void wide_mainloop(float (&acc)[kM][4][4], const int (&q0)[kM],
+                                              SwizzledPixels<kShift> in_tile, int in_cols,
+                                              int a_chunk0, const unsigned char* b_row) {
   constexpr int kPitchBytes = wide_weight_pitch(kCpg) * 2;
 #pragma unroll 1
   for (int tap = 0; tap < 9; ++tap) {
-    const int kh = tap / 3, kw = tap % 3;
+    const int tap_offset = (tap / 3) * in_cols + tap % 3;
 #pragma unroll
     for (int k = 0; k < kCpg / 16; ++k) {
       // n-tiles (0, 1) and (2, 3), k 16 at a time: matrices (n-tile, k lo / k hi)
@@ -574,7 +416,7 @@ __device__ __forceinline__ void wide_mainloop(float (&acc)[kM][4][4], const TapR
 #pragma unroll
       for (int i = 0; i < kM; ++i) {
         uint32_t a[4];
-        ptx::ldmatrix<4>(a, ring.chunk(rows[i].at(kh) + kw, a_chunk0 + 2 * k));
+        ptx::ldmatrix<4>(a, in_tile.chunk(q0[i] + tap_offset, a_chunk0 + 2 * k));
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const uint32_t b[2] = {bq[j / 2][(j % 2) * 2], bq[j / 2][(j % 2) * 2 + 1]};
@@ -590,29 +432,30 @@ __global__ void __launch_bounds__(kThreads)
     grouped_conv_bn_relu_v3_wide_kernel(GroupedConvParams p,
                                         const T* __restrict__ w_rows,  // pack_weight_rows
                                         Band band,
-                                        int tiles_c) {  // C / 64
+                                        int tiles_c,            // C / 64
+                                        int bands_per_image) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   static_assert(kCpg == 32 || kCpg == 64, "the wide kernel covers cpg 32 and 64");
   constexpr int kShift = kStride == 2 ? 1 : 0;
   constexpr int kPitch = wide_weight_pitch(kCpg);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const CtaSteps cta = cta_steps(p, band, tiles_c);
+  const WorkUnit u = work_unit(p, band, tiles_c, bands_per_image, kStride);
   unsigned char* smem = dynamic_shared_memory();
-  const SwizzledPixels<kShift> ring{smem};
+  const SwizzledPixels<kShift> in_tile{smem};
   const SwizzledPixels<0> out_tile{smem + band.out_offset};
   unsigned char* w_s = smem + band.w_offset;  // [64 output channels][kPitch]
 
-  // 1. The tile's weights (one contiguous block) for all the CTA's steps, in the first group
-  // of copies with the first step's input rows.
+  // 1. The input band and the tile's weights (one contiguous block), in one group of copies.
+  load_band_async<T>(p, band, u, kStride, in_tile);
   {
-    const unsigned char* src = reinterpret_cast<const unsigned char*>(
-        w_rows + static_cast<int64_t>(cta.ct) * kTileC * kPitch);
+    const unsigned char* src =
+        reinterpret_cast<const unsigned char*>(w_rows + static_cast<int64_t>(u.ct) * kTileC * kPitch);
     for (int i = threadIdx.x; i < kTileC * kPitch * 2 / 16; i += kThreads) {
       ptx::cp_async_16(w_s + i * 16, src + i * 16, true);
     }
   }
-  pipeline_prologue<T>(p, band, cta, kStride, ring);
+  ptx::cp_async_commit();
 
   // Warp w: output channels nb*32 .. nb*32 + 31 of the tile (nb = w % 2), m16 tiles w/2, +4, ...
   const int nb = warp % 2;
@@ -624,45 +467,50 @@ __global__ void __launch_bounds__(kThreads)
   float2 scale[4], shift[4];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    load_scale_shift(p, static_cast<int64_t>(cta.ct) * kTileC + nb * 32 + j * 8 + 2 * t, scale[j],
+    load_scale_shift(p, static_cast<int64_t>(u.ct) * kTileC + nb * 32 + j * 8 + 2 * t, scale[j],
                      shift[j]);
   }
+  ptx::cp_async_wait<0>();
+  __syncthreads();
 
-  // 2. + 3. Per step, per one or two m16 tiles: the MMAs, then the epilogue into out_tile.
-  const int W_out = static_cast<int>(p.W_out);
-  pipeline_run<T, kStride>(p, band, cta, ring, out_tile, [&](const Step& step) {
-    const int m_tiles = (step.band_pixels + 15) / 16;
-    auto rows_of = [&](int m) {  // this lane's A rows in tile m (clamped into the step)
-      return tap_rows(band, step, min_int(m * 16 + lane % 16, step.band_pixels - 1), W_out,
-                      kStride);
-    };
-    auto epilogue = [&](int m, const float (&acc)[4][4]) {
+  // 2. + 3. Per one or two m16 tiles: the MMAs, then the epilogue into out_tile.
+  const int W_out = static_cast<int>(p.W_out), in_cols = band.in_cols;
+  const int m_tiles = (u.band_pixels + 15) / 16;
+  auto row_of = [&](int m) {  // input pixel of this lane's A row at tap (0, 0), clamped
+    const int pix = min_int(m * 16 + lane % 16, u.band_pixels - 1);
+    const int orow = pix / W_out, ocol = pix - orow * W_out;
+    return orow * kStride * in_cols + ocol * kStride;
+  };
+  auto epilogue = [&](int m, const float (&acc)[4][4]) {
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int out_pix = m * 16 + g + 8 * half;
-        if (out_pix >= step.band_pixels) continue;
+    for (int half = 0; half < 2; ++half) {
+      const int out_pix = m * 16 + g + 8 * half;
+      if (out_pix >= u.band_pixels) continue;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          stage_pair<T>(p, out_tile, out_pix, nb * 32 + j * 8 + 2 * t, acc[j][2 * half],
-                        acc[j][2 * half + 1], scale[j], shift[j]);
-        }
-      }
-    };
-    for (int m = warp / 2; m < m_tiles; m += 8) {
-      if (m + 4 < m_tiles) {  // two tiles share every B fragment
-        float acc[2][4][4] = {};
-        const TapRows rows[2] = {rows_of(m), rows_of(m + 4)};
-        wide_mainloop<2, T, kCpg>(acc, rows, ring, a_chunk0, b_row);
-        epilogue(m, acc[0]);
-        epilogue(m + 4, acc[1]);
-      } else {
-        float acc[1][4][4] = {};
-        const TapRows rows[1] = {rows_of(m)};
-        wide_mainloop<1, T, kCpg>(acc, rows, ring, a_chunk0, b_row);
-        epilogue(m, acc[0]);
+      for (int j = 0; j < 4; ++j) {
+        stage_pair<T>(p, out_tile, out_pix, nb * 32 + j * 8 + 2 * t, acc[j][2 * half],
+                      acc[j][2 * half + 1], scale[j], shift[j]);
       }
     }
-  });
+  };
+  for (int m = warp / 2; m < m_tiles; m += 8) {
+    if (m + 4 < m_tiles) {  // two tiles share every B fragment
+      float acc[2][4][4] = {};
+      const int q0[2] = {row_of(m), row_of(m + 4)};
+      wide_mainloop<2, T, kCpg>(acc, q0, in_tile, in_cols, a_chunk0, b_row);
+      epilogue(m, acc[0]);
+      epilogue(m + 4, acc[1]);
+    } else {
+      float acc[1][4][4] = {};
+      const int q0[1] = {row_of(m)};
+      wide_mainloop<1, T, kCpg>(acc, q0, in_tile, in_cols, a_chunk0, b_row);
+      epilogue(m, acc[0]);
+    }
+  }
+  __syncthreads();
+
+  // 4. The band's output.
+  store_band<T>(p, u, out_tile);
 #else
   __trap();  // built only for sm_80+; the planner never selects v3 below sm_80
 #endif
@@ -676,37 +524,24 @@ bool channels_last_aligned16(const void* ptr, const int64_t* stride) {
          stride[3] % 8 == 0;
 }
 
-// The current device's opt-in shared memory per block (an attribute read, like the
-// cudaFuncSetAttribute it feeds; no cache here, so no statics or atomics in the kernel
-// sources, which the emulator's profile build instruments without a ThreadSanitizer runtime).
-int device_optin_smem_bytes() {
-  int device = 0, value = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
-          cudaSuccess) {
-    return static_cast<int>(kMaxSmemBytes);
-  }
-  return value;
-}
-
-// One v3 kernel over the grid of CTAs (channel tile fastest, then chunks of steps_per_cta
-// steps), after its weights were packed into `weights`. The shared-memory attribute is always
-// the device's opt-in limit, never this call's size (nor its schedule's cap): it is per
-// function, shared by every host thread, and a smaller value set by one call must not fail
-// another's larger launch.
+// One v3 kernel over the grid of (channel tile, band, image) work units, after its weights
+// were packed into `weights`. The shared-memory attribute is always the cap, never this call's
+// size: it is per function, shared by every host thread, and a smaller value set by one call
+// must not fail another's larger launch.
 template <typename W>
-cudaError_t launch_bands(void (*kernel)(GroupedConvParams, const W*, Band, int),
+cudaError_t launch_bands(void (*kernel)(GroupedConvParams, const W*, Band, int, int),
                          const GroupedConvParams& p, const Band& band, const W* weights,
                          cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         device_optin_smem_bytes());
+                                         static_cast<int>(kMaxSmemBytes));
   if (err != cudaSuccess) return err;
   const int64_t tiles_c = p.C_out / kTileC;
-  const int64_t steps = p.N * band.steps_per_image;
-  const int64_t blocks = tiles_c * ((steps + band.steps_per_cta - 1) / band.steps_per_cta);
+  const int64_t bands = (p.H_out + band.rows - 1) / band.rows;
+  const int64_t blocks = tiles_c * bands * p.N;
   if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
   return launch_kernel(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
-                       band.smem_bytes, stream, p, weights, band, static_cast<int>(tiles_c));
+                       band.smem_bytes, stream, p, weights, band, static_cast<int>(tiles_c),
+                       static_cast<int>(bands));
 }
 
 template <typename T, int kCpg, int kStride>
@@ -776,7 +611,7 @@ bool grouped_conv_v3_applies(const GroupedConvParams& p, DType dtype, int device
   if (!channels_last_aligned16(p.x, p.x_stride) || !channels_last_aligned16(p.y, p.y_stride)) {
     return false;
   }
-  return plan_band(p, V3Schedule{false}).rows > 0;  // the unpipelined band always fits if any does
+  return plan_band(p).rows > 0;
 }
 
 int64_t grouped_conv_v3_workspace_bytes(const GroupedConvParams& p) {
@@ -786,23 +621,11 @@ int64_t grouped_conv_v3_workspace_bytes(const GroupedConvParams& p) {
   return p.C_out / sg * 32 * words * static_cast<int64_t>(sizeof(uint32_t));
 }
 
-V3Steps grouped_conv_v3_steps(const GroupedConvParams& p, const V3Schedule& schedule) {
-  const Band b = plan_band(p, schedule);
-  V3Steps steps;
-  steps.rows = b.rows;
-  steps.steps_per_cta = b.steps_per_cta;
-  steps.stages = b.stages;
-  steps.ring_rows = b.ring_rows;
-  steps.smem_bytes = static_cast<int64_t>(b.smem_bytes);
-  return steps;
-}
-
 cudaError_t launch_grouped_conv_bn_relu_v3(const GroupedConvParams& p, DType dtype,
-                                           const V3Schedule& schedule, void* workspace,
-                                           cudaStream_t stream) {
+                                           void* workspace, cudaStream_t stream) {
   if (p.N * p.C_out * p.H_out * p.W_out == 0) return cudaSuccess;
   if (!aligned16(workspace)) return cudaErrorInvalidValue;
-  const Band band = plan_band(p, schedule);
+  const Band band = plan_band(p);
   if (band.rows == 0) return cudaErrorInvalidValue;
   switch (dtype) {
     case DType::kFloat16: return launch_typed<__half>(p, band, workspace, stream);

@@ -50,43 +50,16 @@ cudaError_t launch_grouped_conv_bn_relu_wmma(const GroupedConvParams& p, DType d
                                              int block_channels, void* workspace,
                                              cudaStream_t stream);
 
-// v3 (grouped_conv_v3.cu): mma.sync on a swizzled shared-memory ring of input rows, B in
-// registers (cpg <= 16) or shared memory (cpg 32/64). fp16/bf16, x and y channels_last with 16-byte aligned pixels, 3x3, stride 1 or 2,
+// v3 (grouped_conv_v3.cu): mma.sync on a swizzled shared-memory band of the input, B in
+// registers. fp16/bf16, x and y channels_last with 16-byte aligned pixels, 3x3, stride 1 or 2,
 // padding 1, dilation 1, C_in == C_out a multiple of 64, 4, 8, 16, 32 or 64 channels per group,
 // compute capability 8.0+. The launch first packs the weights into `workspace`
 // (grouped_conv_v3_workspace_bytes): in the order the kernel's lanes hold them (cpg <= 16), or
 // as padded rows per output channel that each CTA copies to shared memory (cpg 32/64).
-// How v3 spreads a call over CTAs. pipeline: each CTA runs up to 8 consecutive bands of its
-// channel tile with the next bands' loads in flight (a ring of input rows); false gives every
-// CTA one band, loaded and then computed (RESNEXT_KERNELS_CUDA_V3_PIPELINE=0 in the glue, to
-// compare the two). A pipelined schedule leaves at least min_ctas CTAs, so that every SM has
-// work to the end (tests lower it to pipeline tiny shapes), and takes at most max_smem_bytes of
-// shared memory per CTA (v3_pipelined_smem_bytes of the device; an unpipelined one 99 KB).
-struct V3Schedule {
-  bool pipeline = true;
-  int64_t min_ctas = 1024;
-  int64_t max_smem_bytes = 99 * 1024;
-};
-// The shared memory a pipelined v3 CTA may take on a device with `per_sm` bytes per SM and
-// `per_block_optin` per block: 99 KB (what the unpipelined v3 takes on every sm_80+ part), or
-// more where two such CTAs still fit on one SM (sm_90: 113 KB).
-inline int64_t v3_pipelined_smem_bytes(int64_t per_sm, int64_t per_block_optin) {
-  const int64_t two_per_sm = per_sm / 2 - 1024;  // the runtime reserves 1 KB per CTA
-  const int64_t cap = two_per_sm > 99 * 1024 ? two_per_sm : 99 * 1024;
-  return cap < per_block_optin ? cap : per_block_optin;
-}
-// The schedule v3 plans for a call: output rows per step, steps per CTA, steps whose loads are
-// in flight while one computes, input rows in the ring, shared memory per CTA.
-struct V3Steps {
-  int rows = 0, steps_per_cta = 0, stages = 0, ring_rows = 0;
-  int64_t smem_bytes = 0;
-};
 bool grouped_conv_v3_applies(const GroupedConvParams& p, DType dtype, int device_major);
 int64_t grouped_conv_v3_workspace_bytes(const GroupedConvParams& p);
-V3Steps grouped_conv_v3_steps(const GroupedConvParams& p, const V3Schedule& schedule);
 cudaError_t launch_grouped_conv_bn_relu_v3(const GroupedConvParams& p, DType dtype,
-                                           const V3Schedule& schedule, void* workspace,
-                                           cudaStream_t stream);
+                                           void* workspace, cudaStream_t stream);
 
 // Which kernel runs a call, and the scratch memory it needs: the one place that decides.
 enum class GroupedConvPath : int { kDirect = 0, kWmma = 1, kV3 = 2 };
@@ -94,7 +67,6 @@ struct GroupedConvPlan {
   GroupedConvPath path = GroupedConvPath::kDirect;
   int block_channels = 0;       // WMMA channel slab width
   int64_t workspace_bytes = 0;  // for the re-laid-out weights
-  V3Schedule v3;                // v3's schedule
 };
 const char* grouped_conv_path_name(GroupedConvPath path);
 // allow_tf32: fp32 may multiply in TF32 (torch.backends.cudnn.allow_tf32); otherwise fp32 runs
@@ -102,7 +74,7 @@ const char* grouped_conv_path_name(GroupedConvPath path);
 // comparisons (RESNEXT_KERNELS_CUDA_V3=0 in the torch glue).
 GroupedConvPlan plan_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
                                           int device_major, bool allow_tf32,
-                                          bool allow_v3 = true, V3Schedule v3 = V3Schedule{});
+                                          bool allow_v3 = true);
 // Runs the planned kernel(s) on `stream`; `workspace` holds plan.workspace_bytes.
 cudaError_t launch_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
                                         const GroupedConvPlan& plan, void* workspace,

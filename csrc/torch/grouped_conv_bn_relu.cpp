@@ -9,40 +9,11 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
-#include <unordered_map>
 
 #include "kernels/params.h"
 #include "torch/tensor_checks.h"
 
 namespace resnext_kernels {
-
-namespace {
-
-// What the planner needs to know of a device, queried once per device rather than per call.
-struct DeviceFacts {
-  int major = 0;                     // compute capability
-  int64_t v3_pipelined_smem = 0;     // V3Schedule::max_smem_bytes
-};
-
-const DeviceFacts& device_facts(int device) {
-  static std::mutex mutex;
-  static std::unordered_map<int, DeviceFacts> facts;  // node-based: references stay valid
-  std::lock_guard<std::mutex> lock(mutex);
-  const auto found = facts.find(device);
-  if (found != facts.end()) return found->second;
-  DeviceFacts f;
-  int per_sm = 0, per_block_optin = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&f.major, cudaDevAttrComputeCapabilityMajor, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor,
-                                        device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&per_block_optin,
-                                        cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  f.v3_pipelined_smem = v3_pipelined_smem_bytes(per_sm, per_block_optin);
-  return facts.emplace(device, f).first->second;
-}
-
-}  // namespace
 
 at::Tensor grouped_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weight,
                                      const at::Tensor& scale, const at::Tensor& shift,
@@ -113,20 +84,16 @@ at::Tensor grouped_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weig
   p.y_channels_last = memory_format == at::MemoryFormat::ChannelsLast;
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const DeviceFacts& device = device_facts(x.get_device());
-  const int device_major = device.major;
+  int device_major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_major, cudaDevAttrComputeCapabilityMajor,
+                                        x.get_device()));
   // fp32 follows torch.backends.cudnn.allow_tf32, like the aten convolution it replaces.
   const bool allow_tf32 = at::globalContext().allowTF32CuDNN();
   // RESNEXT_KERNELS_CUDA_V3=0 keeps the calls v3 would take on v2, to compare the two.
   const char* v3_env = std::getenv("RESNEXT_KERNELS_CUDA_V3");
   const bool allow_v3 = v3_env == nullptr || std::strcmp(v3_env, "0") != 0;
-  // RESNEXT_KERNELS_CUDA_V3_PIPELINE=0: one band per CTA, loaded then computed (the first v3).
-  V3Schedule v3_schedule;
-  v3_schedule.max_smem_bytes = device.v3_pipelined_smem;
-  const char* pipeline_env = std::getenv("RESNEXT_KERNELS_CUDA_V3_PIPELINE");
-  v3_schedule.pipeline = pipeline_env == nullptr || std::strcmp(pipeline_env, "0") != 0;
   const GroupedConvPlan plan =
-      plan_grouped_conv_bn_relu(p, dtype, device_major, allow_tf32, allow_v3, v3_schedule);
+      plan_grouped_conv_bn_relu(p, dtype, device_major, allow_tf32, allow_v3);
   // Scratch for the re-laid-out weights (16-byte aligned: the caching allocator gives 512).
   const at::Tensor workspace =
       at::empty({std::max<int64_t>(plan.workspace_bytes, 1)}, x.options().dtype(at::kByte));
