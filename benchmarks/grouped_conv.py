@@ -58,8 +58,12 @@ from resnext_kernels.models.shapes import grouped_conv_shapes  # noqa: E402
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # "reference" is the op with backend="reference" (what "auto" runs when no table entry says
 # otherwise: BN folded per call, then cuDNN), the baseline benchmarks/auto_table.py compares with.
+# "cuda_v3_band128", "cuda_v3_band64": the cuda backend with RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS
+# at 128 or 64 (v3's bands are up to 256 output pixels): more, smaller CTAs, for more halo rows
+# re-read; the GPU plan's bench step runs them beside "cuda" to measure which way v3 should go.
+V3_BAND_PROVIDERS = {"cuda_v3_band128": 128, "cuda_v3_band64": 64}
 GPU_PROVIDERS = ["cudnn_eager", "cudnn_folded", "compile_max_autotune", "reference", "triton",
-                 "cuda"]
+                 "cuda", *V3_BAND_PROVIDERS]
 CPU_PROVIDERS = ["cudnn_eager", "cudnn_folded"]
 TOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 8e-2}  # relative to max |ref|
 
@@ -105,6 +109,19 @@ def provider_fn(name, conv, bn, dtype, device):
             return reason
         return lambda x: rk.grouped_conv_bn_relu(x, conv.weight, scale, shift, stride=conv.stride,
                                                  groups=conv.groups, backend=name)
+    if name in V3_BAND_PROVIDERS:
+        ok, reason = backends.backend_status("cuda", device.type)
+        if not ok:
+            return reason
+
+        def smaller_bands(x):  # the glue reads the variable on every call
+            os.environ["RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS"] = str(V3_BAND_PROVIDERS[name])
+            try:
+                return rk.grouped_conv_bn_relu(x, conv.weight, scale, shift, stride=conv.stride,
+                                               groups=conv.groups, backend="cuda")
+            finally:
+                del os.environ["RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS"]
+        return smaller_bands
     return f"unknown provider {name}"
 
 
@@ -174,7 +191,7 @@ def run_row(row, job, cases, device, args):
     def derive(row, case):
         t = row["p50_ms"] * 1e-3
         row.update(tflops=case["flops"] / t / 1e12, gbs=case["nbytes"] / t / 1e9)
-        if provider == "cuda" and device.type == "cuda":
+        if (provider == "cuda" or provider in V3_BAND_PROVIDERS) and device.type == "cuda":
             # which of our CUDA kernels ran: reports compare a kernel's measurement with its own
             # prediction only (rows without the field predate v3: "wmma" or "direct")
             conv, x = case["conv"], case["inputs"][0][0]
@@ -182,6 +199,8 @@ def run_row(row, job, cases, device, args):
                 x, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups,
                 device_major=torch.cuda.get_device_capability(device)[0],
                 allow_tf32=torch.backends.cudnn.allow_tf32)
+            if provider in V3_BAND_PROVIDERS:
+                row["cuda_v3_band_pixels"] = V3_BAND_PROVIDERS[provider]
 
     common.measure_row(
         row, lambda: cases.get(si, dtype, layout),

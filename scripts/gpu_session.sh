@@ -9,7 +9,9 @@
 #                       ResNeXt / SE-ResNeXt shapes, opcheck, torch.compile, the swapped models
 #   bench          220  benchmarks/grouped_conv.py: resnext50_32x4d + resnext101_32x8d, batch
 #                       128, fp16/bf16, channels_last, cudnn_eager cudnn_folded reference triton
-#                       cuda (device time, host time, CUDA-graph time); then the auto table
+#                       cuda, and v3 with bands of at most 128 and 64 output pixels
+#                       (cuda_v3_band128/64: more, smaller CTAs; device time, host time,
+#                       CUDA-graph time); then the auto table
 #   host            60  benchmarks/overhead_gpu.py: host time per call, layer by layer (aten, the
 #                       original and swapped modules, the op direct and dispatched, the C++ op)
 #                       and per resnext50 forward, with a cProfile of the swapped model
@@ -55,7 +57,7 @@ DRY=0; BUDGET=540; UNPACK=""; STEPS=()
 ALL_STEPS=(gpu-tests bench host sanitize ncu se-models max-autotune)
 declare -A PLANNED=([build]=120 [gpu-tests]=240 [bench]=220 [host]=60 [sanitize]=100 [ncu]=120
                     [se-models]=150 [max-autotune]=240)
-usage() { sed -n '2,49p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
+usage() { sed -n '2,51p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
@@ -176,7 +178,8 @@ step_bench() {
     args+=(--batch 1 --dtypes fp32 --layouts nhwc --shape 64,8,8,16,1 --reps 2)
   else
     args+=(--batch 128 --models resnext50_32x4d resnext101_32x8d --dtypes fp16 bf16
-           --layouts nhwc --providers cudnn_eager cudnn_folded reference triton cuda --reps 20)
+           --layouts nhwc --providers cudnn_eager cudnn_folded reference triton cuda
+           cuda_v3_band128 cuda_v3_band64 --reps 20)
   fi
   run_logged "$1" "$LOGDIR/bench.log" $PY "$REPO/benchmarks/grouped_conv.py" "${args[@]}"
   local rc=$?

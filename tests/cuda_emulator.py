@@ -155,10 +155,11 @@ def _poisoned_like_glue(shape, dtype, memory_format):
 
 def grouped_conv_bn_relu(binary, x, weight, scale, shift, *, stride=1, padding=1, dilation=1,
                          groups, relu=True, device_major=9, force_direct=False, x_lead_elems=0,
-                         allow_tf32=False, allow_v3=True):
+                         allow_tf32=False, allow_v3=True, v3_band_pixels=None):
     """Runs the CUDA launch path (plan, weight re-layout, kernel) like the torch glue does;
     allow_tf32 stands for torch.backends.cudnn.allow_tf32, which the glue reads; allow_v3=False
-    for RESNEXT_KERNELS_CUDA_V3=0 (calls v3 would take run v2).
+    for RESNEXT_KERNELS_CUDA_V3=0 (calls v3 would take run v2); v3_band_pixels for
+    RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS (the report then ends with "v3_band_rows R").
 
     Returns (y, path): path is the harness's report, e.g. "wmma block_channels 16 ...".
     """
@@ -182,7 +183,8 @@ def grouped_conv_bn_relu(binary, x, weight, scale, shift, *, stride=1, padding=1
             w_stride=weight.stride(), y_stride=y.stride(), relu=relu,
             y_channels_last=memory_format == torch.channels_last, device_major=device_major,
             force_direct=force_direct, x_lead_elems=x_lead_elems, allow_tf32=allow_tf32,
-            allow_v3=allow_v3))
+            allow_v3=allow_v3, **({} if v3_band_pixels is None
+                                   else dict(v3_band_pixels=v3_band_pixels))))
         report = _run(binary, "grouped_conv", d)
         return _read_like(d, "y", y), report.strip()
 

@@ -219,6 +219,22 @@ def test_v3_several_bands_and_batch_one(emulator, stride):
                    expect_path="path v3")
 
 
+@pytest.mark.parametrize("cpg,stride,band_pixels,rows", [
+    (8, 1, 16, 1), (8, 2, 64, 3), (4, 1, 128, 6), (32, 2, 64, 3), (8, 1, 256, 11)])
+def test_v3_smaller_bands(emulator, cpg, stride, band_pixels, rows):
+    """RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS (the GPU plan's band sweep): W_out 19, H_out 11.
+    16 pixels is less than one row: bands of one row. 64: at most 3 rows, so 4 bands of 3, 3,
+    3, 2. 128: at most 6, so 2 even bands of 6 and 5. 256: one band of all 11 rows (v3's own
+    plan). Each checked against float64, poisoned output."""
+    groups = 128 // cpg
+    x, w, scale, shift, bn = make_case(cpg, groups, torch.float16, "cpu", True,
+                                       12300 + band_pixels + cpg, N=2, H=11 * stride,
+                                       W=19 * stride)
+    _, report = conv_and_check(emulator, x, w, scale, shift, bn, groups=groups, stride=stride,
+                               expect_path="path v3", v3_band_pixels=band_pixels)
+    assert report.endswith(f"v3_band_rows {rows}"), report
+
+
 @pytest.mark.parametrize("relu", [True, False])
 def test_v3_relu_off(emulator, relu):
     x, w, scale, shift, bn = make_case(16, 4, torch.bfloat16, "cpu", True, 12200 + relu, N=1)

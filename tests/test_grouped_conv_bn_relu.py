@@ -252,6 +252,29 @@ def test_cuda_v3_and_v2_agree_on_the_gpu(poison_outputs, monkeypatch, cpg, strid
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cpg", [8, 32])
+def test_cuda_v3_smaller_bands_on_the_gpu(poison_outputs, monkeypatch, cpg):
+    """RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS (the benchmark's cuda_v3_band* providers): v3 with
+    bands of at most 16, 64 and 128 output pixels, against float64; a value outside 16..256
+    is refused with the variable's name."""
+    ok, reason = rk.backends.backend_status("cuda", "cuda")
+    if not ok:
+        pytest.skip(f"cuda on cuda: {reason}")
+    groups = 128 // cpg
+    for stride in (1, 2):
+        x, w, scale, shift, bn = make_case(cpg, groups, torch.float16, "cuda", True,
+                                           4500 + cpg + stride, N=3, H=29, W=31)
+        for pixels in ("16", "64", "128"):
+            monkeypatch.setenv("RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS", pixels)
+            run_and_check("cuda", "cuda", x, w, scale, shift, bn, poison_outputs,
+                          stride=stride, groups=groups)
+    for bad in ("300", "8", "64px"):
+        monkeypatch.setenv("RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS", bad)
+        with pytest.raises(RuntimeError, match="RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS"):
+            rk.grouped_conv_bn_relu(x, w, scale, shift, groups=groups, backend="cuda")
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("config_index", range(8))
 def test_triton_every_launch_config(poison_outputs, monkeypatch, config_index):
     """Each autotune configuration, forced in turn (the GPU plan's tests run one fixed one, with

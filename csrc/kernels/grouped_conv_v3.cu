@@ -92,7 +92,10 @@ Band plan_band(const GroupedConvParams& p) {
       cpg >= 32 ? size_t{kTileC} * wide_weight_pitch(static_cast<int>(cpg)) * 2 : 0;
   Band b;
   b.in_cols = static_cast<int>((p.W_out - 1) * s + 3);
-  int64_t rows_max = std::max<int64_t>(1, std::min<int64_t>(p.H_out, kMaxBandPixels / p.W_out));
+  const int64_t band_pixels = p.v3_band_pixels > 0
+                                  ? std::min<int64_t>(p.v3_band_pixels, kMaxBandPixels)
+                                  : kMaxBandPixels;
+  int64_t rows_max = std::max<int64_t>(1, std::min<int64_t>(p.H_out, band_pixels / p.W_out));
   auto smem = [&](int64_t rows) {
     return static_cast<size_t>(((rows - 1) * s + 3) * b.in_cols + rows * p.W_out) * kPixelBytes +
            w_bytes;
@@ -613,6 +616,8 @@ bool grouped_conv_v3_applies(const GroupedConvParams& p, DType dtype, int device
   }
   return plan_band(p).rows > 0;
 }
+
+int grouped_conv_v3_band_rows(const GroupedConvParams& p) { return plan_band(p).rows; }
 
 int64_t grouped_conv_v3_workspace_bytes(const GroupedConvParams& p) {
   const int64_t cpg = p.C_in / p.groups;

@@ -29,6 +29,10 @@ struct GroupedConvParams {
   int64_t y_stride[4];  // element strides of y in (n, c, h, w) order
   bool relu;
   bool y_channels_last;  // walk outputs in memory order (c fastest) so stores coalesce
+  // Host-side tuning, read by the v3 planner only: the most output pixels in one CTA's band,
+  // 16..256; 0 (value-initialised) is v3's default, 256. Smaller bands mean more, smaller CTAs
+  // (more of them per SM) for more halo rows re-read. RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS.
+  int64_t v3_band_pixels;
 };
 
 // The straightforward direct convolution: one thread per output element, fp32 accumulation.
@@ -58,6 +62,8 @@ cudaError_t launch_grouped_conv_bn_relu_wmma(const GroupedConvParams& p, DType d
 // as padded rows per output channel that each CTA copies to shared memory (cpg 32/64).
 bool grouped_conv_v3_applies(const GroupedConvParams& p, DType dtype, int device_major);
 int64_t grouped_conv_v3_workspace_bytes(const GroupedConvParams& p);
+// Output rows per CTA band as planned for p (p.v3_band_pixels included); 0 where none fits.
+int grouped_conv_v3_band_rows(const GroupedConvParams& p);
 cudaError_t launch_grouped_conv_bn_relu_v3(const GroupedConvParams& p, DType dtype,
                                            void* workspace, cudaStream_t stream);
 

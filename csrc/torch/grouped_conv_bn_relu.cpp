@@ -14,6 +14,22 @@
 #include "torch/tensor_checks.h"
 
 namespace resnext_kernels {
+namespace {
+
+// RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS: the most output pixels in one v3 CTA's band, for tuning
+// sweeps (benchmarks/grouped_conv.py's cuda_v3_band* providers); unset: v3's default.
+int64_t v3_band_pixels_from_env() {
+  const char* text = std::getenv("RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS");
+  if (text == nullptr || *text == '\0') return 0;
+  char* end = nullptr;
+  const long long value = std::strtoll(text, &end, 10);
+  TORCH_CHECK(*end == '\0' && value >= 16 && value <= 256,
+              "RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS: expected an integer from 16 to 256, got '",
+              text, "'");
+  return value;
+}
+
+}  // namespace
 
 at::Tensor grouped_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weight,
                                      const at::Tensor& scale, const at::Tensor& shift,
@@ -82,6 +98,7 @@ at::Tensor grouped_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weig
   copy_strides4(y, p.y_stride);
   p.relu = relu;
   p.y_channels_last = memory_format == at::MemoryFormat::ChannelsLast;
+  p.v3_band_pixels = v3_band_pixels_from_env();
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   int device_major = 0;
