@@ -251,12 +251,31 @@ def test_cuda_v3_and_v2_agree_on_the_gpu(poison_outputs, monkeypatch, cpg, strid
                       groups=groups)
 
 
+def v3_grid_size(call, tmp_path):
+    """The grid (x) of the v3 kernel that one call launched, from the profiler's trace: the
+    glue's planner is observable only so."""
+    import json
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    trace = tmp_path / "trace.json"
+    prof.export_chrome_trace(str(trace))
+    kernels = [e for e in json.loads(trace.read_text())["traceEvents"]
+               if e.get("cat") == "kernel"]
+    grids = [e["args"]["grid"] for e in kernels if "grouped_conv_bn_relu_v3" in e["name"]]
+    assert len(grids) == 1, [(e["name"], e.get("args")) for e in kernels]
+    grid = grids[0]  # Kineto writes [x, y, z]
+    return int(grid[0] if isinstance(grid, list) else str(grid).strip("[]()").split(",")[0])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("cpg", [8, 32])
-def test_cuda_v3_smaller_bands_on_the_gpu(poison_outputs, monkeypatch, cpg):
+def test_cuda_v3_smaller_bands_on_the_gpu(poison_outputs, monkeypatch, tmp_path, cpg):
     """RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS (the benchmark's cuda_v3_band* providers): v3 with
-    bands of at most 16, 64 and 128 output pixels, against float64; a value outside 16..256
-    is refused with the variable's name."""
+    bands of at most 16, 64 and 128 output pixels, against float64; the grid grows as the bands
+    shrink (29x31 outputs: 29, 15 and 8 bands per image, against 4 (cpg 8) or 5 (cpg 32, its
+    weights in shared memory too) by default), so the variable reaches the planner; a value
+    outside 16..256 is refused with the variable's name."""
     ok, reason = rk.backends.backend_status("cuda", "cuda")
     if not ok:
         pytest.skip(f"cuda on cuda: {reason}")
@@ -268,6 +287,17 @@ def test_cuda_v3_smaller_bands_on_the_gpu(poison_outputs, monkeypatch, cpg):
             monkeypatch.setenv("RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS", pixels)
             run_and_check("cuda", "cuda", x, w, scale, shift, bn, poison_outputs,
                           stride=stride, groups=groups)
+    grids = {}
+    for pixels in ("16", "64", "128", None):  # stride 1: W_out 31
+        if pixels is None:
+            monkeypatch.delenv("RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS")
+        else:
+            monkeypatch.setenv("RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS", pixels)
+        grids[pixels] = v3_grid_size(lambda: rk.grouped_conv_bn_relu(
+            x, w, scale, shift, groups=groups, backend="cuda"), tmp_path)
+    tiles = 2 * 3  # 64-channel tiles x images
+    assert grids == {"16": 29 * tiles, "64": 15 * tiles, "128": 8 * tiles,
+                     None: (4 if cpg == 8 else 5) * tiles}
     for bad in ("300", "8", "64px"):
         monkeypatch.setenv("RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS", bad)
         with pytest.raises(RuntimeError, match="RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS"):
