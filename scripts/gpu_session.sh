@@ -16,8 +16,10 @@
 #                       original and swapped modules, the op direct and dispatched, the C++ op)
 #                       and per resnext50 forward, with a cProfile of the swapped model
 #   sanitize       100  compute-sanitizer memcheck + racecheck on small cases of every path
-#   ncu            120  Nsight Compute on one call of every kernel path (scripts/ncu_cases.py):
-#                       DRAM bytes vs floor, sectors/request, shared wavefronts, occupancy
+#   ncu            170  Nsight Compute on one call of every kernel path (scripts/ncu_cases.py):
+#                       DRAM bytes vs floor, sectors/request, shared wavefronts, occupancy;
+#                       then the CUDA conv cases again for their warp-stall reasons
+#                       (ncu-stalls.md; about 40 s, an estimate: not yet run)
 #   se-models      150  benchmarks/squeeze_excite.py (seresnext50 SE stages; then the SE's auto
 #                       table) + models.py
 #   max-autotune   240  grouped_conv.py's torch.compile(max-autotune) provider, resnext50 fp16
@@ -55,9 +57,9 @@ PY=${PYTHON:-python3}
 
 DRY=0; BUDGET=540; UNPACK=""; STEPS=()
 ALL_STEPS=(gpu-tests bench host sanitize ncu se-models max-autotune)
-declare -A PLANNED=([build]=120 [gpu-tests]=240 [bench]=220 [host]=60 [sanitize]=100 [ncu]=120
+declare -A PLANNED=([build]=120 [gpu-tests]=240 [bench]=220 [host]=60 [sanitize]=100 [ncu]=170
                     [se-models]=150 [max-autotune]=240)
-usage() { sed -n '2,51p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
+usage() { sed -n '2,53p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
@@ -234,7 +236,7 @@ NCU_ARGS=(--target-processes all --profile-from-start off --clock-control none -
 
 step_ncu() {
   log "Nsight Compute: one call of every kernel path"
-  local manifest="$LOGDIR/ncu-cases.json" raw="$LOGDIR/ncu.csv" rc=0
+  local manifest="$LOGDIR/ncu-cases.json" raw="$LOGDIR/ncu.csv" rc=0 t_step=$SECONDS
   if [ "$DRY" = 1 ]; then
     echo "would run: ncu ${NCU_ARGS[*]} --metrics $($PY "$REPO/scripts/ncu_summary.py" --metrics) $PY $REPO/scripts/ncu_cases.py --manifest $manifest" | tee -a "$LOG"
     run_logged "$1" "$LOGDIR/ncu.log" $PY "$REPO/scripts/ncu_cases.py" --device cpu \
@@ -270,6 +272,30 @@ step_ncu() {
   fi
   (cd "$LOGDIR" && $PY "$REPO/scripts/ncu_summary.py" "$raw" "$manifest" \
       --out-prefix "$LOGDIR/ncu-summary") 2>&1 | tail -n 60 | tee -a "$LOG"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+  # Then where the CUDA conv kernels' warps wait (stall reasons per issued instruction): a
+  # second, smaller run (the CUDA conv cases only) with the Warp State metrics.
+  local smanifest="$LOGDIR/ncu-stall-cases.json" sraw="$LOGDIR/ncu-stalls.csv"
+  local left=$(( $1 - (SECONDS - t_step) ))
+  if [ "$DRY" = 1 ]; then
+    echo "would run: ncu ${NCU_ARGS[*]} --metrics $($PY "$REPO/scripts/ncu_summary.py" --stalls --metrics) $PY $REPO/scripts/ncu_cases.py --backends cuda --ops conv --manifest $smanifest" | tee -a "$LOG"
+    $PY "$REPO/scripts/ncu_cases.py" --device cpu --backends reference --ops conv \
+      --manifest "$smanifest" >> "$LOGDIR/ncu.log" 2>&1 || return $?
+    $PY "$REPO/tests/ncu_fixture.py" "$smanifest" > "$sraw" || return $?
+  elif [ "$left" -gt 20 ]; then
+    local smetrics
+    smetrics=$($PY "$REPO/scripts/ncu_summary.py" --stalls --metrics \
+                 --query-output "$LOGDIR/ncu-query-metrics.txt" 2>>"$LOG")
+    [ -n "$smetrics" ] || smetrics=$($PY "$REPO/scripts/ncu_summary.py" --stalls --metrics)
+    (cd /tmp && timeout --kill-after=10 "$left" ncu "${NCU_ARGS[@]}" --metrics "$smetrics" \
+        --log-file "$sraw" $PY "$REPO/scripts/ncu_cases.py" --backends cuda --ops conv \
+        --manifest "$smanifest") > "$LOGDIR/ncu-stalls.log" 2>&1 || rc=1
+  else
+    echo "no time left for the warp-stall run ($left s)" | tee -a "$LOG"
+    return $rc
+  fi
+  (cd "$LOGDIR" && $PY "$REPO/scripts/ncu_summary.py" --stalls "$sraw" "$smanifest" \
+      --out-prefix "$LOGDIR/ncu-stalls") 2>&1 | tail -n 30 | tee -a "$LOG"
   [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
   return $rc
 }

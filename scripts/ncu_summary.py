@@ -2,6 +2,8 @@
 
     python3 scripts/ncu_summary.py --metrics                 # the metric list, comma-separated
     python3 scripts/ncu_summary.py ncu.csv cases.json --out-prefix ncu-summary
+    python3 scripts/ncu_summary.py --stalls --metrics        # the warp-stall metrics
+    python3 scripts/ncu_summary.py --stalls ncu-stalls.csv cases.json --out-prefix ncu-stalls
 
 Input: `ncu --csv --page details --print-units base --metrics <list>` (one row per kernel and
 metric: "ID", "Kernel Name", "Block Size", "Grid Size", "Metric Name", "Metric Unit",
@@ -16,6 +18,10 @@ kernels (the main kernel, the longest, gives the launch figures):
 - achieved occupancy, registers, shared memory, grid, block and waves of the main kernel.
 These are the figures that the GPU-free profile (issue "Kernel efficiency without a GPU")
 predicts; a later tool puts the two side by side.
+
+--stalls: where the main kernel's warps wait, from a separate (smaller) ncu run with
+STALL_METRICS: per stall reason, the warps stalled for it per issued instruction (their sum is
+the cycles between two issues of a warp), the reasons largest first.
 """
 
 import argparse
@@ -57,6 +63,15 @@ METRICS = [
     "launch__waves_per_multiprocessor",
 ]
 
+# Warp-stall reasons (Nsight Compute's Warp State section), as warps stalled per issued
+# instruction; gpu__time_duration picks the main kernel.
+STALL_REASONS = ["long_scoreboard", "barrier", "short_scoreboard", "mio_throttle", "wait",
+                 "math_pipe_throttle", "not_selected", "selected", "lg_throttle",
+                 "dispatch_stall", "no_instruction", "branch_resolving", "tex_throttle",
+                 "membar", "drain", "imc_miss", "misc", "sleeping"]
+STALL_METRICS = ["gpu__time_duration.sum"] + [
+    f"smsp__average_warps_issue_stalled_{r}_per_issue_active.ratio" for r in STALL_REASONS]
+
 # ncu scales units unless --print-units base; convert whatever came to bytes, ns and plain counts
 UNIT_SCALE = {
     "byte": 1, "kbyte": 1e3, "mbyte": 1e6, "gbyte": 1e9,
@@ -64,12 +79,14 @@ UNIT_SCALE = {
 }
 
 
-def available_metrics(query_output: str):
-    """The subset of METRICS whose base name `ncu --query-metrics` lists, plus the launch__
-    attributes: ncu 2025.3 on the H200 (2026-11-26) did not list them (they are launch
-    statistics, not hardware counters), so filtering by the query dropped registers and waves."""
+def available_metrics(query_output: str, metrics=None):
+    """The subset of METRICS (or `metrics`) whose base name `ncu --query-metrics` lists, plus
+    the launch__ attributes: ncu 2025.3 on the H200 (2026-11-26) did not list them (they are
+    launch statistics, not hardware counters), so filtering by the query dropped registers and
+    waves."""
     known = set(re.findall(r"^\s*([a-z0-9_]+__[a-z0-9_]+)", query_output, re.M))
-    return [m for m in METRICS if m.split(".")[0] in known or m.startswith("launch__")]
+    return [m for m in (metrics or METRICS)
+            if m.split(".")[0] in known or m.startswith("launch__")]
 
 
 def parse_value(value: str, unit: str):
@@ -192,6 +209,31 @@ def summarise_case(case, kernels):
     )
 
 
+def summarise_stalls(case, kernels):
+    """The main kernel's stall reasons: {reason: warps stalled per issued instruction}."""
+    main = max(kernels, key=lambda k: k["metrics"].get("gpu__time_duration.sum") or 0,
+               default=None)
+    mm = (main or {}).get("metrics", {})
+    stalls = {r: mm.get(f"smsp__average_warps_issue_stalled_{r}_per_issue_active.ratio")
+              for r in STALL_REASONS}
+    stalls = {r: v for r, v in stalls.items() if v is not None}
+    return dict(name=case["name"], main_kernel=(main or {}).get("name", "")[:90],
+                cycles_per_issue=sum(stalls.values()) if stalls else None,
+                stalls=dict(sorted(stalls.items(), key=lambda kv: -kv[1])))
+
+
+def stalls_markdown(summary, header: str, top=5):
+    lines = [header, "", "Warps stalled per issued instruction, by reason, in each case's main "
+             "kernel (their sum: cycles between two issues of a warp); the largest "
+             f"{top}.", "", "| name | cycles per issue | largest stall reasons |", "|---|---|---|"]
+    for row in summary:
+        total = row["cycles_per_issue"]
+        reasons = ", ".join(f"{r} {v:.2f}" for r, v in list(row["stalls"].items())[:top])
+        lines.append(f"| {row['name']} | {'' if total is None else f'{total:.2f}'} | "
+                     f"{reasons} |")
+    return "\n".join(lines) + "\n"
+
+
 COLUMNS = [("name", "{}"), ("time_us", "{:.1f}"), ("dram_bytes_over_floor", "{:.2f}"),
            ("dram_gbs", "{:.0f}"), ("global_ld_sectors_per_request", "{:.2f}"),
            ("global_st_sectors_per_request", "{:.2f}"),
@@ -220,12 +262,15 @@ def main(argv=None):
     p.add_argument("csv", nargs="?")
     p.add_argument("manifest", nargs="?")
     p.add_argument("--out-prefix", default="ncu-summary")
+    p.add_argument("--stalls", action="store_true",
+                   help="the warp-stall metrics and their summary instead of the main ones")
     args = p.parse_args(argv)
+    wanted = STALL_METRICS if args.stalls else METRICS
     if args.metrics:
-        names = METRICS
+        names = wanted
         if args.query_output:
-            names = available_metrics(open(args.query_output).read())
-            dropped = sorted(set(METRICS) - set(names))
+            names = available_metrics(open(args.query_output).read(), wanted)
+            dropped = sorted(set(wanted) - set(names))
             if dropped:
                 print(f"ncu does not know: {', '.join(dropped)}", file=sys.stderr)
         print(",".join(names))
@@ -235,12 +280,23 @@ def main(argv=None):
     manifest = json.load(open(args.manifest))
     kernels = read_kernels(open(args.csv, errors="replace").read())
     groups = assign_to_cases(kernels, len(manifest["cases"]))
+    header = f"# ncu summary: {manifest.get('gpu')}, batch {manifest.get('batch')}"
+    if args.stalls:
+        summary = [summarise_stalls(case, ks) for case, ks in zip(manifest["cases"], groups)]
+        with open(args.out_prefix + ".json", "w") as f:
+            json.dump({"gpu": manifest.get("gpu"), "batch": manifest.get("batch"),
+                       "cases": summary}, f, indent=1)
+        text = stalls_markdown(summary, header.replace("summary", "warp stalls"))
+        with open(args.out_prefix + ".md", "w") as f:
+            f.write(text)
+        print(text)
+        return 0
     summary = [summarise_case(case, ks) for case, ks in zip(manifest["cases"], groups)]
     with open(args.out_prefix + ".json", "w") as f:
         json.dump({"gpu": manifest.get("gpu"), "torch": manifest.get("torch"),
                    "batch": manifest.get("batch"), "cases": summary,
                    "skipped": manifest.get("skipped", [])}, f, indent=1)
-    text = markdown(summary, f"# ncu summary: {manifest.get('gpu')}, batch {manifest.get('batch')}")
+    text = markdown(summary, header)
     with open(args.out_prefix + ".md", "w") as f:
         f.write(text)
     print(text)

@@ -6,7 +6,9 @@ tests/test_gpu_plan.py checks the summary's figures against the values chosen he
 per case two kernels (a small one and the main one, 1:3 in every additive metric), DRAM bytes
 exactly the case's floor, 2000 bytes per ns, 4 sectors per global load request, 8 per store,
 1 shared wavefront per LDS and 2 per ldmatrix (9/7 per shared load, as ncu counts them), a
-quarter of the load wavefronts from bank conflicts, L2-to-SM reads 1.5x the input.
+quarter of the load wavefronts from bank conflicts, L2-to-SM reads 1.5x the input; warp stalls
+per issue (ncu_summary --stalls) of 3 (long_scoreboard), 1.5 (barrier) and 0.25 (wait) in the
+main kernel, 1 (long_scoreboard) in the small one.
 Values above 999 carry thousands separators and some units are scaled, as ncu may print them.
 
     python tests/ncu_fixture.py MANIFEST > ncu.csv
@@ -48,7 +50,15 @@ def case_metrics(case, share: float):
         ("sm__warps_active.avg.pct_of_peak_sustained_active", "%", 40 + 20 * share),
         ("launch__registers_per_thread", "register/thread", 64 if share > 0.5 else 16),
         ("launch__waves_per_multiprocessor", "", 1.25),
+        *stall_metrics(share),
     ]
+
+
+def stall_metrics(share: float):
+    stalls = dict(long_scoreboard=3.0, barrier=1.5, wait=0.25) if share > 0.5 else dict(
+        long_scoreboard=1.0)
+    return [(f"smsp__average_warps_issue_stalled_{r}_per_issue_active.ratio", "", v)
+            for r, v in stalls.items()]
 
 
 def profile_csv(manifest: dict) -> str:

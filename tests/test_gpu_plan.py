@@ -54,6 +54,28 @@ def test_ncu_summary_figures_from_a_profile_in_ncus_format():
         assert s["shared_st_conflict_share"] is None
 
 
+def test_ncu_stall_summary_from_a_profile_in_ncus_format(tmp_path):
+    """--stalls: the main kernel's reasons, largest first, and their sum; the metric list is
+    the stall one, filtered by ncu's query like the main list."""
+    m = manifest()
+    groups = ncu_summary.assign_to_cases(ncu_summary.read_kernels(ncu_fixture.profile_csv(m)),
+                                         len(m["cases"]))
+    s = ncu_summary.summarise_stalls(m["cases"][0], groups[0])
+    assert s["main_kernel"].startswith("main_kernel_")
+    assert s["stalls"] == {"long_scoreboard": 3.0, "barrier": 1.5, "wait": 0.25}
+    assert list(s["stalls"]) == ["long_scoreboard", "barrier", "wait"]
+    assert s["cycles_per_issue"] == pytest.approx(4.75)
+    query = "smsp__average_warps_issue_stalled_barrier_per_issue_active  Counter ...\n"
+    assert ncu_summary.available_metrics(query, ncu_summary.STALL_METRICS) == [
+        "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio"]
+    (tmp_path / "m.json").write_text(json.dumps(m))
+    (tmp_path / "p.csv").write_text(ncu_fixture.profile_csv(m))
+    assert ncu_summary.main(["--stalls", str(tmp_path / "p.csv"), str(tmp_path / "m.json"),
+                             "--out-prefix", str(tmp_path / "stalls")]) == 0
+    text = (tmp_path / "stalls.md").read_text()
+    assert "| 4.75 | long_scoreboard 3.00, barrier 1.50, wait 0.25 |" in text
+
+
 def test_ncu_summary_refuses_a_profile_that_does_not_match_the_manifest():
     m = manifest(3)
     kernels = ncu_summary.read_kernels(ncu_fixture.profile_csv(m))
