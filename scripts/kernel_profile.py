@@ -259,7 +259,7 @@ def measured_rows():
             for r in rows:
                 provider = {"eager": "cudnn_eager"}.get(r["provider"], r["provider"])
                 out[(r["model"], r[key], provider, measured_layout(prefix, r),
-                     MEASURED_DTYPES[r["dtype"]])] = (r["p50_ms"] * 1e3, measured_cuda_path(r))
+                     MEASURED_DTYPES[r["dtype"]])] = (r["p50_ms"] * 1e3, r.get("cuda_path"))
     return out, sources
 
 

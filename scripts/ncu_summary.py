@@ -69,8 +69,11 @@ STALL_REASONS = ["long_scoreboard", "barrier", "short_scoreboard", "mio_throttle
                  "math_pipe_throttle", "not_selected", "selected", "lg_throttle",
                  "dispatch_stall", "no_instruction", "branch_resolving", "tex_throttle",
                  "membar", "drain", "imc_miss", "misc", "sleeping"]
-STALL_METRICS = ["gpu__time_duration.sum"] + [
-    f"smsp__average_warps_issue_stalled_{r}_per_issue_active.ratio" for r in STALL_REASONS]
+def stall_metric(reason: str) -> str:
+    return f"smsp__average_warps_issue_stalled_{reason}_per_issue_active.ratio"
+
+
+STALL_METRICS = ["gpu__time_duration.sum"] + [stall_metric(r) for r in STALL_REASONS]
 
 # ncu scales units unless --print-units base; convert whatever came to bytes, ns and plain counts
 UNIT_SCALE = {
@@ -148,14 +151,19 @@ def _sum(kernels, metric):
     return sum(values) if values else None
 
 
+def main_kernel(kernels):
+    """The case's longest kernel (None if it has none): the one whose launch figures count."""
+    return max(kernels, key=lambda k: k["metrics"].get("gpu__time_duration.sum") or 0,
+               default=None)
+
+
 def summarise_case(case, kernels):
     m = lambda name: _sum(kernels, name)  # noqa: E731
     time_ns = m("gpu__time_duration.sum")
     dram = None
     if m("dram__bytes_read.sum") is not None:
         dram = m("dram__bytes_read.sum") + (m("dram__bytes_write.sum") or 0)
-    main = max(kernels, key=lambda k: k["metrics"].get("gpu__time_duration.sum") or 0,
-               default=None)
+    main = main_kernel(kernels)
     mm = (main or {}).get("metrics", {})
     l2_read = m("lts__t_sectors_srcunit_tex_op_read.sum")
     return dict(
@@ -211,11 +219,9 @@ def summarise_case(case, kernels):
 
 def summarise_stalls(case, kernels):
     """The main kernel's stall reasons: {reason: warps stalled per issued instruction}."""
-    main = max(kernels, key=lambda k: k["metrics"].get("gpu__time_duration.sum") or 0,
-               default=None)
+    main = main_kernel(kernels)
     mm = (main or {}).get("metrics", {})
-    stalls = {r: mm.get(f"smsp__average_warps_issue_stalled_{r}_per_issue_active.ratio")
-              for r in STALL_REASONS}
+    stalls = {r: mm.get(stall_metric(r)) for r in STALL_REASONS}
     stalls = {r: v for r, v in stalls.items() if v is not None}
     return dict(name=case["name"], main_kernel=(main or {}).get("name", "")[:90],
                 cycles_per_issue=sum(stalls.values()) if stalls else None,

@@ -29,10 +29,10 @@ struct GroupedConvParams {
   int64_t y_stride[4];  // element strides of y in (n, c, h, w) order
   bool relu;
   bool y_channels_last;  // walk outputs in memory order (c fastest) so stores coalesce
-  // Host-side tuning, read by the v3 planner only: the most output pixels in one CTA's band,
-  // 16..256 (a band is one output row at least, whatever its width); 0 (value-initialised) is
-  // v3's default, 256. Smaller bands mean more, smaller CTAs
-  // (more of them per SM) for more halo rows re-read. RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS.
+  // Host-side tuning, read by the v3 planner only (RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS): the
+  // most output pixels in one CTA's band, 16..256 (a band is one output row at least, whatever
+  // its width); 0 (value-initialised) is v3's default, 256. Smaller bands: more, smaller CTAs
+  // (more of them per SM) for more halo rows re-read.
   int64_t v3_band_pixels;
 };
 
