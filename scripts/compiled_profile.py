@@ -122,7 +122,11 @@ def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None):
     """The kernel of each launch of a call, in launch order."""
     t = CUDA_TYPES[dtype]
     if op == "se":
-        return [f"se_squeeze_kernel<{t}>", "se_excite_kernel", f"se_scale_kernel<{t}>"]
+        # the excite: the batched FC kernel twice, the hidden layer's partial sums then the
+        # gate; squeeze and scale by 16-byte chunks where the harness reports "path chunked"
+        chunked = "_chunked" if "path chunked" in path_report else ""
+        return [f"se_squeeze{chunked}_kernel<{t}>", "se_fc_kernel<false>", "se_fc_kernel<true>",
+                f"se_scale{chunked}_kernel<{t}>"]
     m = re.search(r"path (\w+) block_channels (\d+)", path_report)
     if m.group(1) == "v3" and cpg >= 32:
         return [f"pack_weight_rows_kernel<{t}, {cpg}>",

@@ -25,6 +25,7 @@ figures depend on Triton's compiler.
 import argparse
 import concurrent.futures
 import glob
+import importlib
 import json
 import math
 import os
@@ -123,7 +124,9 @@ def cuda_layer(profiled, shape, layout, dtype, cuda_kernels, plan):
             dram = (2 * w_bytes if name.startswith(("repack", "pack_")) else
                     x_bytes + y_bytes + w_bytes)
         else:
-            dram = {0: x_bytes, 1: 0, 2: 3 * x_bytes}[i]  # squeeze u; excite tiny; scale u, res, out
+            # squeeze: u; each excite FC: its fp32 weight matrix once; scale: u, residual, out
+            dram = (x_bytes if name.startswith("se_squeeze") else
+                    3 * x_bytes if name.startswith("se_scale") else shape["R"] * shape["C"] * 4)
         model.append(dict(
             dram_bytes=dram,
             l2_bytes=32 * s["block_unique_load_sectors"] * grow,
@@ -170,17 +173,37 @@ def triton_layer(row, triton_kernels, shape):
                 l1_wavefronts=programs * iterations * (per_warp * warps + operand),
                 warp_instructions=programs * iterations * instr * warps,
                 waves=info["waves"]))
-        else:  # SE: squeeze reads u; scale reads u and the residual and writes the output;
-            # excite (one program per image) reads both fp32 FC weight matrices from L2
+        elif launch["kernel"].startswith("se_fc"):
+            # an excite FC, out = act(x . w^T) on BLOCK_N x BLOCK_J tiles: w (J x K, fp32
+            # here) once from DRAM, and per program ceil(K' / BLOCK_K) tiles of x
+            # (BLOCK_N x BLOCK_K, `splits` partial-sum slices of it in the gate launch) and of
+            # w (BLOCK_K x BLOCK_J) from L2, K' the k of one program: the hidden launch splits
+            # C in FC_SPLIT_K parts, the gate launch reads every split's partial sums
+            # importlib: the package re-exports the launcher under the module's own name
+            triton_se = importlib.import_module("resnext_kernels.backends.triton.squeeze_excite")
+            splits = math.ceil(shape["C"] / triton_se.FC_SPLIT_K)
+            if c["SIGMOID"]:  # the gate launch
+                J, K, k_program, x_slices = shape["C"], shape["R"], shape["R"], splits
+            else:
+                J, K = shape["R"], shape["C"]
+                k_program, x_slices = min(K, triton_se.FC_SPLIT_K), 1
+            iterations = math.ceil(k_program / c["BLOCK_K"])
+            tile_bytes = (x_slices * c["BLOCK_N"] + c["BLOCK_J"]) * c["BLOCK_K"] * 4
+            model.append(dict(
+                dram_bytes=J * K * 4,
+                l2_bytes=programs * iterations * tile_bytes,
+                l1_wavefronts=programs * iterations * tile_bytes / tm.L1_WAVEFRONT_BYTES,
+                warp_instructions=programs * iterations * instr * warps,
+                waves=info["waves"]))
+        else:  # SE: squeeze reads u; scale reads u and the residual and writes the output
             kind = launch["kernel"].split()[0]
-            dram = {"se_squeeze": x_bytes, "se_scale": 3 * x_bytes}.get(kind, 0)
-            fc_bytes = 2 * shape["R"] * shape["C"] * 4
+            dram = {"se_squeeze": x_bytes, "se_scale": 3 * x_bytes}[kind]
             loads = [cat for cat in mix if cat.startswith(("global_load_", "cp_async_"))]
             width = max((int(cat.rsplit("_", 1)[1][:-1]) for cat in loads), default=4)
             requests = dram / (32 * width)  # the bytes in warp-wide requests of that width
             model.append(dict(
-                dram_bytes=dram + (fc_bytes if kind == "se_excite" else 0),
-                l2_bytes=dram + (programs * fc_bytes if kind == "se_excite" else 0),
+                dram_bytes=dram,
+                l2_bytes=dram,
                 l1_wavefronts=requests * max(1.0, 32 * width / tm.L1_WAVEFRONT_BYTES),
                 warp_instructions=max(requests, programs * warps) * max(
                     1.0, instr / max(1, memory_instructions(mix))),

@@ -80,7 +80,7 @@ se = importlib.import_module("resnext_kernels.backends.triton.squeeze_excite")
 KERNELS = {
     "conv": conv._grouped_conv_bn_relu_kernel,
     "se_squeeze": se._se_squeeze_kernel,
-    "se_excite": se._se_excite_kernel,
+    "se_fc": se._se_fc_kernel,
     "se_scale": se._se_scale_kernel,
 }
 
@@ -465,9 +465,10 @@ def path_label(path):
             dt += "/" + c["DOT_PRECISION"]
         return (f"conv {arch} {dt} N{c['BLOCK_N']} K{c['BLOCK_K']} M{c['BLOCK_M']} "
                 f"w{o['num_warps']} s{o['num_stages']}" + (" i64" if c["INDEX_64"] else ""))
-    if kernel == "se_excite":
-        return (f"se_excite {arch} w{path['signature']['w1_ptr'][1:]} R{c['BLOCK_R']} "
-                f"C{c['BLOCK_C']}")
+    if kernel == "se_fc":  # the excite's two launches: hidden (ReLU), then gate (sigmoid)
+        return (f"se_fc {arch} w{path['signature']['w_ptr'][1:]} "
+                f"{'sigmoid' if c['SIGMOID'] else 'relu'} N{c['BLOCK_N']} J{c['BLOCK_J']} "
+                f"K{c['BLOCK_K']}")
     return f"{kernel} {arch} {path['signature']['u_ptr'][1:]} HW{c['BLOCK_HW']} C{c['BLOCK_C']}"
 
 
@@ -479,10 +480,10 @@ def shape_id(case):
 
 def shapes_summary(path):
     """The calls of a path, grouped: 'b128 nhwc / b1 nhwc: 256x56² g32 s1, 512x28² g32 s1'.
-    (The dtype is in the path's label; the excite kernel sees neither u nor its batch.)"""
+    (The dtype is in the path's label; the excite's FC kernel sees the batch but not u.)"""
     groups = collections.OrderedDict()
     for case in path["cases"]:
-        tag = ("u " + case["dtype"] if path["kernel"] == "se_excite"
+        tag = (f"b{case['batch']} u {case['dtype']}" if path["kernel"] == "se_fc"
                else f"b{case['batch']} {case['layout']}")
         groups.setdefault(tag, {})[shape_id(case)] = None
     merged = collections.OrderedDict()
@@ -502,7 +503,7 @@ def is_fatal_spill(path):
 
 def sort_key(path):
     c = constexpr_values(path)
-    order = ["conv", "se_squeeze", "se_excite", "se_scale"].index(path["kernel"])
+    order = ["conv", "se_squeeze", "se_fc", "se_scale"].index(path["kernel"])
     return (-path["arch"], order, path_label(path).split()[2], c.get("BLOCK_N", 0),
             c.get("BLOCK_M", 0), path["options"]["num_warps"], path["options"]["num_stages"],
             key_string(path))

@@ -189,7 +189,9 @@ def grouped_conv_bn_relu(binary, x, weight, scale, shift, *, stride=1, padding=1
         return _read_like(d, "y", y), report.strip()
 
 
-def squeeze_excite(binary, u, w1, b1, w2, b2, residual=None, relu=False):
+def squeeze_excite(binary, u, w1, b1, w2, b2, residual=None, relu=False, with_path=False):
+    """Runs the CUDA SE launches like the torch glue does. Returns out, or (out, path) with
+    with_path: the harness's report, "path chunked" (16-byte chunks) or "path elementwise"."""
     N, C, H, W = u.shape
     R = w1.shape[0]
     memory_format = torch._prims_common.suggest_memory_format(u)
@@ -213,8 +215,9 @@ def squeeze_excite(binary, u, w1, b1, w2, b2, residual=None, relu=False):
         if b2 is not None:
             _write(d, "b2", b2.float().contiguous())
         _write_params(d, params)
-        _run(binary, "squeeze_excite", d)
-        return _read_like(d, "out", out)
+        report = _run(binary, "squeeze_excite", d).strip()
+        out = _read_like(d, "out", out)
+        return (out, report) if with_path else out
 
 
 def selftest(binary, name) -> str:

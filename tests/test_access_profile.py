@@ -125,7 +125,7 @@ def test_se_kernels_in_the_profile_build_still_compute_se(profiler):
         cuda_emulator.squeeze_excite, profiler, u, w1, b1, w2, b2, residual=res, relu=True)
     torch.testing.assert_close(out.double(), se_reference(u, w1, b1, w2, b2, res, True),
                                **tolerance(torch.float32))
-    assert len(launches) == 3  # squeeze, excite, scale
+    assert len(launches) == 4  # squeeze, excite (hidden, gate), scale
 
 
 def test_block_sampling_runs_the_first_last_and_evenly_spread_blocks(profiler):

@@ -71,6 +71,8 @@ def test_emulator_runs_a_correct_kernel(emulator):
     ("ptx_gemm_f16_global_destination", "destination is not inside the block's shared memory"),
     ("ptx_gemm_f16_misaligned_row", "ldmatrix: row address not 16-byte aligned"),
     ("ptx_gemm_f16_half_warp_mma", "different warp-collective matrix instructions"),
+    ("misaligned_vector_store", "st.global.v4: destination not 16-byte aligned"),
+    ("misaligned_vector_load", "ld.global.v4: source not 16-byte aligned"),
     # a register layout the kernel gets wrong gives wrong numbers, as on a GPU
     ("ptx_gemm_bf16_swapped_fragment", "wrong 183 of 256"),
 ])
@@ -401,6 +403,68 @@ def test_squeeze_excite_several_scale_tiles(emulator, channels_last):
     u, w1, b1, w2, b2, res = make_se_case(2, 300, 17, 17, 8, torch.float16, "cpu",
                                           channels_last, 9550, residual=True)
     se_check(emulator, u, w1, b1, w2, b2, res, relu=True)
+
+
+@pytest.mark.parametrize("N,C,R", [
+    (10, 70, 37),  # the excite's blocks: 8 images + 2, 32 rows + a partial warp (R 37, C 70)
+    (17, 33, 66),  # three image blocks; R > C (K = 33 in the gate launch: one lane past 32)
+    (9, 1100, 12),  # the hidden sum in three 512-channel splits, the last partial
+])
+def test_squeeze_excite_excite_blocks(emulator, N, C, R):
+    """The batched excite launches: image blocks of 8 with a partial last one, row blocks of 32
+    with a partial last warp (rows past J compute on zero weights and are never stored), and
+    the hidden layer's partial sums over 512-channel splits of C."""
+    u, w1, b1, w2, b2, res = make_se_case(N, C, 3, 2, R, torch.float32, "cpu", True, 9580 + N,
+                                          residual=True)
+    se_check(emulator, u, w1, b1, w2, b2, res, relu=True)
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("nhwc", "chunked"),             # C 40: five 8-channel chunks per pixel
+    ("nhwc_fp32", "chunked"),        # C 40: ten 4-channel chunks
+    ("nhwc_many_chunks", "chunked"),  # C 2056 fp16: 257 chunks, two channel tiles of the scale
+    ("nhwc_large_hw", "chunked"),    # 13 x 13 pixels: the squeeze's four-loads-at-once loop
+    ("nhwc_fp32_large_hw", "chunked"),
+    ("nhwc_odd_c", "elementwise"),   # C 36 fp16: not a whole number of 8-channel chunks
+    ("nhwc_padded", "elementwise"),  # u's pixels 44 halves apart: chunks off 16-byte alignment
+    ("nhwc_nchw_residual", "elementwise"),
+    ("nchw", "elementwise"),
+])
+def test_squeeze_excite_paths(emulator, case, expect):
+    """The squeeze and scale read and write 16-byte chunks where u, the residual and the output
+    allow it, and fall back to an element per access otherwise; both against float64."""
+    dtype = torch.float32 if case.startswith("nhwc_fp32") else torch.float16
+    C = {"nhwc_many_chunks": 2056, "nhwc_odd_c": 36, "nhwc_large_hw": 16,
+         "nhwc_fp32_large_hw": 8}.get(case, 40)
+    H, W = {"nhwc_many_chunks": (3, 2), "nhwc_large_hw": (13, 13),
+            "nhwc_fp32_large_hw": (12, 11)}.get(case, (5, 7))
+    u, w1, b1, w2, b2, res = make_se_case(2, C, H, W, 8, dtype, "cpu", case != "nchw",
+                                          9650 + C, residual=True)
+    if case == "nhwc_padded":  # a view 4 halves into each pixel of a wider channels_last buffer
+        big = torch.randn(2, H, W, C + 4, generator=seeded(9660)).to(dtype)
+        big[..., 4:] = u.permute(0, 2, 3, 1)
+        u = big[..., 4:].permute(0, 3, 1, 2)
+    if case == "nhwc_nchw_residual":
+        res = res.contiguous()
+    out, path = cuda_emulator.squeeze_excite(emulator, u, w1, b1, w2, b2, residual=res, relu=True,
+                                             with_path=True)
+    assert path == f"path {expect}"
+    torch.testing.assert_close(out.double(), se_reference(u, w1, b1, w2, b2, res, True),
+                               **tolerance(dtype))
+
+
+def test_squeeze_excite_non_finite_stays_in_its_image(emulator):
+    """A NaN in image 9 of 17, with C 1040 (three splits of the hidden sum, two image blocks of
+    the excite, chunked squeeze and scale): image 9's output is NaN, no other image's is."""
+    u, w1, b1, w2, b2, res = make_se_case(17, 1040, 2, 2, 16, torch.bfloat16, "cpu", True, 9690,
+                                          residual=True)
+    u[9, 700, 1, 0] = float("nan")
+    out = cuda_emulator.squeeze_excite(emulator, u, w1, b1, w2, b2, residual=res, relu=True)
+    assert torch.isnan(out[9]).all()
+    others = torch.cat([out[:9], out[10:]])
+    assert not torch.isnan(others).any()
+    torch.testing.assert_close(out.double(), se_reference(u, w1, b1, w2, b2, res, True),
+                               equal_nan=True, **tolerance(torch.bfloat16))
 
 
 def test_squeeze_excite_batch_zero(emulator):

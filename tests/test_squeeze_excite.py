@@ -73,6 +73,16 @@ def test_odd_widths_conv_form_no_bias(backend_device, poison_outputs):
     check(backend, u, w1, b1, w2, b2, res, relu=True)
 
 
+def test_excite_tiles_across_images(backend_device, poison_outputs):
+    """The excite FCs tile the batch (Triton: 16 images per program, CUDA: 8): 18 images give a
+    partial last image tile; R 20 partial output and reduction tiles; C 600 two 512-channel
+    splits of the hidden layer's sum, the second partial."""
+    backend, device = backend_device
+    u, w1, b1, w2, b2, res = make_case(18, 600, 1, 3, 20, torch.float32, device, True, 41,
+                                       residual=True)
+    check(backend, u, w1, b1, w2, b2, res, relu=True)
+
+
 def non_finite_case(dtype, device):
     """A NaN in image 0's input, a +inf in image 1's (R = 6: Triton pads the hidden units)."""
     u, w1, b1, w2, b2, res = make_case(2, 24, 3, 5, 6, dtype, device, True, 77, residual=True)

@@ -159,6 +159,8 @@ int run_squeeze_excite(const std::string& dir) {
   p.R = prm.get("R");
   Buffer pooled = scratch(static_cast<size_t>(p.N * p.C) * 4);
   Buffer gate = scratch(static_cast<size_t>(p.N * p.C) * 4);
+  Buffer hidden = scratch(static_cast<size_t>(
+      resnext_kernels::squeeze_excite_hidden_splits(p.C) * p.N * p.R) * 4);
   p.u = u.data();
   p.residual = has_residual ? residual.data() : nullptr;
   p.out = out.data();
@@ -168,6 +170,7 @@ int run_squeeze_excite(const std::string& dir) {
   p.b2 = has_b2 ? static_cast<const float*>(b2.data()) : nullptr;
   p.pooled = static_cast<float*>(pooled.data());
   p.gate = static_cast<float*>(gate.data());
+  p.hidden = static_cast<float*>(hidden.data());
   prm.strides("u_stride", p.u_stride);
   prm.strides("out_stride", p.out_stride);
   if (has_residual) prm.strides("residual_stride", p.residual_stride);
@@ -176,6 +179,8 @@ int run_squeeze_excite(const std::string& dir) {
   const cudaError_t err = resnext_kernels::launch_squeeze_excite(p, dtype, nullptr);
   if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
   save(dir, "out", out);
+  std::printf("path %s\n",
+              resnext_kernels::squeeze_excite_chunked(p, dtype) ? "chunked" : "elementwise");
   return 0;
 }
 

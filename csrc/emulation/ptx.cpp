@@ -87,6 +87,25 @@ void cp_async_16(void* shared_dst, const void* global_src, bool fill) {
   t_open.push_back(copy);
 }
 
+void check_global_16(const void* p, const char* misaligned, const char* in_shared) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) fatal(misaligned);
+  const unsigned char* base = dynamic_shared_memory();
+  const auto* q = static_cast<const unsigned char*>(p);
+  if (q + 16 > base && q < base + shared_memory_bytes()) fatal(in_shared);
+}
+
+void ld_global_16(uint32_t* words, const void* global_src) {
+  check_global_16(global_src, "ld.global.v4: source not 16-byte aligned",
+                  "ld.global.v4: the source is inside the block's shared memory");
+  std::memcpy(words, global_src, 16);
+}
+
+void st_global_16(void* global_dst, const uint32_t* words) {
+  check_global_16(global_dst, "st.global.v4: destination not 16-byte aligned",
+                  "st.global.v4: the destination is inside the block's shared memory");
+  std::memcpy(global_dst, words, 16);
+}
+
 void cp_async_commit() {
   t_committed.push_back(std::move(t_open));
   t_open.clear();

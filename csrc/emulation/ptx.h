@@ -14,6 +14,8 @@
 //   ldmatrix / mma.sync: warp-collective (.sync.aligned): every lane of a full warp must reach
 //     them (a lane that does not is a deadlock error, as for __syncwarp); each row address is
 //     16-byte aligned and inside the dynamic shared memory.
+//   ld.global.nc.v4 / st.global.v4: a 16-byte aligned address outside the block's shared
+//     memory.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +30,10 @@ void cp_async_16(void* shared_dst, const void* global_src, bool fill);
 void cp_async_commit();                // cp.async.commit_group
 void cp_async_wait(int pending);       // cp.async.wait_group pending
 void end_block_thread();               // the emulator's check at the end of a thread's block
+
+// ld.global.nc.v4.b32 {words[0..3]}, [src] and st.global.v4.b32 [dst], {words[0..3]}
+void ld_global_16(uint32_t* words, const void* global_src);
+void st_global_16(void* global_dst, const uint32_t* words);
 
 // ldmatrix.sync.aligned.m8n8.x{matrices}[.trans].shared.b16: `row` is this lane's row address
 // (lanes 8i..8i+7 give the rows of matrix i); regs[i] receives this lane's share of matrix i.

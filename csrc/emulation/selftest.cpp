@@ -80,6 +80,15 @@ __global__ void profile_vector16_kernel(const uint4* in, uint4* out) {
   out[threadIdx.x] = buf[threadIdx.x ^ 1];
 }
 
+// A 16-byte store, or load, 8 bytes off its alignment (st/ld.global.v4 need 16).
+__global__ void misaligned_vector_store_kernel(float* out) {
+  resnext_kernels::ptx::st_global_16(out + 2 + 4 * threadIdx.x, make_uint4(1, 2, 3, 4));
+}
+__global__ void misaligned_vector_load_kernel(const float* in, float* out) {
+  out[threadIdx.x] = static_cast<float>(
+      resnext_kernels::ptx::ld_global_nc_16(in + 2 + 4 * threadIdx.x).x);
+}
+
 // One 16x16 fp16 wmma fragment from shared memory with `ldm` halves per row: ldmatrix.x4. Rows
 // 32 bytes apart (ldm 16) put rows r and r + 4 of each 8x8 matrix in the same banks: 8
 // wavefronts; padded to 48 bytes (ldm 24) the 8 rows of a matrix hit 8 distinct bank quads: 4.
@@ -266,6 +275,12 @@ int run_selftest(const std::string& name) {
   } else if (name == "too_much_shared_memory") {
     // 64 KB without cudaFuncSetAttribute: a real launch fails, so must this one.
     err = resnext_kernels::launch_kernel(warp_sum_kernel, dim3(1), dim3(n), 64 * 1024, nullptr, in, out);
+  } else if (name == "misaligned_vector_store") {
+    err = resnext_kernels::launch_kernel(misaligned_vector_store_kernel, dim3(1), dim3(4), 0,
+                                         nullptr, out);
+  } else if (name == "misaligned_vector_load") {
+    err = resnext_kernels::launch_kernel(misaligned_vector_load_kernel, dim3(1), dim3(4), 0,
+                                         nullptr, in, out);
   } else if (name == "warp_sum") {
     err = resnext_kernels::launch_kernel(warp_sum_kernel, dim3(1), dim3(n), 0, nullptr, in, out);
     if (err == cudaSuccess) std::printf("%g %g\n", out[0], out[1]);

@@ -89,7 +89,8 @@ cudaError_t launch_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
 
 // Squeeze-and-excitation: gate[n, c] = sigmoid(W2 relu(W1 mean_hw(u[n]) + b1) + b2)[c],
 // out = act(u * gate + residual). u, residual and out share `dtype`; the FC weights are fp32
-// row-major ([R, C] and [C, R]); pooled and gate are fp32 [N, C] workspaces.
+// row-major ([R, C] and [C, R]); pooled and gate are fp32 [N, C] workspaces, hidden
+// [squeeze_excite_hidden_splits(C), N, R] (the hidden layer's partial sums over C).
 struct SqueezeExciteParams {
   const void* u;         // [N, C, H, W]
   const void* residual;  // [N, C, H, W] or nullptr
@@ -99,6 +100,7 @@ struct SqueezeExciteParams {
   const float* w2;       // [C, R] contiguous
   const float* b2;       // [C] or nullptr
   float* pooled;         // [N, C] workspace
+  float* hidden;         // [hidden splits, N, R] workspace
   float* gate;           // [N, C] workspace
   int64_t N, C, H, W, R;
   int64_t u_stride[4], residual_stride[4], out_stride[4];  // (n, c, h, w) element strides
@@ -106,14 +108,24 @@ struct SqueezeExciteParams {
   bool channels_last;  // u and out are channel-fastest: map threads to channels
 };
 
-// Shared memory the excite kernel needs: (C + R) floats per block.
-inline int64_t squeeze_excite_smem_bytes(int64_t C, int64_t R) {
-  return (C + R) * static_cast<int64_t>(sizeof(float));
-}
-constexpr int64_t kSqueezeExciteMaxSmemBytes = 48 * 1024;
+// The most channels (C, and hidden units R) the launches' grids can cover: 65535 blocks of 32.
+constexpr int64_t kSqueezeExciteMaxChannels = 65535LL * 32;
 
-// Three launches: squeeze (mean over H*W), excite (two FCs, sigmoid), scale (+ residual, ReLU).
+// The excite sums W1 pooled over C in parts of kSqueezeExciteSplitK channels (one launch's
+// grid.z, for parallelism at large C), then adds the parts in a fixed order.
+constexpr int64_t kSqueezeExciteSplitK = 512;
+__host__ __device__ inline int64_t squeeze_excite_hidden_splits(int64_t C) {
+  return (C + kSqueezeExciteSplitK - 1) / kSqueezeExciteSplitK;
+}
+
+// Four launches: squeeze (mean over H*W), excite (two batched FCs: the hidden layer's partial
+// sums, then ReLU, W2 and sigmoid), scale (+ residual, ReLU).
 // Deterministic: every reduction has a fixed order, no atomics.
 cudaError_t launch_squeeze_excite(const SqueezeExciteParams& p, DType dtype, cudaStream_t stream);
+
+// Whether the squeeze and scale take their 16-byte-chunk paths (channels_last u, residual and
+// out with evenly spaced pixels, C a multiple of 8 (fp16/bf16) or 4 (fp32), 16-byte-aligned
+// chunks); otherwise they read and write an element per thread and access, at any strides.
+bool squeeze_excite_chunked(const SqueezeExciteParams& p, DType dtype);
 
 }  // namespace resnext_kernels

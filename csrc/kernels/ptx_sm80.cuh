@@ -1,7 +1,8 @@
 // The sm_80+ PTX instructions the v3 conv kernel is built from, as small device functions:
 // cp.async (16-byte global -> shared copies with zero fill, in commit/wait groups), ldmatrix
 // (8x8 16-bit matrices from shared memory into mma operand registers, one row address per
-// lane) and mma.sync (m16n8k16 and m16n8k8, fp16 or bf16 operands, fp32 accumulators).
+// lane) and mma.sync (m16n8k16 and m16n8k8, fp16 or bf16 operands, fp32 accumulators); and
+// two that run anywhere, 16-byte global loads and stores that no compiler splits.
 //
 // Fragments are plain uint32_t registers holding two 16-bit elements each (low half = the lower
 // column), in the layouts of the PTX ISA; csrc/emulation/ptx.cpp spells them out. Under the CUDA
@@ -172,6 +173,38 @@ PTX_CALL void mma_m16n8k8(float (&d)[4], const uint32_t (&a)[2], const uint32_t 
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(b[0]));
   }
+#endif
+}
+
+// ------------------------------------------------------------------------------ ld.global.nc.v4
+// One 16-byte load from global memory through the read-only path (16-byte aligned, not written
+// by the kernel). On the GPU a plain uint4 load would do; the wrapper exists for the emulator,
+// where the host compiler split such a load into one 2-byte load per element when the
+// elements were used one by one, and the access profile then saw eight requests for one.
+PTX_CALL uint4 ld_global_nc_16(const void* global_src) {
+#if defined(RESNEXT_KERNELS_EMULATION)
+  profile::record(PTX_SITE(), global_src, 16, profile::Op::kLoad);
+  uint32_t words[4];
+  cuda_emulator::ptx::ld_global_16(words, global_src);
+  return make_uint4(words[0], words[1], words[2], words[3]);
+#else
+  return __ldg(static_cast<const uint4*>(global_src));
+#endif
+}
+
+// ------------------------------------------------------------------------------ st.global.v4
+// One 16-byte store to global memory (16-byte aligned). A uint4 assignment of values computed
+// in registers compiled to four 4-byte (or eight 2-byte-pair) stores in the SE scale kernel, as
+// in CUDA v2's epilogue; this asm cannot be split.
+PTX_CALL void st_global_16(void* global_dst, uint4 value) {
+#if defined(RESNEXT_KERNELS_EMULATION)
+  profile::record(PTX_SITE(), global_dst, 16, profile::Op::kStore);
+  const uint32_t words[4] = {value.x, value.y, value.z, value.w};
+  cuda_emulator::ptx::st_global_16(global_dst, words);
+#else
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(global_dst), "r"(value.x),
+               "r"(value.y), "r"(value.z), "r"(value.w)
+               : "memory");
 #endif
 }
 

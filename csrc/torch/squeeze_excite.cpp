@@ -35,9 +35,12 @@ at::Tensor squeeze_excite_cuda(const at::Tensor& u, const at::Tensor& w1,
     TORCH_CHECK_TYPE(residual->scalar_type() == u.scalar_type(), "residual: expected dtype ",
                      u.scalar_type(), " (the dtype of u), got ", residual->scalar_type());
   }
-  TORCH_CHECK(squeeze_excite_smem_bytes(C, R) <= kSqueezeExciteMaxSmemBytes,
-              "u: C + R = ", C + R, " is too large for the CUDA squeeze-excite kernel (at most ",
-              kSqueezeExciteMaxSmemBytes / 4, "); use backend='triton' or 'reference'");
+  TORCH_CHECK(C <= kSqueezeExciteMaxChannels && R <= kSqueezeExciteMaxChannels,
+              "u, w1: C = ", C, " and R = ", R, " must each be at most ",
+              kSqueezeExciteMaxChannels, " for the CUDA squeeze-excite kernels; use "
+              "backend='triton' or 'reference'");
+  TORCH_CHECK(N <= 0x7fffffffLL, "u: N = ", N, " is more images than the CUDA squeeze-excite "
+              "kernels' grid covers (at most 2^31 - 1)");
 
   c10::cuda::CUDAGuard device_guard(u.device());
   const auto memory_format = u.suggest_memory_format();
@@ -47,7 +50,9 @@ at::Tensor squeeze_excite_cuda(const at::Tensor& u, const at::Tensor& w1,
   const at::Tensor w2_f = w2.to(at::kFloat).contiguous();
   const at::Tensor b1_f = b1 ? b1->to(at::kFloat).contiguous() : at::Tensor();
   const at::Tensor b2_f = b2 ? b2->to(at::kFloat).contiguous() : at::Tensor();
-  at::Tensor workspace = at::empty({2, N, C}, u.options().dtype(at::kFloat));
+  // one allocation: pooled [N, C], gate [N, C], the hidden layer's partial sums [splits, N, R]
+  const int64_t splits = squeeze_excite_hidden_splits(C);
+  at::Tensor workspace = at::empty({N * (2 * C + splits * R)}, u.options().dtype(at::kFloat));
 
   SqueezeExciteParams p{};
   p.u = u.data_ptr();
@@ -57,8 +62,9 @@ at::Tensor squeeze_excite_cuda(const at::Tensor& u, const at::Tensor& w1,
   p.b1 = b1 ? b1_f.data_ptr<float>() : nullptr;
   p.w2 = w2_f.data_ptr<float>();
   p.b2 = b2 ? b2_f.data_ptr<float>() : nullptr;
-  p.pooled = workspace[0].data_ptr<float>();
-  p.gate = workspace[1].data_ptr<float>();
+  p.pooled = workspace.data_ptr<float>();
+  p.gate = p.pooled + N * C;
+  p.hidden = p.gate + N * C;
   p.N = N; p.C = C; p.H = H; p.W = W; p.R = R;
   copy_strides4(u, p.u_stride);
   if (residual) copy_strides4(*residual, p.residual_stride);

@@ -1,7 +1,9 @@
-"""Triton: fused squeeze-and-excitation in three launches, deterministic (no atomics).
+"""Triton: fused squeeze-and-excitation in four launches, deterministic (no atomics).
 
 1. squeeze: pooled[n, c] = mean_hw u[n, c]          one program per (n, channel block); reads u once
-2. excite:  gate[n]   = sigmoid(W2 relu(W1 pooled[n] + b1) + b2)   one program per n; fp32
+2. excite, twice the batched FC kernel (fp32; each program 16 images): W1 pooled in partial
+            sums over 512-channel splits, then gate[n] = sigmoid(W2 hidden[n] + b2)
+            with hidden[n] = relu(the partials summed in a fixed order + b1)
 3. scale:   out = relu?(u * gate[n, c] + residual)  reads u again and residual once, writes once
 
 u is read twice, residual once, out written once (eager PyTorch makes about seven passes).
@@ -44,53 +46,57 @@ def _se_squeeze_kernel(
 
 
 @triton.jit
-def _se_excite_kernel(
-    pooled_ptr,  # fp32 [N, C] contiguous
-    w1_ptr,  # [R, C], any strides, any float dtype
-    b1_ptr,  # [R] (unused unless HAS_B1)
-    w2_ptr,  # [C, R], any strides, any float dtype
-    b2_ptr,  # [C] (unused unless HAS_B2)
-    gate_ptr,  # fp32 [N, C] contiguous: output
-    C, R,
-    sw1r, sw1c,  # w1 element strides
-    sw2c, sw2r,  # w2 element strides
-    HAS_B1: tl.constexpr,
-    HAS_B2: tl.constexpr,
-    BLOCK_R: tl.constexpr,  # >= R: the hidden vector stays in registers
-    BLOCK_C: tl.constexpr,
+def _se_fc_kernel(
+    in_ptr,  # fp32 [IN_SPLITS, N, K] contiguous: pooled, or the hidden layer's partial sums
+    in_bias_ptr,  # [K]: added to the summed input (unused unless HAS_IN_BIAS)
+    w_ptr,  # [J, K], any strides, any float dtype: w1 [R, C] or w2 [C, R]
+    b_ptr,  # [J] (unused unless HAS_BIAS)
+    out_ptr,  # fp32 [splits, N, J] contiguous: output, one slice per split of K (grid axis 2)
+    N, J, K,
+    IN_SPLITS,  # slices of in_ptr summed (fixed order) into the input
+    K_SPLIT,  # the k of one split: program (.., .., s) covers [s * K_SPLIT, (s + 1) * K_SPLIT)
+    swj, swk,  # w element strides
+    HAS_IN_BIAS: tl.constexpr,
+    IN_RELU: tl.constexpr,  # the input is relu(sum + in_bias): the hidden layer, formed here
+    HAS_BIAS: tl.constexpr,
+    SIGMOID: tl.constexpr,  # sigmoid on the output (the gate); else the raw sums (partials)
+    BLOCK_N: tl.constexpr,  # images per program: each weight tile is read once for all of them
+    BLOCK_J: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
-    n = tl.program_id(0).to(tl.int64)
-    offs_r = tl.arange(0, BLOCK_R)
-    r_ok = offs_r < R
-    hidden = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        c_ok = offs_c < C
-        p = tl.load(pooled_ptr + n * C + offs_c, mask=c_ok, other=0.0)
-        w1 = tl.load(
-            w1_ptr + offs_r[:, None] * sw1r + offs_c[None, :] * sw1c,
-            mask=r_ok[:, None] & c_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        hidden += tl.sum(w1 * p[None, :], axis=1)
-    if HAS_B1:
-        hidden += tl.load(b1_ptr + offs_r, mask=r_ok, other=0.0).to(tl.float32)
-    hidden = tl.where(hidden < 0.0, 0.0, hidden)  # ReLU that keeps NaN, as torch.relu does
-    # the padding units past R hold 0 * pooled, NaN where pooled is infinite: zero them, or
-    # they would reach every gate through W2
-    hidden = tl.where(r_ok, hidden, 0.0)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        c_ok = offs_c < C
-        w2 = tl.load(
-            w2_ptr + offs_c[:, None] * sw2c + offs_r[None, :] * sw2r,
-            mask=c_ok[:, None] & r_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        a = tl.sum(w2 * hidden[None, :], axis=1)
-        if HAS_B2:
-            a += tl.load(b2_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
-        tl.store(gate_ptr + n * C + offs_c, tl.sigmoid(a), mask=c_ok)
+    # out[s, n, j] = act(sum over k of split s of x[n, k] w[j, k] (+ b[j]))
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
+    split = tl.program_id(2)
+    n_ok, j_ok = offs_n < N, offs_j < J
+    rows = offs_n.to(tl.int64) * K
+    slice_elems = tl.cast(N, tl.int64) * K  # one [N, K] input slice (N: maybe constexpr 1)
+    k_end = tl.minimum(K, (split + 1) * K_SPLIT)
+    acc = tl.zeros((BLOCK_N, BLOCK_J), dtype=tl.float32)
+    for k0 in range(split * K_SPLIT, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < k_end
+        x_mask = n_ok[:, None] & k_ok[None, :]
+        x = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        x_ptrs = in_ptr + rows[:, None] + offs_k[None, :]
+        for _ in range(IN_SPLITS):  # the slices in a fixed order; 64-bit steps of N * K
+            x += tl.load(x_ptrs, mask=x_mask, other=0.0)
+            x_ptrs += slice_elems
+        if HAS_IN_BIAS:
+            x += tl.load(in_bias_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+        if IN_RELU:
+            x = tl.where(x < 0.0, 0.0, x)  # ReLU that keeps NaN, as torch.relu does
+        w = tl.load(w_ptr + offs_j[None, :].to(tl.int64) * swj + offs_k[:, None] * swk,
+                    mask=k_ok[:, None] & j_ok[None, :], other=0.0).to(tl.float32)
+        # fp32 FMAs, not TF32: the gate must match the fp32 FCs of nn.Linear
+        acc += tl.dot(x, w, input_precision="ieee")
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
+    if SIGMOID:
+        acc = tl.sigmoid(acc)
+    out = (out_ptr + split.to(tl.int64) * N * J + offs_n.to(tl.int64)[:, None] * J
+           + offs_j[None, :])
+    tl.store(out, acc, mask=n_ok[:, None] & j_ok[None, :])
 
 
 @triton.jit
@@ -130,6 +136,18 @@ def _se_scale_kernel(
              mask=mask)
 
 
+# The excite's tiles: 16 images per program (tl.dot needs 16 at least) x 16 hidden units (the
+# hidden launch) or 64 channels (the gate launch, which re-reads the partial sums per program),
+# and the hidden layer's reduction over C split in FC_SPLIT_K-channel parts (grid axis 2) whose
+# partial sums the gate launch adds in a fixed order. Each weight element crosses from L2
+# ceil(N / 16) times (Triton v1's one program per image: N times, 2 MB per image at
+# seresnext50's last stage), over ceil(N / 16) x ceil(R / 16) x ceil(C / 512) programs (v1: N).
+FC_BLOCK_N = 16
+FC_BLOCK_J_HIDDEN = 16
+FC_BLOCK_J_GATE = 64
+FC_SPLIT_K = 512
+
+
 def squeeze_excite(u, w1, b1, w2, b2, residual, relu):
     """Launcher. Arguments are validated by the op; w1 is [R, C], w2 is [C, R]."""
     N, C, H, W = u.shape
@@ -139,8 +157,12 @@ def squeeze_excite(u, w1, b1, w2, b2, residual, relu):
                       memory_format=suggest_memory_format(u))
     if out.numel() == 0:
         return out
-    pooled = torch.empty((N, C), dtype=torch.float32, device=u.device)
-    gate = torch.empty((N, C), dtype=torch.float32, device=u.device)
+    splits = triton.cdiv(C, FC_SPLIT_K)
+    # one fp32 workspace: pooled [N, C], gate [N, C], the hidden layer's partial sums [splits, N, R]
+    workspace = torch.empty(N * (2 * C + splits * R), dtype=torch.float32, device=u.device)
+    pooled = workspace[: N * C].view(N, C)
+    gate = workspace[N * C: 2 * N * C].view(N, C)
+    hidden_parts = workspace[2 * N * C:]
     interpreted = triton_interpreter_enabled() or u.device.type == "cpu"
     block_c = 32 if interpreted else 64
     block_hw = 32 if interpreted else 64
@@ -148,11 +170,19 @@ def squeeze_excite(u, w1, b1, w2, b2, residual, relu):
         _se_squeeze_kernel[(N, triton.cdiv(C, block_c))](
             u, pooled, C, HW, W, *u.stride(), 1.0 / HW, BLOCK_HW=block_hw, BLOCK_C=block_c,
         )
-        _se_excite_kernel[(N,)](
-            pooled, w1, b1 if b1 is not None else pooled, w2, b2 if b2 is not None else pooled, gate,
-            C, R, *w1.stride(), *w2.stride(),
-            HAS_B1=b1 is not None, HAS_B2=b2 is not None,
-            BLOCK_R=max(16, triton.next_power_of_2(R)), BLOCK_C=block_c,
+        fc_block_k = lambda K: min(64, max(16, triton.next_power_of_2(K)))  # noqa: E731
+        # hidden: partial sums of W1 pooled over each FC_SPLIT_K channels
+        _se_fc_kernel[(triton.cdiv(N, FC_BLOCK_N), triton.cdiv(R, FC_BLOCK_J_HIDDEN), splits)](
+            pooled, pooled, w1, pooled, hidden_parts, N, R, C, 1, FC_SPLIT_K, *w1.stride(),
+            HAS_IN_BIAS=False, IN_RELU=False, HAS_BIAS=False, SIGMOID=False,
+            BLOCK_N=FC_BLOCK_N, BLOCK_J=FC_BLOCK_J_HIDDEN, BLOCK_K=fc_block_k(min(C, FC_SPLIT_K)),
+        )
+        # gate = sigmoid(W2 relu(sum of the partials + b1) + b2)
+        _se_fc_kernel[(triton.cdiv(N, FC_BLOCK_N), triton.cdiv(C, FC_BLOCK_J_GATE), 1)](
+            hidden_parts, b1 if b1 is not None else pooled, w2, b2 if b2 is not None else pooled,
+            gate, N, C, R, splits, R, *w2.stride(),
+            HAS_IN_BIAS=b1 is not None, IN_RELU=True, HAS_BIAS=b2 is not None, SIGMOID=True,
+            BLOCK_N=FC_BLOCK_N, BLOCK_J=FC_BLOCK_J_GATE, BLOCK_K=fc_block_k(R),
         )
         res = residual if residual is not None else u
         _se_scale_kernel[(N * triton.cdiv(HW, block_hw), triton.cdiv(C, block_c))](
