@@ -6,7 +6,12 @@ Providers (each checked against a float64 reference before it is timed):
   compile_max_autotune  torch.compile(conv + BN + ReLU, mode="max-autotune-no-cudagraphs")
   reference             the op with backend="reference" (BN folded per call, then cuDNN): what
                         "auto" runs without a table entry, the baseline of auto_table.py
-  triton, cuda          resnext_kernels.grouped_conv_bn_relu with that backend
+  triton, cuda          resnext_kernels.grouped_conv_bn_relu with that backend; rows record
+                        the kernel that ran (cuda_path; triton_path, and for Triton v3 the
+                        launch configuration: triton_config)
+  triton_v2             the triton backend with RESNEXT_KERNELS_TRITON_V3=0: Triton v2 on the
+                        calls v3 takes (not in --quick runs)
+  cuda_v3_band128/64    the cuda backend with RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS 128 or 64
 Weights: by default in the input's memory format, as `model.to(memory_format=torch.channels_last)`
 leaves a model's conv weights (cuDNN's grouped conv is much slower on a channels_last input with
 contiguous weights); --weight-layout contiguous keeps them NCHW whatever the input, as every
@@ -53,6 +58,7 @@ import common  # noqa: E402
 import resnext_kernels as rk  # noqa: E402
 from resnext_kernels import backends  # noqa: E402
 from resnext_kernels.backends.cuda_plan import cuda_conv_path  # noqa: E402
+from resnext_kernels.backends.triton_plan import sub_blocks, triton_conv_path  # noqa: E402
 from resnext_kernels.models.shapes import grouped_conv_shapes  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -62,8 +68,10 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # at 128 or 64 (v3's bands are up to 256 output pixels): more, smaller CTAs, for more halo rows
 # re-read; the GPU plan's bench step runs them beside "cuda" to measure which way v3 should go.
 V3_BAND_PROVIDERS = {"cuda_v3_band128": 128, "cuda_v3_band64": 64}
+# "triton_v2": the triton backend with RESNEXT_KERNELS_TRITON_V3=0 (Triton v2 on the calls v3
+# takes), to measure what v3 changed.
 GPU_PROVIDERS = ["cudnn_eager", "cudnn_folded", "compile_max_autotune", "reference", "triton",
-                 "cuda", *V3_BAND_PROVIDERS]
+                 "triton_v2", "cuda", *V3_BAND_PROVIDERS]
 CPU_PROVIDERS = ["cudnn_eager", "cudnn_folded"]
 TOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 8e-2}  # relative to max |ref|
 
@@ -109,25 +117,58 @@ def provider_fn(name, conv, bn, dtype, device):
             return reason
         return lambda x: rk.grouped_conv_bn_relu(x, conv.weight, scale, shift, stride=conv.stride,
                                                  groups=conv.groups, backend=name)
+    if name == "triton_v2":
+        ok, reason = backends.backend_status("triton", device.type)
+        if not ok:
+            return reason
+        return lambda x: with_environment(
+            "RESNEXT_KERNELS_TRITON_V3", "0",
+            lambda: rk.grouped_conv_bn_relu(x, conv.weight, scale, shift, stride=conv.stride,
+                                            groups=conv.groups, backend="triton"))
     if name in V3_BAND_PROVIDERS:
         ok, reason = backends.backend_status("cuda", device.type)
         if not ok:
             return reason
 
         def smaller_bands(x):  # the glue reads the variable on every call
-            variable = "RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS"
-            before = os.environ.get(variable)
-            os.environ[variable] = str(V3_BAND_PROVIDERS[name])
-            try:
-                return rk.grouped_conv_bn_relu(x, conv.weight, scale, shift, stride=conv.stride,
-                                               groups=conv.groups, backend="cuda")
-            finally:  # as it was: a user's own value still holds for the other providers
-                if before is None:
-                    del os.environ[variable]
-                else:
-                    os.environ[variable] = before
+            return with_environment(
+                "RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS", str(V3_BAND_PROVIDERS[name]),
+                lambda: rk.grouped_conv_bn_relu(x, conv.weight, scale, shift,
+                                                stride=conv.stride, groups=conv.groups,
+                                                backend="cuda"))
         return smaller_bands
     return f"unknown provider {name}"
+
+
+def triton_v3_config(cpg):
+    """The launch configuration of the last v3 call at cpg channels per group: the one Triton's
+    autotuner chose (BLOCK_M, warps, NUM_STAGES: 1 is L1-cached loads, 3 a cp.async pipeline),
+    or the fixed one."""
+    import importlib
+
+    launcher = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_bn_relu")
+    nsub = sub_blocks(cpg)[0]
+    if launcher._autotune_enabled():
+        config = getattr(launcher._launchable_v3_kernel(False, True, nsub), "best_config", None)
+    else:  # RESNEXT_KERNELS_TRITON_AUTOTUNE=0: the fixed configuration ran
+        config = launcher._V3_FIXED_GPU_CONFIG[nsub]
+    if config is None:
+        return None
+    return dict(config.kwargs, num_warps=config.num_warps)
+
+
+def with_environment(variable, value, call):
+    """call() with the environment variable set (the kernels read it on every call), then the
+    variable as it was: a user's own value still holds for the other providers."""
+    before = os.environ.get(variable)
+    os.environ[variable] = value
+    try:
+        return call()
+    finally:
+        if before is None:
+            del os.environ[variable]
+        else:
+            os.environ[variable] = before
 
 
 def check(fn, x, conv, bn):
@@ -206,6 +247,13 @@ def run_row(row, job, cases, device, args):
                 allow_tf32=torch.backends.cudnn.allow_tf32)
             if provider in V3_BAND_PROVIDERS:
                 row["cuda_v3_band_pixels"] = V3_BAND_PROVIDERS[provider]
+        if provider in ("triton", "triton_v2") and device.type == "cuda":
+            # which Triton kernel ran (rows without the field predate v3: "v2")
+            conv, x = case["conv"], case["inputs"][0][0]
+            row["triton_path"] = "v2" if provider == "triton_v2" else triton_conv_path(
+                x, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups)
+            if row["triton_path"] == "v3":  # what the autotuner chose (the last call's shape)
+                row["triton_config"] = triton_v3_config(conv.in_channels // conv.groups)
 
     common.measure_row(
         row, lambda: cases.get(si, dtype, layout),
@@ -227,8 +275,8 @@ def run(args, budget=None):
         print("No CUDA device: running the CPU providers (eager conv+BN+ReLU vs the folded "
               f"reference) on small shapes; GPU providers skipped: {', '.join(skipped)}")
     if args.quick and on_gpu and not args.providers:
-        providers = [p for p in providers
-                     if p != "compile_max_autotune" and p not in V3_BAND_PROVIDERS]
+        providers = [p for p in providers if p not in (
+            "compile_max_autotune", "triton_v2", *V3_BAND_PROVIDERS)]
     batch = args.batch or (128 if on_gpu else 1)
     dtypes = [DTYPES[d] for d in (args.dtypes or (["fp16", "bf16"] if on_gpu else ["fp32"]))]
     layouts = args.layouts or ["nhwc", "nchw"]

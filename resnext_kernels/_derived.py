@@ -3,8 +3,9 @@ computed once and reused while their sources are unchanged.
 
 A cached value is reused only while
 - every source is the same Python object, with the same version counter (bumped by in-place
-  ops: copy_, load_state_dict, foreach optimizer steps) and storage (`.data =` and
-  `module.to()` swap it);
+  ops: copy_, load_state_dict, foreach optimizer steps), data pointer, shape and strides
+  (`.data =` and `module.to()` swap them; the entry holds the sources' storages, so a swapped-in
+  storage cannot take the old one's address while the entry lives);
 - no torch.optim optimizer has stepped since (any of them, anywhere: fused optimizers such as
   Adam(fused=True) write parameters without a version bump);
 - clear_caches() has not been called since (for writes no version counter sees: in-place ops
@@ -66,7 +67,7 @@ class DerivedTensors:
                   or t.is_inference()):
                 return make()  # autograd must see it, or a subclass, or no version counter
             else:
-                state.append((t._version, t.data_ptr()))
+                state.append((t._version, t.data_ptr(), t.shape, t.stride()))
         first = sources[0]
         if first.is_cuda:
             if torch.cuda.is_current_stream_capturing():
@@ -90,7 +91,11 @@ class DerivedTensors:
         refs = [_NONE_REF if t is None else weakref.ref(t) for t in sources]
         if not self._single:  # when the keyed source is freed, its entry goes (its id may
             refs[0] = weakref.ref(first, lambda _, key=key: entries.pop(key, None))  # be reused)
-        entries[key] = (refs, state, value)
+        # The sources' storages, held while the entry lives: a `.data =` swap (no version
+        # bump) frees the old storage, and a new one at the same address would pass the
+        # data_ptr check; held, the address cannot come back before the entry is replaced.
+        storages = [None if t is None else t.untyped_storage() for t in sources]
+        entries[key] = (refs, state, value, storages)
         return value
 
     def clear(self):

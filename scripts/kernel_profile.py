@@ -158,7 +158,10 @@ def triton_layer(row, triton_kernels, shape):
         mix = body.get("mix", {})
         per_warp = sum(wavefronts_per_instruction(cat, n) for cat, n in mix.items())
         instr = sum(mix.values())
-        if launch["kernel"].startswith("conv"):
+        if launch["kernel"].startswith("conv_v3"):
+            model.append(triton_conv_v3_launch(sass, c, programs, warps, info["waves"], shape,
+                                               x_bytes, elem))
+        elif launch["kernel"].startswith("conv"):
             cpg, bn, bk, bm = shape["cpg"], c["BLOCK_N"], c["BLOCK_K"], c["BLOCK_M"]
             span = (math.ceil(bn / cpg) * cpg) if bn >= cpg else cpg
             iterations = 9 * math.ceil(span / bk)
@@ -209,6 +212,85 @@ def triton_layer(row, triton_kernels, shape):
                     1.0, instr / max(1, memory_instructions(mix))),
                 waves=info["waves"]))
     return model
+
+
+def triton_conv_v3_launch(sass, c, programs, warps, waves, shape, x_bytes, elem):
+    """One Triton conv v3 launch (backends/triton/grouped_conv_v3.py). Per program and tap: the
+    [BLOCK_M, 64] input tile and the tap's [NSUB, SUBW, SUBW] packed weights from L2 (cp.async
+    bypasses L1, so at NUM_STAGES > 1 nothing is re-read from L1: an upper bound for the
+    L1-cached NUM_STAGES 1 loads). Instructions and L1 wavefronts per program: the kernel's
+    static code (its noinline exact path for non-finite inputs apart: sass_mix) plus the hot
+    loop once more per further trip when the tap loop stayed rolled; the compiler unrolls it
+    (9 constant trips) in some configurations, and then the static code is what runs."""
+    taps, bm, ct = 9, c["BLOCK_M"], c["NSUB"] * c["SUBW"]
+    tile_bytes = (bm * ct + c["NSUB"] * c["SUBW"] ** 2) * elem
+    static = sass.get("mix", {})
+    hot = (sass.get("hot_loop") or {}).get("mix", {})
+    rolled = any(hot.get(k) for k in ("hmma", "hgmma"))
+    trips = (taps - (c["NUM_STAGES"] - 1)) if rolled else 1
+    instr = sum(static.values()) + (trips - 1) * sum(hot.values())
+    per_warp = (sum(wavefronts_per_instruction(k, n) for k, n in static.items())
+                + (trips - 1) * sum(wavefronts_per_instruction(k, n) for k, n in hot.items()))
+    # a wgmma reads its shared operand tiles itself (no ldmatrix in the mix): once per tap
+    operand = (taps * (bm * ct + ct * c["SUBW"]) * elem / tm.L1_WAVEFRONT_BYTES
+               if static.get("hgmma") else 0)
+    H_out = (shape["H"] - 1) // shape["stride"] + 1
+    y_bytes = x_bytes * H_out * H_out // (shape["H"] * shape["W"])
+    weights = shape["C"] * ct // c["NSUB"] * 9 * elem  # the packed weights, once from DRAM
+    return dict(dram_bytes=x_bytes + y_bytes + weights,
+                l2_bytes=programs * taps * tile_bytes,
+                l1_wavefronts=programs * (per_warp * warps + operand),
+                warp_instructions=programs * instr * warps,
+                waves=waves)
+
+
+def program_footprint_pixels(shape, block_m, images=2):
+    """Distinct in-bounds input pixels the 3x3 taps of one program read, on average over the
+    programs: BLOCK_M consecutive output pixels of the flat (n, ho, wo) order, padding 1. This
+    is what crosses from L2 when L1 keeps what a program re-reads (L1-cached loads); computed
+    exactly over `images` images (tiles that cross an image boundary included)."""
+    H, W, stride = shape["H"], shape["W"], shape["stride"]
+    H_out, W_out = (H - 1) // stride + 1, (W - 1) // stride + 1
+    total = images * H_out * W_out
+    pixels, tiles = 0, 0
+    for start in range(0, total, block_m):
+        seen = set()
+        for m in range(start, min(start + block_m, total)):
+            n, rest = divmod(m, H_out * W_out)
+            ho, wo = divmod(rest, W_out)
+            for kh in range(3):
+                hi = ho * stride - 1 + kh
+                if not 0 <= hi < H:
+                    continue
+                for kw in range(3):
+                    wi = wo * stride - 1 + kw
+                    if 0 <= wi < W:
+                        seen.add((n, hi, wi))
+        pixels += len(seen)
+        tiles += 1
+    return pixels / tiles
+
+
+def triton_v3_l1_cached(model, shape, elem, c):
+    """Triton v3 with NUM_STAGES 1 (L1-cached ld.global instead of cp.async, which bypasses
+    L1), predicted: the same launch with its L2 bytes cut to each program's input footprint
+    (program_footprint_pixels) plus its 9 taps' weights; the instruction count kept (the
+    NUM_STAGES 1 and 3 compiles differ by under 1% in static instructions at BLOCK_M 128, 8
+    warps: triton_aot_check). The footprint model matched Triton v2's measured L2->SM traffic
+    (docs/KERNELS.md, "Triton v3"). No latency term: these loads are not prefetched."""
+    launch = dict(model[0])
+    programs = launch["l2_bytes"] / (9 * (c["BLOCK_M"] * 64 + c["NSUB"] * c["SUBW"] ** 2) * elem)
+    footprint = program_footprint_pixels(shape, c["BLOCK_M"]) * 64 * elem
+    weights = 9 * c["NSUB"] * c["SUBW"] ** 2 * elem
+    launch["l2_bytes"] = programs * (footprint + weights)
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
+    out = dict(l2_to_sm_per_input_byte=launch["l2_bytes"] / x_bytes,
+               l2_to_sm_per_input_byte_cp_async=model[0]["l2_bytes"] / x_bytes)
+    for gpu in GPUS:
+        p = tm.predict(gpu, [launch])
+        out[f"predicted_us_{gpu}"] = p["time_us"]
+        out[f"bound_{gpu}"] = p["bound"]
+    return out
 
 
 def cudnn_eager_traffic(shape, elem):
@@ -266,7 +348,8 @@ def measured_cuda_path(row):
 
 
 def measured_rows():
-    """{(model, layer, provider, layout, dtype): p50 us} and the source files, from the GPU
+    """{(model, layer, provider, layout, dtype): (p50 us, the kernel: cuda_path or triton_path)}
+    and the source files, from the GPU
     results (fp16, bf16): every file is read, oldest first, so each row holds its newest
     measurement (a later run of a few providers, such as the GPU plan's max-autotune step, leaves
     the rest as they were)."""
@@ -282,7 +365,8 @@ def measured_rows():
             for r in rows:
                 provider = {"eager": "cudnn_eager"}.get(r["provider"], r["provider"])
                 out[(r["model"], r[key], provider, measured_layout(prefix, r),
-                     MEASURED_DTYPES[r["dtype"]])] = (r["p50_ms"] * 1e3, r.get("cuda_path"))
+                     MEASURED_DTYPES[r["dtype"]])] = (r["p50_ms"] * 1e3,
+                                                      r.get("cuda_path") or r.get("triton_path"))
     return out, sources
 
 
@@ -293,6 +377,24 @@ def same_cuda_kernel(measured_path, profiled_path):
     if measured_path is None:
         return kernel != "v3"
     return measured_path == kernel
+
+
+def same_kernel(backend, shape, profiled, measured_path):
+    """Whether a measured conv row ran the kernel whose prediction it would sit beside."""
+    if shape["op"] != "conv":
+        return True
+    if backend == "cuda":
+        return same_cuda_kernel(measured_path, profiled)
+    if backend == "triton":
+        return same_triton_kernel(measured_path, profiled)
+    return True
+
+
+def same_triton_kernel(measured_path, profiled_label):
+    """Whether a measured Triton row ran the profiled conv kernel (its launch label: "conv_v3
+    ..." or "conv ..." for v2). Rows without triton_path predate v3: v2."""
+    kernel = "v3" if profiled_label.startswith("conv_v3") else "v2"
+    return (measured_path or "v2") == kernel
 
 
 def stand_in(path):
@@ -346,8 +448,13 @@ def build(blocks: int):
         for row in triton_rows:
             if (row["model"], row["layer"], row["dtype"]) == (shape["model"], shape["layer"],
                                                               dtype):
-                entries.append(("triton", row["layout"], triton_layer(row, triton_kernels, shape),
-                                {}, row["launches"][0]["kernel"],
+                model = triton_layer(row, triton_kernels, shape)
+                label = row["launches"][0]["kernel"]
+                extra = {}
+                if label.startswith("conv_v3"):  # and its L1-cached variant, predicted apart
+                    extra["l1_cached"] = triton_v3_l1_cached(
+                        model, shape, elem, row["launches"][0]["sm_90"]["constexprs"])
+                entries.append(("triton", row["layout"], model, extra, label,
                                 [l["kernel"] for l in row["launches"]]))
         if shape["op"] == "conv":
             entries.append(("cudnn_eager", "nhwc", cudnn_eager_traffic(shape, elem), {},
@@ -374,8 +481,8 @@ def build(blocks: int):
                 candidates.append("nhwc,w-nchw")
             found = [c for c in candidates
                      if (shape["model"], shape["layer"], backend, c, dtype) in measured
-                     and (backend != "cuda" or shape["op"] != "conv" or same_cuda_kernel(
-                         measured[(shape["model"], shape["layer"], backend, c, dtype)][1], path))]
+                     and same_kernel(backend, shape, path, measured[
+                         (shape["model"], shape["layer"], backend, c, dtype)][1])]
             if found:
                 m = measured[(shape["model"], shape["layer"], backend, found[0], dtype)][0]
                 entry["measured_us"] = m
@@ -458,6 +565,28 @@ def markdown(report):
         t[1] += tm.floor_us("H100 SXM", p["floor_bytes"]) * p["count"]
     for (model, backend, layout), (t, f) in sorted(totals.items()):
         lines.append(f"| {model} | {backend} | {layout} | {t / 1e3:.3f} | {100 * f / t:.0f} |")
+    lines += ["", "## Triton v3: the cp.async pipeline (the fixed configuration above) against "
+              "L1-cached loads (NUM_STAGES 1)", "",
+              "Predicted, H100 SXM. cp.async (NUM_STAGES 3) bypasses L1, so every tap's tile "
+              "comes from L2; with NUM_STAGES 1 the loads are L1-cached, and the L2 term is each "
+              "program's input footprint plus its weights (kernel_profile.triton_v3_l1_cached; "
+              "no latency term: those loads are not prefetched). The GPU's autotuner chooses "
+              "between them per shape.", "",
+              "| layer | dtype | layout | L2→SM/in cp.async | L2→SM/in L1-cached | pred us cp.async "
+              "| pred us L1-cached | % floor L1-cached | bound L1-cached |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for p in report["paths"]:
+        alt = p.get("l1_cached")
+        if not alt:
+            continue
+        floor = tm.floor_us("H100 SXM", p["floor_bytes"])
+        lines.append(
+            f"| {p['model']} {p['layer']} | {p['dtype']} | {p['layout']} | "
+            f"{fmt(alt['l2_to_sm_per_input_byte_cp_async'])} | "
+            f"{fmt(alt['l2_to_sm_per_input_byte'])} | {fmt(p['predicted_us_H100 SXM'], '.1f')} | "
+            f"{fmt(alt['predicted_us_H100 SXM'], '.1f')} | "
+            f"{fmt(100 * floor / alt['predicted_us_H100 SXM'], '.0f')} | "
+            f"{alt['bound_H100 SXM']} |")
     return "\n".join(lines) + "\n"
 
 

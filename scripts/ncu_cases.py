@@ -15,8 +15,9 @@ Cases, fp16 channels_last at batch 128 unless named otherwise:
 - conv, backends cuda, triton and reference (cuDNN, BN folded): the first real layer of every
   (channels per group, stride) class of resnext50_32x4d and resnext101_32x8d;
 - conv variants on the cpg 8 stride 1 layer: bf16, NCHW, fp32 with TF32 (the TF32 tensor-core
-  path) and without (the CUDA direct kernel), and for the cuda backend fp16 channels_last on v2
-  (RESNEXT_KERNELS_CUDA_V3=0: the kernel v3 replaced, for comparison);
+  path) and without (the CUDA direct kernel), and fp16 channels_last on each backend's v2
+  (RESNEXT_KERNELS_CUDA_V3=0, RESNEXT_KERNELS_TRITON_V3=0: the kernels v3 replaced, for
+  comparison);
 - SE (bottleneck tail: u * s + residual, ReLU), backends cuda, triton and reference, at every
   seresnext50_32x4d SE stage.
 --device cpu (the plan's dry run) builds and runs the same cases on the CPU with the backends
@@ -60,6 +61,9 @@ def conv_cases(backends):
         if backend == "cuda":
             yield dict(probe, dtype="fp16", layout="nhwc", tf32=False, op="conv", backend=backend,
                        cuda_v3=False)
+        if backend == "triton":
+            yield dict(probe, dtype="fp16", layout="nhwc", tf32=False, op="conv", backend=backend,
+                       triton_v3=False)
 
 
 def se_cases(backends):
@@ -72,7 +76,7 @@ def se_cases(backends):
 def case_name(case):
     if case["op"] == "conv":
         tf32 = "/tf32" if case["dtype"] == "fp32" and case["tf32"] else ""
-        v2 = " v2" if case.get("cuda_v3") is False else ""
+        v2 = " v2" if case.get("cuda_v3") is False or case.get("triton_v3") is False else ""
         return (f"conv {case['backend']}{v2} cpg{case['cpg']} s{case['stride']} C{case['C']} "
                 f"{case['H']}x{case['W']} {case['dtype']}{tf32} {case['layout']}")
     return f"se {case['backend']} C{case['C']} R{case['R']} {case['H']}x{case['W']} " \
@@ -112,6 +116,8 @@ def build_call(case, batch, device, seed):
             torch.backends.cudnn.allow_tf32 = case["tf32"]
             # read by the CUDA glue on every call
             os.environ["RESNEXT_KERNELS_CUDA_V3"] = "0" if case.get("cuda_v3") is False else "1"
+            os.environ["RESNEXT_KERNELS_TRITON_V3"] = (
+                "0" if case.get("triton_v3") is False else "1")
             return rk.grouped_conv_bn_relu(x, w, scale, shift, stride=case["stride"], groups=G,
                                            backend=case["backend"])
         return call

@@ -140,15 +140,36 @@ def hot_loop(instrs):
     return start, end, m
 
 
+def split_subroutines(functions):
+    """Subroutines (the targets of CALL.REL: a Triton noinline function, which ptxas places
+    after the kernel's own code in the same function) as functions of their own, named
+    '<kernel>/subroutine@<offset>', so a rarely called path's loops are not taken for the
+    kernel's hot loop and its instructions are not counted as the kernel's."""
+    out = {}
+    for name, instrs in functions.items():
+        targets = sorted({int(t.group(1), 16) for _, op, args in instrs
+                          if op.startswith("CALL.REL")
+                          for t in [re.search(r"0x([0-9a-f]+)", args)] if t})
+        if not targets:
+            out[name] = instrs
+            continue
+        out[name] = [i for i in instrs if i[0] < targets[0]]
+        for start, end in zip(targets, targets[1:] + [None]):
+            out[f"{name}/subroutine@{start:x}"] = [
+                i for i in instrs if i[0] >= start and (end is None or i[0] < end)]
+    return out
+
+
 def profile_cubin(path):
-    """{function: {"instructions": n, "mix": {...}, "hot_loop": {...} or None}}."""
+    """{function: {"instructions": n, "mix": {...}, "hot_loop": {...} or None}}, subroutines
+    apart (split_subroutines)."""
     cuobjdump = tool("cuobjdump")
     if cuobjdump is None:
         raise RuntimeError("no cuobjdump (CUDA's or Triton's) to disassemble with")
     sass = subprocess.run([cuobjdump, "-sass", str(path)], capture_output=True, text=True,
                           check=True).stdout
     out = {}
-    for name, instrs in parse(sass).items():
+    for name, instrs in split_subroutines(parse(sass)).items():
         hot = hot_loop(instrs)
         out[name] = dict(
             instructions=len(instrs), mix=dict(mix(instrs)),

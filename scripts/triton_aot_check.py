@@ -75,10 +75,12 @@ from resnext_kernels.models.shapes import grouped_conv_shapes, se_shapes  # noqa
 
 # importlib: the package re-exports the launchers under the modules' own names
 conv = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_bn_relu")
+conv_v3 = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_v3")
 se = importlib.import_module("resnext_kernels.backends.triton.squeeze_excite")
 
 KERNELS = {
     "conv": conv._grouped_conv_bn_relu_kernel,
+    "conv_v3": conv_v3._grouped_conv_v3_kernel,
     "se_squeeze": se._se_squeeze_kernel,
     "se_fc": se._se_fc_kernel,
     "se_scale": se._se_scale_kernel,
@@ -113,6 +115,10 @@ SE_LAYOUTS = ("nhwc", "nchw")
 #     in every --all-configs run so far) of CI_CONFIG_SHAPES: does each config compile, and
 #     does it spill where pressure peaks.
 #  4. every SE path (they are few).
+#  5. conv v3 (channels_last fp16/bf16: every such call of the models now runs it) as 1-3 for
+#     v2: every fp16 call at its fixed config (the one the GPU plan's tests and the GPU-free
+#     profile run), bf16 on CI_CONFIG_SHAPES there, and every other config on the fp16
+#     CI_CONFIG_SHAPES at batch 128.
 def _reference_config():
     c = max(conv._GPU_CONFIGS, key=lambda c: (c.kwargs["BLOCK_M"] / c.num_warps, -c.num_warps,
                                              -c.num_stages))
@@ -126,12 +132,25 @@ CI_CONFIG_SHAPES = {(128, 56, 32, 1), (1024, 14, 32, 1), (2048, 7, 32, 1)}
 
 
 def config_of(path):
-    return (constexpr_values(path)["BLOCK_M"], path["options"]["num_warps"],
-            path["options"]["num_stages"])
+    c = constexpr_values(path)
+    stages = c["NUM_STAGES"] if path["kernel"] == "conv_v3" else path["options"]["num_stages"]
+    return (c["BLOCK_M"], path["options"]["num_warps"], stages)
+
+
+V3_FIXED_CONFIGS = {nsub: (c.kwargs["BLOCK_M"], c.num_warps, c.kwargs["NUM_STAGES"])
+                    for nsub, c in conv._V3_FIXED_GPU_CONFIG.items()}
 
 
 def in_ci(path):
     """Whether the default (CI) run compiles this path: see the comment above _reference_config."""
+    if path["kernel"] == "conv_v3":
+        fixed = config_of(path) == V3_FIXED_CONFIGS[constexpr_values(path)["NSUB"]]
+        for c in path["cases"]:
+            sample = (c["batch"] == 128 and
+                      (c["C_in"], c["H"], c["groups"], c["stride"]) in CI_CONFIG_SHAPES)
+            if fixed and (c["dtype"] == "fp16" or sample) or c["dtype"] == "fp16" and sample:
+                return True
+        return False
     if path["kernel"] != "conv":
         return True
     reference = config_of(path) == REFERENCE_CONFIG
@@ -375,11 +394,13 @@ def compile_path(job, sass=False):
 
 
 # Launches compiled both by the JIT itself (JITFunction._do_compile) and as this script compiles
-# every path, in the self-check: the autotuned conv (its first config) in both layouts, the SE
-# kernels (plain JIT launches).
+# every path, in the self-check: the autotuned conv v3 (channels_last fp16) and v2 (its first
+# config, channels_last fp32 and NCHW), the SE kernels (plain JIT launches).
 SELF_CHECK = [
-    (90, "conv 128x56² g32 s1, b128 fp16 nhwc", 1,
+    (90, "conv v3 128x56² g32 s1, b128 fp16 nhwc", 1,
      conv_launch(128, 56, 56, 128, 32, 1, 128, "fp16", "nhwc")),
+    (90, "conv 128x56² g32 s1, b128 fp32 nhwc", 1,
+     conv_launch(128, 56, 56, 128, 32, 1, 128, "fp32/tf32", "nhwc")),
     (80, "conv 512x28² g32 s2, b1 bf16 nchw", 1,
      conv_launch(512, 28, 28, 512, 32, 2, 1, "bf16", "nchw")),
     (90, "SE 256x56² R16, b128 fp16 nhwc, fc fp32", 3,
@@ -465,6 +486,10 @@ def path_label(path):
             dt += "/" + c["DOT_PRECISION"]
         return (f"conv {arch} {dt} N{c['BLOCK_N']} K{c['BLOCK_K']} M{c['BLOCK_M']} "
                 f"w{o['num_warps']} s{o['num_stages']}" + (" i64" if c["INDEX_64"] else ""))
+    if kernel == "conv_v3":
+        return (f"conv_v3 {arch} {path['signature']['x_ptr'][1:]} {c['NSUB']}x{c['SUBW']} "
+                f"cpg{c['CPG']} M{c['BLOCK_M']} w{o['num_warps']} p{c['NUM_STAGES']}"
+                + (" i64" if c["INDEX_64"] else ""))
     if kernel == "se_fc":  # the excite's two launches: hidden (ReLU), then gate (sigmoid)
         return (f"se_fc {arch} w{path['signature']['w_ptr'][1:]} "
                 f"{'sigmoid' if c['SIGMOID'] else 'relu'} N{c['BLOCK_N']} J{c['BLOCK_J']} "
@@ -503,7 +528,7 @@ def is_fatal_spill(path):
 
 def sort_key(path):
     c = constexpr_values(path)
-    order = ["conv", "se_squeeze", "se_fc", "se_scale"].index(path["kernel"])
+    order = ["conv_v3", "conv", "se_squeeze", "se_fc", "se_scale"].index(path["kernel"])
     return (-path["arch"], order, path_label(path).split()[2], c.get("BLOCK_N", 0),
             c.get("BLOCK_M", 0), path["options"]["num_warps"], path["options"]["num_stages"],
             key_string(path))
@@ -542,9 +567,10 @@ def cpg_summary(paths, results):
     {(arch, dtype): {cpg: (lowest, highest, largest spill)}}."""
     table = collections.defaultdict(dict)
     for path, r in zip(paths, results):
-        if path["kernel"] != "conv" or "error" in r or r["regs"] is None:
+        if not path["kernel"].startswith("conv") or "error" in r or r["regs"] is None:
             continue
-        row = table[(path["arch"], path_label(path).split()[2])]
+        dtype = path_label(path).split()[2]
+        row = table[(path["arch"], dtype if path["kernel"] == "conv" else f"v3 {dtype}")]
         for cpg in {c["cpg"] for c in path["cases"]}:
             lo, hi, spill = row.get(cpg, (r["regs"], r["regs"], 0))
             row[cpg] = (min(lo, r["regs"]), max(hi, r["regs"]), max(spill, r["spills"]))

@@ -49,6 +49,37 @@ def test_sass_mix_reads_widths_ldmatrix_and_the_hot_loop():
     assert hot["hmma"] == 2 and hot["ldmatrix_x4"] == 2 and "global_store_4B" not in hot
 
 
+# A kernel whose only HMMA loop is in a subroutine after its EXIT (a Triton noinline function),
+# and its own code unrolled: one HMMA, no loop.
+SASS_WITH_SUBROUTINE = """
+                Function : kernel_with_call
+        /*0000*/                   LDG.E.128 R4, desc[UR6][R10.64] ;
+        /*0010*/                   HMMA.16816.F32 R20, R12, R16, R20 ;
+        /*0020*/              @P0  CALL.REL.NOINC 0x60 ;
+        /*0030*/                   STG.E desc[UR6][R8.64], R20 ;
+        /*0040*/                   EXIT ;
+        /*0050*/                   BRA 0x50;
+        /*0060*/                   HMMA.16816.F32 R24, R12, R18, R24 ;
+        /*0070*/                   LDG.E.U16 R3, desc[UR6][R8.64] ;
+        /*0080*/               @!P1 BRA 0x60 ;
+        /*0090*/                   RET.REL.NODEC R14 0x0 ;
+"""
+
+
+def test_sass_mix_keeps_a_subroutine_apart():
+    """A CALL.REL target's code is its own function: its loop is not the kernel's hot loop and
+    its instructions are not counted as the kernel's."""
+    functions = sass_mix.split_subroutines(sass_mix.parse(SASS_WITH_SUBROUTINE))
+    assert sorted(functions) == ["kernel_with_call", "kernel_with_call/subroutine@60"]
+    kernel = functions["kernel_with_call"]
+    assert [o for o, _, _ in kernel] == [0x0, 0x10, 0x20, 0x30, 0x40, 0x50]
+    assert sass_mix.mix(kernel)["hmma"] == 1 and "global_load_2B" not in sass_mix.mix(kernel)
+    start, end, hot = sass_mix.hot_loop(functions["kernel_with_call/subroutine@60"])
+    assert (start, end) == (0x60, 0x80) and hot["hmma"] == 1
+    hot_in_kernel = sass_mix.hot_loop(kernel)  # only the self-loop at 0x50, no HMMA in it
+    assert hot_in_kernel is None or not hot_in_kernel[2].get("hmma")
+
+
 @pytest.mark.parametrize("regs, threads, smem, blocks, limit", [
     (64, 128, 8064, 8, "registers"),        # 4 warps x 2048 registers: 8 blocks
     (40, 128, 8064, 12, "registers"),       # 40 -> 1280 per warp (units of 256)
@@ -187,6 +218,16 @@ def test_measured_cuda_rows_meet_only_the_kernel_they_ran():
     assert kernel_profile.same_cuda_kernel("v3", "path v3 block_channels 0 workspace_bytes 9")
     assert not kernel_profile.same_cuda_kernel("v3", "path wmma block_channels 16 x")
     assert not kernel_profile.same_cuda_kernel("wmma", "path v3 block_channels 0 x")
+
+
+def test_measured_triton_rows_meet_only_the_kernel_they_ran():
+    """Triton rows without triton_path predate v3 (v2 ran): they stand for v2's prediction
+    only, and v3 rows only for v3's."""
+    v3_label, v2_label = "conv_v3 sm_90 fp16 4x16 cpg4 M128 w8 p3 nhwc", "conv sm_90 fp16 N16"
+    assert kernel_profile.same_triton_kernel(None, v2_label)
+    assert not kernel_profile.same_triton_kernel(None, v3_label)
+    assert kernel_profile.same_triton_kernel("v3", v3_label)
+    assert not kernel_profile.same_triton_kernel("v2", v3_label)
 
 
 def test_other_dtypes_cover_every_cpg_stride_class_and_se_stage():

@@ -1,4 +1,7 @@
 """The Triton backend: one file per kernel (jit kernels, then their launcher)."""
 
-from .grouped_conv_bn_relu import grouped_conv_bn_relu  # noqa: F401
+from .grouped_conv_bn_relu import (  # noqa: F401
+    grouped_conv_bn_relu,
+    grouped_conv_bn_relu_direct,
+)
 from .squeeze_excite import squeeze_excite  # noqa: F401

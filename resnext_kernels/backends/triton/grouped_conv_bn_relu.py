@@ -21,7 +21,10 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
+from ..._derived import DerivedTensors
 from .. import triton_interpreter_enabled
+from ..triton_plan import eligible, v3_enabled
+from . import grouped_conv_v3
 from ._device import on_device
 
 
@@ -175,8 +178,45 @@ def _launchable_kernel(interpreted: bool, autotune: bool = True):
     )(_grouped_conv_bn_relu_kernel)
 
 
+# v3's launch configurations (BLOCK_M, warps, NUM_STAGES) per sub-block class (NSUB, see
+# triton_plan.sub_blocks). NUM_STAGES 3 pipelines the taps' loads through cp.async (which
+# bypasses L1: each tap's tile comes from L2), 1 loads them with L1-cached ld.global (a
+# program's 9 taps re-read its pixels from L1, with no prefetch). Which wins is for a GPU to say.
+# - NSUB 4 (cpg <= 16, a batch of four mma.sync GEMMs): 4 warps, one per sub-block. Triton lays
+#   the warps of a batched dot along the batch first, so 8 warps computed every MMA twice.
+# - NSUB 1 (cpg 32, 64: one wgmma GEMM on sm_90): 4 or 8 warps along the pixels.
+_V3_GPU_CONFIGS = {
+    4: [triton.Config({"BLOCK_M": bm, "NUM_STAGES": ns}, num_warps=4)
+        for bm in (64, 128) for ns in (3, 1)],
+    1: [triton.Config({"BLOCK_M": bm, "NUM_STAGES": ns}, num_warps=nw)
+        for bm, nw in ((64, 4), (128, 8)) for ns in (3, 1)],
+}
+# the fixed configurations (RESNEXT_KERNELS_TRITON_AUTOTUNE=0, the GPU-free profile): the
+# cp.async pipeline on the tile with the fewest registers (105 at NSUB 4, sm_90; 86-120 at 1)
+_V3_FIXED_GPU_CONFIG = {4: _V3_GPU_CONFIGS[4][0], 1: _V3_GPU_CONFIGS[1][2]}
+
+
+@functools.lru_cache(maxsize=None)
+def _launchable_v3_kernel(interpreted: bool, autotune: bool = True, nsub: int = 4):
+    if interpreted or not autotune:
+        return grouped_conv_v3._grouped_conv_v3_kernel
+    return triton.autotune(
+        configs=_V3_GPU_CONFIGS[nsub],
+        key=["C", "CPG", "H", "W", "H_out", "W_out", "M", "stride_h", "sxw"],
+    )(grouped_conv_v3._grouped_conv_v3_kernel)
+
+
 # Tensors whose extent stays within this use 32-bit offsets (fewer registers per tile).
 INDEX_32_LIMIT = 2**31 - 1
+
+
+def _v3_index_64(x, y, packed, padding, dilation, KH, KW) -> bool:
+    """Whether v3 needs 64-bit offsets: a tensor's extent, or an address a tap forms beyond
+    x's (v3 adds each tap's offset to the address of tap (0, 0), which lies in the padding),
+    passes the 32-bit limit."""
+    reach = ((padding[0] + dilation[0] * (KH - 1)) * abs(x.stride(2))
+             + (padding[1] + dilation[1] * (KW - 1)) * abs(x.stride(3)))
+    return max(_max_offset(x) + reach, _max_offset(y), _max_offset(packed)) > INDEX_32_LIMIT
 
 
 def _max_offset(t):
@@ -184,35 +224,80 @@ def _max_offset(t):
     return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
 
 
-def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups, relu):
-    """Launcher. Arguments are validated by the op (resnext_kernels/ops/grouped_conv_bn_relu.py)."""
-    N, C_in, H, W = x.shape
+def _output(x, weight, stride, padding, dilation):
+    """The op's output, in x's memory format."""
+    N, _, H, W = x.shape
     C_out, _, KH, KW = weight.shape
     H_out = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
     W_out = (W + 2 * padding[1] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
-    y = torch.empty(
-        (N, C_out, H_out, W_out),
-        dtype=x.dtype,
-        device=x.device,
-        memory_format=suggest_memory_format(x),
-    )
+    return torch.empty((N, C_out, H_out, W_out), dtype=x.dtype, device=x.device,
+                       memory_format=suggest_memory_format(x))
+
+
+def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups, relu):
+    """Launcher. Arguments are validated by the op (resnext_kernels/ops/grouped_conv_bn_relu.py).
+    Packs v3's weights on every call: nothing may outlive a dispatched call (a compiled graph's
+    CUDA-graph pool); direct calls keep the pack (grouped_conv_bn_relu_direct)."""
+    y = _output(x, weight, stride, padding, dilation)
     if y.numel() == 0:
         return y
+    if v3_enabled() and eligible(x, weight, y, groups):
+        packed = grouped_conv_v3.pack_weight(weight, groups, x.dtype)
+        return _launch_v3(x, packed, scale, shift, y, stride, padding, dilation, groups, relu,
+                          weight.shape[2], weight.shape[3])
+    return _launch_v2(x, weight, scale, shift, y, stride, padding, dilation, groups, relu)
+
+
+# v3's packed weights per weight tensor, reused while the weight is unchanged (direct calls only)
+_PACKED = DerivedTensors()
+
+
+def grouped_conv_bn_relu_direct(x, weight, scale, shift, stride, padding, dilation, groups,
+                                relu):
+    """The direct-call variant (plain eager, ops/_direct.py): v3's weight pack is made once per
+    weight tensor and dtype and reused while the weight is unchanged (resnext_kernels/_derived.py
+    says what "unchanged" covers)."""
+    y = _output(x, weight, stride, padding, dilation)
+    if y.numel() == 0:
+        return y
+    if v3_enabled() and eligible(x, weight, y, groups):
+        dtype = x.dtype
+        packed = _PACKED.get((weight,), (dtype, groups),
+                             lambda: grouped_conv_v3.pack_weight(weight, groups, dtype))
+        return _launch_v3(x, packed, scale, shift, y, stride, padding, dilation, groups, relu,
+                          weight.shape[2], weight.shape[3])
+    return _launch_v2(x, weight, scale, shift, y, stride, padding, dilation, groups, relu)
+
+
+def _dot_meta(x, interpreted):
+    is_fp32 = x.dtype == torch.float32
+    return dict(
+        DOT_IN_FP32=is_fp32 or interpreted,
+        DOT_PRECISION="tf32" if (is_fp32 and torch.backends.cudnn.allow_tf32) else "ieee",
+    )
+
+
+def _interpreted(x) -> bool:
+    return triton_interpreter_enabled() or x.device.type == "cpu"
+
+
+def _launch_v2(x, weight, scale, shift, y, stride, padding, dilation, groups, relu):
+    N, C_in, H, W = x.shape
+    C_out, _, KH, KW = weight.shape
+    H_out, W_out = y.shape[2], y.shape[3]
     scale = scale.to(torch.float32).contiguous()
     shift = shift.to(torch.float32).contiguous()
     cpg_in, cpg_out = C_in // groups, C_out // groups
     block_n, block_k = _channel_tiles(cpg_in, cpg_out)
-    interpreted = triton_interpreter_enabled() or x.device.type == "cpu"
-    is_fp32 = x.dtype == torch.float32
+    interpreted = _interpreted(x)
     meta = dict(
         INDEX_64=max(_max_offset(t) for t in (x, weight, y)) > INDEX_32_LIMIT,
         KH=KH,
         KW=KW,
         APPLY_RELU=bool(relu),
-        DOT_IN_FP32=is_fp32 or interpreted,
-        DOT_PRECISION="tf32" if (is_fp32 and torch.backends.cudnn.allow_tf32) else "ieee",
         BLOCK_N=block_n,
         BLOCK_K=block_k,
+        **_dot_meta(x, interpreted),
     )
     autotune = not interpreted and _autotune_enabled()
     if interpreted:
@@ -238,3 +323,43 @@ def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, gro
         )
     return y
 
+
+def _launch_v3(x, packed, scale, shift, y, stride, padding, dilation, groups, relu, KH, KW):
+    N, C, H, W = x.shape
+    H_out, W_out = y.shape[2], y.shape[3]
+    M = N * H_out * W_out
+    cpg = C // groups
+    nsub, subw = grouped_conv_v3.sub_blocks(cpg)
+    interpreted = _interpreted(x)
+    meta = dict(
+        KH=KH,
+        KW=KW,
+        NSUB=nsub,
+        SUBW=subw,
+        CPG=cpg,
+        APPLY_RELU=bool(relu),
+        INDEX_64=_v3_index_64(x, y, packed, padding, dilation, KH, KW),
+        **_dot_meta(x, interpreted),
+    )
+    autotune = not interpreted and _autotune_enabled()
+    if interpreted:
+        meta.update(BLOCK_M=_INTERPRETER_BLOCK_M, NUM_STAGES=1)
+    elif not autotune:
+        fixed = _V3_FIXED_GPU_CONFIG[nsub]
+        meta.update(fixed.kwargs, num_warps=fixed.num_warps)
+    n_ct = C // grouped_conv_v3.CHANNEL_TILE
+
+    def grid(m):
+        return (triton.cdiv(M, m["BLOCK_M"]) * n_ct,)
+
+    with on_device(x):
+        _launchable_v3_kernel(interpreted, autotune, nsub)[grid](
+            x, packed, scale.to(torch.float32).contiguous(), shift.to(torch.float32).contiguous(),
+            y,
+            C, H, W, H_out, W_out, M,
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+            x.stride(0), x.stride(2), x.stride(3),
+            y.stride(0), y.stride(2), y.stride(3),
+            **meta,
+        )
+    return y
