@@ -9,7 +9,9 @@
 #                       ResNeXt / SE-ResNeXt shapes, opcheck, torch.compile, the swapped models
 #   bench          220  benchmarks/grouped_conv.py: resnext50_32x4d + resnext101_32x8d, batch
 #                       128, fp16/bf16, channels_last, cudnn_eager cudnn_folded reference triton
-#                       (v3) triton_v2 cuda, and CUDA v3 with bands of at most 128 and 64 pixels
+#                       cuda, and CUDA v3 with bands of at most 128 and 64 output pixels
+#                       (Triton v2's rows for comparison with v3: the H100 runs of 46be7db and
+#                       f43d976; the triton_v2 provider would cost this step its margin)
 #                       (cuda_v3_band128/64: more, smaller CTAs; device time, host time,
 #                       CUDA-graph time); then the auto table
 #   host            60  benchmarks/overhead_gpu.py: host time per call, layer by layer (aten, the
@@ -180,7 +182,7 @@ step_bench() {
     args+=(--batch 1 --dtypes fp32 --layouts nhwc --shape 64,8,8,16,1 --reps 2)
   else
     args+=(--batch 128 --models resnext50_32x4d resnext101_32x8d --dtypes fp16 bf16
-           --layouts nhwc --providers cudnn_eager cudnn_folded reference triton triton_v2 cuda
+           --layouts nhwc --providers cudnn_eager cudnn_folded reference triton cuda
            cuda_v3_band128 cuda_v3_band64 --reps 20)
   fi
   run_logged "$1" "$LOGDIR/bench.log" $PY "$REPO/benchmarks/grouped_conv.py" "${args[@]}"

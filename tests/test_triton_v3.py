@@ -50,6 +50,9 @@ def path(x, w, groups, stride=1, padding=1, dilation=1):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_v3_matches_conv_bn_relu(device, poison_outputs, cpg, stride, dtype):
+    if device == "cuda" and cpg < 4:
+        pytest.skip("cpg 1 and 2 are no ResNeXt class: the interpreter covers them, and each "
+                    "class is a compile the GPU plan's test step would pay for")
     x, w, scale, shift, bn, groups = v3_case(cpg, dtype, device, 500 + cpg * 10 + stride)
     assert path(x, w, groups, stride) == "v3"
     run_and_check("triton", device, x, w, scale, shift, bn, poison_outputs, stride=stride,
