@@ -39,16 +39,21 @@ def eligible(x, weight, y, groups) -> bool:
     return x.stride(1) == 1 and y.stride(1) == 1
 
 
-def triton_conv_path(x, weight, stride, padding, dilation, groups) -> str:
-    """"v3" or "v2" for this call (any tensors: meta ones too)."""
+def output_size(x, weight, stride, padding, dilation):
+    """(N, C_out, H_out, W_out) of the conv (stride, padding, dilation: pairs)."""
     N, _, H, W = x.shape
     C_out, _, KH, KW = weight.shape
-    stride, padding, dilation = (tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-                                 for v in (stride, padding, dilation))
     H_out = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
     W_out = (W + 2 * padding[1] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
-    if H_out <= 0 or W_out <= 0:  # (the op refuses such calls)
+    return N, C_out, H_out, W_out
+
+
+def triton_conv_path(x, weight, stride, padding, dilation, groups) -> str:
+    """"v3" or "v2" for this call (any tensors: meta ones too)."""
+    stride, padding, dilation = (tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+                                 for v in (stride, padding, dilation))
+    size = output_size(x, weight, stride, padding, dilation)
+    if size[2] <= 0 or size[3] <= 0:  # (the op refuses such calls)
         return "v2"
-    y = torch.empty((N, C_out, H_out, W_out), device="meta",
-                    memory_format=suggest_memory_format(x))
+    y = torch.empty(size, device="meta", memory_format=suggest_memory_format(x))
     return "v3" if v3_enabled() and eligible(x, weight, y, groups) else "v2"

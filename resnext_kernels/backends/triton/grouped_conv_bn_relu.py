@@ -23,7 +23,7 @@ from torch._prims_common import suggest_memory_format
 
 from ..._derived import DerivedTensors
 from .. import triton_interpreter_enabled
-from ..triton_plan import eligible, v3_enabled
+from ..triton_plan import eligible, output_size, v3_enabled
 from . import grouped_conv_v3
 from ._device import on_device
 
@@ -226,30 +226,25 @@ def _max_offset(t):
 
 def _output(x, weight, stride, padding, dilation):
     """The op's output, in x's memory format."""
-    N, _, H, W = x.shape
-    C_out, _, KH, KW = weight.shape
-    H_out = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
-    W_out = (W + 2 * padding[1] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
-    return torch.empty((N, C_out, H_out, W_out), dtype=x.dtype, device=x.device,
-                       memory_format=suggest_memory_format(x))
+    return torch.empty(output_size(x, weight, stride, padding, dilation), dtype=x.dtype,
+                       device=x.device, memory_format=suggest_memory_format(x))
 
 
 def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups, relu):
     """Launcher. Arguments are validated by the op (resnext_kernels/ops/grouped_conv_bn_relu.py).
     Packs v3's weights on every call: nothing may outlive a dispatched call (a compiled graph's
     CUDA-graph pool); direct calls keep the pack (grouped_conv_bn_relu_direct)."""
-    y = _output(x, weight, stride, padding, dilation)
-    if y.numel() == 0:
-        return y
-    if v3_enabled() and eligible(x, weight, y, groups):
-        packed = grouped_conv_v3.pack_weight(weight, groups, x.dtype)
-        return _launch_v3(x, packed, scale, shift, y, stride, padding, dilation, groups, relu,
-                          weight.shape[2], weight.shape[3])
-    return _launch_v2(x, weight, scale, shift, y, stride, padding, dilation, groups, relu)
+    return _run(x, weight, scale, shift, stride, padding, dilation, groups, relu,
+                grouped_conv_v3.pack_weight)
 
 
 # v3's packed weights per weight tensor, reused while the weight is unchanged (direct calls only)
 _PACKED = DerivedTensors()
+
+
+def _cached_pack(weight, groups, dtype):
+    return _PACKED.get((weight,), (dtype, groups),
+                       lambda: grouped_conv_v3.pack_weight(weight, groups, dtype))
 
 
 def grouped_conv_bn_relu_direct(x, weight, scale, shift, stride, padding, dilation, groups,
@@ -257,15 +252,17 @@ def grouped_conv_bn_relu_direct(x, weight, scale, shift, stride, padding, dilati
     """The direct-call variant (plain eager, ops/_direct.py): v3's weight pack is made once per
     weight tensor and dtype and reused while the weight is unchanged (resnext_kernels/_derived.py
     says what "unchanged" covers)."""
+    return _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, _cached_pack)
+
+
+def _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, pack):
+    """v3 where it applies (its weights from pack(weight, groups, dtype)), else v2."""
     y = _output(x, weight, stride, padding, dilation)
     if y.numel() == 0:
         return y
     if v3_enabled() and eligible(x, weight, y, groups):
-        dtype = x.dtype
-        packed = _PACKED.get((weight,), (dtype, groups),
-                             lambda: grouped_conv_v3.pack_weight(weight, groups, dtype))
-        return _launch_v3(x, packed, scale, shift, y, stride, padding, dilation, groups, relu,
-                          weight.shape[2], weight.shape[3])
+        return _launch_v3(x, pack(weight, groups, x.dtype), scale, shift, y, stride, padding,
+                          dilation, groups, relu, weight.shape[2], weight.shape[3])
     return _launch_v2(x, weight, scale, shift, y, stride, padding, dilation, groups, relu)
 
 
