@@ -76,6 +76,7 @@ from resnext_kernels.models.shapes import grouped_conv_shapes, se_shapes  # noqa
 # importlib: the package re-exports the launchers under the modules' own names
 conv = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_bn_relu")
 conv_v3 = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_v3")
+conv_bw = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_backward")
 se = importlib.import_module("resnext_kernels.backends.triton.squeeze_excite")
 
 KERNELS = {
@@ -84,7 +85,11 @@ KERNELS = {
     "se_squeeze": se._se_squeeze_kernel,
     "se_fc": se._se_fc_kernel,
     "se_scale": se._se_scale_kernel,
+    "conv_dgrad": conv_bw._dgrad_kernel,
+    "conv_wgrad": conv_bw._wgrad_partial_kernel,
+    "conv_wgrad_sum": conv_bw._wgrad_finalize_kernel,
 }
+TRAINING_KERNELS = ("conv_dgrad", "conv_wgrad", "conv_wgrad_sum")
 
 CONV_MODELS = ("resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")
 SE_MODEL = "seresnext50_32x4d"
@@ -119,6 +124,9 @@ SE_LAYOUTS = ("nhwc", "nchw")
 #     v2: every fp16 call at its fixed config (the one the GPU plan's tests and the GPU-free
 #     profile run), bf16 on CI_CONFIG_SHAPES there, and every other config on the fp16
 #     CI_CONFIG_SHAPES at batch 128.
+#  6. training (train_cases: batch 128, fp16): the forward that stores the ReLU mask (v3 at its
+#     fixed config in channels_last, v2 at the reference config in NCHW) and every backward
+#     kernel path (one fixed configuration each).
 def _reference_config():
     c = max(conv._GPU_CONFIGS, key=lambda c: (c.kwargs["BLOCK_M"] / c.num_warps, -c.num_warps,
                                              -c.num_stages))
@@ -143,6 +151,10 @@ V3_FIXED_CONFIGS = {nsub: (c.kwargs["BLOCK_M"], c.num_warps, c.kwargs["NUM_STAGE
 
 def in_ci(path):
     """Whether the default (CI) run compiles this path: see the comment above _reference_config."""
+    if path["kernel"] in TRAINING_KERNELS:
+        return True
+    if constexpr_values(path).get("WRITE_MASK"):
+        return config_of(path) in (REFERENCE_CONFIG, *V3_FIXED_CONFIGS.values())
     if path["kernel"] == "conv_v3":
         fixed = config_of(path) == V3_FIXED_CONFIGS[constexpr_values(path)["NSUB"]]
         for c in path["cases"]:
@@ -182,7 +194,8 @@ class TargetOnlyDriver:
         return GPUTarget("cuda", self.arch, 32)
 
 
-TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+                torch.uint8: "u8"}
 
 
 def rule_mismatches(fn, args, kwargs, signature, constexprs, attrs):
@@ -298,6 +311,35 @@ def se_launch(C, H, W, R, batch, dtype, fc, layout):
     return lambda: se.squeeze_excite(u, w1, b1, w2, b2, res, True)
 
 
+def train_launches(C_in, H, W, C_out, groups, stride, batch, dtype, layout):
+    """The training calls of one conv, on meta tensors: the forward that stores the ReLU mask,
+    then the backward's dgrad and wgrad (what the op's autograd formula calls)."""
+    torch_dtype, _ = CONV_DTYPES[dtype]
+    xfmt, wfmt = LAYOUTS[layout]
+    x = meta((batch, C_in, H, W), torch_dtype, xfmt)
+    w = meta((C_out, C_in // groups, 3, 3), torch_dtype, wfmt)
+    bn = meta((C_out,), torch.float32)
+    conv_args = ((stride, stride), (1, 1), (1, 1), groups)
+
+    def launch():
+        y, mask = conv.grouped_conv_bn_relu_masked(x, w, bn, bn, *conv_args, True)
+        grad_y = meta(y.shape, torch_dtype, xfmt)
+        conv_bw.grouped_conv_dgrad(grad_y, mask, w, bn, list(x.shape), *conv_args,
+                                   xfmt == CL)
+        conv_bw.grouped_conv_wgrad(grad_y, mask, x, w, bn, *conv_args)
+    return launch
+
+
+def train_cases():
+    """The training calls (train_launches) of every distinct conv of the models: batch 128,
+    fp16, channels_last and NCHW."""
+    for case, _ in conv_cases():
+        if case["batch"] == 128 and case["dtype"] == "fp16" and case["layout"] != "nhwc,w-nchw":
+            yield (dict(case, op="conv", training=True),
+                   train_launches(case["C_in"], case["H"], case["W"], case["C_out"],
+                                  case["groups"], case["stride"], 128, "fp16", case["layout"]))
+
+
 def conv_cases():
     shapes = {}
     for model_name in CONV_MODELS:
@@ -331,7 +373,7 @@ def collect(archs):
     """{(arch, kernel, JIT key): path, with every case that launches it}; the number of calls;
     the launches whose specialisation differs from rule_mismatches' rules."""
     paths, calls, odd = {}, 0, []
-    cases = list(conv_cases()) + list(se_cases())
+    cases = list(conv_cases()) + list(se_cases()) + list(train_cases())
     for arch in archs:
         for case, launch in cases:
             calls += 1
@@ -485,11 +527,18 @@ def path_label(path):
         if c["DOT_IN_FP32"]:
             dt += "/" + c["DOT_PRECISION"]
         return (f"conv {arch} {dt} N{c['BLOCK_N']} K{c['BLOCK_K']} M{c['BLOCK_M']} "
-                f"w{o['num_warps']} s{o['num_stages']}" + (" i64" if c["INDEX_64"] else ""))
+                f"w{o['num_warps']} s{o['num_stages']}" + (" i64" if c["INDEX_64"] else "")
+                + (" mask" if c["WRITE_MASK"] else ""))
     if kernel == "conv_v3":
         return (f"conv_v3 {arch} {path['signature']['x_ptr'][1:]} {c['NSUB']}x{c['SUBW']} "
                 f"cpg{c['CPG']} M{c['BLOCK_M']} w{o['num_warps']} p{c['NUM_STAGES']}"
-                + (" i64" if c["INDEX_64"] else ""))
+                + (" i64" if c["INDEX_64"] else "") + (" mask" if c["WRITE_MASK"] else ""))
+    if kernel in ("conv_dgrad", "conv_wgrad"):
+        return (f"{kernel} {arch} {path['signature']['w_ptr' if kernel == 'conv_dgrad' else 'x_ptr'][1:]} "
+                f"N{c['BLOCK_N']} K{c['BLOCK_K']} M{c['BLOCK_M']} w{o['num_warps']}"
+                + ("" if c["HAS_MASK"] else " nomask") + (" i64" if c["INDEX_64"] else ""))
+    if kernel == "conv_wgrad_sum":
+        return f"{kernel} {arch} {path['signature']['gw_ptr'][1:]} R{c['BLOCK_R']}"
     if kernel == "se_fc":  # the excite's two launches: hidden (ReLU), then gate (sigmoid)
         return (f"se_fc {arch} w{path['signature']['w_ptr'][1:]} "
                 f"{'sigmoid' if c['SIGMOID'] else 'relu'} N{c['BLOCK_N']} J{c['BLOCK_J']} "
@@ -528,7 +577,8 @@ def is_fatal_spill(path):
 
 def sort_key(path):
     c = constexpr_values(path)
-    order = ["conv_v3", "conv", "se_squeeze", "se_fc", "se_scale"].index(path["kernel"])
+    order = ["conv_v3", "conv", "se_squeeze", "se_fc", "se_scale", *TRAINING_KERNELS].index(
+        path["kernel"])
     return (-path["arch"], order, path_label(path).split()[2], c.get("BLOCK_N", 0),
             c.get("BLOCK_M", 0), path["options"]["num_warps"], path["options"]["num_stages"],
             key_string(path))
@@ -570,7 +620,8 @@ def cpg_summary(paths, results):
         if not path["kernel"].startswith("conv") or "error" in r or r["regs"] is None:
             continue
         dtype = path_label(path).split()[2]
-        row = table[(path["arch"], dtype if path["kernel"] == "conv" else f"v3 {dtype}")]
+        kind = {"conv": "", "conv_v3": "v3 "}.get(path["kernel"], path["kernel"][5:] + " ")
+        row = table[(path["arch"], kind + dtype)]
         for cpg in {c["cpg"] for c in path["cases"]}:
             lo, hi, spill = row.get(cpg, (r["regs"], r["regs"], 0))
             row[cpg] = (min(lo, r["regs"]), max(hi, r["regs"]), max(spill, r["spills"]))

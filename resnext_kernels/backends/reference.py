@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
+from .. import relu_mask
 from .._derived import DerivedTensors
 
 
@@ -43,6 +44,46 @@ def _conv_relu(x, folded, bias, stride, padding, dilation, groups, relu):
     if relu:
         y.relu_()
     return y.contiguous(memory_format=_memory_format(x))
+
+
+def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilation, groups,
+                                relu):
+    """(y, the ReLU mask), the mask read from y before anyone else sees it."""
+    y = grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups, relu)
+    if relu:
+        return y, relu_mask.from_output(y)
+    return y, y.new_empty((0, y.shape[1]), dtype=torch.uint8)
+
+
+def _gradient_before_relu(grad_y, mask):
+    """gp = grad_y where the ReLU passed it (all of it without a ReLU: an empty mask)."""
+    if mask.shape[0] == 0:
+        return grad_y
+    return grad_y * relu_mask.unpack(mask, grad_y.shape).to(grad_y.dtype)
+
+
+def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding, dilation,
+                       groups, channels_last):
+    """grad_x: aten's input gradient of the conv that ran (folded weights, x's dtype)."""
+    gp = _gradient_before_relu(grad_y, mask)
+    folded, _ = _fold(weight, scale, scale, grad_y.dtype)
+    grad_x = torch.nn.grad.conv2d_input(list(input_size), folded, gp, stride, padding, dilation,
+                                        groups)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return grad_x.contiguous(memory_format=fmt)
+
+
+def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation, groups):
+    """(grad_w, grad_scale, grad_shift): aten's weight gradient G of the conv that ran, then
+    grad_w = G * scale, grad_scale = sum(G * w), grad_shift = sum gp (the sums in fp32)."""
+    gp = _gradient_before_relu(grad_y, mask)
+    G = torch.nn.grad.conv2d_weight(x, list(weight.shape), gp, stride, padding, dilation,
+                                    groups).float()
+    scale32 = scale.float().view(-1, 1, 1, 1)
+    grad_w = (G * scale32).to(weight.dtype).contiguous(memory_format=_memory_format(weight))
+    grad_scale = (G * weight.float()).sum((1, 2, 3))
+    grad_shift = gp.float().sum((0, 2, 3))
+    return grad_w, grad_scale, grad_shift
 
 
 def _memory_format(x):

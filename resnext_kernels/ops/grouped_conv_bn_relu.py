@@ -10,7 +10,9 @@ fp32), batch 0 and up.
 
 Backends ("reference", "triton", "cuda", or "auto") all implement the same signature; "auto"
 is resolved per call by resnext_kernels.backends.resolve: on a GPU, the backend measured fastest
-for this shape (backends/auto_table.py), else the device default. Autograd goes through aten.
+for this shape (backends/auto_table.py), else the device default. The backward runs the
+backend's own dgrad and wgrad ops (grouped_conv_bn_relu_backward.py); a call whose backward
+will run goes through the masked forward, which saves a 1-bit ReLU mask instead of recomputing.
 """
 
 from typing import List
@@ -151,42 +153,7 @@ if _extension.extension_loaded():
         )
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, scale, shift, stride, padding, dilation, groups, relu, _backend = inputs
-    # Inputs only: the output may be modified in place by what follows (torchvision's
-    # Bottleneck applies an in-place ReLU to it), so the ReLU mask is recomputed in backward.
-    ctx.save_for_backward(x, weight, scale, shift)
-    ctx.conv_args = (stride, padding, dilation, groups)
-    ctx.relu = relu
-
-
-def _backward(ctx, grad_y):
-    x, weight, scale, shift = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.conv_args
-    need_x, need_w, need_scale, need_shift = ctx.needs_input_grad[:4]
-    scale_4d = scale.to(x.dtype).view(-1, 1, 1, 1)
-    folded = weight * scale_4d  # the conv that was computed: conv(x, w * scale) + shift
-    grad_pre = grad_y
-    if ctx.relu:
-        pre = torch.nn.functional.conv2d(
-            x, folded, shift.to(x.dtype), stride, padding, dilation, groups
-        )
-        grad_pre = grad_y * (pre > 0).to(grad_y.dtype)
-    grad_x, grad_folded, _ = torch.ops.aten.convolution_backward(
-        grad_pre, x, folded, None, stride, padding, dilation, False, [0, 0], groups,
-        [need_x, need_w or need_scale, False],
-    )
-    grad_w = grad_scale = grad_shift = None
-    if need_w:
-        grad_w = (grad_folded * scale_4d).to(weight.dtype)
-    if need_scale:
-        grad_scale = (grad_folded.float() * weight.float()).sum((1, 2, 3)).to(scale.dtype)
-    if need_shift:
-        grad_shift = grad_pre.float().sum((0, 2, 3)).to(shift.dtype)
-    return grad_x, grad_w, grad_scale, grad_shift, None, None, None, None, None, None
-
-
-_grouped_conv_bn_relu_op.register_autograd(_backward, setup_context=_setup_context)
+# Autograd: registered in grouped_conv_bn_relu_backward.py, with the backward's own ops.
 
 
 def grouped_conv_bn_relu(
@@ -235,6 +202,11 @@ def grouped_conv_bn_relu_call(x, weight, scale, shift, stride, padding, dilation
         _check_args(x, weight, scale, shift, stride, padding, dilation, groups)
         return torch.ops.resnext_kernels.grouped_conv_bn_relu_cuda(
             x, weight, scale, shift, stride, padding, dilation, groups, relu)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or scale.requires_grad or shift.requires_grad):
+        # the backward will run: the forward that saves the ReLU mask
+        return torch.ops.resnext_kernels.grouped_conv_bn_relu_masked(
+            x, weight, scale, shift, stride, padding, dilation, groups, relu, backend)[0]
     return torch.ops.resnext_kernels.grouped_conv_bn_relu(
         x, weight, scale, shift, stride, padding, dilation, groups, relu, backend)
 

@@ -21,11 +21,13 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
+from ... import relu_mask
 from ..._derived import DerivedTensors
 from .. import triton_interpreter_enabled
 from ..triton_plan import eligible, output_size, v3_enabled
 from . import grouped_conv_v3
 from ._device import on_device
+from .relu_mask import store_relu_mask
 
 
 @triton.jit
@@ -35,6 +37,7 @@ def _grouped_conv_bn_relu_kernel(
     scale_ptr,  # fp32 [C_out], contiguous: BN scale (gamma / sqrt(var + eps))
     shift_ptr,  # fp32 [C_out], contiguous: BN shift (beta - mean * scale, + scale * conv bias)
     y_ptr,  # output [N, C_out, H_out, W_out], any strides, same dtype as x
+    mask_ptr,  # uint8 [ceil(M / 8), C_out]: the ReLU mask (relu_mask.py), when WRITE_MASK
     N, C_in, H, W,  # input sizes
     C_out, H_out, W_out,  # output sizes
     cpg_in, cpg_out,  # channels per group: C_in // groups, C_out // groups
@@ -44,6 +47,7 @@ def _grouped_conv_bn_relu_kernel(
     syn, syc, syh, syw,  # y element strides
     KH: tl.constexpr, KW: tl.constexpr,  # kernel size
     APPLY_RELU: tl.constexpr,
+    WRITE_MASK: tl.constexpr,  # also store the ReLU mask (for the backward)
     DOT_IN_FP32: tl.constexpr,  # cast tiles to fp32 before tl.dot (fp32 input; the interpreter)
     DOT_PRECISION: tl.constexpr,  # "tf32" or "ieee", used when DOT_IN_FP32
     INDEX_64: tl.constexpr,  # 64-bit offsets: some tensor spans 2^31 elements or more
@@ -123,7 +127,13 @@ def _grouped_conv_bn_relu_kernel(
     if APPLY_RELU:
         out = tl.where(out < 0.0, 0.0, out)
     y_off = (n * syn + ho * syh + wo * syw)[:, None] + offs_n[None, :] * syc
-    tl.store(y_ptr + y_off, out.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    out = out.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + y_off, out, mask=m_ok[:, None] & n_ok[None, :])
+    if WRITE_MASK:
+        m0 = pid_m * BLOCK_M
+        if INDEX_64:
+            m0 = pid_m.to(tl.int64) * BLOCK_M
+        store_relu_mask(mask_ptr, out, m0, m_ok, offs_n, n_ok, C_out, M, BLOCK_M, BLOCK_N)
 
 
 def _channel_tiles(cpg_in: int, cpg_out: int):
@@ -255,15 +265,30 @@ def grouped_conv_bn_relu_direct(x, weight, scale, shift, stride, padding, dilati
     return _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, _cached_pack)
 
 
-def _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, pack):
-    """v3 where it applies (its weights from pack(weight, groups, dtype)), else v2."""
+def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilation, groups,
+                                relu):
+    """The forward whose backward will run: (y, the ReLU mask), the mask stored by the same
+    kernel's epilogue (resnext_kernels/relu_mask.py; [0, C_out] without a ReLU)."""
     y = _output(x, weight, stride, padding, dilation)
+    mask = torch.empty(relu_mask.mask_shape(relu_mask.pixels(y) if relu else 0, y.shape[1]),
+                       dtype=torch.uint8, device=x.device)
+    _run(x, weight, scale, shift, stride, padding, dilation, groups, relu,
+         grouped_conv_v3.pack_weight, y=y, mask=mask if relu else None)
+    return y, mask
+
+
+def _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, pack, y=None,
+         mask=None):
+    """v3 where it applies (its weights from pack(weight, groups, dtype)), else v2; into y
+    (made here when None), and the ReLU mask into `mask` when one is given."""
+    if y is None:
+        y = _output(x, weight, stride, padding, dilation)
     if y.numel() == 0:
         return y
     if v3_enabled() and eligible(x, weight, y, groups):
-        return _launch_v3(x, pack(weight, groups, x.dtype), scale, shift, y, stride, padding,
-                          dilation, groups, relu, weight.shape[2], weight.shape[3])
-    return _launch_v2(x, weight, scale, shift, y, stride, padding, dilation, groups, relu)
+        return _launch_v3(x, pack(weight, groups, x.dtype), scale, shift, y, mask, stride,
+                          padding, dilation, groups, relu, weight.shape[2], weight.shape[3])
+    return _launch_v2(x, weight, scale, shift, y, mask, stride, padding, dilation, groups, relu)
 
 
 def _dot_meta(x, interpreted):
@@ -278,7 +303,7 @@ def _interpreted(x) -> bool:
     return triton_interpreter_enabled() or x.device.type == "cpu"
 
 
-def _launch_v2(x, weight, scale, shift, y, stride, padding, dilation, groups, relu):
+def _launch_v2(x, weight, scale, shift, y, mask, stride, padding, dilation, groups, relu):
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = weight.shape
     H_out, W_out = y.shape[2], y.shape[3]
@@ -292,6 +317,7 @@ def _launch_v2(x, weight, scale, shift, y, stride, padding, dilation, groups, re
         KH=KH,
         KW=KW,
         APPLY_RELU=bool(relu),
+        WRITE_MASK=mask is not None,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         **_dot_meta(x, interpreted),
@@ -308,7 +334,7 @@ def _launch_v2(x, weight, scale, shift, y, stride, padding, dilation, groups, re
 
     with on_device(x):
         _launchable_kernel(interpreted, autotune)[grid](
-            x, weight, scale, shift, y,
+            x, weight, scale, shift, y, y if mask is None else mask,
             N, C_in, H, W,
             C_out, H_out, W_out,
             cpg_in, cpg_out,
@@ -321,7 +347,8 @@ def _launch_v2(x, weight, scale, shift, y, stride, padding, dilation, groups, re
     return y
 
 
-def _launch_v3(x, packed, scale, shift, y, stride, padding, dilation, groups, relu, KH, KW):
+def _launch_v3(x, packed, scale, shift, y, mask, stride, padding, dilation, groups, relu, KH,
+               KW):
     N, C, H, W = x.shape
     H_out, W_out = y.shape[2], y.shape[3]
     M = N * H_out * W_out
@@ -335,6 +362,7 @@ def _launch_v3(x, packed, scale, shift, y, stride, padding, dilation, groups, re
         SUBW=subw,
         CPG=cpg,
         APPLY_RELU=bool(relu),
+        WRITE_MASK=mask is not None,
         INDEX_64=_v3_index_64(x, y, packed, padding, dilation, KH, KW),
         **_dot_meta(x, interpreted),
     )
@@ -352,7 +380,7 @@ def _launch_v3(x, packed, scale, shift, y, stride, padding, dilation, groups, re
     with on_device(x):
         _launchable_v3_kernel(interpreted, autotune, nsub)[grid](
             x, packed, scale.to(torch.float32).contiguous(), shift.to(torch.float32).contiguous(),
-            y,
+            y, y if mask is None else mask,  # (y stands for the mask pointer it does not write)
             C, H, W, H_out, W_out, M,
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
             x.stride(0), x.stride(2), x.stride(3),

@@ -21,7 +21,9 @@ programs that run together read the same input pixels.
 - Weights come packed once, [C // 64, KH*KW, NSUB, SUBW, SUBW] contiguous (pack_weight): one
   contiguous, unmasked load per tap. Callers that can keep the pack between calls do (the
   backend's direct-call path, keyed by the weight's version).
-- Epilogue: fp32 scale and shift per channel, NaN-keeping ReLU, cast, 16-byte stores.
+- Epilogue: fp32 scale and shift per channel, NaN-keeping ReLU, cast, 16-byte stores; with
+  WRITE_MASK (a forward whose backward will run) also the tile's bytes of the ReLU mask
+  (relu_mask.py).
 
 Non-finite inputs: the block-diagonal zeros would carry 0 * NaN = NaN (and 0 * inf) from one
 group into the others of its sub-block, which nn.Conv2d never does. So at cpg < 16 and at 32 a
@@ -40,6 +42,7 @@ import triton
 import triton.language as tl
 
 from ..triton_plan import CHANNEL_TILE, sub_blocks  # noqa: F401  (the launcher's too)
+from .relu_mask import store_relu_mask
 
 
 @triton.jit
@@ -100,11 +103,12 @@ def _accumulate_taps(
 @triton.jit
 def _store_tile(
     acc,  # fp32 [NSUB, BLOCK_M, SUBW] ([BLOCK_M, SUBW] when NSUB is 1)
-    scale_ptr, shift_ptr, y_ptr, c0, n, ho, wo, m_ok, syn, syh, syw,
+    scale_ptr, shift_ptr, y_ptr, mask_ptr, c0, m0, n, ho, wo, m_ok, C, M, syn, syh, syw,
     NSUB: tl.constexpr, SUBW: tl.constexpr, CPG: tl.constexpr, BLOCK_M: tl.constexpr,
-    APPLY_RELU: tl.constexpr,
+    APPLY_RELU: tl.constexpr, WRITE_MASK: tl.constexpr,
 ):
-    """[NSUB, BLOCK_M, SUBW] -> [BLOCK_M, 64]: fp32 scale and shift, ReLU, cast, store.
+    """[NSUB, BLOCK_M, SUBW] -> [BLOCK_M, 64]: fp32 scale and shift, ReLU, cast, store (and
+    the ReLU mask's bytes of the tile, from pixel m0 on, when WRITE_MASK).
     Returns whether any accumulator is NaN (rows past the end hold zeros)."""
     CT: tl.constexpr = NSUB * SUBW
     if NSUB == 1:
@@ -121,37 +125,43 @@ def _store_tile(
     if APPLY_RELU:
         out = tl.where(out < 0.0, 0.0, out)  # NaN stays NaN, as torch.relu
     y_off = (n * syn + ho * syh + wo * syw)[:, None] + offs_c[None, :]
-    tl.store(y_ptr + y_off, out.to(y_ptr.dtype.element_ty), mask=m_ok[:, None],
-             eviction_policy="evict_first")
+    out = out.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + y_off, out, mask=m_ok[:, None], eviction_policy="evict_first")
+    if WRITE_MASK:
+        store_relu_mask(mask_ptr, out, m0, m_ok, offs_c, offs_c < C, C, M, BLOCK_M, CT)
     return has_nan
 
 
 @triton.jit
 def _pixels(mt, M, H_out, W_out, BLOCK_M: tl.constexpr, INDEX_64: tl.constexpr):
-    """The output pixels of M-tile mt: (n, ho, wo, exists), each [BLOCK_M]."""
-    offs_m = mt * BLOCK_M + tl.arange(0, BLOCK_M)
+    """The output pixels of M-tile mt: (its first pixel, n, ho, wo, exists), each [BLOCK_M]
+    but the first."""
+    m0 = mt * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
     if INDEX_64:
-        offs_m = mt.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        m0 = mt.to(tl.int64) * BLOCK_M
+        offs_m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
     wo = offs_m % W_out
     ho = (offs_m // W_out) % H_out
     n = offs_m // (W_out * H_out)
-    return n, ho, wo, offs_m < M
+    return m0, n, ho, wo, offs_m < M
 
 
 @triton.jit(noinline=True)
 def _store_group_exactly(
-    x_ptr, w_tile, scale_ptr, shift_ptr, y_ptr, mt, c0,
-    M, H, W, H_out, W_out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    x_ptr, w_tile, scale_ptr, shift_ptr, y_ptr, mask_ptr, mt, c0,
+    C, M, H, W, H_out, W_out, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     sxn, sxh, sxw, syn, syh, syw,
     sub,  # the sub-block (0 .. NSUB-1) of the tile
     group,  # the group within the sub-block (0 .. SUBW/CPG - 1)
     KH: tl.constexpr, KW: tl.constexpr, NSUB: tl.constexpr, SUBW: tl.constexpr,
     CPG: tl.constexpr, BLOCK_M: tl.constexpr, APPLY_RELU: tl.constexpr,
+    WRITE_MASK: tl.constexpr,
     DOT_IN_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr, INDEX_64: tl.constexpr,
 ):
     """The exact path for one group of a block-diagonal sub-block: the other groups' inputs
     zeroed by a select, and only this group's output columns stored (its own inf times the
-    other columns' packing zeros is NaN there). Only tiles that read a non-finite value come
+    other columns' packing zeros is NaN there), with their ReLU mask bytes. Only tiles that read a non-finite value come
     here, so it is kept out of the fast path's registers: a real call (noinline, scalar
     arguments), [BLOCK_M, SUBW] tiles, no pipeline."""
     CT: tl.constexpr = NSUB * SUBW
@@ -159,7 +169,7 @@ def _store_group_exactly(
     # it); the barrier makes those stores visible to the block before any of the rewrites
     # below, which other threads may make to the same elements.
     tl.debug_barrier()
-    n, ho, wo, m_ok = _pixels(mt, M, H_out, W_out, BLOCK_M, INDEX_64)
+    m0, n, ho, wo, m_ok = _pixels(mt, M, H_out, W_out, BLOCK_M, INDEX_64)
     x_pix = x_ptr + n * sxn + c0 + sub * SUBW
     k = tl.arange(0, SUBW)
     in_group = (k // CPG) == group
@@ -184,7 +194,10 @@ def _store_group_exactly(
     if APPLY_RELU:
         out = tl.where(out < 0.0, 0.0, out)
     y_off = (n * syn + ho * syh + wo * syw)[:, None] + offs_c[None, :]
-    tl.store(y_ptr + y_off, out.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & in_group[None, :])
+    out = out.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + y_off, out, mask=m_ok[:, None] & in_group[None, :])
+    if WRITE_MASK:
+        store_relu_mask(mask_ptr, out, m0, m_ok, offs_c, in_group, C, M, BLOCK_M, SUBW)
 
 
 @triton.jit
@@ -194,6 +207,7 @@ def _grouped_conv_v3_kernel(
     scale_ptr,  # fp32 [C], contiguous: BN scale
     shift_ptr,  # fp32 [C], contiguous: BN shift
     y_ptr,  # output [N, C, H_out, W_out], channels contiguous
+    mask_ptr,  # uint8 [ceil(M / 8), C]: the ReLU mask (relu_mask.py), when WRITE_MASK
     C, H, W, H_out, W_out, M,  # sizes; M = N * H_out * W_out
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,  # conv geometry
     sxn, sxh, sxw,  # x element strides (image, row, column)
@@ -203,6 +217,7 @@ def _grouped_conv_v3_kernel(
     SUBW: tl.constexpr,  # channels per sub-block: 16 (cpg <= 16) or 64
     CPG: tl.constexpr,  # channels per group
     APPLY_RELU: tl.constexpr,
+    WRITE_MASK: tl.constexpr,  # also store the ReLU mask (for the backward)
     DOT_IN_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr,  # output pixels per program
@@ -213,7 +228,7 @@ def _grouped_conv_v3_kernel(
     pid = tl.program_id(0)
     ct = pid % n_ct  # the channel tile is the fastest-varying program index
     mt = pid // n_ct
-    n, ho, wo, m_ok = _pixels(mt, M, H_out, W_out, BLOCK_M, INDEX_64)
+    m0, n, ho, wo, m_ok = _pixels(mt, M, H_out, W_out, BLOCK_M, INDEX_64)
     c0 = ct * CT
     x_pix = x_ptr + n * sxn + c0
     w_tile = w_ptr + ct * (KH * KW * CT * SUBW)
@@ -222,19 +237,20 @@ def _grouped_conv_v3_kernel(
                            stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, sxh, sxw, KH, KW,
                            NSUB, SUBW, CPG, BLOCK_M, NUM_STAGES, DOT_IN_FP32, DOT_PRECISION,
                            INDEX_64)
-    has_nan = _store_tile(acc, scale_ptr, shift_ptr, y_ptr, c0, n, ho, wo, m_ok, syn, syh, syw,
-                          NSUB, SUBW, CPG, BLOCK_M, APPLY_RELU)
+    has_nan = _store_tile(acc, scale_ptr, shift_ptr, y_ptr, mask_ptr, c0, m0, n, ho, wo, m_ok,
+                          C, M, syn, syh, syw, NSUB, SUBW, CPG, BLOCK_M, APPLY_RELU, WRITE_MASK)
     if CPG < SUBW:
         # Block-diagonal sub-blocks: a NaN sum may be another group's non-finite input times
         # a packing zero. Rewrite the tile group by group (module docstring).
         if has_nan:
             for sub in range(NSUB):
                 for group in range(SUBW // CPG):
-                    _store_group_exactly(x_ptr, w_tile, scale_ptr, shift_ptr, y_ptr, mt, c0, M,
-                                         H, W, H_out, W_out, stride_h, stride_w, pad_h, pad_w,
-                                         dil_h, dil_w, sxn, sxh, sxw, syn, syh, syw, sub, group,
-                                         KH, KW, NSUB, SUBW, CPG, BLOCK_M, APPLY_RELU,
-                                         DOT_IN_FP32, DOT_PRECISION, INDEX_64)
+                    _store_group_exactly(x_ptr, w_tile, scale_ptr, shift_ptr, y_ptr, mask_ptr,
+                                         mt, c0, C, M, H, W, H_out, W_out, stride_h, stride_w,
+                                         pad_h, pad_w, dil_h, dil_w, sxn, sxh, sxw, syn, syh,
+                                         syw, sub, group, KH, KW, NSUB, SUBW, CPG, BLOCK_M,
+                                         APPLY_RELU, WRITE_MASK, DOT_IN_FP32, DOT_PRECISION,
+                                         INDEX_64)
 
 
 def pack_weight(weight, groups, dtype):

@@ -1,0 +1,356 @@
+"""The fused conv's backward: the masked forward, dgrad and wgrad, on every backend.
+
+Gradients are checked against float64 autograd of conv2d * scale + shift -> ReLU, with the ReLU
+decided by the op's own output: where a pre-activation lies within rounding of 0, the op and a
+float64 forward may decide differently, and either is right. That the mask is the op's output's
+own is checked on its own (test_mask_is_the_outputs).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import resnext_kernels as rk
+from conftest import channels_last_if, seeded, tolerance
+from resnext_kernels import relu_mask
+from resnext_kernels.backends.triton_plan import v3_enabled
+
+OPS = torch.ops.resnext_kernels
+
+
+def make_case(cpg, groups, dtype, device, channels_last, seed, N=2, H=7, W=9, cpg_out=None):
+    """x, weight, scale, shift: random, never zero; scaled so outputs and gradients are O(1)."""
+    cpg_out = cpg_out or cpg
+    g = seeded(seed)
+    C_in, C_out = cpg * groups, cpg_out * groups
+    x = channels_last_if(torch.randn(N, C_in, H, W, generator=g).to(dtype), channels_last)
+    w = (torch.randn(C_out, cpg, 3, 3, generator=g) / (3.0 * cpg**0.5)).to(dtype)
+    scale = torch.rand(C_out, generator=g) + 0.5
+    shift = torch.randn(C_out, generator=g) * 0.5
+    return [t.to(device) for t in (x, w, scale, shift)]
+
+
+def reference_grads(x, w, scale, shift, y, grad_y, stride, padding, dilation, groups, relu):
+    """float64 autograd of the fused computation, the ReLU decided where y (the op's output)
+    is > 0 or NaN (as torch's ReLU backward decides from its result)."""
+    leaves = [t.detach().double().cpu().requires_grad_() for t in (x, w, scale, shift)]
+    xr, wr, sr, br = leaves
+    pre = F.conv2d(xr, wr, None, stride, padding, dilation, groups) * sr.view(-1, 1, 1) \
+        + br.view(-1, 1, 1)
+    if relu:
+        pre = pre * torch.logical_not(y.detach().cpu() <= 0).double()
+    return torch.autograd.grad(pre, leaves, grad_y.double().cpu())
+
+
+def check_grads(grads, ref, dtype, names=("x", "weight", "scale", "shift")):
+    for got, exp, name in zip(grads, ref, names):
+        # wgrad sums over every pixel: scale the tolerance by the gradient's size
+        span = max(1.0, exp.abs().max().item())
+        tol = tolerance(dtype)
+        torch.testing.assert_close(got.double().cpu() / span, exp / span, **tol,
+                                   msg=lambda m: f"grad {name}: {m}")
+
+
+def run_case(backend, device, cpg, groups, dtype, channels_last, seed, *, stride=1, dilation=1,
+             relu=True, N=2, H=7, W=9, cpg_out=None):
+    x, w, scale, shift = make_case(cpg, groups, dtype, device, channels_last, seed, N, H, W,
+                                   cpg_out)
+    leaves = [t.clone().requires_grad_() for t in (x, w, scale, shift)]
+    y = rk.grouped_conv_bn_relu(*leaves, stride=stride, padding=dilation, dilation=dilation,
+                                groups=groups, relu=relu, backend=backend)
+    grad_y = torch.randn(y.shape, generator=seeded(seed + 1)).to(dtype).to(device)
+    grads = torch.autograd.grad(y, leaves, grad_y)
+    for got, leaf in zip(grads, leaves):
+        assert got.shape == leaf.shape and got.dtype == leaf.dtype and got.device == leaf.device
+    assert grads[0].is_contiguous(memory_format=torch._prims_common.suggest_memory_format(x))
+    ref = reference_grads(x, w, scale, shift, y, grad_y, stride, dilation, dilation,
+                          groups, relu)
+    check_grads(grads, ref, dtype)
+    return grads
+
+
+# every channels-per-group class of the forward (the backward tiles follow v2's), 3 an odd one
+CPG_CLASSES = [1, 3, 4, 8, 16, 32, 64]
+
+
+@pytest.mark.parametrize("cpg", CPG_CLASSES)
+def test_gradients_every_cpg_class(backend_device, cpg):
+    backend, device = backend_device
+    groups = max(2, 32 // cpg)
+    run_case(backend, device, cpg, groups, torch.float32, cpg % 2 == 0, 1000 + cpg,
+             stride=1 + cpg % 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_gradients_half_precision(backend_device, dtype, channels_last, stride):
+    backend, device = backend_device
+    run_case(backend, device, 8, 4, dtype, channels_last, 1100 + stride, stride=stride, H=6,
+             W=7)
+
+
+@pytest.mark.parametrize("cpg", [4, 32])
+def test_gradients_v3_forward(backend_device, cpg):
+    """64-channel channels_last fp16: the Triton v3 forward stores the mask."""
+    backend, device = backend_device
+    run_case(backend, device, cpg, 64 // cpg, torch.float16, True, 1200 + cpg, N=1, H=5, W=6)
+
+
+def test_gradients_dilation_odd_sizes_no_relu(backend_device):
+    backend, device = backend_device
+    run_case(backend, device, 3, 4, torch.float32, False, 1300, stride=2, dilation=2, H=9, W=8)
+    run_case(backend, device, 4, 4, torch.float32, True, 1301, relu=False, H=5, W=5)
+
+
+def test_gradients_different_cpg_in_out(backend_device):
+    backend, device = backend_device
+    run_case(backend, device, 4, 4, torch.float32, True, 1400, cpg_out=8, stride=2)
+
+
+def test_batch_one_and_zero(backend_device):
+    backend, device = backend_device
+    run_case(backend, device, 4, 4, torch.float32, True, 1500, N=1)
+    x, w, scale, shift = make_case(4, 4, torch.float32, device, True, 1501, N=0)
+    leaves = [t.clone().requires_grad_() for t in (x, w, scale, shift)]
+    y = rk.grouped_conv_bn_relu(*leaves, groups=4, backend=backend)
+    grads = torch.autograd.grad(y, leaves, torch.ones_like(y))
+    assert grads[0].shape == x.shape
+    for g in grads[1:]:
+        assert torch.equal(g, torch.zeros_like(g))
+
+
+# ------------------------------------------------------------------------ the mask
+@pytest.mark.parametrize("dtype,channels_last,C,groups", [(torch.float32, False, 16, 4),
+                                                          (torch.float16, True, 64, 4),
+                                                          (torch.float16, True, 64, 16),
+                                                          (torch.bfloat16, True, 24, 4)])
+def test_mask_is_the_outputs(backend_device, dtype, channels_last, C, groups):
+    """The masked forward's y is the plain forward's, and its mask is y's (relu_mask.py),
+    including the bits of a NaN output and a partial last byte (M = 2*5*7 = 70). Triton: v2
+    (16, 24 channels), v3 (64), and v3's exact rewrite of a NaN tile at cpg 4, whose mask bytes
+    it rewrites too (the packing zeros made NaN in the other groups' columns first)."""
+    backend, device = backend_device
+    x, w, scale, shift = make_case(C // groups, groups, dtype, device, channels_last, 1600, N=2,
+                                   H=5, W=7)
+    x[1, 0, 2, 3] = float("nan")
+    y, mask = OPS.grouped_conv_bn_relu_masked(x, w, scale, shift, [1, 1], [1, 1], [1, 1], groups,
+                                              True, backend)
+    plain = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=groups, backend=backend)
+    assert torch.equal(y.isnan(), plain.isnan())
+    torch.testing.assert_close(y, plain, equal_nan=True, atol=0, rtol=0)
+    assert mask.dtype == torch.uint8 and mask.shape == (9, C) and mask.is_contiguous()
+    assert torch.equal(mask.cpu(), relu_mask.from_output(y).cpu())
+    assert torch.equal(mask[-1].cpu() >> 6, torch.zeros(C, dtype=torch.uint8)), \
+        "bits past the last pixel are 0"
+    assert relu_mask.unpack(mask.cpu(), y.shape)[1, 0, 2, 3], "a NaN output passes the gradient"
+
+
+def test_mask_pack_unpack_round_trip():
+    passes = torch.rand(3, 5, 4, 3, generator=seeded(1700)) > 0.5
+    mask = relu_mask.pack(passes)
+    assert mask.shape == relu_mask.mask_shape(3 * 4 * 3, 5)
+    assert torch.equal(relu_mask.unpack(mask, passes.shape), passes)
+    # bit j of byte [r, c] is pixel 8r + j (pixels in n, h, w order)
+    flat = passes.permute(0, 2, 3, 1).reshape(-1, 5)
+    assert int(mask[1, 2]) == sum(int(flat[8 + j, 2]) << j for j in range(8))
+
+
+def test_gradients_survive_inplace_changes_of_the_output(backend_device):
+    """The mask is saved, not read from y: torchvision's in-place ReLU (or any in-place change
+    of y) after the op leaves the gradients unchanged."""
+    backend, device = backend_device
+    x, w, scale, shift = make_case(4, 4, torch.float32, device, False, 1800)
+    grads = []
+    for change in (None, torch.relu_, lambda t: t.mul_(0).sub_(1)):
+        leaves = [t.clone().requires_grad_() for t in (x, w, scale, shift)]
+        y = rk.grouped_conv_bn_relu(*leaves, groups=4, backend=backend)
+        y2 = y.clone() if change is None else y
+        if change is not None:
+            with torch.no_grad():
+                change(y2)
+        grads.append(torch.autograd.grad(y, leaves, torch.ones_like(y)))
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------ non-finite values
+def test_nan_gradient_stays_in_its_group(backend_device):
+    """A NaN in grad_y reaches grad_x only in the channels of its group (nn.Conv2d's backward);
+    at cpg 4 the Triton dgrad packs 4 groups per tile and recomputes such a tile exactly."""
+    backend, device = backend_device
+    x, w, scale, shift = make_case(4, 8, torch.float16, device, True, 1900)
+    x.requires_grad_()
+    y = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=8, relu=False, backend=backend)
+    grad_y = torch.randn(y.shape, generator=seeded(1901)).to(y.dtype).to(device)
+    grad_y[0, 5, 3, 4] = float("nan")  # group 1 (channels 4-7)
+    grad_y[1, 30, 0, 0] = float("inf")  # group 7
+    (gx,) = torch.autograd.grad(y, x, grad_y)
+    gx = gx.cpu()
+    assert gx[0, 4:8, 2:5, 3:6].isnan().all()
+    assert not gx[1, 28:32].isnan().any() and gx[1, 28:32, 0:2, 0:2].isinf().any()
+    others = torch.ones(8, dtype=torch.bool)
+    others[[1, 7]] = False
+    assert torch.isfinite(gx.reshape(2, 8, 4, 7, 9)[:, others]).all()
+    assert torch.isfinite(gx[1, 4:8]).all() and torch.isfinite(gx[0, 28:32]).all()
+
+
+# ------------------------------------------------------------------------ determinism, aten
+def test_wgrad_is_deterministic_over_splits(backend_device, monkeypatch):
+    """wgrad adds fixed splits of the pixels in a fixed order: bitwise the same each run; and
+    (Triton) the same sums, to rounding, whatever the number of splits."""
+    backend, device = backend_device
+    x, w, scale, shift = make_case(8, 4, torch.float16, device, True, 2000, N=3, H=8, W=8)
+    y, mask = OPS.grouped_conv_bn_relu_masked(x, w, scale, shift, [1, 1], [1, 1], [1, 1], 4,
+                                              True, backend)
+    grad_y = torch.randn(y.shape, generator=seeded(2001)).to(y.dtype).to(device)
+
+    def wgrad():
+        return OPS.grouped_conv_wgrad(grad_y, mask, x, w, scale, [1, 1], [1, 1], [1, 1], 4,
+                                      backend)
+
+    first, second = wgrad(), wgrad()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    if backend == "triton":
+        from resnext_kernels.backends.triton import grouped_conv_backward as bw
+        assert bw.wgrad_splits(3 * 64, 18, 32)[1] > 1, "the default splits the pixels"
+        monkeypatch.setattr(bw, "WGRAD_TARGET_PROGRAMS", 1)  # one split
+        for a, b in zip(first, wgrad()):
+            torch.testing.assert_close(a.float(), b.float(), atol=2e-3, rtol=2e-3)
+
+
+class _AtenOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_triton_backward_runs_no_aten_convolution(backend_device):
+    backend, device = backend_device
+    if backend == "reference":
+        pytest.skip("the reference backend is aten")
+    if backend == "cuda":
+        pytest.skip("the CUDA backward kernels are not written yet (aten for now)")
+    for dtype, cl, C in ((torch.float32, False, 16), (torch.float16, True, 64)):
+        x, w, scale, shift = make_case(C // 4, 4, dtype, device, cl, 2100)
+        leaves = [t.clone().requires_grad_() for t in (x, w, scale, shift)]
+        y = rk.grouped_conv_bn_relu(*leaves, groups=4, backend=backend)
+        with _AtenOps() as seen:
+            torch.autograd.grad(y, leaves, torch.ones_like(y))
+        convs = [n for n in seen.names if "convolution" in n]
+        assert not convs, convs
+        assert any("grouped_conv_dgrad" in n for n in seen.names)
+        assert any("grouped_conv_wgrad" in n for n in seen.names)
+
+
+def test_forward_with_grad_saves_the_mask_not_recomputes(backend_device):
+    """A call whose backward will run goes through the masked op; the backward calls no forward."""
+    backend, device = backend_device
+    x, w, scale, shift = make_case(4, 4, torch.float32, device, False, 2200)
+    x.requires_grad_()
+    with _AtenOps() as seen:
+        y = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=4, backend=backend)
+    assert any("grouped_conv_bn_relu_masked" in n for n in seen.names), seen.names
+    with _AtenOps() as seen:
+        torch.autograd.grad(y, x, torch.ones_like(y))
+    assert not [n for n in seen.names if "grouped_conv_bn_relu" in n], seen.names
+
+
+def test_plain_op_backward_uses_the_backward_ops(backend_device):
+    """torch.ops.resnext_kernels.grouped_conv_bn_relu called directly with grad: its backward
+    makes the mask again (one more forward) and runs the same ops."""
+    backend, device = backend_device
+    x, w, scale, shift = make_case(4, 4, torch.float32, device, True, 2300)
+    leaves = [t.clone().requires_grad_() for t in (x, w, scale, shift)]
+    y = OPS.grouped_conv_bn_relu(*leaves, [2, 2], [1, 1], [1, 1], 4, True, backend)
+    grad_y = torch.randn(y.shape, generator=seeded(2301)).to(device)
+    grads = torch.autograd.grad(y, leaves, grad_y)
+    check_grads(grads, reference_grads(x, w, scale, shift, y, grad_y, 2, 1, 1, 4, True),
+                torch.float32)
+
+
+def test_double_backward_is_refused(backend_device):
+    backend, device = backend_device
+    x, w, scale, shift = make_case(4, 4, torch.float32, device, False, 2400)
+    x.requires_grad_()
+    y = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=4, backend=backend)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(y.sum(), x, create_graph=True)
+
+
+# ------------------------------------------------------------------------ the contract
+def _backward_args(device, dtype=torch.float32):
+    x, w, scale, shift = make_case(4, 4, dtype, device, True, 2500, N=2, H=5, W=6)
+    y, mask = OPS.grouped_conv_bn_relu_masked(x, w, scale, shift, [1, 1], [1, 1], [1, 1], 4,
+                                              True, "reference")
+    grad_y = torch.randn(y.shape, generator=seeded(2501)).to(dtype).to(device)
+    return x, w, scale, shift, mask, grad_y
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_masked(backend_device, requires_grad):
+    backend, device = backend_device
+    x, w, scale, shift, _, _ = _backward_args(device)
+    args = [x, w, scale, shift]
+    if requires_grad:
+        args = [t.requires_grad_() for t in args]
+    torch.library.opcheck(OPS.grouped_conv_bn_relu_masked.default,
+                          (*args, [2, 2], [1, 1], [1, 1], 4, True, backend))
+
+
+def test_opcheck_dgrad_and_wgrad(backend_device):
+    backend, device = backend_device
+    x, w, scale, _, mask, grad_y = _backward_args(device)
+    for m in (mask, mask[:0]):
+        torch.library.opcheck(OPS.grouped_conv_dgrad.default,
+                              (grad_y, m, w, scale, list(x.shape), [1, 1], [1, 1], [1, 1], 4,
+                               True, backend))
+        torch.library.opcheck(OPS.grouped_conv_wgrad.default,
+                              (grad_y, m, x, w, scale, [1, 1], [1, 1], [1, 1], 4, backend))
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda a: a.update(mask=a["mask"][:, :3]), "relu_mask: expected a contiguous"),
+    (lambda a: a.update(mask=a["mask"].float()), "relu_mask: expected a 2-D uint8"),
+    (lambda a: a.update(grad_y=a["grad_y"].half()), "grad_y: expected torch.float32"),
+    (lambda a: a.update(scale=a["scale"][:8]), "weight, scale: expected 16 output channels"),
+])
+def test_backward_ops_name_bad_arguments(change, match):
+    x, w, scale, _, mask, grad_y = _backward_args("cpu")
+    a = dict(grad_y=grad_y, mask=mask, scale=scale)
+    change(a)
+    with pytest.raises(ValueError, match=match):
+        OPS.grouped_conv_wgrad(a["grad_y"], a["mask"], x, w, a["scale"], [1, 1], [1, 1], [1, 1],
+                               4, "reference")
+
+
+def test_compile_forward_and_backward(backend_device):
+    """torch.compile(fullgraph=True) traces forward and backward: the masked op and the backward
+    ops through their fakes, no graph break; the gradients match eager's."""
+    backend, device = backend_device
+    x, w, scale, shift = make_case(4, 4, torch.float32, device, True, 2600)
+
+    def step(x, w, scale, shift):
+        y = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=4, stride=2, backend=backend)
+        return (y * y).sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    results = []
+    for fn in (step, compiled):
+        leaves = [t.clone().requires_grad_() for t in (x, w, scale, shift)]
+        loss = fn(*leaves)
+        results.append((loss, *torch.autograd.grad(loss, leaves)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_v3_eligibility_is_exercised():
+    """The v3 tests above take v3's path only while it is enabled."""
+    assert v3_enabled()
