@@ -228,42 +228,56 @@ def cuda_profile(archs, layouts=("nhwc", "nchw"), batches=(128, 1), dtypes=("fp1
 
 
 # ----------------------------------------------------------------------------------- Triton
+def triton_calls(shape, batch, layout, dtype):
+    """(name, phase, the launcher call) of one Triton call, and of its training call (the
+    masked forward, dgrad, wgrad: triton_aot_check.train_launches) for fp16 convs in nhwc and
+    nchw at the first batch."""
+    import triton_aot_check as tac
+
+    if shape["op"] == "conv":
+        yield (layer_name(shape, batch, layout, dtype), "inference",
+               tac.conv_launch(shape["C"], shape["H"], shape["W"], shape["C"], shape["groups"],
+                               shape["stride"], batch, dtype, layout))
+        if dtype == "fp16" and batch == 128 and layout in ("nhwc", "nchw"):
+            yield (layer_name(shape, batch, layout, dtype) + " train", "train",
+                   tac.train_launches(shape["C"], shape["H"], shape["W"], shape["C"],
+                                      shape["groups"], shape["stride"], batch, dtype, layout))
+    else:
+        yield (layer_name(shape, batch, layout, op_dtype("se", dtype)), "inference",
+               tac.se_launch(shape["C"], shape["H"], shape["W"], shape["R"], batch,
+                             op_dtype("se", dtype), "fp32", layout))
+
+
 def triton_profile(archs, layouts=("nhwc", "nhwc,w-nchw", "nchw"), batches=(128, 1),
                    dtypes=("fp16",)):
     os.environ["RESNEXT_KERNELS_TRITON_AUTOTUNE"] = "0"
     import triton_aot_check as tac
 
-    # 1. every launch of every call, recorded (no compiling yet), and the distinct
-    # specialisations among them
+    # 1. every launch of every call (and of the fp16 convs' training calls), recorded (no
+    # compiling yet), and the distinct specialisations among them
     layers, launches, jobs = [], [], {}
     for dtype, shape in dtype_shapes(dtypes):
         # other dtypes at the first batch only: their grids are fp16's, and compiling each
         # batch's specialisation again would double the profile's time in CI
         for batch in (batches if dtype == "fp16" else batches[:1]):
             for layout in layouts:
-                if shape["op"] == "conv":
-                    launch = tac.conv_launch(shape["C"], shape["H"], shape["W"], shape["C"],
-                                             shape["groups"], shape["stride"], batch, dtype,
-                                             layout)
-                else:
-                    launch = tac.se_launch(shape["C"], shape["H"], shape["W"], shape["R"], batch,
-                                           op_dtype("se", dtype), "fp32", layout)
-                name = layer_name(shape, batch, layout, op_dtype(shape["op"], dtype))
-                row = dict(name=name, backend="triton", batch=batch, layout=layout,
-                           dtype=op_dtype(shape["op"], dtype), **shape, launches=[])
-                for arch in archs:
-                    recs = []
-                    with tac.recording_launches(arch, recs):
-                        launch()
-                    for i, rec in enumerate(recs):
-                        path = dict(rec, arch=arch)
-                        kid = f"sm_{arch}/{rec['kernel']}/{rec['key']}"
-                        label = f"{tac.path_label(path)} {layout}"
-                        jobs.setdefault(kid, (tac.job_of(path), label,
-                                              rec["options"]["num_warps"],
-                                              tac.constexpr_values(path)))
-                        launches.append((row, arch, i, rec, kid, label))
-                layers.append(row)
+                for name, phase, launch in triton_calls(shape, batch, layout, dtype):
+                    row = dict(name=name, backend="triton", phase=phase, batch=batch,
+                               layout=layout, dtype=op_dtype(shape["op"], dtype), **shape,
+                               launches=[])
+                    for arch in archs:
+                        recs = []
+                        with tac.recording_launches(arch, recs):
+                            launch()
+                        for i, rec in enumerate(recs):
+                            path = dict(rec, arch=arch)
+                            kid = f"sm_{arch}/{rec['kernel']}/{rec['key']}"
+                            label = f"{tac.path_label(path)} {layout}"
+                            jobs.setdefault(kid, (tac.job_of(path), label,
+                                                  rec["options"]["num_warps"],
+                                                  tac.constexpr_values(path)))
+                            launches.append((row, arch, i, rec, kid, label))
+                    layers.append(row)
     # 2. each specialisation compiled once, on every core (as triton_aot_check does)
     with concurrent.futures.ProcessPoolExecutor(os.cpu_count()) as pool:
         results = pool.map(functools.partial(tac.compile_path, sass=True),

@@ -17,7 +17,8 @@
 #   host            60  benchmarks/overhead_gpu.py: host time per call, layer by layer (aten, the
 #                       original and swapped modules, the op direct and dispatched, the C++ op)
 #                       and per resnext50 forward, with a cProfile of the swapped model
-#   sanitize       100  compute-sanitizer memcheck + racecheck on small cases of every path
+#   sanitize       130  compute-sanitizer memcheck + racecheck on small cases of every path
+#                       (and of the Triton training path: masked forward, dgrad, wgrad)
 #   ncu            170  Nsight Compute on one call of every kernel path (scripts/ncu_cases.py):
 #                       DRAM bytes vs floor, sectors/request, shared wavefronts, occupancy;
 #                       then the CUDA conv cases again for their warp-stall reasons
@@ -25,6 +26,10 @@
 #   se-models      150  benchmarks/squeeze_excite.py (seresnext50 SE stages; then the SE's auto
 #                       table) + models.py
 #   max-autotune   240  grouped_conv.py's torch.compile(max-autotune) provider, resnext50 fp16
+#   train-bench    150  benchmarks/grouped_conv_backward.py: the fused op's backward and
+#                       forward+backward against cuDNN eager (conv + BN + ReLU autograd),
+#                       resnext50_32x4d, batch 128, fp16, channels_last then NCHW (the backward
+#                       kernels' first GPU timing; their correctness is in gpu-tests)
 #
 # One call runs the next steps not yet done on this machine that fit in its --budget (default
 # 540 s, for a 600 s call), each under its own timeout, and skips the rest: call it again on the
@@ -58,10 +63,10 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 
 DRY=0; BUDGET=540; UNPACK=""; STEPS=()
-ALL_STEPS=(gpu-tests bench host sanitize ncu se-models max-autotune)
-declare -A PLANNED=([build]=120 [gpu-tests]=240 [bench]=220 [host]=60 [sanitize]=100 [ncu]=170
-                    [se-models]=150 [max-autotune]=240)
-usage() { sed -n '2,53p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
+ALL_STEPS=(gpu-tests bench host sanitize ncu se-models max-autotune train-bench)
+declare -A PLANNED=([build]=120 [gpu-tests]=240 [bench]=220 [host]=60 [sanitize]=130 [ncu]=170
+                    [se-models]=150 [max-autotune]=240 [train-bench]=150)
+usage() { sed -n '2,60p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
@@ -340,6 +345,18 @@ step_max_autotune() {
            --providers compile_max_autotune cudnn_folded triton cuda --reps 20)
   fi
   run_logged "$1" "$LOGDIR/max-autotune.log" $PY "$REPO/benchmarks/grouped_conv.py" "${args[@]}"
+}
+
+step_train_bench() {
+  log "training: the fused op's backward and forward+backward against cuDNN eager"
+  local args=(--out "$STAGE/benchmarks/results" --time-budget $(( $1 - 30 )))
+  if [ "$DRY" = 1 ]; then
+    args+=(--batch 1 --dtypes fp32 --layouts nhwc --shape 64,8,8,16,1 --reps 2)
+  else
+    args+=(--batch 128 --models resnext50_32x4d --dtypes fp16 --layouts nhwc nchw
+           --providers cudnn_eager triton cuda --reps 10)
+  fi
+  run_logged "$1" "$LOGDIR/train-bench.log" $PY "$REPO/benchmarks/grouped_conv_backward.py" "${args[@]}"
 }
 
 # --- the plan ---------------------------------------------------------------------------------

@@ -149,6 +149,7 @@ def triton_layer(row, triton_kernels, shape):
     elem = compiled_profile.ELEM_BYTES[row["dtype"]]
     model = []
     x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
+    splits = None  # a training call's wgrad splits (its grid's first axis), for the sum
     for i, launch in enumerate(row["launches"]):
         info = launch["sm_90"]
         k = triton_kernels[info["kernel_id"]]
@@ -158,7 +159,14 @@ def triton_layer(row, triton_kernels, shape):
         mix = body.get("mix", {})
         per_warp = sum(wavefronts_per_instruction(cat, n) for cat, n in mix.items())
         instr = sum(mix.values())
-        if launch["kernel"].startswith("conv_v3"):
+        kind = launch["kernel"].split()[0]
+        if kind == "conv_wgrad":
+            splits = launch["grid"][0]
+        if kind in TRITON_BACKWARD:
+            grid = [splits or 1, 1, 1] if kind == "conv_wgrad_sum" else launch["grid"]
+            model.append(triton_backward_launch(kind, mix, c, grid, warps, info["waves"],
+                                                shape, x_bytes, elem))
+        elif launch["kernel"].startswith("conv_v3"):
             model.append(triton_conv_v3_launch(sass, c, programs, warps, info["waves"], shape,
                                                x_bytes, elem))
         elif launch["kernel"].startswith("conv"):
@@ -211,7 +219,75 @@ def triton_layer(row, triton_kernels, shape):
                 warp_instructions=max(requests, programs * warps) * max(
                     1.0, instr / max(1, memory_instructions(mix))),
                 waves=info["waves"]))
+        if c.get("WRITE_MASK"):  # a training forward: its ReLU mask, 1 bit per output
+            model[-1]["dram_bytes"] += output_bytes(shape, x_bytes) / elem / 8
     return model
+
+
+TRITON_BACKWARD = ("conv_dgrad", "conv_wgrad", "conv_wgrad_sum")
+
+
+def output_bytes(shape, x_bytes):
+    H_out = (shape["H"] - 1) // shape["stride"] + 1
+    return x_bytes * H_out * H_out // (shape["H"] * shape["W"])
+
+
+def triton_backward_launch(kind, mix, c, grid, warps, waves, shape, x_bytes, elem):
+    """One launch of the Triton backward (backends/triton/grouped_conv_backward.py), modelled as
+    v2's conv is: the hot loop's instructions and L1 wavefronts x its trips x the programs, and
+    every trip's tiles from L2 (no reuse in L1: an upper bound). The mask is read a byte per
+    element (8 pixels share a byte; each loads it).
+    - dgrad: per program 9 taps x the output-channel span of its groups in BLOCK_K steps; per
+      step a [BLOCK_M, BLOCK_K] tile of grad_y and of mask bytes, [BLOCK_K, BLOCK_N] weights.
+    - wgrad: per program (pixel split, channel tile, tap) its split's pixels in BLOCK_M steps;
+      per step [BLOCK_M, BLOCK_N] of grad_y and mask bytes, [BLOCK_M, BLOCK_K] of x; its fp32
+      partial sums written once.
+    - wgrad_sum: the partial sums read once, in split order (a DRAM pass)."""
+    cpg, programs = shape["cpg"], math.prod(grid)
+    y_bytes = output_bytes(shape, x_bytes)
+    mask_bytes = y_bytes / elem / 8
+    per_warp = sum(wavefronts_per_instruction(cat, n) for cat, n in mix.items())
+    instr = sum(mix.values())
+    partial_bytes = grid[0] * shape["C"] * cpg * 9 * 4 if kind != "conv_dgrad" else 0
+    if kind == "conv_wgrad_sum":  # grid: (splits, 1, 1); a program per output channel adds
+        # the splits' partial sums for BLOCK_R of its weights at a time
+        trips = math.ceil(cpg * 9 / c["BLOCK_R"]) * grid[0]
+        return dict(dram_bytes=partial_bytes, l2_bytes=partial_bytes,
+                    l1_wavefronts=partial_bytes / tm.L1_WAVEFRONT_BYTES,
+                    warp_instructions=shape["C"] * trips * instr * warps, waves=waves)
+    bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
+    if kind == "conv_dgrad":
+        span = (math.ceil(bn / cpg) * cpg) if bn >= cpg else cpg
+        trips = 9 * math.ceil(span / bk)
+        step_bytes = bm * bk * (elem + 1) + bk * bn * elem
+        dram = y_bytes + mask_bytes + x_bytes
+    else:
+        M = y_bytes // (shape["C"] * elem)  # output pixels
+        trips = math.ceil(M / grid[0] / bm)
+        step_bytes = bm * bn * (elem + 1) + bm * bk * elem
+        dram = y_bytes + mask_bytes + x_bytes + partial_bytes
+    operand = step_bytes / tm.L1_WAVEFRONT_BYTES if mix.get("hgmma") else 0
+    return dict(dram_bytes=dram, l2_bytes=programs * trips * step_bytes,
+                l1_wavefronts=programs * trips * (per_warp * warps + operand),
+                warp_instructions=programs * trips * instr * warps, waves=waves)
+
+
+def train_floor_bytes(shape, elem):
+    """A training step's compulsory bytes for one fused layer: the forward reads x and writes y
+    and its mask; the backward reads grad_y, the mask and x, and writes grad_x."""
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
+    y_bytes = output_bytes(shape, x_bytes)
+    return 3 * x_bytes + 2 * y_bytes + 2 * y_bytes / elem / 8
+
+
+def cudnn_eager_train_traffic(shape, elem):
+    """conv + BN (eval) + ReLU and their autograd in eager, each op a pass over memory: forward
+    conv (x, y), BN and ReLU (2 y each); backward ReLU (3 y), BN (3 y), conv dgrad (y, x) and
+    wgrad (y, x). A lower bound of its traffic."""
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
+    y_bytes = output_bytes(shape, x_bytes)
+    return [dict(dram_bytes=3 * x_bytes + 13 * y_bytes, l2_bytes=0, l1_wavefronts=0,
+                 warp_instructions=0, waves=0)]
 
 
 def triton_conv_v3_launch(sass, c, programs, warps, waves, shape, x_bytes, elem):
@@ -450,6 +526,11 @@ def build(blocks: int):
                                                               dtype):
                 model = triton_layer(row, triton_kernels, shape)
                 label = row["launches"][0]["kernel"]
+                if row.get("phase") == "train":  # the masked forward, dgrad, wgrad, the sum
+                    entries.append(("triton_train", row["layout"], model,
+                                    dict(floor_bytes=train_floor_bytes(shape, elem)), label,
+                                    [l["kernel"] for l in row["launches"]]))
+                    continue
                 extra = {}
                 if label.startswith("conv_v3"):  # and its L1-cached variant, predicted apart
                     extra["l1_cached"] = triton_v3_l1_cached(
@@ -459,16 +540,22 @@ def build(blocks: int):
         if shape["op"] == "conv":
             entries.append(("cudnn_eager", "nhwc", cudnn_eager_traffic(shape, elem), {},
                             "traffic only (3 passes)", ["conv", "batch_norm", "relu"]))
+            if dtype == "fp16":
+                entries.append(("cudnn_eager_train", "nhwc",
+                                cudnn_eager_train_traffic(shape, elem),
+                                dict(floor_bytes=train_floor_bytes(shape, elem)),
+                                "traffic only (forward 3 passes, backward 4)", ["all"]))
         for backend, layout, model, guard, path, kernels in entries:
-            entry = dict(base, backend=backend, layout=layout, path=path, floor_bytes=fb,
-                         **{k: v for k, v in guard.items()})
+            entry = dict(base, backend=backend, layout=layout, path=path, floor_bytes=fb)
+            entry.update(guard)
             for gpu in GPUS:
                 p = tm.predict(gpu, model)
                 entry[f"launches_{gpu}"] = [dict(kernel=k, time_us=round(l["time_us"], 2),
                                                  bound=l["bound"])
                                             for k, l in zip(kernels, p["launches"])]
                 entry[f"predicted_us_{gpu}"] = p["time_us"]
-                entry[f"pct_of_floor_{gpu}"] = 100 * tm.floor_us(gpu, fb) / p["time_us"]
+                entry[f"pct_of_floor_{gpu}"] = (100 * tm.floor_us(gpu, entry["floor_bytes"])
+                                                / p["time_us"])
                 entry[f"bound_{gpu}"] = p["bound"]
                 entry[f"terms_{gpu}"] = {k: round(v, 2) for k, v in p.items()
                                          if k.endswith("_us") and k != "time_us"}
@@ -479,6 +566,8 @@ def build(blocks: int):
             candidates = [layout]
             if backend != "triton" and layout == "nhwc":
                 candidates.append("nhwc,w-nchw")
+            if backend.endswith("_train"):  # (no training measurement is read yet)
+                candidates = []
             found = [c for c in candidates
                      if (shape["model"], shape["layer"], backend, c, dtype) in measured
                      and same_kernel(backend, shape, path, measured[
@@ -533,7 +622,11 @@ def markdown(report):
         "on a channels_last input only; every benchmark run before grouped_conv.py recorded "
         "weight_layout); nchw. cudnn_eager: its memory traffic only (a lower bound). A measured "
         "figure marked † is of nhwc,w-nchw standing in for nhwc (CUDA kernels and cudnn_eager "
-        "only, until a run with channels_last weights).",
+        "only, until a run with channels_last weights). triton_train: a training step of the "
+        "layer on the Triton backend (the forward that stores the ReLU mask, dgrad, wgrad and "
+        "its sum; floor: x read twice, y and the mask written, grad_y and the mask read, "
+        "grad_x written); cudnn_eager_train: the traffic of conv + BN + ReLU and their "
+        "autograd in eager (a lower bound).",
         "",
         "| layer | backend | dtype | layout | ld sect/req | st sect/req | sh wf/req | sh confl | "
         "L2→SM/in | pred us H100 | % floor H100 | bound | per kernel (H100) | pred us H200 | "

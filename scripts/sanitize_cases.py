@@ -1,4 +1,6 @@
 """Small cases of every CUDA (and Triton) code path, for compute-sanitizer (memcheck, racecheck).
+The fused conv's training path too: the forward that stores the ReLU mask, dgrad and wgrad, for
+the backends with backward kernels of their own (OWN_BACKWARD).
 
     compute-sanitizer --tool memcheck python3 scripts/sanitize_cases.py [--backends cuda triton]
 Each case is also checked against the reference backend, so a silent wrong answer fails too.
@@ -24,6 +26,12 @@ os.environ["RESNEXT_KERNELS_TRITON_AUTOTUNE"] = "0"  # before any launch: see ab
 import torch
 
 import resnext_kernels as rk
+from resnext_kernels import relu_mask
+
+OPS = torch.ops.resnext_kernels
+# the backends whose backward ops are their own kernels (cuda's are aten's until its dgrad and
+# wgrad kernels exist: cuDNN under the sanitizer would cost the time the other cases need)
+OWN_BACKWARD = ("triton",)
 
 
 def conv_cases():
@@ -41,6 +49,48 @@ START = time.monotonic()
 
 def progress(what: str):
     print(f"[{time.monotonic() - START:6.1f} s] done: {what}", flush=True)
+
+
+def backward_cases():
+    for cpg in (1, 3, 4, 8, 16, 32, 64):
+        for stride in (1, 2):
+            yield cpg, stride, True, torch.float16
+        yield cpg, 2, False, torch.float32
+
+
+def check_backward(backend, device, cpg, stride, cl, dtype):
+    """The masked forward's mask against its output's; dgrad and wgrad against the reference
+    backend's on CPU copies, with the same mask. Returns the number of wrong results."""
+    groups = max(2, 64 // cpg)
+    C = cpg * groups
+    args = ([stride, stride], [1, 1], [1, 1], groups)
+    x = torch.randn(2, C, 7, 5, device=device, dtype=dtype)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(C, cpg, 3, 3, device=device) / (3 * cpg**0.5)).to(dtype)
+    s, b = torch.rand(C, device=device) + 0.5, torch.randn(C, device=device)
+    y, mask = OPS.grouped_conv_bn_relu_masked(x, w, s, b, *args, True, backend)
+    grad_y = torch.randn(y.shape, device=device).to(dtype)
+    grad_x = OPS.grouped_conv_dgrad(grad_y, mask, w, s, list(x.shape), *args, cl, backend)
+    grads = OPS.grouped_conv_wgrad(grad_y, mask, x, w, s, *args, backend)
+    cx, cw, cs, cgy = cpu_float(x, w, s, grad_y)
+    cmask = mask.cpu()
+    wrong = 0
+    if not torch.equal(cmask, relu_mask.from_output(y.cpu())):
+        print(f"masked forward {backend} cpg={cpg} stride={stride} cl={cl} {dtype}: the mask "
+              "is not its output's")
+        wrong += 1
+    expected = [OPS.grouped_conv_dgrad(cgy, cmask, cw, cs, list(x.shape), *args, cl,
+                                       "reference"),
+                *OPS.grouped_conv_wgrad(cgy, cmask, cx, cw, cs, *args, "reference")]
+    for name, got, ref in zip(("grad_x", "grad_w", "grad_scale", "grad_shift"),
+                              (grad_x, *grads), expected):
+        err = (got.float().cpu() - ref).abs().max().item() / max(1.0, ref.abs().max().item())
+        if not err < 0.05:
+            print(f"backward {backend} cpg={cpg} stride={stride} cl={cl} {dtype} {name}: "
+                  f"max rel err {err}")
+            wrong += 1
+    return wrong
 
 
 def cpu_float(*tensors):
@@ -105,6 +155,13 @@ def main():
                         print(f"se {backend} C={C} R={R} cl={cl} {dtype}: max err {err}")
                         failures += 1
                 progress(f"se {backend} {'nhwc' if cl else 'nchw'} {dtype}")
+        if backend in OWN_BACKWARD:
+            os.environ["RESNEXT_KERNELS_CUDA_V3"] = "1"
+            os.environ["RESNEXT_KERNELS_TRITON_V3"] = "1"
+            for cpg, stride, cl, dtype in backward_cases():
+                failures += check_backward(backend, device, cpg, stride, cl, dtype)
+                if not cl:
+                    progress(f"backward {backend} cpg {cpg}")
     if device == "cuda":
         torch.cuda.synchronize()
     print(f"sanitize cases done: {failures} wrong")

@@ -112,6 +112,25 @@ def test_grouped_conv_benchmark_custom_shape(tmp_path, keep_cudnn_benchmark):
     assert {r["weight_layout"] for r in data["rows"]} == {"nhwc"}
 
 
+def test_backward_benchmark_custom_shape(tmp_path, keep_cudnn_benchmark):
+    """Both phases, checked against float64 before timing; floors; speed-ups over cuDNN eager."""
+    bw = load_script("grouped_conv_backward")
+    assert bw.main(["--shape", "64,9,9,16,2", "--reps", "3", "--out", str(tmp_path),
+                    "--layouts", "nhwc", "--dtypes", "fp32"]) == 0
+    data, _ = load_outputs(tmp_path, "grouped_conv_backward")
+    rows = data["rows"]
+    assert {(r["phase"], r["provider"]) for r in rows} == {
+        (phase, p) for phase in ("backward", "fwd+bwd") for p in ("cudnn_eager", "reference")}
+    for r in rows:
+        assert r["status"] == "ok", r
+        check_timing_fields(dict(r, graph_status="not applicable"), reps=3)
+        assert r["max_rel_err"] < 1e-3
+        assert r["pct_of_floor"] == pytest.approx(100 * r["floor_ms"] / r["p50_ms"])
+        assert "speedup_vs_cudnn_eager" in r
+    floors = {r["phase"]: r["floor_ms"] for r in rows}
+    assert floors["fwd+bwd"] > floors["backward"] > 0
+
+
 def test_grouped_conv_weights_follow_the_input_layout_unless_told(keep_cudnn_benchmark):
     """By default a channels_last row's conv weights are channels_last too (as
     model.to(memory_format=torch.channels_last) leaves them: cuDNN's speed depends on it);

@@ -366,9 +366,13 @@ def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation
     grad_shift = torch.empty(C_out, dtype=torch.float32, device=device)
     cpg_out = C_out // groups
     block_n, _ = _channel_tiles(cpg_in, cpg_out)
-    # the most input channels a tile of block_n output channels reads: a tile that does not
-    # start at a group boundary touches one group more
-    k_span = min(C_in, (triton.cdiv(block_n - 1, cpg_out) + 1) * cpg_in)
+    # the most input channels a tile of block_n output channels reads: its groups' (tiles start
+    # at group boundaries where block_n is a multiple of cpg_out; elsewhere a tile may touch one
+    # group more)
+    if block_n % cpg_out == 0:
+        k_span = block_n // cpg_out * cpg_in
+    else:
+        k_span = min(C_in, (triton.cdiv(block_n - 1, cpg_out) + 1) * cpg_in)
     block_k = min(64, max(16, triton.next_power_of_2(k_span)))
     k_chunks = triton.cdiv(k_span, block_k)
     block_m = _block_m(x)
