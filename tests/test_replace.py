@@ -85,11 +85,14 @@ def test_training_is_exactly_the_original():
         assert torch.equal(a.grad, b.grad), f"grad of {k} differs"
 
 
-def test_eval_backward_survives_shared_inplace_relu():
-    """Frozen-BN fine-tuning: eval mode with gradients through torchvision-style blocks."""
-    model = randomize_bn(tiny_resnext()).eval()
-    fused = swapped_copy(model)
-    x = torch.randn(2, 3, 32, 32)
+def test_eval_backward_survives_shared_inplace_relu(backend_device):
+    """Frozen-BN fine-tuning: eval mode with gradients through torchvision-style blocks (the
+    fused op's backward: the backend's dgrad and wgrad, the mask surviving the shared in-place
+    ReLU), every parameter's gradient as the original model's."""
+    backend, device = backend_device
+    model = randomize_bn(tiny_resnext()).eval().to(device)
+    fused = swapped_copy(model, backend=backend)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)).to(device)
     fused(x).sum().backward()
     model(x).sum().backward()
     for (k, a), (_, b) in zip(model.named_parameters(), fused.named_parameters()):
