@@ -38,8 +38,8 @@ def reference_grads(x, w, scale, shift, y, grad_y, stride, padding, dilation, gr
     xr, wr, sr, br = leaves
     pre = F.conv2d(xr, wr, None, stride, padding, dilation, groups) * sr.view(-1, 1, 1) \
         + br.view(-1, 1, 1)
-    if relu:
-        pre = pre * torch.logical_not(y.detach().cpu() <= 0).double()
+    if relu:  # a select, as torch's ReLU backward: a NaN gradient where it blocks stays out
+        pre = torch.where(torch.logical_not(y.detach().cpu() <= 0), pre, 0.0)
     return torch.autograd.grad(pre, leaves, grad_y.double().cpu())
 
 
@@ -70,8 +70,9 @@ def run_case(backend, device, cpg, groups, dtype, channels_last, seed, *, stride
     return grads
 
 
-# every channels-per-group class of the forward (the backward tiles follow v2's), 3 an odd one
-CPG_CLASSES = [1, 3, 4, 8, 16, 32, 64]
+# every channels-per-group class of the forward (the backward tiles follow v2's), 3 an odd one;
+# 6 and 24: groups that straddle the 16- and 32-channel tiles
+CPG_CLASSES = [1, 3, 4, 6, 8, 16, 24, 32, 64]
 
 
 @pytest.mark.parametrize("cpg", CPG_CLASSES)
@@ -139,6 +140,7 @@ def test_mask_is_the_outputs(backend_device, dtype, channels_last, C, groups):
     y, mask = OPS.grouped_conv_bn_relu_masked(x, w, scale, shift, [1, 1], [1, 1], [1, 1], groups,
                                               True, backend)
     plain = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=groups, backend=backend)
+    assert not y[1, C // groups:].isnan().any(), "the NaN stays in its group"
     assert torch.equal(y.isnan(), plain.isnan())
     torch.testing.assert_close(y, plain, equal_nan=True, atol=0, rtol=0)
     assert mask.dtype == torch.uint8 and mask.shape == (9, C) and mask.is_contiguous()
@@ -196,6 +198,62 @@ def test_nan_gradient_stays_in_its_group(backend_device):
     others[[1, 7]] = False
     assert torch.isfinite(gx.reshape(2, 8, 4, 7, 9)[:, others]).all()
     assert torch.isfinite(gx[1, 4:8]).all() and torch.isfinite(gx[0, 28:32]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_nan_input_leaves_the_other_groups_gradients_alone(backend_device, dtype):
+    """A NaN input reaches only its group's outputs (Triton v2 packs 4 groups of 4 channels in
+    a tile and sums a NaN tile again exactly), so the other groups' ReLU mask, and their
+    gradients, are what they would be without it (CUDA's fp16 NCHW call runs the WMMA kernel,
+    which does carry the NaN into y's other groups: its mask comes from the reference)."""
+    backend, device = backend_device
+    x, w, scale, shift = make_case(4, 4, dtype, device, False, 1950)
+    x[0, 1, 2, 2] = float("nan")  # group 0
+    leaves = [t.clone().requires_grad_() for t in (x, w, scale, shift)]
+    y = rk.grouped_conv_bn_relu(*leaves, groups=4, backend=backend)
+    assert y[0, :4].isnan().any() and not y[1].isnan().any()
+    grad_y = torch.randn(y.shape, generator=seeded(1951)).to(dtype).to(device)
+    grads = torch.autograd.grad(y, leaves, grad_y)
+    # the ReLU's decisions: the op's own, but where a NaN reached another group's y (the WMMA
+    # kernel's), what that output really is
+    decided = y.detach().clone()
+    true = F.conv2d(x[0:1].double(), w.double(), None, 1, 1, 1, 4)[0, 4:].mul(
+        scale[4:].double().view(-1, 1, 1)).add(shift[4:].double().view(-1, 1, 1)).to(dtype)
+    decided[0, 4:] = torch.where(decided[0, 4:].isnan(), true, decided[0, 4:])
+    ref = reference_grads(x, w, scale, shift, decided, grad_y, 1, 1, 1, 4, True)
+    clean = [(grads[0][:, 4:], ref[0][:, 4:]), (grads[1][4:], ref[1][4:]),
+             (grads[2][4:], ref[2][4:]), (grads[3][4:], ref[3][4:])]
+    check_grads([g for g, _ in clean], [r for _, r in clean], dtype)
+
+
+def test_nan_gradient_where_the_relu_blocked_stays_out(backend_device):
+    """torch's ReLU backward selects (where(y <= 0, 0, grad)): a NaN gradient at a blocked
+    output does not reach any gradient."""
+    backend, device = backend_device
+    x, w, scale, shift = make_case(4, 4, torch.float32, device, True, 1960)
+    leaves = [t.clone().requires_grad_() for t in (x, w, scale, shift)]
+    y = rk.grouped_conv_bn_relu(*leaves, groups=4, backend=backend)
+    grad_y = torch.randn(y.shape, generator=seeded(1961)).to(device)
+    grad_y[y.detach() <= 0] = float("nan")
+    for g in torch.autograd.grad(y, leaves, grad_y):
+        assert torch.isfinite(g).all()
+
+
+def test_gradient_strides_are_the_fakes(backend_device):
+    """grad_w has the weight's strides (the fake's empty_like), also for a weight that is
+    neither contiguous nor channels_last: a compiled graph asserts the fake's strides."""
+    backend, device = backend_device
+    x, w, scale, _, mask, grad_y = _backward_args(device)
+    w_t = w.transpose(2, 3)
+    for weight in (w, w_t, w.contiguous(memory_format=torch.channels_last)):
+        gw, _, _ = OPS.grouped_conv_wgrad(grad_y, mask, x, weight, scale, [1, 1], [1, 1],
+                                          [1, 1], 4, backend)
+        assert gw.stride() == torch.empty_like(weight).stride()
+    for cl in (False, True):
+        gx = OPS.grouped_conv_dgrad(grad_y, mask, w, scale, list(x.shape), [1, 1], [1, 1],
+                                    [1, 1], 4, cl, backend)
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        assert gx.is_contiguous(memory_format=fmt)
 
 
 # ------------------------------------------------------------------------ determinism, aten
@@ -330,6 +388,22 @@ def test_backward_ops_name_bad_arguments(change, match):
     with pytest.raises(ValueError, match=match):
         OPS.grouped_conv_wgrad(a["grad_y"], a["mask"], x, w, a["scale"], [1, 1], [1, 1], [1, 1],
                                4, "reference")
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_backward_ops_check_the_inputs_geometry(backend):
+    """An x or input_size that does not convolve to grad_y is refused, not computed from."""
+    x, w, scale, _, mask, grad_y = _backward_args("cpu")
+    args = ([1, 1], [1, 1], [1, 1], 4)
+    with pytest.raises(ValueError, match=r"x: \[3, 16, 5, 6\] convolves to \[3"):
+        OPS.grouped_conv_wgrad(grad_y, mask, torch.cat([x, x[:1]]), w, scale, *args, backend)
+    with pytest.raises(ValueError, match="x: expected 16 channels"):
+        OPS.grouped_conv_wgrad(grad_y, mask, x[:, :12], w, scale, *args, backend)
+    with pytest.raises(ValueError, match=r"input_size: \[2, 16, 7, 6\] convolves to"):
+        OPS.grouped_conv_dgrad(grad_y, mask, w, scale, [2, 16, 7, 6], *args, True, backend)
+    with pytest.raises(ValueError, match="stride: expected 2 values"):
+        OPS.grouped_conv_dgrad(grad_y, mask, w, scale, list(x.shape), [1], [1, 1], [1, 1], 4,
+                               True, backend)
 
 
 def test_compile_forward_and_backward(backend_device):

@@ -59,7 +59,9 @@ def _gradient_before_relu(grad_y, mask):
     """gp = grad_y where the ReLU passed it (all of it without a ReLU: an empty mask)."""
     if mask.shape[0] == 0:
         return grad_y
-    return grad_y * relu_mask.unpack(mask, grad_y.shape).to(grad_y.dtype)
+    # a select, not a product: a NaN gradient where the ReLU blocked it stays out (torch's
+    # ReLU backward is where(y <= 0, 0, grad))
+    return grad_y.masked_fill(~relu_mask.unpack(mask, grad_y.shape), 0)
 
 
 def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding, dilation,
@@ -80,7 +82,7 @@ def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation
     G = torch.nn.grad.conv2d_weight(x, list(weight.shape), gp, stride, padding, dilation,
                                     groups).float()
     scale32 = scale.float().view(-1, 1, 1, 1)
-    grad_w = (G * scale32).to(weight.dtype).contiguous(memory_format=_memory_format(weight))
+    grad_w = torch.empty_like(weight).copy_(G * scale32)  # weight's strides, as the op's fake
     grad_scale = (G * weight.float()).sum((1, 2, 3))
     grad_shift = gp.float().sum((0, 2, 3))
     return grad_w, grad_scale, grad_shift

@@ -73,8 +73,27 @@ def _check_backward_args(grad_y, mask, weight, scale, groups):
     for t, name in ((mask, "relu_mask"), (weight, "weight"), (scale, "scale")):
         if t.device != grad_y.device:
             raise ValueError(f"{name}: expected device {grad_y.device} (grad_y's), got {t.device}")
-    if groups < 1 or C_out % groups:
-        raise ValueError(f"groups: {groups} does not divide the {C_out} output channels")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or C_out % groups:
+        raise ValueError(f"groups: {groups!r} does not divide the {C_out} output channels")
+
+
+def _check_input_geometry(input_size, grad_y, weight, stride, padding, dilation, groups, name):
+    """The forward's input (its size) must be one whose conv gives grad_y's shape."""
+    for values, what, least in ((stride, "stride", 1), (padding, "padding", 0),
+                                (dilation, "dilation", 1)):
+        if len(values) != 2 or min(values) < least:
+            raise ValueError(f"{what}: expected 2 values >= {least}, got {list(values)}")
+    if len(input_size) != 4:
+        raise ValueError(f"{name}: expected 4 sizes [N, C_in, H, W], got {list(input_size)}")
+    N, C_in, H, W = input_size
+    if C_in != weight.shape[1] * groups:
+        raise ValueError(f"{name}: expected {weight.shape[1] * groups} channels (weight's "
+                         f"{weight.shape[1]} per group x {groups} groups), got {C_in}")
+    H_out = (H + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
+    W_out = (W + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
+    if (N, H_out, W_out) != (grad_y.shape[0], grad_y.shape[2], grad_y.shape[3]):
+        raise ValueError(f"{name}: {list(input_size)} convolves to [{N}, _, {H_out}, {W_out}], "
+                         f"but grad_y is {list(grad_y.shape)}")
 
 
 @torch.library.custom_op("resnext_kernels::grouped_conv_dgrad", mutates_args=())
@@ -84,6 +103,8 @@ def _dgrad_op(
     groups: int, channels_last: bool, backend: str,
 ) -> torch.Tensor:
     _check_backward_args(grad_y, relu_mask, weight, scale, groups)
+    _check_input_geometry(input_size, grad_y, weight, stride, padding, dilation, groups,
+                          "input_size")
     impl = backends.implementation("grouped_conv_dgrad", _backend(backend, grad_y.device))
     return impl(grad_y, relu_mask, weight, scale, input_size, stride, padding, dilation, groups,
                 channels_last)
@@ -93,11 +114,22 @@ def _dgrad_op(
 def _(grad_y, relu_mask, weight, scale, input_size, stride, padding, dilation, groups,
       channels_last, backend):
     _check_backward_args(grad_y, relu_mask, weight, scale, groups)
+    _check_input_geometry(input_size, grad_y, weight, stride, padding, dilation, groups,
+                          "input_size")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty(input_size, dtype=grad_y.dtype, device=grad_y.device, memory_format=fmt)
 
 
 # ------------------------------------------------------------------------ wgrad
+def _check_wgrad_x(x, grad_y, weight, stride, padding, dilation, groups):
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError("x: expected a 4-D tensor")
+    if x.dtype != grad_y.dtype or x.device != grad_y.device:
+        raise ValueError(f"x: expected {grad_y.dtype} on {grad_y.device} (grad_y's), got "
+                         f"{x.dtype} on {x.device}")
+    _check_input_geometry(list(x.shape), grad_y, weight, stride, padding, dilation, groups, "x")
+
+
 @torch.library.custom_op("resnext_kernels::grouped_conv_wgrad", mutates_args=())
 def _wgrad_op(
     grad_y: torch.Tensor, relu_mask: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
@@ -105,6 +137,7 @@ def _wgrad_op(
     groups: int, backend: str,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_backward_args(grad_y, relu_mask, weight, scale, groups)
+    _check_wgrad_x(x, grad_y, weight, stride, padding, dilation, groups)
     impl = backends.implementation("grouped_conv_wgrad", _backend(backend, grad_y.device))
     return impl(grad_y, relu_mask, x, weight, scale, stride, padding, dilation, groups)
 
@@ -112,6 +145,7 @@ def _wgrad_op(
 @_wgrad_op.register_fake
 def _(grad_y, relu_mask, x, weight, scale, stride, padding, dilation, groups, backend):
     _check_backward_args(grad_y, relu_mask, weight, scale, groups)
+    _check_wgrad_x(x, grad_y, weight, stride, padding, dilation, groups)
     C_out = weight.shape[0]
     per_channel = torch.empty(C_out, dtype=torch.float32, device=weight.device)
     return torch.empty_like(weight), per_channel, torch.empty_like(per_channel)

@@ -65,6 +65,7 @@ def _dgrad_kernel(
     sxn, sxc, sxh, sxw,  # grad_x element strides
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_MASK: tl.constexpr,  # apply the ReLU mask (the forward had a ReLU)
+    SPANS_GROUPS: tl.constexpr,  # a tile of BLOCK_N input channels may hold several groups
     DOT_IN_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr,  # input pixels per program
     BLOCK_N: tl.constexpr,  # input channels per program
@@ -78,7 +79,10 @@ def _dgrad_kernel(
         offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
         offs_n = offs_n.to(tl.int64)
         arange_k = arange_k.to(tl.int64)
-    m_ok = offs_m < N * H * W
+    pixels = N * H * W
+    if INDEX_64:
+        pixels = N.to(tl.int64) * H * W
+    m_ok = offs_m < pixels
     wi = offs_m % W
     hi = (offs_m // W) % H
     n = offs_m // (W * H)
@@ -126,7 +130,7 @@ def _dgrad_kernel(
             else:
                 acc = tl.dot(g, w_tile.to(g.dtype), acc)
 
-    if tl.max(tl.where(acc != acc, 1, 0)) > 0:
+    if SPANS_GROUPS and tl.max(tl.where(acc != acc, 1, 0)) > 0:
         # a NaN: it may be one group's non-finite gradient times another group's packing zero.
         # Recompute the tile exactly, one output channel at a time (module docstring).
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -197,6 +201,8 @@ def _wgrad_partial_kernel(
         arange_k = arange_k.to(tl.int64)
         m_start = split.to(tl.int64) * pixels_per_split
     M = N * H_out * W_out
+    if INDEX_64:
+        M = N.to(tl.int64) * H_out * W_out
     m_end = tl.minimum(m_start + pixels_per_split, M)
 
     # output channels of this tile, and the span of input channels their groups read
@@ -338,6 +344,7 @@ def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding,
     has_mask = mask.shape[0] > 0
     meta = dict(
         KH=KH, KW=KW, HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        SPANS_GROUPS=cpg_in % block_n != 0,
         INDEX_64=max(_max_offset(t) for t in (grad_y, weight, grad_x, mask)) > INDEX_32_LIMIT,
         **_dot_meta(grad_y, _interpreted(grad_y)), **_launch_options(grad_y, block_n, block_k),
     )

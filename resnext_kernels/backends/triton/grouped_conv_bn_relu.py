@@ -7,6 +7,8 @@ tile's output channels. When channels per group are too few to fill a tensor-cor
 block-diagonally: entries that pair an input channel with an output channel of another group
 are masked to zero. That wastes FLOPs (x16/cpg at cpg < 16), which these memory-bound shapes
 can afford (see docs/KERNELS.md), and reads the input once per tile instead of once per group.
+The packing zeros would carry 0 * NaN from one group's non-finite input into the others: a
+packed tile whose sums hold a NaN is summed again exactly (channel by channel, no tensor cores).
 
 Epilogue: acc * scale[co] + shift[co], optional ReLU (NaN passes, as torch.relu), cast, store.
 Every tensor is addressed through its strides, so NCHW, channels_last and strided views work;
@@ -48,6 +50,7 @@ def _grouped_conv_bn_relu_kernel(
     KH: tl.constexpr, KW: tl.constexpr,  # kernel size
     APPLY_RELU: tl.constexpr,
     WRITE_MASK: tl.constexpr,  # also store the ReLU mask (for the backward)
+    SPANS_GROUPS: tl.constexpr,  # a tile of BLOCK_N output channels may hold several groups
     DOT_IN_FP32: tl.constexpr,  # cast tiles to fp32 before tl.dot (fp32 input; the interpreter)
     DOT_PRECISION: tl.constexpr,  # "tf32" or "ieee", used when DOT_IN_FP32
     INDEX_64: tl.constexpr,  # 64-bit offsets: some tensor spans 2^31 elements or more
@@ -68,6 +71,8 @@ def _grouped_conv_bn_relu_kernel(
 
     # Output positions of this tile, decoded from the flat (n, ho, wo) index.
     M = N * H_out * W_out
+    if INDEX_64:
+        M = N.to(tl.int64) * H_out * W_out
     m_ok = offs_m < M
     wo = offs_m % W_out
     ho = (offs_m // W_out) % H_out
@@ -120,6 +125,31 @@ def _grouped_conv_bn_relu_kernel(
                 )
             else:
                 acc = tl.dot(x_tile, w_tile, acc)
+
+    # Where the tile packs several groups, a NaN sum may be one group's non-finite input times
+    # another group's zero weight (0 * NaN): nn.Conv2d keeps groups apart, so such a tile is
+    # summed again without tensor cores, one input channel at a time, the other groups'
+    # products selected away (only tiles that read a non-finite value pay for it).
+    if SPANS_GROUPS and tl.max(tl.where(acc != acc, 1, 0)) > 0:
+        if (co0 // cpg_out) != (co_last // cpg_out):
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for tap in range(KH * KW):
+                kh = tap // KW
+                kw = tap % KW
+                hi = ho * stride_h - pad_h + kh * dil_h
+                wi = wo * stride_w - pad_w + kw * dil_w
+                pos_ok = m_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
+                x_pos = x_n + hi * sxh + wi * sxw
+                w_tap = w_n + kh * swh + kw * sww
+                for c in range(ci_lo, ci_hi):
+                    ci = c
+                    if INDEX_64:
+                        ci = c.to(tl.int64)
+                    same_group = (ci // cpg_in) == group_of_n
+                    xv = tl.load(x_pos + ci * sxc, mask=pos_ok, other=0.0).to(tl.float32)
+                    wv = tl.load(w_tap + (ci - group_of_n * cpg_in) * swi,
+                                 mask=same_group & n_ok, other=0.0).to(tl.float32)
+                    acc += tl.where(same_group[None, :], xv[:, None] * wv[None, :], 0.0)
 
     scale = tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
     shift = tl.load(shift_ptr + offs_n, mask=n_ok, other=0.0)
@@ -318,6 +348,7 @@ def _launch_v2(x, weight, scale, shift, y, mask, stride, padding, dilation, grou
         KW=KW,
         APPLY_RELU=bool(relu),
         WRITE_MASK=mask is not None,
+        SPANS_GROUPS=cpg_out % block_n != 0,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         **_dot_meta(x, interpreted),
