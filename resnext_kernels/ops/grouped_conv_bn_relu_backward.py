@@ -14,8 +14,9 @@ backend that implements them.
 
 Every backend implements the three ops; the mask's layout is the same in all of them, so a
 forward and its backward may run on different backends. The backward ops run on the backend
-the forward named ("auto" resolves per device, as for the forward). Double backward
-(create_graph=True) is refused with an error.
+the forward named; "auto" resolves the masked forward as the plain forward (the measured
+table, then the device default) and the backward ops to the device default (the measured
+tables time forwards only). Double backward (create_graph=True) is refused with an error.
 """
 
 from typing import List, Tuple
@@ -24,7 +25,7 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 from .. import backends, relu_mask
-from .grouped_conv_bn_relu import _check_args, _grouped_conv_bn_relu_op
+from .grouped_conv_bn_relu import _auto_table_key, _check_args, _grouped_conv_bn_relu_op
 
 
 def _backend(backend, device):
@@ -39,7 +40,10 @@ def _masked_op(
     backend: str,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     _check_args(x, weight, scale, shift, stride, padding, dilation, groups)
-    impl = backends.implementation("grouped_conv_bn_relu_masked", _backend(backend, x.device))
+    # "auto" as the plain forward resolves it (the measured table first), so y is the same
+    table_key = _auto_table_key(x, weight, stride, padding, dilation, groups, backend)
+    impl = backends.implementation("grouped_conv_bn_relu_masked",
+                                   backends.resolve(backend, x.device, table_key))
     return impl(x, weight, scale, shift, stride, padding, dilation, groups, relu)
 
 
