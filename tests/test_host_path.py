@@ -157,9 +157,10 @@ def test_traced_cuda_calls_record_the_cpp_op():
     se = lambda u: rk.squeeze_excite(u, w1, None, w2, None, residual=u, relu=True,  # noqa: E731
                                      backend="cuda")
     assert ops(se, x) == ["resnext_kernels.squeeze_excite_cuda.default"]
-    # autograd must record it: the Python op, which has the backward
+    # autograd must record it: the Python op that has the backward (the masked forward, which
+    # saves the ReLU mask for it)
     assert ops(conv("cuda"), x, w.requires_grad_()) == [
-        "resnext_kernels.grouped_conv_bn_relu.default"]
+        "resnext_kernels.grouped_conv_bn_relu_masked.default"]
     with pytest.raises(ValueError, match="scale: expected shape"):
         make_fx(lambda x, w: rk.grouped_conv_bn_relu(x, w, scale[:8], shift, groups=32,
                                                      backend="cuda"),
