@@ -31,6 +31,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+from grouped_conv import make_layer  # noqa: E402  (the same layers as the forward benchmark)
 
 import resnext_kernels as rk  # noqa: E402
 from resnext_kernels import backends  # noqa: E402
@@ -42,19 +43,6 @@ CPU_PROVIDERS = ["cudnn_eager", "reference"]
 PHASES = ["backward", "fwd+bwd"]
 # relative to max |float64 gradient|, per gradient
 TOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 8e-2}
-
-
-def make_layer(C_in, C_out, groups, stride, device, dtype, seed):
-    g = torch.Generator().manual_seed(seed)
-    conv = nn.Conv2d(C_in, C_out, 3, stride=stride, padding=1, groups=groups, bias=False)
-    bn = nn.BatchNorm2d(C_out)
-    with torch.no_grad():
-        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) / (3 * (C_in // groups) ** 0.5))
-        bn.weight.copy_(torch.rand(C_out, generator=g) + 0.5)
-        bn.bias.copy_(torch.randn(C_out, generator=g) * 0.2)
-        bn.running_mean.copy_(torch.randn(C_out, generator=g) * 0.2)
-        bn.running_var.copy_(torch.rand(C_out, generator=g) + 0.5)
-    return conv.to(device, dtype).eval(), bn.to(device).eval()
 
 
 class Provider:

@@ -50,6 +50,22 @@ def _masked_gradient(gy_ptr, mask_ptr, gy_off, m_out, offs_c, ok, C_out, HAS_MAS
 
 
 @triton.jit
+def _output_pixel_of_tap(n, hi, wi, m_ok, kh, kw, H_out, W_out, stride_h, stride_w, pad_h,
+                         pad_w, dil_h, dil_w, sgn, sgh, sgw):
+    """The output pixel (oh, ow) whose tap (kh, kw) read input pixel (n, hi, wi), if any:
+    (whether there is one, its flat index n*H_out*W_out + ..., its offset in grad_y)."""
+    th = hi + pad_h - kh * dil_h
+    tw = wi + pad_w - kw * dil_w
+    th = tl.where(th >= 0, th, -stride_h)  # (negative: no output pixel; keep % positive)
+    tw = tl.where(tw >= 0, tw, -stride_w)
+    oh = th // stride_h
+    ow = tw // stride_w
+    ok = (m_ok & (th >= 0) & (tw >= 0) & (th % stride_h == 0) & (tw % stride_w == 0)
+          & (oh < H_out) & (ow < W_out))
+    return ok, (n * H_out + oh) * W_out + ow, n * sgn + oh * sgh + ow * sgw
+
+
+@triton.jit
 def _dgrad_kernel(
     gy_ptr,  # grad of the output [N, C_out, H_out, W_out], any strides
     mask_ptr,  # uint8 [ceil(N * H_out * W_out / 8), C_out]: the ReLU mask, when HAS_MASK
@@ -99,17 +115,9 @@ def _dgrad_kernel(
     for tap in range(KH * KW):
         kh = tap // KW
         kw = tap % KW
-        # the output pixel (oh, ow) whose tap (kh, kw) read this input pixel, if any
-        th = hi + pad_h - kh * dil_h
-        tw = wi + pad_w - kw * dil_w
-        th = tl.where(th >= 0, th, -stride_h)  # (negative: no output pixel; keep % positive)
-        tw = tl.where(tw >= 0, tw, -stride_w)
-        oh = th // stride_h
-        ow = tw // stride_w
-        pos_ok = (m_ok & (th >= 0) & (tw >= 0) & (th % stride_h == 0) & (tw % stride_w == 0)
-                  & (oh < H_out) & (ow < W_out))
-        m_out = (n * H_out + oh) * W_out + ow
-        g_pix = n * sgn + oh * sgh + ow * sgw
+        pos_ok, m_out, g_pix = _output_pixel_of_tap(n, hi, wi, m_ok, kh, kw, H_out, W_out,
+                                                    stride_h, stride_w, pad_h, pad_w, dil_h,
+                                                    dil_w, sgn, sgh, sgw)
         w_tap = w_ptr + kh * swh + kw * sww
         for k0 in range(co_lo, co_hi, BLOCK_K):
             offs_k = k0 + arange_k
@@ -137,16 +145,9 @@ def _dgrad_kernel(
         for tap in range(KH * KW):
             kh = tap // KW
             kw = tap % KW
-            th = hi + pad_h - kh * dil_h
-            tw = wi + pad_w - kw * dil_w
-            th = tl.where(th >= 0, th, -stride_h)
-            tw = tl.where(tw >= 0, tw, -stride_w)
-            oh = th // stride_h
-            ow = tw // stride_w
-            pos_ok = (m_ok & (th >= 0) & (tw >= 0) & (th % stride_h == 0)
-                      & (tw % stride_w == 0) & (oh < H_out) & (ow < W_out))
-            m_out = (n * H_out + oh) * W_out + ow
-            g_pix = n * sgn + oh * sgh + ow * sgw
+            pos_ok, m_out, g_pix = _output_pixel_of_tap(n, hi, wi, m_ok, kh, kw, H_out, W_out,
+                                                        stride_h, stride_w, pad_h, pad_w, dil_h,
+                                                        dil_w, sgn, sgh, sgw)
             for co in range(co_lo, co_hi):
                 co_v = tl.zeros((1,), dtype=offs_n.dtype) + co
                 g = _masked_gradient(gy_ptr, mask_ptr, g_pix[:, None] + co_v[None, :] * sgc,
