@@ -8,7 +8,10 @@ Providers (each checked against float64 autograd before it is timed):
   reference        resnext_kernels.grouped_conv_bn_relu, backend "reference" (aten backward ops)
   triton, cuda     the op with that backend: the masked forward (1-bit ReLU mask), then the
                    backend's dgrad and wgrad ops; leaves x, weight, scale, shift (the BN fold
-                   in front of the op, a few per-channel ops, is not timed)
+                   in front of the op, a few per-channel ops, is not timed). cuda's dgrad and
+                   wgrad are aten's by default (backends/cuda.py)
+  cuda_direct      cuda with RESNEXT_KERNELS_CUDA_BACKWARD=direct: its own (direct) backward
+                   kernels
 Phases:
   backward         torch.autograd.grad of a saved forward (retain_graph): the backward alone
   fwd+bwd          the forward and its backward, as a training step runs them
@@ -38,7 +41,9 @@ from resnext_kernels import backends  # noqa: E402
 from resnext_kernels.models.shapes import grouped_conv_shapes  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PROVIDERS = ["cudnn_eager", "reference", "triton", "cuda"]
+PROVIDERS = ["cudnn_eager", "reference", "triton", "cuda", "cuda_direct"]
+# providers that are a backend run with environment settings: (backend, {variable: value})
+VARIANTS = {"cuda_direct": ("cuda", {"RESNEXT_KERNELS_CUDA_BACKWARD": "direct"})}
 CPU_PROVIDERS = ["cudnn_eager", "reference"]
 PHASES = ["backward", "fwd+bwd"]
 # relative to max |float64 gradient|, per gradient
@@ -50,6 +55,7 @@ class Provider:
 
     def __init__(self, name, conv, bn, device):
         self.name = name
+        backend, self.env = VARIANTS.get(name, (name, {}))
         if name == "cudnn_eager":
             relu = nn.ReLU(inplace=True)
             self.params = [conv.weight, bn.weight, bn.bias]
@@ -60,18 +66,27 @@ class Provider:
             self.params = [conv.weight, scale.requires_grad_(), shift.requires_grad_()]
             self.forward = lambda x: rk.grouped_conv_bn_relu(
                 x, conv.weight, self.params[1], self.params[2], stride=conv.stride,
-                groups=conv.groups, backend=name)
+                groups=conv.groups, backend=backend)
         for p in self.params:
             p.requires_grad_(True)
 
     def grads(self, x, y, grad_y, retain):
-        return torch.autograd.grad(y, [x, *self.params], grad_y, retain_graph=retain)
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)  # read by the backend's backward ops on every call
+        try:
+            return torch.autograd.grad(y, [x, *self.params], grad_y, retain_graph=retain)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def available(name, device):
     if name == "cudnn_eager":
         return None
-    ok, reason = backends.backend_status(name, device.type)
+    ok, reason = backends.backend_status(VARIANTS.get(name, (name, {}))[0], device.type)
     return None if ok else reason
 
 

@@ -29,9 +29,9 @@ import resnext_kernels as rk
 from resnext_kernels import relu_mask
 
 OPS = torch.ops.resnext_kernels
-# the backends whose backward ops are their own kernels (cuda's are aten's until its dgrad and
-# wgrad kernels exist: cuDNN under the sanitizer would cost the time the other cases need)
-OWN_BACKWARD = ("triton",)
+# the backends whose backward ops are their own kernels (the reference's are aten's: cuDNN under
+# the sanitizer would cost the time the other cases need)
+OWN_BACKWARD = ("triton", "cuda")
 
 
 def conv_cases():
@@ -158,6 +158,7 @@ def main():
         if backend in OWN_BACKWARD:
             os.environ["RESNEXT_KERNELS_CUDA_V3"] = "1"
             os.environ["RESNEXT_KERNELS_TRITON_V3"] = "1"
+            os.environ["RESNEXT_KERNELS_CUDA_BACKWARD"] = "direct"  # its kernels, not aten's
             for cpg, stride, cl, dtype in backward_cases():
                 failures += check_backward(backend, device, cpg, stride, cl, dtype)
                 if not cl:

@@ -189,6 +189,69 @@ def grouped_conv_bn_relu(binary, x, weight, scale, shift, *, stride=1, padding=1
         return _read_like(d, "y", y), report.strip()
 
 
+def _pair(v):
+    return list(v) if isinstance(v, (list, tuple)) else [v, v]
+
+
+def _backward_geometry(grad_y, weight, input_size, stride, padding, dilation, groups):
+    """stride, padding, dilation: an int or an (h, w) pair."""
+    N, C_in, H, W = input_size
+    C_out, _, KH, KW = weight.shape
+    return dict(N=N, C_in=C_in, H=H, W=W, C_out=C_out, H_out=grad_y.shape[2],
+                W_out=grad_y.shape[3], groups=groups, KH=KH, KW=KW, stride=_pair(stride),
+                padding=_pair(padding), dilation=_pair(dilation), grad_y_stride=grad_y.stride(),
+                w_stride=weight.stride())
+
+
+def grouped_conv_dgrad(binary, grad_y, mask, weight, scale, input_size, *, stride=1, padding=1,
+                       dilation=1, groups, channels_last):
+    """Runs launch_grouped_conv_dgrad like the torch glue: grad_x (allocated as the glue does,
+    poisoned with NaN) in `channels_last` or NCHW. mask: the packed ReLU mask, [0, C_out] for
+    none; stride, padding, dilation: an int or an (h, w) pair. Returns (grad_x, the harness's
+    report)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    grad_x = _poisoned_like_glue(tuple(input_size), grad_y.dtype, fmt)
+    with tempfile.TemporaryDirectory(prefix="emu_dgrad_") as tmp:
+        d = Path(tmp)
+        _write(d, "grad_y", grad_y)
+        _write(d, "mask", mask.contiguous())
+        _write(d, "w", weight)
+        _write(d, "scale", scale.float().contiguous())
+        _write(d, "grad_x", grad_x)
+        _write_params(d, dict(
+            dtype=DTYPE_CODES[grad_y.dtype],
+            **_backward_geometry(grad_y, weight, input_size, stride, padding, dilation, groups),
+            grad_x_stride=grad_x.stride(), grad_x_channels_last=channels_last))
+        report = _run(binary, "grouped_conv_dgrad", d)
+        return _read_like(d, "grad_x", grad_x), report.strip()
+
+
+def grouped_conv_wgrad(binary, grad_y, mask, x, weight, scale, *, stride=1, padding=1,
+                       dilation=1, groups, splits=None):
+    """Runs plan_grouped_conv_wgrad + launch_grouped_conv_wgrad like the torch glue; `splits`
+    overrides the plan's number of pixel ranges. Returns ((grad_w, grad_scale, grad_shift),
+    the harness's report: "path direct splits S threads T element_chunks E")."""
+    C_out = weight.shape[0]
+    grad_w = torch.full_like(weight, float("nan"))
+    grad_scale = torch.full((C_out,), float("nan"))
+    grad_shift = torch.full((C_out,), float("nan"))
+    with tempfile.TemporaryDirectory(prefix="emu_wgrad_") as tmp:
+        d = Path(tmp)
+        for name, t in (("grad_y", grad_y), ("mask", mask.contiguous()), ("x", x), ("w", weight),
+                        ("scale", scale.float().contiguous()), ("grad_w", grad_w),
+                        ("grad_scale", grad_scale), ("grad_shift", grad_shift)):
+            _write(d, name, t)
+        _write_params(d, dict(
+            dtype=DTYPE_CODES[grad_y.dtype],
+            **_backward_geometry(grad_y, weight, x.shape, stride, padding, dilation, groups),
+            x_stride=x.stride(), grad_w_stride=grad_w.stride(),
+            **({} if splits is None else dict(splits=splits))))
+        report = _run(binary, "grouped_conv_wgrad", d)
+        grads = tuple(_read_like(d, name, t) for name, t in (
+            ("grad_w", grad_w), ("grad_scale", grad_scale), ("grad_shift", grad_shift)))
+        return grads, report.strip()
+
+
 def squeeze_excite(binary, u, w1, b1, w2, b2, residual=None, relu=False, with_path=False):
     """Runs the CUDA SE launches like the torch glue does. Returns out, or (out, path) with
     with_path: the harness's report, "path chunked" (16-byte chunks) or "path elementwise"."""
@@ -252,9 +315,10 @@ def profile_launches(call, binary, *args, sample_blocks: int = 0, **kwargs):
 
 def launch_shapes(binary, op: str, *, N, C, H, W, dtype, channels_last, groups=None, stride=1,
                   R=None, allow_tf32=False, device_major=9):
-    """The launches (grid, block threads, dynamic shared memory) that one call of `op` ("conv"
-    or "se") makes at this shape, without running them: the profile build's plan-only mode, on
-    placeholder buffers, so real batch sizes cost nothing. Returns (path report, launches)."""
+    """The launches (grid, block threads, dynamic shared memory) that one call of `op` ("conv",
+    "dgrad", "wgrad" (the conv's backward, with a ReLU mask) or "se") makes at this shape,
+    without running them: the profile build's plan-only mode, on placeholder buffers, so real
+    batch sizes cost nothing. Returns (path report, launches)."""
     import json
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -276,6 +340,22 @@ def launch_shapes(binary, op: str, *, N, C, H, W, dtype, channels_last, groups=N
                 relu=True, y_channels_last=channels_last, device_major=device_major,
                 force_direct=False, x_lead_elems=0, allow_tf32=allow_tf32))
             args = ("grouped_conv", d)
+        elif op in ("dgrad", "wgrad"):
+            H_out, W_out = (H - 1) // stride + 1, (W - 1) // stride + 1
+            gy = torch.empty(N, C, H_out, W_out, dtype=dtype, device="meta").contiguous(
+                memory_format=fmt)
+            w = torch.empty(C, C // groups, 3, 3, dtype=dtype, device="meta")
+            for name in ("grad_y", "w", "scale", "x", "grad_x", "grad_w", "grad_scale",
+                         "grad_shift"):
+                (d / f"{name}.bin").write_bytes(b"")
+            (d / "mask.bin").write_bytes(b"\0")  # not empty: the kernels read a mask
+            _write_params(d, dict(
+                dtype=DTYPE_CODES[dtype], N=N, C_in=C, H=H, W=W, C_out=C, H_out=H_out,
+                W_out=W_out, groups=groups, KH=3, KW=3, stride=[stride] * 2, padding=[1, 1],
+                dilation=[1, 1], grad_y_stride=gy.stride(), w_stride=w.stride(),
+                x_stride=x.stride(), grad_x_stride=x.stride(), grad_w_stride=w.stride(),
+                grad_x_channels_last=channels_last))
+            args = (f"grouped_conv_{op}", d)
         else:
             for name in ("u", "out", "w1", "w2", "residual", "b1", "b2"):
                 (d / f"{name}.bin").write_bytes(b"")

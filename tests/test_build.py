@@ -69,6 +69,44 @@ def test_cuda_op_opcheck():
 
 @needs_extension
 @pytest.mark.gpu
+def test_cuda_backward_ops_opcheck():
+    from resnext_kernels import relu_mask
+    x = torch.randn(2, 16, 6, 6, device="cuda")
+    w = torch.randn(16, 4, 3, 3, device="cuda")
+    s = torch.rand(16, device="cuda") + 0.5
+    grad_y = torch.randn(2, 16, 3, 3, device="cuda")
+    mask = relu_mask.pack(torch.rand(2, 16, 3, 3, device="cuda") < 0.5)
+    conv = ([2, 2], [1, 1], [1, 1], 4)
+    for cl in (False, True):
+        torch.library.opcheck(torch.ops.resnext_kernels.grouped_conv_dgrad_cuda.default,
+                              (grad_y, mask, w, s, list(x.shape), *conv, cl),
+                              test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.resnext_kernels.grouped_conv_wgrad_cuda.default,
+                          (grad_y, mask, x, w, s, *conv),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@needs_extension
+@pytest.mark.gpu
+def test_cuda_backward_ops_reject_bad_arguments_by_name():
+    """The C++ ops check what the kernels would otherwise read out of bounds."""
+    grad_y, w, s = (torch.randn(1, 8, 4, 4, device="cuda"), torch.randn(8, 2, 3, 3, device="cuda"),
+                    torch.ones(8, device="cuda"))
+    mask = torch.zeros(2, 8, dtype=torch.uint8, device="cuda")
+    dgrad = torch.ops.resnext_kernels.grouped_conv_dgrad_cuda
+    with pytest.raises(RuntimeError, match=r"relu_mask: expected a contiguous uint8 \[2, 8\]"):
+        dgrad(grad_y, mask[:1], w, s, [1, 8, 4, 4], [1, 1], [1, 1], [1, 1], 4, False)
+    with pytest.raises(RuntimeError, match=r"grad_y: expected \[1, 8, 2, 2\]"):
+        dgrad(grad_y, mask, w, s, [1, 8, 4, 4], [2, 2], [1, 1], [1, 1], 4, False)
+    with pytest.raises(RuntimeError, match="scale: expected a CUDA tensor"):
+        dgrad(grad_y, mask, w, s.cpu(), [1, 8, 4, 4], [1, 1], [1, 1], [1, 1], 4, False)
+    with pytest.raises(RuntimeError, match="x: expected a 4-D tensor"):
+        torch.ops.resnext_kernels.grouped_conv_wgrad_cuda(
+            grad_y, mask, torch.randn(8, 4, 4, device="cuda"), w, s, [1, 1], [1, 1], [1, 1], 4)
+
+
+@needs_extension
+@pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_cuda_op_runs_on_the_tensors_device():
     x = torch.randn(2, 16, 6, 6, device="cuda:1")

@@ -19,6 +19,13 @@ from resnext_kernels.backends.triton_plan import v3_enabled
 OPS = torch.ops.resnext_kernels
 
 
+@pytest.fixture(autouse=True)
+def _cuda_backend_runs_its_backward_kernels(monkeypatch):
+    """backend "cuda" (on a GPU) runs its own dgrad and wgrad kernels in these tests, not the
+    aten backward it defaults to while they are slower (backends/cuda.py)."""
+    monkeypatch.setenv("RESNEXT_KERNELS_CUDA_BACKWARD", "direct")
+
+
 def make_case(cpg, groups, dtype, device, channels_last, seed, N=2, H=7, W=9, cpg_out=None):
     """x, weight, scale, shift: random, never zero; scaled so outputs and gradients are O(1)."""
     cpg_out = cpg_out or cpg
@@ -291,12 +298,10 @@ class _AtenOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_triton_backward_runs_no_aten_convolution(backend_device):
+def test_backward_runs_no_aten_convolution(backend_device):
     backend, device = backend_device
     if backend == "reference":
         pytest.skip("the reference backend is aten")
-    if backend == "cuda":
-        pytest.skip("the CUDA backward kernels are not written yet (aten for now)")
     for dtype, cl, C in ((torch.float32, False, 16), (torch.float16, True, 64)):
         x, w, scale, shift = make_case(C // 4, 4, dtype, device, cl, 2100, N=1, H=5, W=6)
         leaves = [t.clone().requires_grad_() for t in (x, w, scale, shift)]
@@ -307,6 +312,34 @@ def test_triton_backward_runs_no_aten_convolution(backend_device):
         assert not convs, convs
         assert any("grouped_conv_dgrad" in n for n in seen.names)
         assert any("grouped_conv_wgrad" in n for n in seen.names)
+
+
+def test_cuda_backward_kernels_are_opt_in(monkeypatch):
+    from resnext_kernels.backends import cuda as cuda_backend
+    monkeypatch.delenv("RESNEXT_KERNELS_CUDA_BACKWARD")
+    assert cuda_backend.cuda_backward_kernels() == "aten"
+    monkeypatch.setenv("RESNEXT_KERNELS_CUDA_BACKWARD", "direct")
+    assert cuda_backend.cuda_backward_kernels() == "direct"
+    monkeypatch.setenv("RESNEXT_KERNELS_CUDA_BACKWARD", "fast")
+    with pytest.raises(ValueError, match="RESNEXT_KERNELS_CUDA_BACKWARD: expected one of"):
+        cuda_backend.cuda_backward_kernels()
+
+
+@pytest.mark.gpu
+def test_cuda_backward_defaults_to_aten(backend_device, monkeypatch):
+    backend, device = backend_device
+    if backend != "cuda":
+        pytest.skip("the cuda backend's default")
+    monkeypatch.delenv("RESNEXT_KERNELS_CUDA_BACKWARD")
+    x, w, scale, shift = make_case(4, 4, torch.float16, device, True, 2200, N=1, H=5, W=6)
+    leaves = [t.clone().requires_grad_() for t in (x, w, scale, shift)]
+    y = rk.grouped_conv_bn_relu(*leaves, groups=4, backend=backend)
+    with _AtenOps() as seen:
+        grads = torch.autograd.grad(y, leaves, torch.ones_like(y))
+    assert any("convolution_backward" in n for n in seen.names), seen.names
+    assert not any("_cuda" in n and "grad" in n for n in seen.names)
+    ref = reference_grads(x, w, scale, shift, y, torch.ones_like(y), 1, 1, 1, 4, True)
+    check_grads(grads, ref, torch.float16)
 
 
 def test_forward_with_grad_saves_the_mask_not_recomputes(backend_device):

@@ -2,6 +2,8 @@
 // tensors that tests/cuda_emulator.py wrote to a directory, and writes the outputs back.
 //
 //   harness grouped_conv <dir>    plan + launch, like csrc/torch/grouped_conv_bn_relu.cpp
+//   harness grouped_conv_dgrad <dir>, grouped_conv_wgrad <dir>
+//                                 the backward's launches, like csrc/torch/grouped_conv_backward.cpp
 //   harness squeeze_excite <dir>  launch_squeeze_excite, like csrc/torch/squeeze_excite.cpp
 //   harness selftest <name>       a deliberately broken kernel, to show the emulator catches it
 //
@@ -143,6 +145,79 @@ int run_grouped_conv(const std::string& dir) {
   return 0;
 }
 
+// The backward's shared parameters: geometry, grad_y, the mask (when mask.bin is not empty),
+// w and scale, from <dir>.
+resnext_kernels::GroupedConvBackwardParams backward_params(const Params& prm,
+                                                           const Buffer& grad_y,
+                                                           const Buffer& mask, const Buffer& w,
+                                                           const Buffer& scale) {
+  resnext_kernels::GroupedConvBackwardParams p{};
+  p.grad_y = grad_y.data();
+  p.relu_mask = mask.bytes > 0 ? static_cast<const uint8_t*>(mask.data()) : nullptr;
+  p.w = w.data();
+  p.scale = static_cast<const float*>(scale.data());
+  p.N = prm.get("N"); p.C_in = prm.get("C_in"); p.H = prm.get("H"); p.W = prm.get("W");
+  p.C_out = prm.get("C_out"); p.H_out = prm.get("H_out"); p.W_out = prm.get("W_out");
+  p.groups = prm.get("groups"); p.KH = prm.get("KH"); p.KW = prm.get("KW");
+  p.stride_h = prm.get("stride", 0); p.stride_w = prm.get("stride", 1);
+  p.pad_h = prm.get("padding", 0); p.pad_w = prm.get("padding", 1);
+  p.dil_h = prm.get("dilation", 0); p.dil_w = prm.get("dilation", 1);
+  prm.strides("grad_y_stride", p.grad_y_stride);
+  prm.strides("w_stride", p.w_stride);
+  return p;
+}
+
+// launch_grouped_conv_dgrad, like csrc/torch/grouped_conv_backward.cpp
+int run_grouped_conv_dgrad(const std::string& dir) {
+  Params prm{read_params(dir)};
+  const DType dtype = static_cast<DType>(prm.get("dtype"));
+  Buffer grad_y = load(dir, "grad_y"), mask = load(dir, "mask"), w = load(dir, "w");
+  Buffer scale = load(dir, "scale"), grad_x = load(dir, "grad_x");
+  resnext_kernels::GroupedConvBackwardParams p = backward_params(prm, grad_y, mask, w, scale);
+  p.grad_x = grad_x.data();
+  prm.strides("grad_x_stride", p.grad_x_stride);
+  p.grad_x_channels_last = prm.get("grad_x_channels_last") != 0;
+  const cudaError_t err = resnext_kernels::launch_grouped_conv_dgrad(p, dtype, nullptr);
+  if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
+  save(dir, "grad_x", grad_x);
+  std::printf("path direct\n");
+  return 0;
+}
+
+// plan_grouped_conv_wgrad + launch_grouped_conv_wgrad, like the torch glue; "splits" in
+// params.txt overrides the plan's (to show the sums do not depend on it beyond rounding).
+int run_grouped_conv_wgrad(const std::string& dir) {
+  Params prm{read_params(dir)};
+  const DType dtype = static_cast<DType>(prm.get("dtype"));
+  Buffer grad_y = load(dir, "grad_y"), mask = load(dir, "mask"), w = load(dir, "w");
+  Buffer scale = load(dir, "scale"), x = load(dir, "x"), grad_w = load(dir, "grad_w");
+  Buffer grad_scale = load(dir, "grad_scale"), grad_shift = load(dir, "grad_shift");
+  resnext_kernels::GroupedConvBackwardParams p = backward_params(prm, grad_y, mask, w, scale);
+  p.x = x.data();
+  prm.strides("x_stride", p.x_stride);
+  p.grad_w = grad_w.data();
+  prm.strides("grad_w_stride", p.grad_w_stride);
+  p.grad_scale = static_cast<float*>(grad_scale.data());
+  p.grad_shift = static_cast<float*>(grad_shift.data());
+  resnext_kernels::GroupedConvWgradPlan plan = resnext_kernels::plan_grouped_conv_wgrad(p);
+  if (prm.has("splits")) {
+    plan.splits = prm.get("splits");
+    plan.workspace_bytes = plan.splits * p.C_out *
+                           ((p.C_in / p.groups) * p.KH * p.KW + 1) * 4;
+  }
+  Buffer workspace = scratch(static_cast<size_t>(plan.workspace_bytes));
+  const cudaError_t err =
+      resnext_kernels::launch_grouped_conv_wgrad(p, dtype, plan, workspace.data(), nullptr);
+  if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
+  save(dir, "grad_w", grad_w);
+  save(dir, "grad_scale", grad_scale);
+  save(dir, "grad_shift", grad_shift);
+  std::printf("path direct splits %lld threads %d element_chunks %lld\n",
+              static_cast<long long>(plan.splits), plan.threads,
+              static_cast<long long>(plan.element_chunks));
+  return 0;
+}
+
 int run_squeeze_excite(const std::string& dir) {
   Params prm{read_params(dir)};
   const DType dtype = static_cast<DType>(prm.get("dtype"));
@@ -189,10 +264,15 @@ int run_squeeze_excite(const std::string& dir) {
 int run_selftest(const std::string& name);  // selftest.cpp
 
 int main(int argc, char** argv) {
-  if (argc != 3) die("usage: harness grouped_conv|squeeze_excite <dir> | selftest <name>");
+  if (argc != 3) {
+    die("usage: harness grouped_conv|grouped_conv_dgrad|grouped_conv_wgrad|squeeze_excite <dir>"
+        " | selftest <name>");
+  }
   const std::string op = argv[1];
   if (op == "grouped_conv") return run_grouped_conv(argv[2]);
   if (op == "squeeze_excite") return run_squeeze_excite(argv[2]);
+  if (op == "grouped_conv_dgrad") return run_grouped_conv_dgrad(argv[2]);
+  if (op == "grouped_conv_wgrad") return run_grouped_conv_wgrad(argv[2]);
   if (op == "selftest") return run_selftest(argv[2]);
   die("unknown op " + op);
 }

@@ -87,6 +87,59 @@ cudaError_t launch_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
                                         const GroupedConvPlan& plan, void* workspace,
                                         cudaStream_t stream);
 
+// The backward of y = relu(scale * conv(x, w) + shift) (the forward above, relu or not).
+// With gp = grad_y where the forward's ReLU passed it (relu_mask; every gp when there is none):
+//   grad_x = conv_transpose(gp * scale, w)                                    (dgrad)
+//   G[co, ci, kh, kw] = sum over output pixels of gp[co] * x[ci] under that tap,
+//   grad_w = G * scale[co], grad_scale[co] = sum(G[co] * w[co]), grad_shift[co] = sum gp[co]
+//                                                                                (wgrad)
+// The mask is resnext_kernels/relu_mask.py's: uint8 [ceil(M / 8), C_out], contiguous, M =
+// N * H_out * W_out pixels in (n, ho, wo) order; bit j of byte [r, c] is pixel 8 r + j. The
+// gradient is selected by it, not multiplied (a NaN grad_y where the ReLU blocked stays out).
+// grad_y, w, x, grad_x and grad_w share `dtype`; every other buffer is fp32.
+struct GroupedConvBackwardParams {
+  const void* grad_y;         // [N, C_out, H_out, W_out]
+  const uint8_t* relu_mask;   // [ceil(M / 8), C_out] contiguous; nullptr: the forward had no ReLU
+  const void* w;              // [C_out, C_in / groups, KH, KW]
+  const float* scale;         // [C_out] contiguous
+  const void* x;              // [N, C_in, H, W]                        (wgrad only)
+  void* grad_x;               // [N, C_in, H, W]                        (dgrad's output)
+  void* grad_w;               // [C_out, C_in / groups, KH, KW]         (wgrad's outputs)
+  float* grad_scale;          // [C_out] contiguous
+  float* grad_shift;          // [C_out] contiguous
+  int64_t N, C_in, H, W;
+  int64_t C_out, H_out, W_out;
+  int64_t groups, KH, KW;
+  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  int64_t grad_y_stride[4];   // element strides, (n, c, h, w) order
+  int64_t w_stride[4];        // (co, ci, kh, kw)
+  int64_t x_stride[4];        // (n, c, h, w)
+  int64_t grad_x_stride[4];   // (n, c, h, w)
+  int64_t grad_w_stride[4];   // (co, ci, kh, kw)
+  bool grad_x_channels_last;  // walk grad_x in memory order (c fastest) so stores coalesce
+};
+
+// dgrad, direct: one thread per grad_x element, summing the output channels of its group over
+// the taps that reached it. Any stride, padding, dilation, kernel size, channels per group,
+// layout; fp32 arithmetic. Returns the launch status.
+cudaError_t launch_grouped_conv_dgrad(const GroupedConvBackwardParams& p, DType dtype,
+                                      cudaStream_t stream);
+
+// wgrad, direct: the output pixels are cut into `splits` fixed ranges; one launch writes each
+// range's fp32 sums (per co, weight element, and the sum of gp) into a workspace, a second adds
+// the ranges in order and forms grad_w, grad_scale and grad_shift. No atomics: bitwise the same
+// from run to run. Any geometry, as dgrad.
+struct GroupedConvWgradPlan {
+  int64_t splits = 1;           // pixel ranges (grid.y of the first launch)
+  int threads = 32;             // per block: a power of two, 32..256, one weight element each
+  int64_t element_chunks = 1;   // blocks per output channel (grid.x = C_out * element_chunks)
+  int64_t workspace_bytes = 0;  // the partial sums: splits * C_out * (weight elements + 1) fp32
+};
+GroupedConvWgradPlan plan_grouped_conv_wgrad(const GroupedConvBackwardParams& p);
+cudaError_t launch_grouped_conv_wgrad(const GroupedConvBackwardParams& p, DType dtype,
+                                      const GroupedConvWgradPlan& plan, void* workspace,
+                                      cudaStream_t stream);
+
 // Squeeze-and-excitation: gate[n, c] = sigmoid(W2 relu(W1 mean_hw(u[n]) + b1) + b2)[c],
 // out = act(u * gate + residual). u, residual and out share `dtype`; the FC weights are fp32
 // row-major ([R, C] and [C, R]); pooled and gate are fp32 [N, C] workspaces, hidden

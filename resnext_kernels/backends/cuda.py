@@ -1,11 +1,12 @@
 """The C++/CUDA backend: thin calls into the ops that resnext_kernels._C registers."""
 
+import os
+
 import torch
 
 from .. import relu_mask
 from . import reference
 from .cuda_plan import cuda_conv_path
-from .reference import grouped_conv_dgrad, grouped_conv_wgrad  # noqa: F401  (see below)
 
 
 def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups, relu):
@@ -34,8 +35,44 @@ def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilati
     return y, relu_mask.from_output(y)
 
 
-# grouped_conv_dgrad and grouped_conv_wgrad: the reference backend's (aten) until the CUDA
-# backward kernels exist (issue 15); imported above, so the op finds them here.
+# The backward's kernels. csrc/kernels/grouped_conv_backward.cu holds a first, direct version
+# (CUDA cores, scalar loads): checked against float64, but predicted at 231 ms for a training
+# step of resnext50's grouped layers (fp16, batch 128, H100), where cuDNN eager's traffic alone
+# bounds it at 4 ms (docs/KERNELS.md, GPU-free profile), so it runs only when asked for:
+#   RESNEXT_KERNELS_CUDA_BACKWARD=aten    (default) aten's backward (cuDNN), selected by the mask
+#   RESNEXT_KERNELS_CUDA_BACKWARD=direct  the direct CUDA kernels (read on every call)
+CUDA_BACKWARD_ENV = "RESNEXT_KERNELS_CUDA_BACKWARD"
+CUDA_BACKWARD_CHOICES = ("aten", "direct")
+
+
+def cuda_backward_kernels() -> str:
+    """Which backward the cuda backend runs: "aten" or "direct" (CUDA_BACKWARD_ENV)."""
+    choice = os.environ.get(CUDA_BACKWARD_ENV, "").strip() or "aten"
+    if choice not in CUDA_BACKWARD_CHOICES:
+        raise ValueError(f"{CUDA_BACKWARD_ENV}: expected one of {CUDA_BACKWARD_CHOICES}, got "
+                         f"{choice!r}")
+    return choice
+
+
+def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding, dilation,
+                       groups, channels_last):
+    """grad_x: aten's, or the direct CUDA kernel's (cuda_backward_kernels())."""
+    if cuda_backward_kernels() == "aten":
+        return reference.grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride,
+                                            padding, dilation, groups, channels_last)
+    return torch.ops.resnext_kernels.grouped_conv_dgrad_cuda(
+        grad_y, mask, weight, scale, list(input_size), stride, padding, dilation, groups,
+        channels_last)
+
+
+def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation, groups):
+    """(grad_w, grad_scale, grad_shift): aten's, or the direct CUDA kernels' (fp32 partial sums
+    per fixed pixel range, added in order: deterministic; then G * scale, sum(G * w), sum gp)."""
+    if cuda_backward_kernels() == "aten":
+        return reference.grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding,
+                                            dilation, groups)
+    return torch.ops.resnext_kernels.grouped_conv_wgrad_cuda(
+        grad_y, mask, x, weight, scale, stride, padding, dilation, groups)
 
 
 def squeeze_excite(u, w1, b1, w2, b2, residual, relu):

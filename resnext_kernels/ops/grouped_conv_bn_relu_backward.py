@@ -24,7 +24,7 @@ from typing import List, Tuple
 import torch
 from torch._prims_common import suggest_memory_format
 
-from .. import backends, relu_mask
+from .. import _extension, backends, relu_mask
 from .grouped_conv_bn_relu import _auto_table_key, _check_args, _grouped_conv_bn_relu_op
 
 
@@ -115,8 +115,8 @@ def _dgrad_op(
 
 
 @_dgrad_op.register_fake
-def _(grad_y, relu_mask, weight, scale, input_size, stride, padding, dilation, groups,
-      channels_last, backend):
+def _dgrad_fake(grad_y, relu_mask, weight, scale, input_size, stride, padding, dilation, groups,
+                channels_last, backend):
     _check_backward_args(grad_y, relu_mask, weight, scale, groups)
     _check_input_geometry(input_size, grad_y, weight, stride, padding, dilation, groups,
                           "input_size")
@@ -147,12 +147,26 @@ def _wgrad_op(
 
 
 @_wgrad_op.register_fake
-def _(grad_y, relu_mask, x, weight, scale, stride, padding, dilation, groups, backend):
+def _wgrad_fake(grad_y, relu_mask, x, weight, scale, stride, padding, dilation, groups, backend):
     _check_backward_args(grad_y, relu_mask, weight, scale, groups)
     _check_wgrad_x(x, grad_y, weight, stride, padding, dilation, groups)
     C_out = weight.shape[0]
     per_channel = torch.empty(C_out, dtype=torch.float32, device=weight.device)
     return torch.empty_like(weight), per_channel, torch.empty_like(per_channel)
+
+
+if _extension.extension_loaded():
+    # The compiled backend's own ops get the same fakes, so they trace (and pass opcheck) too.
+    @torch.library.register_fake("resnext_kernels::grouped_conv_dgrad_cuda")
+    def _(grad_y, relu_mask, weight, scale, input_size, stride, padding, dilation, groups,
+          channels_last):
+        return _dgrad_fake(grad_y, relu_mask, weight, scale, input_size, stride, padding,
+                           dilation, groups, channels_last, "cuda")
+
+    @torch.library.register_fake("resnext_kernels::grouped_conv_wgrad_cuda")
+    def _(grad_y, relu_mask, x, weight, scale, stride, padding, dilation, groups):
+        return _wgrad_fake(grad_y, relu_mask, x, weight, scale, stride, padding, dilation,
+                           groups, "cuda")
 
 
 # ------------------------------------------------------------------------ autograd

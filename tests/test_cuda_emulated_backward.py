@@ -1,0 +1,231 @@
+"""The CUDA backward kernels (csrc/kernels/grouped_conv_backward.cu: dgrad, wgrad), run on the
+CPU by the CUDA emulator (tests/cuda_emulator.py), against float64 references.
+
+The mask is a random one (not an output's), packed as resnext_kernels/relu_mask.py lays it
+out, so a wrong bit address (pixel order, byte row, bit) gives a wrong gradient. Outputs and the
+wgrad workspace start as NaN. On a GPU the same kernels run for real in
+test_grouped_conv_backward.py (backend "cuda").
+"""
+
+import pytest
+import torch
+
+import cuda_emulator
+from conftest import channels_last_if, seeded, tolerance
+from resnext_kernels import relu_mask
+from test_cuda_emulated import emulator, racecheck  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.emulator
+
+
+def make_case(cpg, groups, dtype, channels_last, seed, *, N=2, H=7, W=6, stride=(1, 1),
+              dilation=(1, 1), padding=None, kernel=(3, 3), cpg_out=None, relu=True):
+    """grad_y, mask (random; [0, C_out] without ReLU), x, w, scale: random, never zero.
+    stride, dilation, padding (default: the dilation, "same" at stride 1): (h, w) pairs."""
+    cpg_out = cpg_out or cpg
+    padding = padding or dilation
+    g = seeded(seed)
+    C_in, C_out = cpg * groups, cpg_out * groups
+    H_out, W_out = ((size + 2 * p - d * (k - 1) - 1) // s + 1 for size, p, d, k, s in
+                    zip((H, W), padding, dilation, kernel, stride))
+    x = channels_last_if(torch.randn(N, C_in, H, W, generator=g).to(dtype), channels_last)
+    w = (torch.randn(C_out, cpg, *kernel, generator=g) / (3.0 * cpg**0.5)).to(dtype)
+    scale = torch.rand(C_out, generator=g) + 0.5
+    grad_y = channels_last_if(torch.randn(N, C_out, H_out, W_out, generator=g).to(dtype),
+                              channels_last)
+    if relu:
+        passes = torch.rand(N, C_out, H_out, W_out, generator=g) < 0.6
+        mask = relu_mask.pack(passes)
+    else:
+        mask = torch.empty((0, C_out), dtype=torch.uint8)
+    return grad_y, mask, x, w, scale
+
+
+def reference(grad_y, mask, x, w, scale, groups, stride=(1, 1), dilation=(1, 1), padding=None):
+    """float64 (grad_x, grad_w, grad_scale, grad_shift) of relu(scale * conv(x, w) + shift) with
+    the ReLU's decisions given by the mask (a select, as torch's ReLU backward), by aten's conv
+    backward: its sums, and where non-finite values go."""
+    padding = padding or dilation
+    gp = grad_y.double()
+    if mask.shape[0]:
+        gp = torch.where(relu_mask.unpack(mask, grad_y.shape), gp, 0.0)
+    x64, w64, s64 = x.double(), w.double(), scale.double()
+    grad_x = torch.nn.grad.conv2d_input(list(x.shape), w64 * s64.view(-1, 1, 1, 1), gp, stride,
+                                        padding, dilation, groups)
+    G = torch.nn.grad.conv2d_weight(x64, list(w.shape), gp, stride, padding, dilation, groups)
+    return grad_x, G * s64.view(-1, 1, 1, 1), (G * w64).sum((1, 2, 3)), gp.sum((0, 2, 3))
+
+
+def run_both(binary, grad_y, mask, x, w, scale, *, groups, stride=(1, 1), dilation=(1, 1),
+             padding=None, splits=None):
+    padding = padding or dilation
+    channels_last = torch._prims_common.suggest_memory_format(x) == torch.channels_last
+    conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    grad_x, report = cuda_emulator.grouped_conv_dgrad(
+        binary, grad_y, mask, w, scale, list(x.shape), channels_last=channels_last, **conv)
+    assert report == "path direct"
+    (gw, gs, gb), report = cuda_emulator.grouped_conv_wgrad(binary, grad_y, mask, x, w, scale,
+                                                            splits=splits, **conv)
+    assert report.startswith("path direct splits")
+    return (grad_x, gw, gs, gb), report
+
+
+def check(got, ref, dtype):
+    for g, r, name in zip(got, ref, ("grad_x", "grad_w", "grad_scale", "grad_shift")):
+        span = max(1.0, r.abs().max().item())  # sums over many pixels: relative to their size
+        torch.testing.assert_close(g.double() / span, r / span, **tolerance(dtype),
+                                   msg=lambda m: f"{name}: {m}")
+
+
+# every channels-per-group class of the forward, 3 an odd one
+@pytest.mark.parametrize("cpg", [1, 3, 4, 8, 16, 32, 64])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_matches_float64_every_cpg(emulator, cpg, stride):
+    groups = max(1, 32 // cpg) if cpg < 32 else 2
+    s = (stride, stride)
+    case = make_case(cpg, groups, torch.float32, cpg % 2 == 0, 100 + cpg + stride, N=1, H=5,
+                     W=6, stride=s)
+    got, _ = run_both(emulator, *case, stride=s, groups=groups)
+    check(got, reference(*case, groups, s), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_half_precision_both_layouts(emulator, dtype, channels_last, stride):
+    s = (stride, stride)
+    case = make_case(8, 4, dtype, channels_last, 200 + stride + 2 * channels_last, stride=s)
+    got, _ = run_both(emulator, *case, stride=s, groups=4)
+    check(got, reference(*case, 4, s), dtype)
+
+
+def test_odd_sizes_dilation_cpg_in_out_no_relu(emulator):
+    case = make_case(4, 3, torch.float32, True, 300, N=3, H=9, W=5, dilation=(2, 2), cpg_out=8,
+                     relu=False)
+    got, _ = run_both(emulator, *case, dilation=(2, 2), groups=3)
+    check(got, reference(*case, 3, dilation=(2, 2)), torch.float32)
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [
+    ((1, 3), (1, 2), (0, 2), (1, 1)),
+    ((5, 3), (2, 1), (1, 0), (1, 2)),
+    ((3, 3), (3, 2), (2, 1), (2, 1)),
+])
+def test_every_h_w_parameter_on_its_own_axis(emulator, channels_last, kernel, stride, padding,
+                                             dilation):
+    """Kernel size, stride, padding and dilation differ between h and w (the kernels take any;
+    the op's forward is 3x3): a mix-up of the two axes gives wrong numbers or shapes."""
+    conv = dict(stride=stride, padding=padding, dilation=dilation)
+    case = make_case(2, 3, torch.float32, channels_last, 350 + kernel[0], N=2, H=9, W=8,
+                     kernel=kernel, **conv)
+    got, _ = run_both(emulator, *case, groups=3, **conv)
+    check(got, reference(*case, 3, **conv), torch.float32)
+
+
+def test_batch_one_and_zero(emulator):
+    case = make_case(8, 2, torch.float16, True, 400, N=1, H=3, W=3)
+    got, _ = run_both(emulator, *case, groups=2)
+    check(got, reference(*case, 2), torch.float16)
+    grad_y, mask, x, w, scale = make_case(8, 2, torch.float16, True, 401, N=0)
+    (grad_x, gw, gs, gb), _ = run_both(emulator, grad_y, mask, x, w, scale, groups=2)
+    assert grad_x.shape == x.shape
+    # no pixel: every sum is exactly 0 (the NaN the outputs started as is gone)
+    for t in (gw, gs, gb):
+        assert torch.equal(t.float(), torch.zeros_like(t.float()))
+
+
+def test_strided_views_and_weight_strides(emulator):
+    """Every tensor through its strides: a sliced x and grad_y, a permuted weight."""
+    grad_y, mask, x, w, scale = make_case(4, 4, torch.float32, False, 500, H=8, W=7)
+    x_big = torch.randn(2, 16, 8, 9, generator=seeded(501))
+    x_big[..., 1:8] = x
+    x = x_big[..., 1:8]
+    gy_big = torch.randn(2, 16, 8, 8, generator=seeded(502))
+    gy_big[..., :7] = grad_y
+    grad_y = gy_big[..., :7]
+    w = w.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)
+    assert not x.is_contiguous() and not grad_y.is_contiguous() and not w.is_contiguous()
+    got, _ = run_both(emulator, grad_y, mask, x, w, scale, groups=4)
+    check(got, reference(grad_y, mask, x, w, scale, 4), torch.float32)
+
+
+def test_wgrad_splits_add_up_alike(emulator):
+    """The same sums, to rounding, for any number of pixel ranges (and the default plan does
+    split them at this size); a rerun is bitwise the same. (The emulator runs blocks one after
+    another, so the rerun shows only that nothing reads the poisoned workspace; determinism on
+    a GPU rests on the kernels' design: no atomics, splits added in a fixed order.)"""
+    case = make_case(4, 8, torch.float16, True, 600, N=4, H=24, W=24)
+    (first, report) = cuda_emulator.grouped_conv_wgrad(emulator, *case[:2], case[2], case[3],
+                                                        case[4], groups=8)
+    assert int(report.split()[3]) > 1, report
+    second, _ = cuda_emulator.grouped_conv_wgrad(emulator, *case[:2], case[2], case[3], case[4],
+                                                 groups=8)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    one, _ = cuda_emulator.grouped_conv_wgrad(emulator, *case[:2], case[2], case[3], case[4],
+                                              groups=8, splits=1)
+    for a, b in zip(first, one):
+        torch.testing.assert_close(a.float(), b.float(), atol=2e-3, rtol=2e-3)
+
+
+def test_non_finite_stays_in_its_group(emulator):
+    """A NaN gradient reaches its own group's grad_x only; a NaN gradient the ReLU blocked
+    reaches nothing; a NaN input reaches its own group's grad_w only (as nn.Conv2d's backward)."""
+    groups, cpg = 4, 4
+    grad_y, mask, x, w, scale = make_case(cpg, groups, torch.float16, True, 700, H=6, W=6)
+    passes = relu_mask.unpack(mask, grad_y.shape)
+    passes[0, 5, 2, 3] = True
+    blocked = (0, 9, 1, 1)
+    passes[blocked] = False
+    mask = relu_mask.pack(passes)
+    grad_y = grad_y.clone()
+    grad_y[0, 5, 2, 3] = float("nan")      # group 1, passed
+    grad_y[blocked] = float("inf")          # group 2, blocked by the ReLU
+    x = x.clone()
+    x[1, 13, 2, 2] = float("nan")          # group 3
+    (grad_x, gw, gs, gb), _ = run_both(emulator, grad_y, mask, x, w, scale, groups=groups)
+    nan_x = grad_x.isnan().any(dim=(0, 2, 3))
+    assert nan_x.tolist() == [c // cpg == 1 for c in range(16)]
+    # G sums gp * x: the NaN gradient reaches its channel's row; the NaN input every row of
+    # its group (0 * NaN is NaN, as in aten's sums), no other
+    touched = [c == 5 or c // cpg == 3 for c in range(16)]
+    assert gw.isnan().flatten(1).any(1).tolist() == touched
+    assert gs.isnan().tolist() == touched
+    assert gb.isnan().tolist() == [c == 5 for c in range(16)]
+    ref = reference(grad_y.nan_to_num(0.0, 0.0, 0.0), mask, x.nan_to_num(0.0), w, scale, groups)
+    finite = [c for c in range(16) if not touched[c]]
+    torch.testing.assert_close(gw[finite].double(), ref[1][finite], **tolerance(torch.float16))
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_non_finite_where_aten_puts_it(emulator, channels_last):
+    """NaN gradients at border pixels (whose taps read the zero padding: 0 * NaN is NaN in
+    aten's sums too) and inside, a NaN input at a corner: every gradient NaN exactly where
+    aten's conv backward has NaN, and equal elsewhere."""
+    conv = dict(stride=(2, 1), padding=(1, 1), dilation=(1, 1))
+    grad_y, mask, x, w, scale = make_case(4, 2, torch.float32, channels_last, 900, H=7, W=6,
+                                          relu=False, **conv)
+    grad_y, x = grad_y.clone(), x.clone()
+    grad_y[0, 1, 0, 0] = float("nan")   # corner
+    grad_y[1, 6, 3, 5] = float("nan")   # right border
+    grad_y[1, 2, 2, 3] = float("nan")   # inside
+    x[0, 7, 6, 0] = float("nan")        # an input corner
+    got, _ = run_both(emulator, grad_y, mask, x, w, scale, groups=2, **conv)
+    ref = reference(grad_y, mask, x, w, scale, 2, **conv)
+    for g, r, name in zip(got, ref, ("grad_x", "grad_w", "grad_scale", "grad_shift")):
+        assert torch.equal(g.isnan(), r.isnan()), name
+        torch.testing.assert_close(g.double().nan_to_num(0.0), r.nan_to_num(0.0),
+                                   **tolerance(torch.float32), msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("cpg,stride,channels_last,dtype", [
+    (4, 1, True, torch.float16),      # 64 weight elements: one 64-thread block per channel
+    (64, 2, False, torch.bfloat16),   # 576 elements: three 256-thread blocks per channel
+])
+def test_racecheck_backward(racecheck, cpg, stride, channels_last, dtype):
+    groups = 2 if cpg == 64 else 4
+    s = (stride, stride)
+    case = make_case(cpg, groups, dtype, channels_last, 800 + cpg, N=1, H=5, W=4, stride=s)
+    got, _ = run_both(racecheck, *case, stride=s, groups=groups, splits=2)
+    check(got, reference(*case, groups, s), dtype)
