@@ -95,6 +95,32 @@ def run_case(binary, case, blocks: int, seed: int = 0):
     return launches, 2 * x.numel() * x.element_size(), "se squeeze+excite+scale"
 
 
+def run_backward_case(binary, case, blocks: int, seed: int = 0):
+    """(launches, reports) of the CUDA backward of one conv case at batch 1: dgrad's launch,
+    then wgrad's two (partial sums, finalize), with a random ReLU mask; reports: the harness's
+    path lines of dgrad and wgrad (wgrad's names its pixel splits)."""
+    from resnext_kernels import relu_mask
+
+    g = torch.Generator().manual_seed(seed)
+    dtype = DTYPES[case["dtype"]]
+    C, H, W, cpg, stride = case["C"], case["H"], case["W"], case["cpg"], case["stride"]
+    H_out, W_out = (H - 1) // stride + 1, (W - 1) // stride + 1
+    fmt = torch.channels_last if case["layout"] == "nhwc" else torch.contiguous_format
+    x = torch.randn(1, C, H, W, generator=g).to(dtype).contiguous(memory_format=fmt)
+    grad_y = torch.randn(1, C, H_out, W_out, generator=g).to(dtype).contiguous(memory_format=fmt)
+    mask = relu_mask.pack(torch.rand(1, C, H_out, W_out, generator=g) < 0.5)
+    w = (torch.randn(C, cpg, 3, 3, generator=g) / (3 * cpg**0.5)).to(dtype)
+    scale = torch.rand(C, generator=g) + 0.5
+    (_, dgrad_report), dgrad = cuda_emulator.profile_launches(
+        cuda_emulator.grouped_conv_dgrad, binary, grad_y, mask, w, scale, list(x.shape),
+        stride=stride, groups=case["groups"], channels_last=case["layout"] == "nhwc",
+        sample_blocks=blocks)
+    (_, wgrad_report), wgrad = cuda_emulator.profile_launches(
+        cuda_emulator.grouped_conv_wgrad, binary, grad_y, mask, x, w, scale, stride=stride,
+        groups=case["groups"], sample_blocks=blocks)
+    return dgrad + wgrad, [dgrad_report, wgrad_report]
+
+
 KINDS = ("global_load", "global_store", "shared_load", "shared_store", "ldmatrix",
          "fragment_store")
 

@@ -121,6 +121,10 @@ ELEM_BYTES = {"fp16": 2, "bf16": 2, "fp32/tf32": 4, "fp32": 4}
 def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None):
     """The kernel of each launch of a call, in launch order."""
     t = CUDA_TYPES[dtype]
+    if op == "dgrad":
+        return [f"grouped_conv_dgrad_kernel<{t}>"]
+    if op == "wgrad":
+        return [f"grouped_conv_wgrad_partial_kernel<{t}>", f"grouped_conv_wgrad_finalize_kernel<{t}>"]
     if op == "se":
         # the excite: the batched FC kernel twice, the hidden layer's partial sums then the
         # gate; squeeze and scale by 16-byte chunks where the harness reports "path chunked"
@@ -186,7 +190,22 @@ def layer_name(shape, batch, layout, dtype="fp16"):
             f"{shape['H']}x{shape['W']} b{batch} {dtype} {layout}")
 
 
+def launch_entry(kernels, archs, name, launch):
+    """A launch's row: its kernel, grid, block, shared memory, and per arch the occupancy the
+    kernel's compile allows and the waves its grid makes."""
+    entry = dict(kernel=name, grid=launch["grid"], blocks=launch["blocks"],
+                 threads=launch["threads"], smem_dynamic=launch["smem_bytes"])
+    for arch in archs:
+        k = kernels[arch].get(name, {})
+        occ = occupancy(arch, k.get("regs", 0), launch["threads"],
+                        launch["smem_bytes"] + k.get("smem_static", 0))
+        entry[f"sm_{arch}"] = dict(occ, waves=waves(launch["blocks"], occ["blocks_per_sm"]))
+    return entry
+
+
 def cuda_profile(archs, layouts=("nhwc", "nchw"), batches=(128, 1), dtypes=("fp16",)):
+    """(the CUDA kernels' compile profile per arch, one row per call: its launches). Every conv
+    and SE call, and for fp16 convs a "train" row: the backward's launches (dgrad, wgrad)."""
     import torch
 
     import cuda_emulator
@@ -204,23 +223,24 @@ def cuda_profile(archs, layouts=("nhwc", "nchw"), batches=(128, 1), dtypes=("fp1
                     kw.update(groups=shape["groups"], stride=shape["stride"], allow_tf32=tf32)
                 else:
                     kw.update(R=shape["R"])
-                report, launches = cuda_emulator.launch_shapes(binary, shape["op"], **kw)
-                names = cuda_launch_kernels(shape["op"], report, dtype, shape.get("stride"),
-                                            shape.get("cpg"))
-                name = layer_name(shape, batch, layout, op_dtype(shape["op"], dtype))
-                row = dict(name=name, backend="cuda", batch=batch, layout=layout,
-                           dtype=op_dtype(shape["op"], dtype), **shape, launches=[])
-                for name, launch in zip(names, launches):
-                    entry = dict(kernel=name, grid=launch["grid"], blocks=launch["blocks"],
-                                 threads=launch["threads"], smem_dynamic=launch["smem_bytes"])
-                    for arch in archs:
-                        k = kernels[arch].get(name, {})
-                        occ = occupancy(arch, k.get("regs", 0), launch["threads"],
-                                        launch["smem_bytes"] + k.get("smem_static", 0))
-                        entry[f"sm_{arch}"] = dict(occ, waves=waves(launch["blocks"],
-                                                                    occ["blocks_per_sm"]))
-                    row["launches"].append(entry)
-                layers.append(row)
+                calls = [("inference", [shape["op"]])]
+                if shape["op"] == "conv" and dtype == "fp16":
+                    calls.append(("train", ["dgrad", "wgrad"]))  # the backward's launches
+                for phase, ops in calls:
+                    row = dict(name=layer_name(shape, batch, layout, op_dtype(shape["op"], dtype))
+                               + (" train" if phase == "train" else ""),
+                               backend="cuda", phase=phase, batch=batch, layout=layout,
+                               dtype=op_dtype(shape["op"], dtype), **shape, launches=[],
+                               reports=[])
+                    for op in ops:
+                        report, launches = cuda_emulator.launch_shapes(binary, op, **kw)
+                        names = cuda_launch_kernels(op, report, dtype, shape.get("stride"),
+                                                    shape.get("cpg"))
+                        row["reports"].append(report)
+                        for name, launch in zip(names, launches):
+                            row["launches"].append(
+                                launch_entry(kernels, archs, name, launch))
+                    layers.append(row)
     used = {l["kernel"] for row in layers for l in row["launches"]}
     table = {f"sm_{arch}": {name: k for name, k in ks.items() if name in used}
              for arch, ks in kernels.items()}

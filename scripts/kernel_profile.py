@@ -100,6 +100,75 @@ def access_profiles(binary, calls, blocks):
                 for (shape, layout, dtype), result in zip(calls, results)}
 
 
+def backward_profiles(binary, calls, blocks):
+    """{(model, layer, layout): access_profile.run_backward_case(...)} for the CUDA backward of
+    every fp16 conv call, side by side on every core."""
+    def run(call):
+        shape, layout = call
+        return access_profile.run_backward_case(binary, access_case(shape, layout, "fp16"),
+                                                blocks)
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        results = pool.map(run, calls)
+        return {(shape["model"], shape["layer"], layout): result
+                for (shape, layout), result in zip(calls, results)}
+
+
+def wgrad_splits(report):
+    """The pixel splits in the harness's wgrad report ("path direct splits S ...")."""
+    words = report.split()
+    return int(words[words.index("splits") + 1])
+
+
+def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
+    """The model launches of the CUDA backward (csrc/kernels/grouped_conv_backward.cu) of one
+    fp16 layer at batch BATCH, from its access profile at batch 1 (backward_profiles), scaled
+    per launch by the work's growth: dgrad's blocks (a thread per grad_x element), wgrad's
+    pixels (BATCH: each block sums its split of the pixels; the splits differ between batch 1
+    and BATCH, the total work does not) and the finalize's splits (it reads every split's
+    partial sums)."""
+    elem = 2
+    launches, reports = profiled
+    b1, b128 = plan["b1"], plan["b128"]
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
+    y_bytes = output_bytes(shape, x_bytes)
+    mask_bytes = y_bytes / elem / 8
+    w_bytes = 9 * shape["C"] * shape["cpg"] * elem
+    partial_bytes = (wgrad_splits(b128["reports"][1]) * shape["C"] * (9 * shape["cpg"] + 1) * 4)
+    grows = [b128["launches"][0]["blocks"] / max(1, b1["launches"][0]["blocks"]), BATCH,
+             wgrad_splits(b128["reports"][1]) / wgrad_splits(reports[1])]
+    drams = [y_bytes + mask_bytes + x_bytes + w_bytes,               # dgrad: grad_y, mask -> grad_x
+             y_bytes + mask_bytes + x_bytes + partial_bytes,         # wgrad partial sums
+             partial_bytes + 2 * w_bytes]                             # finalize
+    model = []
+    for i, (launch, grow, dram) in enumerate(zip(launches, grows, drams)):
+        s = access_profile.scaled(launch)
+        requests = sum(s[k]["requests"] for k in access_profile.KINDS) * grow
+        sass = sass_of(cuda_kernels, b128["launches"][i]["kernel"])
+        model.append(dict(
+            dram_bytes=dram,
+            l2_bytes=32 * s["block_unique_load_sectors"] * grow,
+            l1_wavefronts=(sum(s[k]["wavefronts"] for k in SHARED_KINDS)
+                           + (s["global_load"]["sectors"] + s["global_store"]["sectors"]) / 4)
+            * grow,
+            warp_instructions=requests * instructions_per_memory_request(sass),
+            waves=b128["launches"][i]["sm_90"]["waves"]))
+    return model
+
+
+def mask_from_output_traffic(shape, elem, layout):
+    """The CUDA backend's masked forward reads its mask from y with torch ops
+    (relu_mask.from_output), a pass each, per output element: y <= 0 (read y, write 1 byte),
+    logical_not (1 + 1), the permute to pixel-major and the cast to uint8 (1 + 1; NCHW adds a
+    copy, 1 + 1), zeros for the padded rows (1), their copy (1 + 1), the bit weights' product
+    (1 + 1), the sum over 8 rows (1 + 1/8). A lower bound of its traffic."""
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
+    y_elems = output_bytes(shape, x_bytes) / elem
+    per_elem = elem + 1 + 2 + 2 + 1 + 2 + 2 + 1 + 1 / 8 + (2 if layout == "nchw" else 0)
+    return [dict(dram_bytes=per_elem * y_elems, l2_bytes=0, l1_wavefronts=0,
+                 warp_instructions=0, waves=None)]
+
+
 def cuda_layer(profiled, shape, layout, dtype, cuda_kernels, plan):
     """(model launches, guard figures) of one CUDA call at batch BATCH, from its access profile
     at batch 1 (`profiled`, access_profiles' result) scaled by each launch's blocks at BATCH
@@ -498,7 +567,7 @@ def build(blocks: int):
     ck = cuda_kernels["sm_90"]
     plans = {}
     for row in cuda_rows:
-        key = (row["model"], row["layer"], row["layout"], row["dtype"])
+        key = (row["model"], row["layer"], row["layout"], row["dtype"], row["phase"])
         plans.setdefault(key, {})[f"b{row['batch']}"] = row
     measured, sources = measured_rows()
     paths = []
@@ -506,6 +575,9 @@ def build(blocks: int):
     calls = [(shape, layout, compiled_profile.op_dtype(shape["op"], dtype))
              for dtype, shape in dtype_shapes for layout in ("nhwc", "nchw")]
     profiles = access_profiles(binary, calls, blocks)
+    bw_profiles = backward_profiles(binary, [(shape, layout) for dtype, shape in dtype_shapes
+                                             if dtype == "fp16" and shape["op"] == "conv"
+                                             for layout in ("nhwc", "nchw")], blocks)
     for report_dtype, shape in dtype_shapes:
         dtype = compiled_profile.op_dtype(shape["op"], report_dtype)
         elem = compiled_profile.ELEM_BYTES[dtype]
@@ -516,11 +588,27 @@ def build(blocks: int):
         fb = floor_bytes(shape, elem)
         entries = []
         for layout in ("nhwc", "nchw"):
-            plan = plans[(shape["model"], shape["layer"], layout, dtype)]
+            plan = plans[(shape["model"], shape["layer"], layout, dtype, "inference")]
             profiled = profiles[(shape["model"], shape["layer"], layout, dtype)]
             model, guard, path = cuda_layer(profiled, shape, layout, dtype, ck, plan)
-            entries.append(("cuda", layout, model, guard, path,
-                            [l["kernel"] for l in plan["b128"]["launches"]]))
+            kernels = [l["kernel"] for l in plan["b128"]["launches"]]
+            entries.append(("cuda", layout, model, guard, path, kernels))
+            if shape["op"] == "conv" and dtype == "fp16":
+                # a training step: the masked forward (the forward, then its mask read from y;
+                # where the WMMA kernel packs groups, from the reference's forward: cuDNN's
+                # conv, the affine and ReLU passes), dgrad, wgrad and its finalize
+                train = plans[(shape["model"], shape["layer"], layout, dtype, "train")]
+                forward = model
+                if path.startswith("path wmma") and shape["cpg"] < 16:
+                    forward = model + cudnn_eager_traffic(shape, elem)
+                    kernels = kernels + ["reference conv", "affine", "relu"]
+                mask = mask_from_output_traffic(shape, elem, layout)
+                backward = cuda_backward_layer(bw_profiles[(shape["model"], shape["layer"],
+                                                            layout)], shape, layout, ck, train)
+                entries.append(("cuda_train", layout, forward + mask + backward,
+                                dict(floor_bytes=train_floor_bytes(shape, elem)), path,
+                                kernels + ["mask_from_output (torch ops)"]
+                                + [l["kernel"] for l in train["b128"]["launches"]]))
         for row in triton_rows:
             if (row["model"], row["layer"], row["dtype"]) == (shape["model"], shape["layer"],
                                                               dtype):
@@ -625,8 +713,10 @@ def markdown(report):
         "only, until a run with channels_last weights). triton_train: a training step of the "
         "layer on the Triton backend (the forward that stores the ReLU mask, dgrad, wgrad and "
         "its sum; floor: x read twice, y and the mask written, grad_y and the mask read, "
-        "grad_x written); cudnn_eager_train: the traffic of conv + BN + ReLU and their "
-        "autograd in eager (a lower bound).",
+        "grad_x written); cuda_train: the same step on the CUDA backend (its forward, the mask "
+        "read from y by torch ops: a traffic bound, where the WMMA kernel packs groups after the "
+        "reference's forward; the direct dgrad, wgrad and its finalize); cudnn_eager_train: "
+        "the traffic of conv + BN + ReLU and their autograd in eager (a lower bound).",
         "",
         "| layer | backend | dtype | layout | ld sect/req | st sect/req | sh wf/req | sh confl | "
         "L2→SM/in | pred us H100 | % floor H100 | bound | per kernel (H100) | pred us H200 | "
