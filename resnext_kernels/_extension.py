@@ -35,8 +35,8 @@ EXTENSION_ERROR = _load_extension()
 
 
 # The ops resnext_kernels._C registers (schemas in csrc/torch/module.cpp).
-CUDA_OPS = ("grouped_conv_bn_relu_cuda", "grouped_conv_dgrad_cuda", "grouped_conv_wgrad_cuda",
-            "squeeze_excite_cuda")
+CUDA_OPS = ("grouped_conv_bn_relu_cuda", "grouped_conv_bn_relu_masked_cuda",
+            "grouped_conv_dgrad_cuda", "grouped_conv_wgrad_cuda", "squeeze_excite_cuda")
 
 
 def extension_loaded() -> bool:

@@ -157,16 +157,35 @@ def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
 
 
 def mask_from_output_traffic(shape, elem, layout):
-    """The CUDA backend's masked forward reads its mask from y with torch ops
-    (relu_mask.from_output), a pass each, per output element: y <= 0 (read y, write 1 byte),
-    logical_not (1 + 1), the permute to pixel-major and the cast to uint8 (1 + 1; NCHW adds a
-    copy, 1 + 1), zeros for the padded rows (1), their copy (1 + 1), the bit weights' product
-    (1 + 1), the sum over 8 rows (1 + 1/8). A lower bound of its traffic."""
+    """The mask read from y with torch ops (relu_mask.from_output: the CUDA backend's masked
+    forward where the WMMA kernel packs groups, after the reference's forward), a pass each,
+    per output element: y <= 0 (read y, write 1 byte), logical_not (1 + 1), the permute to
+    pixel-major and the cast to uint8 (1 + 1; NCHW adds a copy, 1 + 1), zeros for the padded
+    rows (1), their copy (1 + 1), the bit weights' product (1 + 1), the sum over 8 rows
+    (1 + 1/8). A lower bound of its traffic."""
     x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
     y_elems = output_bytes(shape, x_bytes) / elem
     per_elem = elem + 1 + 2 + 2 + 1 + 2 + 2 + 1 + 1 / 8 + (2 if layout == "nchw" else 0)
     return [dict(dram_bytes=per_elem * y_elems, l2_bytes=0, l1_wavefronts=0,
                  warp_instructions=0, waves=None)]
+
+
+def mask_kernel_traffic(shape, elem):
+    """csrc/kernels/relu_mask.cu (the direct and WMMA paths' mask): y read once, the mask
+    written. Its traffic only."""
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
+    y_bytes = output_bytes(shape, x_bytes)
+    return [dict(dram_bytes=y_bytes + y_bytes / elem / 8, l2_bytes=0, l1_wavefronts=0,
+                 warp_instructions=0, waves=None)]
+
+
+def with_epilogue_mask(model, shape, elem):
+    """v3's launches with the mask its epilogue writes: the conv launch (the last) moves the
+    mask's bytes too (the access profile ran without a mask: its staged reads and the merged
+    words are not counted)."""
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
+    mask_bytes = output_bytes(shape, x_bytes) / elem / 8
+    return model[:-1] + [dict(model[-1], dram_bytes=model[-1]["dram_bytes"] + mask_bytes)]
 
 
 def cuda_layer(profiled, shape, layout, dtype, cuda_kernels, plan):
@@ -594,20 +613,26 @@ def build(blocks: int):
             kernels = [l["kernel"] for l in plan["b128"]["launches"]]
             entries.append(("cuda", layout, model, guard, path, kernels))
             if shape["op"] == "conv" and dtype == "fp16":
-                # a training step: the masked forward (the forward, then its mask read from y;
-                # where the WMMA kernel packs groups, from the reference's forward: cuDNN's
-                # conv, the affine and ReLU passes), dgrad, wgrad and its finalize
+                # a training step: the masked forward (v3 writes the mask in its epilogue; the
+                # direct and WMMA paths read it back from y in a kernel, and where the WMMA
+                # kernel packs groups the mask comes from the reference's forward: cuDNN's
+                # conv, the affine and ReLU passes, then torch ops), dgrad, wgrad, finalize
                 train = plans[(shape["model"], shape["layer"], layout, dtype, "train")]
-                forward = model
-                if path.startswith("path wmma") and shape["cpg"] < 16:
-                    forward = model + cudnn_eager_traffic(shape, elem)
-                    kernels = kernels + ["reference conv", "affine", "relu"]
-                mask = mask_from_output_traffic(shape, elem, layout)
+                if path.startswith("path v3"):
+                    forward, mask_kernels = with_epilogue_mask(model, shape, elem), []
+                elif path.startswith("path wmma") and shape["cpg"] < 16:
+                    forward = (model + cudnn_eager_traffic(shape, elem)
+                               + mask_from_output_traffic(shape, elem, layout))
+                    mask_kernels = ["reference conv", "affine", "relu",
+                                    "mask_from_output (torch ops)"]
+                else:
+                    forward = model + mask_kernel_traffic(shape, elem)
+                    mask_kernels = ["relu_mask_from_output_kernel"]
                 backward = cuda_backward_layer(bw_profiles[(shape["model"], shape["layer"],
                                                             layout)], shape, layout, ck, train)
-                entries.append(("cuda_train", layout, forward + mask + backward,
+                entries.append(("cuda_train", layout, forward + backward,
                                 dict(floor_bytes=train_floor_bytes(shape, elem)), path,
-                                kernels + ["mask_from_output (torch ops)"]
+                                kernels + mask_kernels
                                 + [l["kernel"] for l in train["b128"]["launches"]]))
         for row in triton_rows:
             if (row["model"], row["layer"], row["dtype"]) == (shape["model"], shape["layer"],
@@ -713,9 +738,10 @@ def markdown(report):
         "only, until a run with channels_last weights). triton_train: a training step of the "
         "layer on the Triton backend (the forward that stores the ReLU mask, dgrad, wgrad and "
         "its sum; floor: x read twice, y and the mask written, grad_y and the mask read, "
-        "grad_x written); cuda_train: the same step on the CUDA backend (its forward, the mask "
-        "read from y by torch ops: a traffic bound, where the WMMA kernel packs groups after the "
-        "reference's forward; the direct dgrad, wgrad and its finalize); cudnn_eager_train: "
+        "grad_x written); cuda_train: the same step on the CUDA backend (its forward with the "
+        "mask: v3 writes it in its epilogue, the other paths read it back from y, where the "
+        "WMMA kernel packs groups by torch ops after the reference's forward, traffic bounds; "
+        "the direct dgrad, wgrad and its finalize); cudnn_eager_train: "
         "the traffic of conv + BN + ReLU and their autograd in eager (a lower bound).",
         "",
         "| layer | backend | dtype | layout | ld sect/req | st sect/req | sh wf/req | sh confl | "

@@ -153,9 +153,7 @@ def _poisoned_like_glue(shape, dtype, memory_format):
     return torch.full(shape, float("nan"), dtype=dtype).contiguous(memory_format=memory_format)
 
 
-def grouped_conv_bn_relu(binary, x, weight, scale, shift, *, stride=1, padding=1, dilation=1,
-                         groups, relu=True, device_major=9, force_direct=False, x_lead_elems=0,
-                         allow_tf32=False, allow_v3=True, v3_band_pixels=None):
+def grouped_conv_bn_relu(binary, x, weight, scale, shift, **kwargs):
     """Runs the CUDA launch path (plan, weight re-layout, kernel) like the torch glue does;
     allow_tf32 stands for torch.backends.cudnn.allow_tf32, which the glue reads; allow_v3=False
     for RESNEXT_KERNELS_CUDA_V3=0 (calls v3 would take run v2); v3_band_pixels for
@@ -163,14 +161,32 @@ def grouped_conv_bn_relu(binary, x, weight, scale, shift, *, stride=1, padding=1
 
     Returns (y, path): path is the harness's report, e.g. "wmma block_channels 16 ...".
     """
+    y, _, report = _grouped_conv(binary, x, weight, scale, shift, with_mask=False, **kwargs)
+    return y, report
+
+
+def grouped_conv_bn_relu_masked(binary, x, weight, scale, shift, **kwargs):
+    """As grouped_conv_bn_relu, with the ReLU mask (the torch glue's masked op): returns (y,
+    mask, path). The mask starts as 0xff bytes (every bit poisoned to 1), as the glue leaves it
+    uninitialised; with relu=False it is [0, C_out]."""
+    return _grouped_conv(binary, x, weight, scale, shift, with_mask=True, **kwargs)
+
+
+def _grouped_conv(binary, x, weight, scale, shift, *, stride=1, padding=1, dilation=1, groups,
+                  relu=True, device_major=9, force_direct=False, x_lead_elems=0,
+                  allow_tf32=False, allow_v3=True, v3_band_pixels=None, with_mask):
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = weight.shape
     H_out = (H + 2 * padding - dilation * (KH - 1) - 1) // stride + 1
     W_out = (W + 2 * padding - dilation * (KW - 1) - 1) // stride + 1
     memory_format = torch._prims_common.suggest_memory_format(x)
     y = _poisoned_like_glue((N, C_out, H_out, W_out), x.dtype, memory_format)
+    mask_rows = (N * H_out * W_out + 7) // 8 if with_mask and relu else 0
+    mask = torch.full((mask_rows, C_out), 0xFF, dtype=torch.uint8)
     with tempfile.TemporaryDirectory(prefix="emu_conv_") as tmp:
         d = Path(tmp)
+        if with_mask:
+            _write(d, "mask", mask)
         _write(d, "x", x)
         _write(d, "w", weight)
         _write(d, "scale", scale.float().contiguous())
@@ -183,10 +199,12 @@ def grouped_conv_bn_relu(binary, x, weight, scale, shift, *, stride=1, padding=1
             w_stride=weight.stride(), y_stride=y.stride(), relu=relu,
             y_channels_last=memory_format == torch.channels_last, device_major=device_major,
             force_direct=force_direct, x_lead_elems=x_lead_elems, allow_tf32=allow_tf32,
-            allow_v3=allow_v3, **({} if v3_band_pixels is None
-                                   else dict(v3_band_pixels=v3_band_pixels))))
+            allow_v3=allow_v3, with_mask=with_mask,
+            **({} if v3_band_pixels is None else dict(v3_band_pixels=v3_band_pixels))))
         report = _run(binary, "grouped_conv", d)
-        return _read_like(d, "y", y), report.strip()
+        if with_mask:
+            mask = _read_like(d, "mask", mask)
+        return _read_like(d, "y", y), mask, report.strip()
 
 
 def _pair(v):

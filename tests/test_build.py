@@ -84,6 +84,10 @@ def test_cuda_backward_ops_opcheck():
     torch.library.opcheck(torch.ops.resnext_kernels.grouped_conv_wgrad_cuda.default,
                           (grad_y, mask, x, w, s, *conv),
                           test_utils=("test_schema", "test_faketensor"))
+    for relu in (True, False):
+        torch.library.opcheck(torch.ops.resnext_kernels.grouped_conv_bn_relu_masked_cuda.default,
+                              (x, w, s, torch.randn(16, device="cuda"), *conv, relu),
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 @needs_extension

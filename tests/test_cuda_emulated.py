@@ -17,6 +17,7 @@ import torch
 
 import cuda_emulator
 from conftest import channels_last_if, seeded, tolerance
+from resnext_kernels import relu_mask
 from test_grouped_conv_bn_relu import make_case, reference
 from test_squeeze_excite import make_case as make_se_case
 from test_squeeze_excite import check_non_finite, non_finite_case
@@ -265,6 +266,66 @@ def test_v3_non_finite_inputs_stay_in_their_group(emulator, cpg):
     torch.testing.assert_close(y.double()[finite], ref[finite], **tolerance(torch.float16))
 
 
+# --- the ReLU mask for the backward (params.h: GroupedConvParams::relu_mask) ---------------
+
+def check_mask(emulator, x, w, scale, shift, bn, *, groups, stride=1, expect_path, relu=True,
+               **kwargs):
+    """The masked launch's y matches float64 and its mask is its own y's, bit for bit
+    (relu_mask.from_output: 0 past the last pixel), whatever the 0xff bytes it started as."""
+    kwargs.setdefault("allow_v3", not expect_path.startswith("path wmma"))
+    y, mask, report = cuda_emulator.grouped_conv_bn_relu_masked(
+        emulator, x, w, scale, shift, stride=stride, groups=groups, relu=relu, **kwargs)
+    assert report.startswith(expect_path), report
+    ref = reference(x, w, bn, stride, 1, 1, groups, relu)
+    finite = ref.isfinite()
+    torch.testing.assert_close(y.double()[finite], ref[finite], **tolerance(x.dtype))
+    expected = relu_mask.from_output(y) if relu else torch.empty((0, y.shape[1]),
+                                                                 dtype=torch.uint8)
+    assert mask.shape == expected.shape
+    assert torch.equal(mask, expected), (mask != expected).nonzero()[:8]
+    return y, mask, report
+
+
+@pytest.mark.parametrize("cpg,stride,dtype", v3_cases(),
+                         ids=[f"cpg{c}-s{s}-{str(d)[6:]}" for c, s, d in v3_cases()])
+def test_v3_epilogue_writes_the_mask(emulator, cpg, stride, dtype):
+    """3 images of 7x5 output pixels (35: every image boundary splits a mask byte) in bands of
+    3 rows (15 pixels; cpg 32/64: 4 rows, 20 pixels), so every band boundary splits a byte
+    too: those bytes are merged from two units' bits by atomics."""
+    groups = 128 // cpg
+    seed = 12400 + cpg * 10 + stride + 1000 * HALF_TYPES.index(dtype)
+    x, w, scale, shift, bn = make_case(cpg, groups, dtype, "cpu", True, seed, N=3, H=7 * stride,
+                                       W=5 * stride)
+    _, _, report = check_mask(emulator, x, w, scale, shift, bn, groups=groups, stride=stride,
+                              expect_path="path v3", v3_band_pixels=16 if cpg < 32 else 32)
+    assert report.endswith("v3_band_rows 3" if cpg < 32 else "v3_band_rows 4"), report
+
+
+@pytest.mark.parametrize("band_pixels", [16, 64, 256])
+def test_v3_mask_with_nan_outputs_and_one_band(emulator, band_pixels):
+    """NaN outputs pass the gradient (bit 1), as torch's ReLU backward lets them; whole-image
+    bands (256) and their last byte's bits past the last pixel (0)."""
+    x, w, scale, shift, bn = make_case(8, 8, torch.float16, "cpu", True, 12500 + band_pixels,
+                                       N=2, H=9, W=7)
+    x[1, 3, 4, 4] = float("nan")
+    y, mask, _ = check_mask(emulator, x, w, scale, shift, bn, groups=8, expect_path="path v3",
+                            v3_band_pixels=band_pixels)
+    assert y.isnan().any() and (2 * 9 * 7) % 8 != 0
+
+
+@pytest.mark.parametrize("case", ["direct-fp32", "wmma-nchw", "wmma-cpg16", "relu-off"])
+def test_mask_read_back_from_y_on_the_other_paths(emulator, case):
+    """The direct and WMMA kernels' calls get the mask from one more pass over y."""
+    dtype = torch.float32 if case == "direct-fp32" else torch.float16
+    cpg, groups = (16, 4) if case in ("wmma-cpg16", "relu-off") else (4, 4)
+    x, w, scale, shift, bn = make_case(cpg, groups, dtype, "cpu", case != "wmma-nchw",
+                                       12600 + len(case), N=3, H=5, W=3)
+    expect = "path direct" if case == "direct-fp32" else ("path v3" if case == "relu-off"
+                                                          else "path wmma")
+    check_mask(emulator, x, w, scale, shift, bn, groups=groups, expect_path=expect,
+               relu=case != "relu-off", allow_v3=case == "relu-off")
+
+
 def test_v3_leaves_other_calls_to_v2(emulator):
     """NCHW, a channels_last x whose pixels are not 16-byte aligned, C not a multiple of 64,
     cpg 2, fp32: each runs v2 (or the direct kernel), not v3."""
@@ -502,6 +563,17 @@ def test_racecheck_catches_a_shared_memory_race(racecheck):
     assert "data race" in info.value.output
 
 
+def test_racecheck_tells_atomics_from_racing_read_modify_writes(racecheck, emulator):
+    """atomicAnd / atomicOr (the v3 mask's merge of shared bytes): a known answer, no race
+    reported; the same bits set by a plain |= race, and racecheck says so."""
+    expected = [str(0xFFFFFFFF), str(0x0000FFFF)]
+    assert cuda_emulator.selftest(emulator, "atomic_or").split() == expected
+    assert cuda_emulator.selftest(racecheck, "atomic_or").split() == expected
+    with pytest.raises(cuda_emulator.EmulatorError) as info:
+        cuda_emulator.selftest(racecheck, "plain_or")
+    assert "data race" in info.value.output
+
+
 def test_racecheck_catches_ldmatrix_of_copies_no_barrier_published(racecheck):
     """Each lane waits for its own cp.async copies but no barrier follows, so the ldmatrix rows
     other lanes copied are unordered reads: the warp-collective instruction itself orders no
@@ -537,6 +609,16 @@ def test_racecheck_grouped_conv(racecheck, request, cpg, stride, channels_last, 
     ref = reference(x, w, bn, stride, 1, 1, groups, True)
     tol_key = "tf32" if allow_tf32 else dtype
     torch.testing.assert_close(y.double(), ref, **tolerance(tol_key))
+
+
+@pytest.mark.parametrize("cpg", [8, 32])
+def test_racecheck_v3_mask(racecheck, cpg):
+    """The mask's staged reads after the epilogue's barrier, and its merged words."""
+    groups = 64 // cpg
+    x, w, scale, shift, bn = make_case(cpg, groups, torch.float16, "cpu", True, 9850 + cpg,
+                                       N=2, H=5, W=3)
+    check_mask(racecheck, x, w, scale, shift, bn, groups=groups, expect_path="path v3",
+               v3_band_pixels=16)
 
 
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])

@@ -130,5 +130,11 @@ inline float __shfl_down_sync(unsigned int mask, float value, unsigned int delta
   __builtin_memcpy(&value, &bits, sizeof bits);
   return value;
 }
+// 32-bit atomics on global or shared memory; they return the old value, as CUDA's do. Defined
+// in emulator.cpp, outside the kernels' translation units: there the racecheck build's
+// ThreadSanitizer sees them as atomics, and the profile build (ThreadSanitizer's
+// instrumentation without its runtime) does not meet them (the access profile leaves them out).
+unsigned int atomicAnd(unsigned int* address, unsigned int value);
+unsigned int atomicOr(unsigned int* address, unsigned int value);
 inline float __expf(float v) { return std::exp(v); }
 [[noreturn]] inline void __trap() { cuda_emulator::fatal("__trap() called"); }

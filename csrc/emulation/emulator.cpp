@@ -62,6 +62,14 @@ thread_local uint3 blockIdx{0, 0, 0};
 thread_local dim3 blockDim;
 thread_local dim3 gridDim;
 
+unsigned int atomicAnd(unsigned int* address, unsigned int value) {
+  return __atomic_fetch_and(address, value, __ATOMIC_RELAXED);
+}
+
+unsigned int atomicOr(unsigned int* address, unsigned int value) {
+  return __atomic_fetch_or(address, value, __ATOMIC_RELAXED);
+}
+
 const char* cudaGetErrorString(cudaError_t err) {
   switch (err) {
     case cudaSuccess: return "no error";

@@ -123,6 +123,10 @@ int run_grouped_conv(const std::string& dir) {
   p.relu = prm.get("relu") != 0;
   p.y_channels_last = prm.get("y_channels_last") != 0;
   if (prm.has("v3_band_pixels")) p.v3_band_pixels = prm.get("v3_band_pixels");
+  // the ReLU mask, when asked for: mask.bin holds its bytes (poisoned by the caller)
+  const bool with_mask = prm.has("with_mask") && prm.get("with_mask") != 0;
+  Buffer mask = with_mask ? load(dir, "mask") : Buffer{};
+  if (with_mask && mask.bytes > 0) p.relu_mask = static_cast<uint8_t*>(mask.data());
 
   resnext_kernels::GroupedConvPlan plan =
       resnext_kernels::plan_grouped_conv_bn_relu(p, dtype, static_cast<int>(prm.get("device_major")),
@@ -134,6 +138,7 @@ int run_grouped_conv(const std::string& dir) {
       resnext_kernels::launch_grouped_conv_bn_relu(p, dtype, plan, workspace.data(), nullptr);
   if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
   save(dir, "y", y);
+  if (with_mask) save(dir, "mask", mask);
   std::printf("path %s block_channels %d workspace_bytes %lld",
               resnext_kernels::grouped_conv_path_name(plan.path),
               plan.block_channels, static_cast<long long>(plan.workspace_bytes));

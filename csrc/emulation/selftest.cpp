@@ -49,6 +49,23 @@ __global__ void warp_sum_kernel(const float* in, float* out) {
   if (threadIdx.x % 32 == 0) out[threadIdx.x / 32] = v;
 }
 
+// Word 1 (0xdeadbeef) loses its high half to an atomicAnd; then threads 0-31 set the 32 bits of
+// word 0 and threads 32-47 the low 16 of word 1 with atomicOr: 0xffffffff and 0x0000ffff, a
+// known answer (the correct twin of plain_or).
+__global__ void atomic_or_kernel(unsigned int* words) {
+  if (threadIdx.x == 0) atomicAnd(&words[1], 0x0000ffffu);
+  __syncthreads();
+  if (threadIdx.x < 48) atomicOr(&words[threadIdx.x / 32], 1u << (threadIdx.x % 32));
+}
+
+// The same bits set with a plain read-modify-write: the lanes of a word race (the racecheck
+// build must report it).
+__global__ void plain_or_kernel(unsigned int* words) {
+  if (threadIdx.x == 0) words[1] &= 0x0000ffffu;
+  __syncthreads();
+  if (threadIdx.x < 48) words[threadIdx.x / 32] |= 1u << (threadIdx.x % 32);
+}
+
 // Kernels with a known access profile (tests/test_access_profile.py), one block of 64 threads:
 // each warp makes one request per access below.
 // 32 consecutive floats per warp: 4 sectors per load and per store request.
@@ -281,6 +298,14 @@ int run_selftest(const std::string& name) {
   } else if (name == "misaligned_vector_load") {
     err = resnext_kernels::launch_kernel(misaligned_vector_load_kernel, dim3(1), dim3(4), 0,
                                          nullptr, in, out);
+  } else if (name == "atomic_or" || name == "plain_or") {
+    // 2 words, word 1 starting as 0xdeadbeef: atomic_or prints "4294967295 65535"
+    unsigned int* words = reinterpret_cast<unsigned int*>(out);
+    words[0] = 0;
+    words[1] = 0xdeadbeefu;
+    err = resnext_kernels::launch_kernel(name == "atomic_or" ? atomic_or_kernel : plain_or_kernel,
+                                         dim3(1), dim3(n), 0, nullptr, words);
+    if (err == cudaSuccess) std::printf("%u %u\n", words[0], words[1]);
   } else if (name == "warp_sum") {
     err = resnext_kernels::launch_kernel(warp_sum_kernel, dim3(1), dim3(n), 0, nullptr, in, out);
     if (err == cudaSuccess) std::printf("%g %g\n", out[0], out[1]);

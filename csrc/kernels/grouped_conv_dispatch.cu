@@ -21,9 +21,10 @@ GroupedConvPlan plan_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtyp
   return plan;
 }
 
-cudaError_t launch_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
-                                        const GroupedConvPlan& plan, void* workspace,
-                                        cudaStream_t stream) {
+namespace {
+
+cudaError_t launch_planned(const GroupedConvParams& p, DType dtype, const GroupedConvPlan& plan,
+                           void* workspace, cudaStream_t stream) {
   switch (plan.path) {
     case GroupedConvPath::kV3: return launch_grouped_conv_bn_relu_v3(p, dtype, workspace, stream);
     case GroupedConvPath::kWmma:
@@ -31,6 +32,20 @@ cudaError_t launch_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
     case GroupedConvPath::kDirect: return launch_grouped_conv_bn_relu_direct(p, dtype, stream);
   }
   return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t launch_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
+                                        const GroupedConvPlan& plan, void* workspace,
+                                        cudaStream_t stream) {
+  GroupedConvParams q = p;
+  if (!q.relu) q.relu_mask = nullptr;  // no ReLU, no mask
+  const bool mask_after = q.relu_mask != nullptr && plan.path != GroupedConvPath::kV3;
+  if (mask_after) q.relu_mask = nullptr;  // (the kernels other than v3 never write it)
+  const cudaError_t err = launch_planned(q, dtype, plan, workspace, stream);
+  if (err != cudaSuccess || !mask_after) return err;
+  return launch_relu_mask_from_output(p, dtype, stream);
 }
 
 const char* grouped_conv_path_name(GroupedConvPath path) {

@@ -243,6 +243,63 @@ __device__ __forceinline__ void store_band(const GroupedConvParams& p, const Wor
   }
 }
 
+// Whether the ReLU passes the gradient of a staged 16-bit output: not <= 0 (NaN passes, as in
+// torch's ReLU backward). kInfBits: the type's +inf, the largest magnitude that is not a NaN.
+template <typename T> struct HalfBits;
+template <> struct HalfBits<__half> { static constexpr uint32_t kInfBits = 0x7c00u; };
+template <> struct HalfBits<__nv_bfloat16> { static constexpr uint32_t kInfBits = 0x7f80u; };
+template <typename T>
+__device__ __forceinline__ bool relu_passes(uint32_t bits) {
+  const uint32_t magnitude = bits & 0x7fffu;
+  return magnitude > HalfBits<T>::kInfBits || (!(bits & 0x8000u) && magnitude != 0);
+}
+
+// The unit's ReLU mask bits (GroupedConvParams::relu_mask) from the staged outputs. A thread
+// per (mask byte row, 4 channels of the tile): one 32-bit word, bit j of byte k for pixel
+// 8 r + j, channel 4 i + k. Words whose 8 pixels all belong to the unit are stored; the at most
+// two byte rows it shares with the neighbouring units (bands or images whose pixel counts are
+// not multiples of 8) are merged with an atomicAnd and an atomicOr that touch this unit's bits
+// only, so neither the order of the units nor the mask's old contents matter. The unit holding
+// the last pixel also owns the bits past it (0).
+template <typename T>
+__device__ __forceinline__ void store_band_mask(const GroupedConvParams& p, const WorkUnit& u,
+                                                SwizzledPixels<0> out_tile) {
+  if (p.relu_mask == nullptr) return;
+  const int64_t M = p.N * p.H_out * p.W_out;
+  const int64_t m0 = (u.n * p.H_out + u.oh0) * p.W_out, m1 = m0 + u.band_pixels;
+  const int64_t row0 = m0 >> 3;
+  const int rows = static_cast<int>(((m1 + 7) >> 3) - row0);
+  for (int i = threadIdx.x; i < rows * (kTileC / 4); i += kThreads) {
+    const int64_t r = row0 + i / (kTileC / 4);
+    const int c4 = (i % (kTileC / 4)) * 4;  // the word's first channel in the tile
+    uint32_t word = 0, owned = 0;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int64_t m = r * 8 + j;
+      if (m >= M && m1 == M) owned |= 0x01010101u << j;  // past the last pixel: 0
+      if (m < m0 || m >= m1) continue;
+      owned |= 0x01010101u << j;
+      // channels c4 .. c4 + 3: 8 bytes of the pixel's chunk c4 / 8
+      const uint32_t* four = reinterpret_cast<const uint32_t*>(
+          out_tile.chunk(static_cast<int>(m - m0), c4 / 8) + 2 * (c4 % 8));
+      const uint32_t lo = four[0], hi = four[1];
+      const uint32_t halves[4] = {lo & 0xffffu, lo >> 16, hi & 0xffffu, hi >> 16};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (relu_passes<T>(halves[k])) word |= 1u << (8 * k + j);
+      }
+    }
+    unsigned int* dst = reinterpret_cast<unsigned int*>(
+        p.relu_mask + r * p.C_out + static_cast<int64_t>(u.ct) * kTileC + c4);
+    if (owned == 0xffffffffu) {
+      *dst = word;
+    } else {
+      atomicAnd(dst, word | ~owned);  // this unit's 0 bits
+      atomicOr(dst, word);            // and its 1 bits
+    }
+  }
+}
+
 // Scale and shift of channels c, c + 1 (scalar loads: they may be views at any float offset).
 __device__ __forceinline__ void load_scale_shift(const GroupedConvParams& p, int64_t c,
                                                  float2& scale, float2& shift) {
@@ -373,8 +430,9 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  // 4. The band's output.
+  // 4. The band's output, and its ReLU mask when asked for.
   store_band<T>(p, u, out_tile);
+  store_band_mask<T>(p, u, out_tile);
 #else
   __trap();  // built only for sm_80+; the planner never selects v3 below sm_80
 #endif
@@ -512,8 +570,9 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  // 4. The band's output.
+  // 4. The band's output, and its ReLU mask when asked for.
   store_band<T>(p, u, out_tile);
+  store_band_mask<T>(p, u, out_tile);
 #else
   __trap();  // built only for sm_80+; the planner never selects v3 below sm_80
 #endif

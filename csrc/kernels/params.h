@@ -29,6 +29,12 @@ struct GroupedConvParams {
   int64_t y_stride[4];  // element strides of y in (n, c, h, w) order
   bool relu;
   bool y_channels_last;  // walk outputs in memory order (c fastest) so stores coalesce
+  // The ReLU mask for the backward (resnext_kernels/relu_mask.py's layout: uint8
+  // [ceil(M / 8), C_out] contiguous, M = N * H_out * W_out pixels in (n, ho, wo) order, bit j of
+  // byte [r, c] for pixel 8 r + j, 1 where the rounded output is not <= 0, 0 past M), or nullptr
+  // for none (relu off: there is no mask). Written by v3's epilogue, by a pass over y after
+  // the other kernels (launch_grouped_conv_bn_relu does both). Needs no zeroing.
+  uint8_t* relu_mask;
   // Host-side tuning, read by the v3 planner only (RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS): the
   // most output pixels in one CTA's band, 16..256 (a band is one output row at least, whatever
   // its width); 0 (value-initialised) is v3's default, 256. Smaller bands: more, smaller CTAs
@@ -68,6 +74,11 @@ int grouped_conv_v3_band_rows(const GroupedConvParams& p);
 cudaError_t launch_grouped_conv_bn_relu_v3(const GroupedConvParams& p, DType dtype,
                                            void* workspace, cudaStream_t stream);
 
+// The ReLU mask (GroupedConvParams::relu_mask) read back from y after the conv: one thread per
+// mask byte, 8 pixels of one channel. For the paths whose epilogue does not write it.
+cudaError_t launch_relu_mask_from_output(const GroupedConvParams& p, DType dtype,
+                                         cudaStream_t stream);
+
 // Which kernel runs a call, and the scratch memory it needs: the one place that decides.
 enum class GroupedConvPath : int { kDirect = 0, kWmma = 1, kV3 = 2 };
 struct GroupedConvPlan {
@@ -82,7 +93,8 @@ const char* grouped_conv_path_name(GroupedConvPath path);
 GroupedConvPlan plan_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
                                           int device_major, bool allow_tf32,
                                           bool allow_v3 = true);
-// Runs the planned kernel(s) on `stream`; `workspace` holds plan.workspace_bytes.
+// Runs the planned kernel(s) on `stream`; `workspace` holds plan.workspace_bytes. With
+// p.relu_mask set (and p.relu), the mask too: v3 in its epilogue, the others by a pass over y.
 cudaError_t launch_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
                                         const GroupedConvPlan& plan, void* workspace,
                                         cudaStream_t stream);

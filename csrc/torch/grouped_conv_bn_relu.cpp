@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <tuple>
 
 #include "kernels/params.h"
 #include "torch/tensor_checks.h"
@@ -31,10 +32,13 @@ int64_t v3_band_pixels_from_env() {
 
 }  // namespace
 
-at::Tensor grouped_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weight,
-                                     const at::Tensor& scale, const at::Tensor& shift,
-                                     at::IntArrayRef stride, at::IntArrayRef padding,
-                                     at::IntArrayRef dilation, int64_t groups, bool relu) {
+// The forward, and with `with_mask` its ReLU mask (resnext_kernels/relu_mask.py's layout;
+// [0, C_out] without ReLU): the v3 kernel writes it in its epilogue, the others' calls read it
+// back from y in one more pass.
+static std::tuple<at::Tensor, at::Tensor> run_grouped_conv_bn_relu(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+    const at::Tensor& shift, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, bool relu, bool with_mask) {
   // The Python op validates everything with friendlier messages; these checks keep direct
   // callers of this op from reaching the kernel with arguments it would read out of bounds.
   TORCH_CHECK(x.dim() == 4, "x: expected a 4-D [N, C, H, W] tensor, got ", x.dim(), "-D");
@@ -77,7 +81,9 @@ at::Tensor grouped_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weig
   c10::cuda::CUDAGuard device_guard(x.device());
   const auto memory_format = x.suggest_memory_format();
   at::Tensor y = at::empty({N, C_out, H_out, W_out}, x.options().memory_format(memory_format));
-  if (y.numel() == 0) return y;
+  const int64_t mask_rows = with_mask && relu ? (N * H_out * W_out + 7) / 8 : 0;
+  at::Tensor mask = at::empty({mask_rows, C_out}, x.options().dtype(at::kByte));
+  if (y.numel() == 0) return {y, mask};
   const at::Tensor scale_f = scale.to(at::kFloat).contiguous();
   const at::Tensor shift_f = shift.to(at::kFloat).contiguous();
 
@@ -98,6 +104,7 @@ at::Tensor grouped_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weig
   copy_strides4(y, p.y_stride);
   p.relu = relu;
   p.y_channels_last = memory_format == at::MemoryFormat::ChannelsLast;
+  p.relu_mask = mask_rows > 0 ? mask.data_ptr<uint8_t>() : nullptr;
   p.v3_band_pixels = v3_band_pixels_from_env();
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -117,11 +124,28 @@ at::Tensor grouped_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weig
   const cudaError_t err = launch_grouped_conv_bn_relu(p, dtype, plan, workspace.data_ptr(), stream);
   TORCH_CHECK(err == cudaSuccess, "grouped_conv_bn_relu_cuda: kernel launch failed: ",
               cudaGetErrorString(err));
-  return y;
+  return {y, mask};
+}
+
+at::Tensor grouped_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& weight,
+                                     const at::Tensor& scale, const at::Tensor& shift,
+                                     at::IntArrayRef stride, at::IntArrayRef padding,
+                                     at::IntArrayRef dilation, int64_t groups, bool relu) {
+  return std::get<0>(run_grouped_conv_bn_relu(x, weight, scale, shift, stride, padding,
+                                              dilation, groups, relu, /*with_mask=*/false));
+}
+
+std::tuple<at::Tensor, at::Tensor> grouped_conv_bn_relu_masked_cuda(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+    const at::Tensor& shift, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, bool relu) {
+  return run_grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups,
+                                  relu, /*with_mask=*/true);
 }
 
 TORCH_LIBRARY_IMPL(resnext_kernels, CUDA, m) {
   m.impl("grouped_conv_bn_relu_cuda", &grouped_conv_bn_relu_cuda);
+  m.impl("grouped_conv_bn_relu_masked_cuda", &grouped_conv_bn_relu_masked_cuda);
 }
 
 }  // namespace resnext_kernels

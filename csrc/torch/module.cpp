@@ -21,6 +21,10 @@ TORCH_LIBRARY(resnext_kernels, m) {
       "grouped_conv_bn_relu_cuda(Tensor x, Tensor weight, Tensor scale, Tensor shift, "
       "int[2] stride, int[2] padding, int[2] dilation, int groups, bool relu) -> Tensor");
   m.def(
+      "grouped_conv_bn_relu_masked_cuda(Tensor x, Tensor weight, Tensor scale, Tensor shift, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups, bool relu) "
+      "-> (Tensor, Tensor)");
+  m.def(
       "grouped_conv_dgrad_cuda(Tensor grad_y, Tensor relu_mask, Tensor weight, Tensor scale, "
       "int[4] input_size, int[2] stride, int[2] padding, int[2] dilation, int groups, "
       "bool channels_last) -> Tensor");

@@ -4,7 +4,6 @@ import os
 
 import torch
 
-from .. import relu_mask
 from . import reference
 from .cuda_plan import cuda_conv_path
 
@@ -17,22 +16,23 @@ def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, gro
 
 def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilation, groups,
                                 relu):
-    """(y, the ReLU mask). Not yet in the CUDA kernels' epilogue: the mask is read from y, one
-    more pass over the output (the Triton kernels store it as they store y). Where the call runs
+    """(y, the ReLU mask): v3's epilogue stores the mask with y; the direct and WMMA kernels'
+    calls read it back from y in one more pass (csrc/kernels/relu_mask.cu). Where the call runs
     the WMMA kernel on packed groups (cpg < 16), whose 0 * NaN carries one group's non-finite
     input into the others' y (documented in docs/KERNELS.md), the mask comes from the
     reference's forward instead, so the other groups' gradients stay right."""
-    y = grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups, relu)
-    if not relu:
-        return y, y.new_empty((0, y.shape[1]), dtype=torch.uint8)
-    path = cuda_conv_path(x, weight, stride, padding, dilation, groups,
-                          device_major=torch.cuda.get_device_capability(x.device)[0],
-                          allow_tf32=torch.backends.cudnn.allow_tf32)
-    if path == "wmma" and x.shape[1] // groups < 16:
-        _, mask = reference.grouped_conv_bn_relu_masked(x, weight, scale, shift, stride,
-                                                        padding, dilation, groups, relu)
-        return y, mask
-    return y, relu_mask.from_output(y)
+    if relu:
+        path = cuda_conv_path(x, weight, stride, padding, dilation, groups,
+                              device_major=torch.cuda.get_device_capability(x.device)[0],
+                              allow_tf32=torch.backends.cudnn.allow_tf32)
+        if path == "wmma" and x.shape[1] // groups < 16:
+            y = grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation,
+                                     groups, relu)
+            _, mask = reference.grouped_conv_bn_relu_masked(x, weight, scale, shift, stride,
+                                                            padding, dilation, groups, relu)
+            return y, mask
+    return torch.ops.resnext_kernels.grouped_conv_bn_relu_masked_cuda(
+        x, weight, scale, shift, stride, padding, dilation, groups, relu)
 
 
 # The backward's kernels. csrc/kernels/grouped_conv_backward.cu holds a first, direct version

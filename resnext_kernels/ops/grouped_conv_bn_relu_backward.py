@@ -48,7 +48,7 @@ def _masked_op(
 
 
 @_masked_op.register_fake
-def _(x, weight, scale, shift, stride, padding, dilation, groups, relu, backend):
+def _masked_fake(x, weight, scale, shift, stride, padding, dilation, groups, relu, backend):
     shape = _check_args(x, weight, scale, shift, stride, padding, dilation, groups)
     y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
     mask = torch.empty(relu_mask.mask_shape(relu_mask.pixels(shape) if relu else 0, shape[1]),
@@ -157,6 +157,11 @@ def _wgrad_fake(grad_y, relu_mask, x, weight, scale, stride, padding, dilation, 
 
 if _extension.extension_loaded():
     # The compiled backend's own ops get the same fakes, so they trace (and pass opcheck) too.
+    @torch.library.register_fake("resnext_kernels::grouped_conv_bn_relu_masked_cuda")
+    def _(x, weight, scale, shift, stride, padding, dilation, groups, relu):
+        return _masked_fake(x, weight, scale, shift, stride, padding, dilation, groups, relu,
+                            "cuda")
+
     @torch.library.register_fake("resnext_kernels::grouped_conv_dgrad_cuda")
     def _(grad_y, relu_mask, weight, scale, input_size, stride, padding, dilation, groups,
           channels_last):
