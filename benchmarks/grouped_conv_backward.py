@@ -10,8 +10,8 @@ Providers (each checked against float64 autograd before it is timed):
                    backend's dgrad and wgrad ops; leaves x, weight, scale, shift (the BN fold
                    in front of the op, a few per-channel ops, is not timed). cuda's dgrad and
                    wgrad are aten's by default (backends/cuda.py)
-  cuda_direct      cuda with RESNEXT_KERNELS_CUDA_BACKWARD=direct: its own (direct) backward
-                   kernels
+  cuda_kernels     cuda with RESNEXT_KERNELS_CUDA_BACKWARD=kernels: its own backward kernels
+                   (dgrad on v3 where it applies, else direct; direct wgrad)
 Phases:
   backward         torch.autograd.grad of a saved forward (retain_graph): the backward alone
   fwd+bwd          the forward and its backward, as a training step runs them
@@ -41,9 +41,9 @@ from resnext_kernels import backends  # noqa: E402
 from resnext_kernels.models.shapes import grouped_conv_shapes  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PROVIDERS = ["cudnn_eager", "reference", "triton", "cuda", "cuda_direct"]
+PROVIDERS = ["cudnn_eager", "reference", "triton", "cuda", "cuda_kernels"]
 # providers that are a backend run with environment settings: (backend, {variable: value})
-VARIANTS = {"cuda_direct": ("cuda", {"RESNEXT_KERNELS_CUDA_BACKWARD": "direct"})}
+VARIANTS = {"cuda_kernels": ("cuda", {"RESNEXT_KERNELS_CUDA_BACKWARD": "kernels"})}
 CPU_PROVIDERS = ["cudnn_eager", "reference"]
 PHASES = ["backward", "fwd+bwd"]
 # relative to max |float64 gradient|, per gradient

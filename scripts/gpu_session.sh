@@ -29,7 +29,7 @@
 #   train-bench    150  benchmarks/grouped_conv_backward.py: the fused op's backward and
 #                       forward+backward against cuDNN eager (conv + BN + ReLU autograd),
 #                       resnext50_32x4d, batch 128, fp16, channels_last then NCHW (the backward
-#                       kernels' first GPU timing, Triton's and CUDA's direct ones (cuda_direct);
+#                       kernels' first GPU timing, Triton's and CUDA's (cuda_kernels);
 #                       their correctness is in gpu-tests)
 #
 # One call runs the next steps not yet done on this machine that fit in its --budget (default
@@ -355,7 +355,7 @@ step_train_bench() {
     args+=(--batch 1 --dtypes fp32 --layouts nhwc --shape 64,8,8,16,1 --reps 2)
   else
     args+=(--batch 128 --models resnext50_32x4d --dtypes fp16 --layouts nhwc nchw
-           --providers cudnn_eager triton cuda cuda_direct --reps 10)
+           --providers cudnn_eager triton cuda cuda_kernels --reps 10)
   fi
   run_logged "$1" "$LOGDIR/train-bench.log" $PY "$REPO/benchmarks/grouped_conv_backward.py" "${args[@]}"
 }

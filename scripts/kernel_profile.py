@@ -121,30 +121,49 @@ def wgrad_splits(report):
 
 
 def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
-    """The model launches of the CUDA backward (csrc/kernels/grouped_conv_backward.cu) of one
-    fp16 layer at batch BATCH, from its access profile at batch 1 (backward_profiles), scaled
-    per launch by the work's growth: dgrad's blocks (a thread per grad_x element), wgrad's
-    pixels (BATCH: each block sums its split of the pixels; the splits differ between batch 1
-    and BATCH, the total work does not) and the finalize's splits (it reads every split's
-    partial sums)."""
+    """The model launches of the CUDA backward of one fp16 layer at batch BATCH, from its access
+    profile at batch 1 (backward_profiles), scaled per launch by the work's growth: dgrad's
+    launches by their blocks (the direct kernel: a thread per grad_x element; on v3
+    (csrc/kernels/grouped_conv_dgrad_v3.cu): the gradient's select-and-scale pass, the flipped
+    weights, v3's weight packing and its forward of the prepared gradient), wgrad's partial
+    sums by the pixels (BATCH: each block sums its split of the pixels; the splits differ
+    between batch 1 and BATCH, the total work does not) and the finalize by the splits (it
+    reads every split's partial sums)."""
     elem = 2
     launches, reports = profiled
-    b1, b128 = plan["b1"], plan["b128"]
+    b1, b128 = plan["b1"]["launches"], plan["b128"]["launches"]
+    if len(launches) != len(b128) or len(b1) != len(b128):
+        raise ValueError(f"{shape['layer']} {layout}: the profiled backward made "
+                         f"{len(launches)} launches, the plans {len(b1)} and {len(b128)}")
     x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
     y_bytes = output_bytes(shape, x_bytes)
     mask_bytes = y_bytes / elem / 8
     w_bytes = 9 * shape["C"] * shape["cpg"] * elem
-    partial_bytes = (wgrad_splits(b128["reports"][1]) * shape["C"] * (9 * shape["cpg"] + 1) * 4)
-    grows = [b128["launches"][0]["blocks"] / max(1, b1["launches"][0]["blocks"]), BATCH,
-             wgrad_splits(b128["reports"][1]) / wgrad_splits(reports[1])]
-    drams = [y_bytes + mask_bytes + x_bytes + w_bytes,               # dgrad: grad_y, mask -> grad_x
-             y_bytes + mask_bytes + x_bytes + partial_bytes,         # wgrad partial sums
-             partial_bytes + 2 * w_bytes]                             # finalize
+    splits, splits_b1 = wgrad_splits(plan["b128"]["reports"][1]), wgrad_splits(reports[1])
+    partial_bytes = splits * shape["C"] * (9 * shape["cpg"] + 1) * 4
+
+    def growth_and_dram(i, name):
+        if name.startswith("grouped_conv_wgrad_partial"):
+            return BATCH, y_bytes + mask_bytes + x_bytes + partial_bytes
+        if name.startswith("grouped_conv_wgrad_finalize"):
+            return splits / splits_b1, partial_bytes + 2 * w_bytes
+        grow = b128[i]["blocks"] / max(1, b1[i]["blocks"])
+        if name.startswith("grouped_conv_dgrad_kernel"):      # grad_y, mask -> grad_x
+            return grow, y_bytes + mask_bytes + x_bytes + w_bytes
+        if name.startswith("dgrad_select_scale"):             # grad_y, mask -> gs
+            return grow, 2 * y_bytes + mask_bytes
+        if name.startswith(("dgrad_flip_weights", "pack_")):  # the weights, re-laid out
+            return grow, 2 * w_bytes
+        if name.startswith("grouped_conv_bn_relu_v3"):        # gs -> grad_x
+            return grow, y_bytes + x_bytes + w_bytes
+        raise ValueError(f"no traffic model for the backward's launch {name}")
+
     model = []
-    for i, (launch, grow, dram) in enumerate(zip(launches, grows, drams)):
+    for i, launch in enumerate(launches):
+        grow, dram = growth_and_dram(i, b128[i]["kernel"])
         s = access_profile.scaled(launch)
         requests = sum(s[k]["requests"] for k in access_profile.KINDS) * grow
-        sass = sass_of(cuda_kernels, b128["launches"][i]["kernel"])
+        sass = sass_of(cuda_kernels, b128[i]["kernel"])
         model.append(dict(
             dram_bytes=dram,
             l2_bytes=32 * s["block_unique_load_sectors"] * grow,
@@ -152,7 +171,7 @@ def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
                            + (s["global_load"]["sectors"] + s["global_store"]["sectors"]) / 4)
             * grow,
             warp_instructions=requests * instructions_per_memory_request(sass),
-            waves=b128["launches"][i]["sm_90"]["waves"]))
+            waves=b128[i]["sm_90"]["waves"]))
     return model
 
 
@@ -741,7 +760,9 @@ def markdown(report):
         "grad_x written); cuda_train: the same step on the CUDA backend (its forward with the "
         "mask: v3 writes it in its epilogue, the other paths read it back from y, where the "
         "WMMA kernel packs groups by torch ops after the reference's forward, traffic bounds; "
-        "the direct dgrad, wgrad and its finalize); cudnn_eager_train: "
+        "dgrad: v3's forward of the masked, scaled gradient with flipped weights at stride 1 "
+        "channels_last, else the direct kernel; the direct wgrad and its finalize); "
+        "cudnn_eager_train: "
         "the traffic of conv + BN + ReLU and their autograd in eager (a lower bound).",
         "",
         "| layer | backend | dtype | layout | ld sect/req | st sect/req | sh wf/req | sh confl | "

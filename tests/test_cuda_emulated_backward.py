@@ -229,3 +229,103 @@ def test_racecheck_backward(racecheck, cpg, stride, channels_last, dtype):
     case = make_case(cpg, groups, dtype, channels_last, 800 + cpg, N=1, H=5, W=4, stride=s)
     got, _ = run_both(racecheck, *case, stride=s, groups=groups, splits=2)
     check(got, reference(*case, groups, s), dtype)
+
+
+# ---- dgrad on v3 (csrc/kernels/grouped_conv_dgrad_v3.cu): stride 1, channels_last fp16/bf16,
+# C a multiple of 64. The workspace (gs, flipped weights, v3's constants) starts as NaN bytes.
+
+def dgrad(binary, case, groups, **kwargs):
+    grad_y, mask, x, w, scale = case
+    return cuda_emulator.grouped_conv_dgrad(binary, grad_y, mask, w, scale, list(x.shape),
+                                            groups=groups, channels_last=True, **kwargs)
+
+
+def check_grad_x(got, ref, dtype):
+    span = max(1.0, ref.abs().max().item())
+    torch.testing.assert_close(got.double() / span, ref / span, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cpg", [4, 8, 16, 32, 64])
+def test_dgrad_v3_every_cpg_class(emulator, cpg, dtype):
+    groups = 64 // cpg
+    case = make_case(cpg, groups, dtype, True, 1500 + cpg, N=2, H=5, W=7)
+    grad_x, report = dgrad(emulator, case, groups)
+    assert report == "path v3"
+    assert grad_x.is_contiguous(memory_format=torch.channels_last)
+    check_grad_x(grad_x, reference(*case, groups)[0], dtype)
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
+def test_dgrad_v3_grad_y_any_layout_batch_one(emulator, relu):
+    """grad_y NCHW (no 16-byte chunks: read through its strides) and a sliced channels_last view
+    whose pixels are not 16-byte aligned chunks; batch 1, 128 channels (two v3 tiles), odd
+    sizes; with and without the ReLU's mask."""
+    grad_y, mask, x, w, scale = make_case(8, 16, torch.float16, True, 1600, N=1, H=3, W=9,
+                                          relu=relu)
+    ref = reference(grad_y, mask, x, w, scale, 16)[0]
+    wide = torch.randn(1, 136, 3, 9).half().contiguous(memory_format=torch.channels_last)
+    wide[:, 4:132] = grad_y
+    for layout in (grad_y.contiguous(), wide[:, 4:132]):
+        grad_x, report = dgrad(emulator, (layout, mask, x, w, scale), 16)
+        assert report == "path v3"
+        check_grad_x(grad_x, ref, torch.float16)
+
+
+def test_dgrad_v3_matches_the_direct_kernel_and_batch_zero(emulator):
+    case = make_case(16, 4, torch.bfloat16, True, 1700, N=2, H=4, W=4)
+    v3, report = dgrad(emulator, case, 4)
+    assert report == "path v3"
+    direct, report = dgrad(emulator, case, 4, allow_v3=False)
+    assert report == "path direct"
+    torch.testing.assert_close(v3.float(), direct.float(), **tolerance(torch.bfloat16))
+    empty = make_case(16, 4, torch.bfloat16, True, 1701, N=0, H=4, W=4)
+    grad_x, _ = dgrad(emulator, empty, 4)
+    assert grad_x.shape == (0, 64, 4, 4)
+
+
+@pytest.mark.parametrize("change", ["stride2", "nchw", "fp32", "channels48", "dilation2",
+                                    "sm75"])
+def test_dgrad_v3_only_where_it_applies(emulator, change):
+    """Everything v3's forward does not take runs the direct kernel, and is right there."""
+    cpg, groups, dtype, layout = 8, 8, torch.float16, True
+    conv = dict(stride=(1, 1), dilation=(1, 1))
+    if change == "stride2":
+        conv["stride"] = (2, 2)
+    if change == "nchw":
+        layout = False
+    if change == "fp32":
+        dtype = torch.float32
+    if change == "channels48":
+        groups = 6
+    if change == "dilation2":
+        conv["dilation"] = (2, 2)
+    case = make_case(cpg, groups, dtype, layout, 1800, N=1, H=5, W=6, **conv)
+    grad_y, mask, x, w, scale = case
+    grad_x, report = cuda_emulator.grouped_conv_dgrad(
+        emulator, grad_y, mask, w, scale, list(x.shape), groups=groups, channels_last=layout,
+        padding=conv["dilation"], device_major=7 if change == "sm75" else 9, **conv)
+    assert report == "path direct"
+    check_grad_x(grad_x, reference(*case, groups, **conv)[0], dtype)
+
+
+def test_dgrad_v3_non_finite_stays_in_its_group(emulator):
+    """A NaN gradient the ReLU passed reaches its own group's grad_x channels only (v3 keeps a
+    non-finite input in its group); an inf it blocked reaches nothing."""
+    groups, cpg = 16, 4
+    grad_y, mask, x, w, scale = make_case(cpg, groups, torch.float16, True, 1900, N=1, H=6, W=6)
+    passes = relu_mask.unpack(mask, grad_y.shape)
+    passes[0, 5, 2, 3] = True
+    passes[0, 41, 1, 1] = False
+    mask = relu_mask.pack(passes)
+    grad_y = grad_y.clone()
+    grad_y[0, 5, 2, 3] = float("nan")   # group 1, passed
+    grad_y[0, 41, 1, 1] = float("inf")  # group 10, blocked
+    grad_x, report = dgrad(emulator, (grad_y, mask, x, w, scale), groups)
+    assert report == "path v3"
+    nan_channels = grad_x.isnan().any(dim=(0, 2, 3))
+    assert nan_channels.tolist() == [c // cpg == 1 for c in range(64)]
+    # exactly the pixels aten's backward makes NaN (the 3x3 around the gradient's pixel)
+    ref = reference(grad_y, mask, x, w, scale, groups)[0]
+    assert torch.equal(grad_x.isnan(), ref.isnan())
+    check_grad_x(grad_x.nan_to_num(0.0), ref.nan_to_num(0.0), torch.float16)

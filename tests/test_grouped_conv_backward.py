@@ -23,7 +23,7 @@ OPS = torch.ops.resnext_kernels
 def _cuda_backend_runs_its_backward_kernels(monkeypatch):
     """backend "cuda" (on a GPU) runs its own dgrad and wgrad kernels in these tests, not the
     aten backward it defaults to while they are slower (backends/cuda.py)."""
-    monkeypatch.setenv("RESNEXT_KERNELS_CUDA_BACKWARD", "direct")
+    monkeypatch.setenv("RESNEXT_KERNELS_CUDA_BACKWARD", "kernels")
 
 
 def make_case(cpg, groups, dtype, device, channels_last, seed, N=2, H=7, W=9, cpg_out=None):
@@ -318,8 +318,8 @@ def test_cuda_backward_kernels_are_opt_in(monkeypatch):
     from resnext_kernels.backends import cuda as cuda_backend
     monkeypatch.delenv("RESNEXT_KERNELS_CUDA_BACKWARD")
     assert cuda_backend.cuda_backward_kernels() == "aten"
-    monkeypatch.setenv("RESNEXT_KERNELS_CUDA_BACKWARD", "direct")
-    assert cuda_backend.cuda_backward_kernels() == "direct"
+    monkeypatch.setenv("RESNEXT_KERNELS_CUDA_BACKWARD", "kernels")
+    assert cuda_backend.cuda_backward_kernels() == "kernels"
     monkeypatch.setenv("RESNEXT_KERNELS_CUDA_BACKWARD", "fast")
     with pytest.raises(ValueError, match="RESNEXT_KERNELS_CUDA_BACKWARD: expected one of"):
         cuda_backend.cuda_backward_kernels()

@@ -172,7 +172,8 @@ resnext_kernels::GroupedConvBackwardParams backward_params(const Params& prm,
   return p;
 }
 
-// launch_grouped_conv_dgrad, like csrc/torch/grouped_conv_backward.cpp
+// plan_grouped_conv_dgrad + launch_grouped_conv_dgrad, like csrc/torch/grouped_conv_backward.cpp
+// ("device_major", "allow_v3" as the forward's)
 int run_grouped_conv_dgrad(const std::string& dir) {
   Params prm{read_params(dir)};
   const DType dtype = static_cast<DType>(prm.get("dtype"));
@@ -182,10 +183,15 @@ int run_grouped_conv_dgrad(const std::string& dir) {
   p.grad_x = grad_x.data();
   prm.strides("grad_x_stride", p.grad_x_stride);
   p.grad_x_channels_last = prm.get("grad_x_channels_last") != 0;
-  const cudaError_t err = resnext_kernels::launch_grouped_conv_dgrad(p, dtype, nullptr);
+  const resnext_kernels::GroupedConvDgradPlan plan = resnext_kernels::plan_grouped_conv_dgrad(
+      p, dtype, static_cast<int>(prm.get("device_major")),
+      !prm.has("allow_v3") || prm.get("allow_v3") != 0);
+  Buffer workspace = scratch(static_cast<size_t>(plan.workspace_bytes));
+  const cudaError_t err =
+      resnext_kernels::launch_grouped_conv_dgrad(p, dtype, plan, workspace.data(), nullptr);
   if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
   save(dir, "grad_x", grad_x);
-  std::printf("path direct\n");
+  std::printf("path %s\n", resnext_kernels::grouped_conv_dgrad_path_name(plan.path));
   return 0;
 }
 

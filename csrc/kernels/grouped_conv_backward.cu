@@ -250,8 +250,8 @@ cudaError_t launch_wgrad_typed(const GroupedConvBackwardParams& p,
 
 }  // namespace
 
-cudaError_t launch_grouped_conv_dgrad(const GroupedConvBackwardParams& p, DType dtype,
-                                      cudaStream_t stream) {
+cudaError_t launch_grouped_conv_dgrad_direct(const GroupedConvBackwardParams& p, DType dtype,
+                                             cudaStream_t stream) {
   return dispatch_dtype(dtype,
                         [&](auto tag) { return launch_dgrad_typed<decltype(tag)>(p, stream); });
 }

@@ -131,10 +131,38 @@ struct GroupedConvBackwardParams {
   bool grad_x_channels_last;  // walk grad_x in memory order (c fastest) so stores coalesce
 };
 
-// dgrad, direct: one thread per grad_x element, summing the output channels of its group over
-// the taps that reached it. Any stride, padding, dilation, kernel size, channels per group,
-// layout; fp32 arithmetic. Returns the launch status.
+// dgrad, direct (grouped_conv_backward.cu): one thread per grad_x element, summing the output
+// channels of its group over the taps that reached it. Any stride, padding, dilation, kernel
+// size, channels per group, layout; fp32 arithmetic. Returns the launch status.
+cudaError_t launch_grouped_conv_dgrad_direct(const GroupedConvBackwardParams& p, DType dtype,
+                                             cudaStream_t stream);
+
+// dgrad on v3 (grouped_conv_dgrad_v3.cu): where the forward was 3x3, stride 1, padding 1,
+// dilation 1, grad_x is v3's forward of gs = (grad_y selected by the mask) * scale with each
+// group's weights transposed and flipped. Applies where that forward is one v3 takes (fp16/bf16,
+// C_in == C_out a multiple of 64, cpg 4..64, grad_x channels_last with 16-byte aligned pixels,
+// compute capability 8.0+). `workspace` (16-byte aligned) holds gs, the weights, v3's epilogue
+// constants and v3's packed weights.
+bool grouped_conv_dgrad_v3_applies(const GroupedConvBackwardParams& p, DType dtype,
+                                   int device_major);
+int64_t grouped_conv_dgrad_v3_workspace_bytes(const GroupedConvBackwardParams& p, DType dtype);
+cudaError_t launch_grouped_conv_dgrad_v3(const GroupedConvBackwardParams& p, DType dtype,
+                                         void* workspace, cudaStream_t stream);
+
+// Which dgrad kernel runs a call (grouped_conv_backward_dispatch.cu: the one place that
+// decides), and its scratch memory. p.grad_x must be set (v3 checks its layout).
+enum class GroupedConvDgradPath : int { kDirect = 0, kV3 = 1 };
+struct GroupedConvDgradPlan {
+  GroupedConvDgradPath path = GroupedConvDgradPath::kDirect;
+  int64_t workspace_bytes = 0;
+};
+const char* grouped_conv_dgrad_path_name(GroupedConvDgradPath path);
+// allow_v3 = false keeps every call on the direct kernel (RESNEXT_KERNELS_CUDA_V3=0, as the
+// forward's).
+GroupedConvDgradPlan plan_grouped_conv_dgrad(const GroupedConvBackwardParams& p, DType dtype,
+                                             int device_major, bool allow_v3 = true);
 cudaError_t launch_grouped_conv_dgrad(const GroupedConvBackwardParams& p, DType dtype,
+                                      const GroupedConvDgradPlan& plan, void* workspace,
                                       cudaStream_t stream);
 
 // wgrad, direct: the output pixels are cut into `splits` fixed ranges; one launch writes each

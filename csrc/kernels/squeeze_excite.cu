@@ -6,6 +6,7 @@
 #include "kernels/launch.cuh"
 #include "kernels/params.h"
 #include "kernels/ptx_sm80.cuh"
+#include "kernels/vector_access.cuh"
 
 
 namespace resnext_kernels {
@@ -38,27 +39,8 @@ __device__ __forceinline__ float warp_sum(float v) {
 // A channels_last tensor whose pixels are evenly spaced (the pixel p of image n starts at
 // n * stride_n + p * stride_w) and whose rows of C channels split into 16-byte-aligned chunks
 // of kVec channels (8 fp16/bf16, 4 fp32) is read and written a chunk per thread and access:
-// a warp's request covers 512 contiguous bytes (16 sectors, the minimum) instead of 64 (2).
-template <typename T>
-struct alignas(16) Pack {
-  static constexpr int kSize = 16 / static_cast<int>(sizeof(T));
-  T v[kSize];
-};
-
-template <typename T>
-__device__ __forceinline__ Pack<T> load_pack(const T* ptr) {
-  const uint4 raw = ptx::ld_global_nc_16(ptr);
-  Pack<T> r;
-  memcpy(&r, &raw, sizeof r);
-  return r;
-}
-
-template <typename T>
-__device__ __forceinline__ void store_pack(T* ptr, const Pack<T>& r) {
-  uint32_t w[4];
-  memcpy(w, &r, sizeof w);
-  ptx::st_global_16(ptr, make_uint4(w[0], w[1], w[2], w[3]));  // nvcc split a uint4 assignment
-}
+// a warp's request covers 512 contiguous bytes (16 sectors, the minimum) instead of 64 (2)
+// (Pack, load_pack, store_pack: kernels/vector_access.cuh).
 
 // Whether a tensor (strides in elements of `elem_bytes`) takes the chunked path.
 inline bool chunked_layout(const void* ptr, const int64_t* stride, int64_t C, int64_t H,

@@ -35,18 +35,20 @@ def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilati
         x, weight, scale, shift, stride, padding, dilation, groups, relu)
 
 
-# The backward's kernels. csrc/kernels/grouped_conv_backward.cu holds a first, direct version
-# (CUDA cores, scalar loads): checked against float64, but predicted at 231 ms for a training
-# step of resnext50's grouped layers (fp16, batch 128, H100), where cuDNN eager's traffic alone
-# bounds it at 4 ms (docs/KERNELS.md, GPU-free profile), so it runs only when asked for:
-#   RESNEXT_KERNELS_CUDA_BACKWARD=aten    (default) aten's backward (cuDNN), selected by the mask
-#   RESNEXT_KERNELS_CUDA_BACKWARD=direct  the direct CUDA kernels (read on every call)
+# The backward's kernels: dgrad on v3's forward where the forward was 3x3 stride 1 channels_last
+# fp16/bf16 (csrc/kernels/grouped_conv_dgrad_v3.cu), else a direct kernel, and a direct wgrad
+# (grouped_conv_backward.cu: CUDA cores, scalar loads). Checked against float64, but the direct
+# wgrad alone is predicted at ~138 ms for a training step of resnext50's grouped layers (fp16,
+# batch 128, H100), where cuDNN eager's traffic alone bounds the step at 4 ms (docs/KERNELS.md,
+# GPU-free profile), so they run only when asked for:
+#   RESNEXT_KERNELS_CUDA_BACKWARD=aten     (default) aten's backward (cuDNN), selected by the mask
+#   RESNEXT_KERNELS_CUDA_BACKWARD=kernels  the CUDA kernels above (read on every call)
 CUDA_BACKWARD_ENV = "RESNEXT_KERNELS_CUDA_BACKWARD"
-CUDA_BACKWARD_CHOICES = ("aten", "direct")
+CUDA_BACKWARD_CHOICES = ("aten", "kernels")
 
 
 def cuda_backward_kernels() -> str:
-    """Which backward the cuda backend runs: "aten" or "direct" (CUDA_BACKWARD_ENV)."""
+    """Which backward the cuda backend runs: "aten" or "kernels" (CUDA_BACKWARD_ENV)."""
     choice = os.environ.get(CUDA_BACKWARD_ENV, "").strip() or "aten"
     if choice not in CUDA_BACKWARD_CHOICES:
         raise ValueError(f"{CUDA_BACKWARD_ENV}: expected one of {CUDA_BACKWARD_CHOICES}, got "
@@ -56,7 +58,8 @@ def cuda_backward_kernels() -> str:
 
 def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding, dilation,
                        groups, channels_last):
-    """grad_x: aten's, or the direct CUDA kernel's (cuda_backward_kernels())."""
+    """grad_x: aten's, or the CUDA kernels' (cuda_backward_kernels()): v3's forward of the
+    masked, scaled gradient with flipped weights where it applies, else the direct kernel."""
     if cuda_backward_kernels() == "aten":
         return reference.grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride,
                                             padding, dilation, groups, channels_last)
@@ -66,7 +69,7 @@ def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding,
 
 
 def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation, groups):
-    """(grad_w, grad_scale, grad_shift): aten's, or the direct CUDA kernels' (fp32 partial sums
+    """(grad_w, grad_scale, grad_shift): aten's, or the direct CUDA wgrad kernels' (fp32 partial sums
     per fixed pixel range, added in order: deterministic; then G * scale, sum(G * w), sum gp)."""
     if cuda_backward_kernels() == "aten":
         return reference.grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding,

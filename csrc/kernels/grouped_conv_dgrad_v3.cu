@@ -1,0 +1,221 @@
+// dgrad at stride 1 on v3's tensor-core forward (grouped_conv_v3.cu).
+//
+// For a 3x3, stride-1, padding-1, dilation-1 grouped conv, grad_x is itself such a conv:
+//   grad_x[n, ci, h, w] = sum_{co in group, kh, kw} gs[n, co, h + 1 - kh, w + 1 - kw] * w[co, ci', kh, kw]
+// with gs = (grad_y where the ReLU passed it, else 0) * scale[co], i.e. a forward of gs with each
+// group's weights transposed (ci <-> co) and flipped (tap (kh, kw) -> (2 - kh, 2 - kw)), no shift
+// and no ReLU. Two small launches prepare that forward's operands in the workspace, then v3 runs
+// it unchanged (its swizzled bands, mma.sync, NaN kept in its group, 16-byte stores):
+//   1. gs, channels_last and dense, in grad_y's dtype: 16-byte chunks of 8 channels, the mask
+//      bits of the chunk read as one 8-byte word. gs is rounded to the dtype after the fp32
+//      product, as aten's eval-mode BN backward rounds grad_y * scale before its conv backward.
+//   2. the transposed, flipped weights [C_in, C_out / groups, 3, 3], and v3's epilogue constants
+//      (scale 1, shift 0: y = 1 * acc + 0 is acc exactly).
+// Traffic beyond v3's own: grad_y and the mask read, gs written, once (about 2 bytes per gs
+// byte); the mask applied in v3's A-load would save it (docs/KERNELS.md, issue 15).
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/dtype_traits.cuh"
+#include "kernels/launch.cuh"
+#include "kernels/params.h"
+#include "kernels/vector_access.cuh"
+
+namespace resnext_kernels {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kAlign = 256;  // every workspace part starts on a 256-byte boundary
+
+int64_t round_up(int64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+int64_t element_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
+
+// Where the parts of the workspace start (byte offsets), and its size.
+struct DgradV3Workspace {
+  int64_t gs = 0, weights = 0, ones = 0, zeros = 0, v3 = 0, bytes = 0;
+};
+
+// The forward v3 runs: gs (C_out channels, H_out x W_out) to grad_x (C_in channels, H x W).
+// Pointers into the workspace are filled in by the caller (null: planning only).
+GroupedConvParams forward_of_dgrad(const GroupedConvBackwardParams& p, const void* gs,
+                                   const void* weights, const float* ones, const float* zeros) {
+  GroupedConvParams q{};
+  q.x = gs;
+  q.w = weights;
+  q.scale = ones;
+  q.shift = zeros;
+  q.y = p.grad_x;
+  q.N = p.N; q.C_in = p.C_out; q.H = p.H_out; q.W = p.W_out;
+  q.C_out = p.C_in; q.H_out = p.H; q.W_out = p.W;
+  q.groups = p.groups; q.KH = p.KH; q.KW = p.KW;
+  q.stride_h = 1; q.stride_w = 1; q.pad_h = 1; q.pad_w = 1; q.dil_h = 1; q.dil_w = 1;
+  // gs: dense channels_last [N, H_out, W_out, C_out]
+  q.x_stride[0] = p.H_out * p.W_out * p.C_out;
+  q.x_stride[1] = 1;
+  q.x_stride[2] = p.W_out * p.C_out;
+  q.x_stride[3] = p.C_out;
+  // the weights: dense [C_in, C_out / groups, 3, 3]
+  const int64_t cpg_out = p.C_out / p.groups;
+  q.w_stride[0] = cpg_out * p.KH * p.KW;
+  q.w_stride[1] = p.KH * p.KW;
+  q.w_stride[2] = p.KW;
+  q.w_stride[3] = 1;
+  std::memcpy(q.y_stride, p.grad_x_stride, sizeof q.y_stride);
+  q.relu = false;
+  q.y_channels_last = true;
+  q.relu_mask = nullptr;
+  q.v3_band_pixels = 0;
+  return q;
+}
+
+DgradV3Workspace workspace_layout(const GroupedConvBackwardParams& p, DType dtype) {
+  DgradV3Workspace ws;
+  const int64_t elem = element_bytes(dtype);
+  ws.gs = 0;
+  ws.weights = round_up(p.N * p.H_out * p.W_out * p.C_out * elem);
+  ws.ones = ws.weights + round_up(p.C_in * (p.C_out / p.groups) * p.KH * p.KW * elem);
+  ws.zeros = ws.ones + round_up(p.C_in * static_cast<int64_t>(sizeof(float)));
+  ws.v3 = ws.zeros + round_up(p.C_in * static_cast<int64_t>(sizeof(float)));
+  const GroupedConvParams q = forward_of_dgrad(p, nullptr, nullptr, nullptr, nullptr);
+  ws.bytes = ws.v3 + round_up(grouped_conv_v3_workspace_bytes(q));
+  return ws;
+}
+
+// 1. gs[m, co] = passed(m, co) ? round(grad_y[m, co] * scale[co]) : 0, a thread per 8 channels of
+// one pixel m (flat (n, ho, wo)), channels fastest: neighbouring threads read and write
+// neighbouring 16-byte chunks. The mask's 8 bytes of a chunk (byte row m / 8, channels co..co+7)
+// are one aligned 8-byte load, shared by the 8 pixels of that row. grad_y is read through its
+// strides, or as 16-byte chunks where it is channels_last with aligned pixels (kChunkedGradY).
+template <typename scalar_t, bool kChunkedGradY>
+__global__ void __launch_bounds__(kThreads)
+    dgrad_select_scale_kernel(GroupedConvBackwardParams p, scalar_t* __restrict__ gs) {
+  using Cvt = Convert<scalar_t>;
+  constexpr int kVec = Pack<scalar_t>::kSize;  // 8 channels
+  const scalar_t* __restrict__ grad_y = static_cast<const scalar_t*>(p.grad_y);
+  const int64_t chunks = p.C_out / kVec;
+  const int64_t total = p.N * p.H_out * p.W_out * chunks;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t m = idx / chunks;
+    const int64_t co = (idx - m * chunks) * kVec;
+    const int64_t wo = m % p.W_out, ho = (m / p.W_out) % p.H_out, n = m / (p.W_out * p.H_out);
+    const scalar_t* g = grad_y + n * p.grad_y_stride[0] + co * p.grad_y_stride[1] +
+                        ho * p.grad_y_stride[2] + wo * p.grad_y_stride[3];
+    Pack<scalar_t> in;
+    if constexpr (kChunkedGradY) {
+      in = load_pack(g);
+    } else {
+      for (int j = 0; j < kVec; ++j) in.v[j] = g[j * p.grad_y_stride[1]];
+    }
+    uint64_t mask_bytes = ~uint64_t{0};  // no ReLU: every gradient passes
+    if (p.relu_mask != nullptr) {
+      mask_bytes = *reinterpret_cast<const uint64_t*>(p.relu_mask + (m >> 3) * p.C_out + co);
+    }
+    const int bit = static_cast<int>(m & 7);
+    Pack<scalar_t> out;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const bool passed = (mask_bytes >> (8 * j + bit)) & 1;  // byte j is channel co + j
+      // a select, not a product: a NaN gradient the ReLU blocked stays out
+      out.v[j] = Cvt::from_float(passed ? Cvt::to_float(in.v[j]) * p.scale[co + j] : 0.f);
+    }
+    store_pack(gs + m * p.C_out + co, out);
+  }
+}
+
+// 2. weights[c, k, kh, kw] = w[g * cpg_out + k, c - g * cpg_in, KH - 1 - kh, KW - 1 - kw] for
+// c in group g, a thread per element; the first C_in threads also write v3's scale (1) and
+// shift (0).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    dgrad_flip_weights_kernel(GroupedConvBackwardParams p, scalar_t* __restrict__ weights,
+                              float* __restrict__ ones, float* __restrict__ zeros) {
+  const scalar_t* __restrict__ w = static_cast<const scalar_t*>(p.w);
+  const int64_t cpg_in = p.C_in / p.groups, cpg_out = p.C_out / p.groups;
+  const int64_t taps = p.KH * p.KW;
+  const int64_t total = p.C_in * cpg_out * taps;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t c = idx / (cpg_out * taps);
+    const int64_t k = (idx / taps) % cpg_out;
+    const int64_t kh = (idx % taps) / p.KW, kw = idx % p.KW;
+    const int64_t g = c / cpg_in;
+    weights[idx] = w[(g * cpg_out + k) * p.w_stride[0] + (c - g * cpg_in) * p.w_stride[1] +
+                     (p.KH - 1 - kh) * p.w_stride[2] + (p.KW - 1 - kw) * p.w_stride[3]];
+    if (idx < p.C_in) {
+      ones[idx] = 1.f;
+      zeros[idx] = 0.f;
+    }
+  }
+}
+
+bool chunked_grad_y(const GroupedConvBackwardParams& p, DType dtype) {
+  const int64_t vec = 16 / element_bytes(dtype);
+  return reinterpret_cast<uintptr_t>(p.grad_y) % 16 == 0 && p.grad_y_stride[1] == 1 &&
+         p.grad_y_stride[0] % vec == 0 && p.grad_y_stride[2] % vec == 0 &&
+         p.grad_y_stride[3] % vec == 0;
+}
+
+template <typename scalar_t>
+cudaError_t launch_typed(const GroupedConvBackwardParams& p, DType dtype,
+                         unsigned char* workspace, cudaStream_t stream) {
+  const DgradV3Workspace ws = workspace_layout(p, dtype);
+  scalar_t* gs = reinterpret_cast<scalar_t*>(workspace + ws.gs);
+  scalar_t* weights = reinterpret_cast<scalar_t*>(workspace + ws.weights);
+  float* ones = reinterpret_cast<float*>(workspace + ws.ones);
+  float* zeros = reinterpret_cast<float*>(workspace + ws.zeros);
+
+  const int64_t chunks = p.N * p.H_out * p.W_out * (p.C_out / Pack<scalar_t>::kSize);
+  cudaError_t err =
+      chunked_grad_y(p, dtype)
+          ? launch_kernel(dgrad_select_scale_kernel<scalar_t, true>,
+                          grid_stride_grid(chunks, kThreads), dim3(kThreads), 0, stream, p, gs)
+          : launch_kernel(dgrad_select_scale_kernel<scalar_t, false>,
+                          grid_stride_grid(chunks, kThreads), dim3(kThreads), 0, stream, p, gs);
+  if (err != cudaSuccess) return err;
+  const int64_t elements = p.C_in * (p.C_out / p.groups) * p.KH * p.KW;
+  err = launch_kernel(dgrad_flip_weights_kernel<scalar_t>, grid_stride_grid(elements, kThreads),
+                      dim3(kThreads), 0, stream, p, weights, ones, zeros);
+  if (err != cudaSuccess) return err;
+  const GroupedConvParams q = forward_of_dgrad(p, gs, weights, ones, zeros);
+  return launch_grouped_conv_bn_relu_v3(q, dtype, workspace + ws.v3, stream);
+}
+
+}  // namespace
+
+bool grouped_conv_dgrad_v3_applies(const GroupedConvBackwardParams& p, DType dtype,
+                                   int device_major) {
+  // the forward's geometry: then the dgrad conv has the same (3x3, stride 1, padding 1)
+  if (!(p.KH == 3 && p.KW == 3 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 1 &&
+        p.pad_w == 1 && p.dil_h == 1 && p.dil_w == 1)) {
+    return false;
+  }
+  if (p.groups <= 0 || p.C_out % 8 != 0) return false;  // (v3 asks more: 64-channel tiles)
+  // the mask's chunk of 8 bytes is one 8-byte load
+  if (reinterpret_cast<uintptr_t>(p.relu_mask) % 8 != 0) return false;
+  // v3 checks gs's pointer for 16-byte alignment: plan with an aligned stand-in (the workspace
+  // is checked at launch)
+  alignas(16) static const unsigned char aligned_stand_in[16] = {};
+  const GroupedConvParams q = forward_of_dgrad(p, aligned_stand_in, nullptr, nullptr, nullptr);
+  return grouped_conv_v3_applies(q, dtype, device_major);
+}
+
+int64_t grouped_conv_dgrad_v3_workspace_bytes(const GroupedConvBackwardParams& p, DType dtype) {
+  return workspace_layout(p, dtype).bytes;
+}
+
+cudaError_t launch_grouped_conv_dgrad_v3(const GroupedConvBackwardParams& p, DType dtype,
+                                         void* workspace, cudaStream_t stream) {
+  if (p.N * p.C_in * p.H * p.W == 0) return cudaSuccess;
+  if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0) return cudaErrorInvalidValue;
+  unsigned char* ws = static_cast<unsigned char*>(workspace);
+  switch (dtype) {
+    case DType::kFloat16: return launch_typed<__half>(p, dtype, ws, stream);
+    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, dtype, ws, stream);
+    case DType::kFloat32: break;
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace resnext_kernels
