@@ -222,12 +222,14 @@ def _backward_geometry(grad_y, weight, input_size, stride, padding, dilation, gr
 
 
 def grouped_conv_dgrad(binary, grad_y, mask, weight, scale, input_size, *, stride=1, padding=1,
-                       dilation=1, groups, channels_last, device_major=9, allow_v3=True):
+                       dilation=1, groups, channels_last, device_major=9, allow_v3=True,
+                       grad_y_lead_elems=0):
     """Runs plan_grouped_conv_dgrad + launch_grouped_conv_dgrad like the torch glue: grad_x
     (allocated as the glue does, poisoned with NaN) in `channels_last` or NCHW. mask: the packed
     ReLU mask, [0, C_out] for none; stride, padding, dilation: an int or an (h, w) pair;
-    allow_v3=False stands for RESNEXT_KERNELS_CUDA_V3=0. Returns (grad_x, the harness's report:
-    "path direct" or "path v3")."""
+    allow_v3=False stands for RESNEXT_KERNELS_CUDA_V3=0; grad_y_lead_elems places grad_y that
+    many elements past an aligned base (a view). Returns (grad_x, the harness's report: "path
+    direct" or "path v3")."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     grad_x = _poisoned_like_glue(tuple(input_size), grad_y.dtype, fmt)
     with tempfile.TemporaryDirectory(prefix="emu_dgrad_") as tmp:
@@ -241,7 +243,7 @@ def grouped_conv_dgrad(binary, grad_y, mask, weight, scale, input_size, *, strid
             dtype=DTYPE_CODES[grad_y.dtype],
             **_backward_geometry(grad_y, weight, input_size, stride, padding, dilation, groups),
             grad_x_stride=grad_x.stride(), grad_x_channels_last=channels_last,
-            device_major=device_major, allow_v3=allow_v3))
+            device_major=device_major, allow_v3=allow_v3, grad_y_lead_elems=grad_y_lead_elems))
         report = _run(binary, "grouped_conv_dgrad", d)
         return _read_like(d, "grad_x", grad_x), report.strip()
 

@@ -258,16 +258,16 @@ def test_dgrad_v3_every_cpg_class(emulator, cpg, dtype):
 
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
 def test_dgrad_v3_grad_y_any_layout_batch_one(emulator, relu):
-    """grad_y NCHW (no 16-byte chunks: read through its strides) and a sliced channels_last view
-    whose pixels are not 16-byte aligned chunks; batch 1, 128 channels (two v3 tiles), odd
-    sizes; with and without the ReLU's mask."""
+    """grad_y read through its strides where it has no 16-byte chunks: NCHW, and channels_last
+    starting 4 elements (8 bytes) past an aligned base, as a view can; and in chunks where it
+    is channels_last and aligned. Batch 1, 128 channels (two v3 tiles), odd sizes; with and
+    without the ReLU's mask."""
     grad_y, mask, x, w, scale = make_case(8, 16, torch.float16, True, 1600, N=1, H=3, W=9,
                                           relu=relu)
     ref = reference(grad_y, mask, x, w, scale, 16)[0]
-    wide = torch.randn(1, 136, 3, 9).half().contiguous(memory_format=torch.channels_last)
-    wide[:, 4:132] = grad_y
-    for layout in (grad_y.contiguous(), wide[:, 4:132]):
-        grad_x, report = dgrad(emulator, (layout, mask, x, w, scale), 16)
+    for layout, lead in ((grad_y.contiguous(), 0), (grad_y, 4), (grad_y, 0)):
+        grad_x, report = dgrad(emulator, (layout, mask, x, w, scale), 16,
+                               grad_y_lead_elems=lead)
         assert report == "path v3"
         check_grad_x(grad_x, ref, torch.float16)
 
@@ -285,7 +285,7 @@ def test_dgrad_v3_matches_the_direct_kernel_and_batch_zero(emulator):
 
 
 @pytest.mark.parametrize("change", ["stride2", "nchw", "fp32", "channels48", "dilation2",
-                                    "sm75"])
+                                    "sm75", "cpg_in_out"])
 def test_dgrad_v3_only_where_it_applies(emulator, change):
     """Everything v3's forward does not take runs the direct kernel, and is right there."""
     cpg, groups, dtype, layout = 8, 8, torch.float16, True
@@ -300,7 +300,8 @@ def test_dgrad_v3_only_where_it_applies(emulator, change):
         groups = 6
     if change == "dilation2":
         conv["dilation"] = (2, 2)
-    case = make_case(cpg, groups, dtype, layout, 1800, N=1, H=5, W=6, **conv)
+    cpg_out = 16 if change == "cpg_in_out" else None  # C_in 64, C_out 128
+    case = make_case(cpg, groups, dtype, layout, 1800, N=1, H=5, W=6, cpg_out=cpg_out, **conv)
     grad_y, mask, x, w, scale = case
     grad_x, report = cuda_emulator.grouped_conv_dgrad(
         emulator, grad_y, mask, w, scale, list(x.shape), groups=groups, channels_last=layout,

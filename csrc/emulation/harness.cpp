@@ -174,10 +174,15 @@ resnext_kernels::GroupedConvBackwardParams backward_params(const Params& prm,
 
 // plan_grouped_conv_dgrad + launch_grouped_conv_dgrad, like csrc/torch/grouped_conv_backward.cpp
 // ("device_major", "allow_v3" as the forward's)
+// ("grad_y_lead_elems": grad_y starts that many elements past its buffer's 256-byte aligned
+// base, as a view into a larger tensor can)
 int run_grouped_conv_dgrad(const std::string& dir) {
   Params prm{read_params(dir)};
   const DType dtype = static_cast<DType>(prm.get("dtype"));
-  Buffer grad_y = load(dir, "grad_y"), mask = load(dir, "mask"), w = load(dir, "w");
+  const size_t elem = dtype == DType::kFloat32 ? 4 : 2;
+  const size_t grad_y_lead =
+      prm.has("grad_y_lead_elems") ? static_cast<size_t>(prm.get("grad_y_lead_elems")) * elem : 0;
+  Buffer grad_y = load(dir, "grad_y", grad_y_lead), mask = load(dir, "mask"), w = load(dir, "w");
   Buffer scale = load(dir, "scale"), grad_x = load(dir, "grad_x");
   resnext_kernels::GroupedConvBackwardParams p = backward_params(prm, grad_y, mask, w, scale);
   p.grad_x = grad_x.data();

@@ -8,7 +8,11 @@
 // it unchanged (its swizzled bands, mma.sync, NaN kept in its group, 16-byte stores):
 //   1. gs, channels_last and dense, in grad_y's dtype: 16-byte chunks of 8 channels, the mask
 //      bits of the chunk read as one 8-byte word. gs is rounded to the dtype after the fp32
-//      product, as aten's eval-mode BN backward rounds grad_y * scale before its conv backward.
+//      product, as an unfused BN's backward rounds grad_y * scale (its fp16/bf16 grad_input)
+//      before the conv's backward. So in fp16, where |grad_y * scale| > 65504, gs is inf where
+//      the direct kernel (fp32 products) and the reference backend (w * scale folded into the
+//      weights) stay finite; and an inf scale gives 0, not NaN, at pixels the ReLU blocked.
+//      Folding scale into the flipped weights instead would match the reference (next version).
 //   2. the transposed, flipped weights [C_in, C_out / groups, 3, 3], and v3's epilogue constants
 //      (scale 1, shift 0: y = 1 * acc + 0 is acc exactly).
 // Traffic beyond v3's own: grad_y and the mask read, gs written, once (about 2 bytes per gs
