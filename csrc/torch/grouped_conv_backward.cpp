@@ -10,11 +10,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <tuple>
 
 #include "kernels/params.h"
+#include "torch/planner_inputs.h"
 #include "torch/tensor_checks.h"
 
 namespace resnext_kernels {
@@ -110,13 +109,8 @@ at::Tensor grouped_conv_dgrad_cuda(const at::Tensor& grad_y, const at::Tensor& r
   p.grad_x = grad_x.data_ptr();
   copy_strides4(grad_x, p.grad_x_stride);
   p.grad_x_channels_last = channels_last;
-  int device_major = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_major, cudaDevAttrComputeCapabilityMajor,
-                                        grad_y.get_device()));
-  // RESNEXT_KERNELS_CUDA_V3=0 keeps dgrad on the direct kernel too, as it keeps the forward on v2
-  const char* v3_env = std::getenv("RESNEXT_KERNELS_CUDA_V3");
-  const bool allow_v3 = v3_env == nullptr || std::strcmp(v3_env, "0") != 0;
-  const GroupedConvDgradPlan plan = plan_grouped_conv_dgrad(p, dtype, device_major, allow_v3);
+  const GroupedConvDgradPlan plan =
+      plan_grouped_conv_dgrad(p, dtype, device_compute_major(grad_y), cuda_v3_allowed());
   // (16-byte aligned: the caching allocator gives 512)
   const at::Tensor workspace =
       at::empty({std::max<int64_t>(plan.workspace_bytes, 1)}, grad_y.options().dtype(at::kByte));

@@ -8,10 +8,10 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <tuple>
 
 #include "kernels/params.h"
+#include "torch/planner_inputs.h"
 #include "torch/tensor_checks.h"
 
 namespace resnext_kernels {
@@ -108,16 +108,10 @@ static std::tuple<at::Tensor, at::Tensor> run_grouped_conv_bn_relu(
   p.v3_band_pixels = v3_band_pixels_from_env();
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  int device_major = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_major, cudaDevAttrComputeCapabilityMajor,
-                                        x.get_device()));
   // fp32 follows torch.backends.cudnn.allow_tf32, like the aten convolution it replaces.
   const bool allow_tf32 = at::globalContext().allowTF32CuDNN();
-  // RESNEXT_KERNELS_CUDA_V3=0 keeps the calls v3 would take on v2, to compare the two.
-  const char* v3_env = std::getenv("RESNEXT_KERNELS_CUDA_V3");
-  const bool allow_v3 = v3_env == nullptr || std::strcmp(v3_env, "0") != 0;
-  const GroupedConvPlan plan =
-      plan_grouped_conv_bn_relu(p, dtype, device_major, allow_tf32, allow_v3);
+  const GroupedConvPlan plan = plan_grouped_conv_bn_relu(p, dtype, device_compute_major(x),
+                                                         allow_tf32, cuda_v3_allowed());
   // Scratch for the re-laid-out weights (16-byte aligned: the caching allocator gives 512).
   const at::Tensor workspace =
       at::empty({std::max<int64_t>(plan.workspace_bytes, 1)}, x.options().dtype(at::kByte));
