@@ -134,9 +134,10 @@ log() { printf '\n=== %s (%s, t=%ss)\n' "$1" "$(date +%T)" "$(( $(date +%s) - ST
 remaining() { echo $(( BUDGET - ($(date +%s) - START) )); }
 # run_logged SECONDS LOGFILE CMD...: runs CMD (from /tmp, so the installed package is imported,
 # not the source tree) under a hard timeout, output to LOGFILE; its tail goes to the session log
+# (TIMEOUT_SIGNAL=INT: at the limit pytest still prints its summary and writes its junit XML)
 run_logged() {
   local limit=$1 logfile=$2; shift 2
-  (cd /tmp && timeout --kill-after=10 "$limit" "$@") > "$logfile" 2>&1
+  (cd /tmp && timeout -s "${TIMEOUT_SIGNAL:-TERM}" --kill-after=20 "$limit" "$@") > "$logfile" 2>&1
   local rc=$?
   tail -n 40 "$logfile" | tee -a "$LOG" > /dev/null
   [ $rc -eq 124 ] && echo "(stopped at its ${limit}s limit)" | tee -a "$LOG"
@@ -176,7 +177,17 @@ step_gpu_tests() {
   # tests and the real-shape and real-model tests; the CPU suite already runs in CI.
   # RESNEXT_KERNELS_TRITON_AUTOTUNE=0: one launch configuration per Triton path, not ~1 s of
   # autotuning per new test shape (test_triton_every_launch_config runs each configuration).
-  RESNEXT_KERNELS_TRITON_AUTOTUNE=0 run_logged "$1" "$LOGDIR/gpu-tests.log" $PY -m pytest "$REPO/tests" -m gpu -q -rfE \
+  # pytest-xdist where the machine has it (the GPU image does): GPU_TEST_WORKERS (4) processes
+  # compile Triton kernels and torch.compile graphs side by side (one process ran past 360 s at
+  # 1024 of 1196 tests on 344631f), and a worker that crashes fails its test instead of ending
+  # the run (344631f's first call lost every result to one segfault). SIGINT at the limit: the
+  # failures' messages and the junit XML are still written.
+  local workers=()
+  if [ "$DRY" = 0 ] && $PY -c "import xdist" 2>/dev/null; then
+    workers=(-n "${GPU_TEST_WORKERS:-4}")
+  fi
+  TIMEOUT_SIGNAL=INT RESNEXT_KERNELS_TRITON_AUTOTUNE=0 run_logged "$1" "$LOGDIR/gpu-tests.log" \
+    $PY -m pytest "$REPO/tests" -m gpu -q -rfE ${workers[@]+"${workers[@]}"} \
     -p no:cacheprovider -o addopts="" --durations=15 \
     --junitxml="$LOGDIR/gpu-tests.xml"
 }

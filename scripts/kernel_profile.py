@@ -175,20 +175,6 @@ def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
     return model
 
 
-def mask_from_output_traffic(shape, elem, layout):
-    """The mask read from y with torch ops (relu_mask.from_output: the CUDA backend's masked
-    forward where the WMMA kernel packs groups, after the reference's forward), a pass each,
-    per output element: y <= 0 (read y, write 1 byte), logical_not (1 + 1), the permute to
-    pixel-major and the cast to uint8 (1 + 1; NCHW adds a copy, 1 + 1), zeros for the padded
-    rows (1), their copy (1 + 1), the bit weights' product (1 + 1), the sum over 8 rows
-    (1 + 1/8). A lower bound of its traffic."""
-    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
-    y_elems = output_bytes(shape, x_bytes) / elem
-    per_elem = elem + 1 + 2 + 2 + 1 + 2 + 2 + 1 + 1 / 8 + (2 if layout == "nchw" else 0)
-    return [dict(dram_bytes=per_elem * y_elems, l2_bytes=0, l1_wavefronts=0,
-                 warp_instructions=0, waves=None)]
-
-
 def mask_kernel_traffic(shape, elem):
     """csrc/kernels/relu_mask.cu (the direct and WMMA paths' mask): y read once, the mask
     written. Its traffic only."""
@@ -633,17 +619,10 @@ def build(blocks: int):
             entries.append(("cuda", layout, model, guard, path, kernels))
             if shape["op"] == "conv" and dtype == "fp16":
                 # a training step: the masked forward (v3 writes the mask in its epilogue; the
-                # direct and WMMA paths read it back from y in a kernel, and where the WMMA
-                # kernel packs groups the mask comes from the reference's forward: cuDNN's
-                # conv, the affine and ReLU passes, then torch ops), dgrad, wgrad, finalize
+                # direct and WMMA paths read it back from y in a kernel), dgrad, wgrad, finalize
                 train = plans[(shape["model"], shape["layer"], layout, dtype, "train")]
                 if path.startswith("path v3"):
                     forward, mask_kernels = with_epilogue_mask(model, shape, elem), []
-                elif path.startswith("path wmma") and shape["cpg"] < 16:
-                    forward = (model + cudnn_eager_traffic(shape, elem)
-                               + mask_from_output_traffic(shape, elem, layout))
-                    mask_kernels = ["reference conv", "affine", "relu",
-                                    "mask_from_output (torch ops)"]
                 else:
                     forward = model + mask_kernel_traffic(shape, elem)
                     mask_kernels = ["relu_mask_from_output_kernel"]
@@ -758,8 +737,7 @@ def markdown(report):
         "layer on the Triton backend (the forward that stores the ReLU mask, dgrad, wgrad and "
         "its sum; floor: x read twice, y and the mask written, grad_y and the mask read, "
         "grad_x written); cuda_train: the same step on the CUDA backend (its forward with the "
-        "mask: v3 writes it in its epilogue, the other paths read it back from y, where the "
-        "WMMA kernel packs groups by torch ops after the reference's forward, traffic bounds; "
+        "mask: v3 writes it in its epilogue, the other paths read it back from y in a kernel; "
         "dgrad: v3's forward of the masked, scaled gradient with flipped weights at stride 1 "
         "channels_last, else the direct kernel; the direct wgrad and its finalize); "
         "cudnn_eager_train: "

@@ -19,6 +19,15 @@ from resnext_kernels.backends.triton_plan import v3_enabled
 OPS = torch.ops.resnext_kernels
 
 
+def skip_if_aten_on_gpu(backend, device):
+    """The reference backend on a GPU is aten's conv, i.e. cuDNN, which does not promise to keep
+    a non-finite value in its group: the tests of that promise are our kernels' (on the H100,
+    session of 344631f, this file's NaN tests failed for reference-cuda at cpg 4 and 6 in half
+    precision and passed for the Triton and CUDA kernels)."""
+    if backend == "reference" and device == "cuda":
+        pytest.skip("aten's (cuDNN's) grouped conv need not keep a NaN in its group")
+
+
 @pytest.fixture(autouse=True)
 def _cuda_backend_runs_its_backward_kernels(monkeypatch):
     """backend "cuda" (on a GPU) runs its own dgrad and wgrad kernels in these tests, not the
@@ -147,7 +156,8 @@ def test_mask_is_the_outputs(backend_device, dtype, channels_last, C, groups):
     y, mask = OPS.grouped_conv_bn_relu_masked(x, w, scale, shift, [1, 1], [1, 1], [1, 1], groups,
                                               True, backend)
     plain = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=groups, backend=backend)
-    assert not y[1, C // groups:].isnan().any(), "the NaN stays in its group"
+    if not (backend == "reference" and device == "cuda"):  # (skip_if_aten_on_gpu)
+        assert not y[1, C // groups:].isnan().any(), "the NaN stays in its group"
     assert torch.equal(y.isnan(), plain.isnan())
     torch.testing.assert_close(y, plain, equal_nan=True, atol=0, rtol=0)
     assert mask.dtype == torch.uint8 and mask.shape == (9, C) and mask.is_contiguous()
@@ -191,6 +201,7 @@ def test_nan_gradient_stays_in_its_group(backend_device):
     """A NaN in grad_y reaches grad_x only in the channels of its group (nn.Conv2d's backward);
     at cpg 4 the Triton dgrad packs 4 groups per tile and recomputes such a tile exactly."""
     backend, device = backend_device
+    skip_if_aten_on_gpu(backend, device)
     x, w, scale, shift = make_case(4, 8, torch.float16, device, True, 1900)
     x.requires_grad_()
     y = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=8, relu=False, backend=backend)
@@ -209,25 +220,23 @@ def test_nan_gradient_stays_in_its_group(backend_device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_nan_input_leaves_the_other_groups_gradients_alone(backend_device, dtype):
-    """A NaN input reaches only its group's outputs (Triton v2 packs 4 groups of 4 channels in
-    a tile and sums a NaN tile again exactly), so the other groups' ReLU mask, and their
-    gradients, are what they would be without it (CUDA's fp16 NCHW call runs the WMMA kernel,
-    which does carry the NaN into y's other groups: its mask comes from the reference)."""
+    """A NaN input reaches only its group's outputs in our kernels (Triton v2 packs 4 groups of
+    4 channels in a tile and sums a NaN tile again exactly), so the other groups' ReLU mask, and
+    their gradients, are what they would be without it. CUDA's WMMA kernel on packed groups
+    (here fp16 NCHW) does carry the NaN into other groups' y; the mask is y's own all the same,
+    so there the gradient passes at those NaN outputs, as torch's ReLU backward would."""
     backend, device = backend_device
+    skip_if_aten_on_gpu(backend, device)
     x, w, scale, shift = make_case(4, 4, dtype, device, False, 1950)
     x[0, 1, 2, 2] = float("nan")  # group 0
     leaves = [t.clone().requires_grad_() for t in (x, w, scale, shift)]
     y = rk.grouped_conv_bn_relu(*leaves, groups=4, backend=backend)
     assert y[0, :4].isnan().any() and not y[1].isnan().any()
+    if backend != "cuda":
+        assert not y[0, 4:].isnan().any(), "the NaN stays in its group"
     grad_y = torch.randn(y.shape, generator=seeded(1951)).to(dtype).to(device)
     grads = torch.autograd.grad(y, leaves, grad_y)
-    # the ReLU's decisions: the op's own, but where a NaN reached another group's y (the WMMA
-    # kernel's), what that output really is
-    decided = y.detach().clone()
-    true = F.conv2d(x[0:1].double(), w.double(), None, 1, 1, 1, 4)[0, 4:].mul(
-        scale[4:].double().view(-1, 1, 1)).add(shift[4:].double().view(-1, 1, 1)).to(dtype)
-    decided[0, 4:] = torch.where(decided[0, 4:].isnan(), true, decided[0, 4:])
-    ref = reference_grads(x, w, scale, shift, decided, grad_y, 1, 1, 1, 4, True)
+    ref = reference_grads(x, w, scale, shift, y, grad_y, 1, 1, 1, 4, True)
     clean = [(grads[0][:, 4:], ref[0][:, 4:]), (grads[1][4:], ref[1][4:]),
              (grads[2][4:], ref[2][4:]), (grads[3][4:], ref[3][4:])]
     check_grads([g for g, _ in clean], [r for _, r in clean], dtype)

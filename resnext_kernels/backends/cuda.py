@@ -5,7 +5,6 @@ import os
 import torch
 
 from . import reference
-from .cuda_plan import cuda_conv_path
 
 
 def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups, relu):
@@ -16,21 +15,15 @@ def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, gro
 
 def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilation, groups,
                                 relu):
-    """(y, the ReLU mask): v3's epilogue stores the mask with y; the direct and WMMA kernels'
-    calls read it back from y in one more pass (csrc/kernels/relu_mask.cu). Where the call runs
-    the WMMA kernel on packed groups (cpg < 16), whose 0 * NaN carries one group's non-finite
-    input into the others' y (documented in docs/KERNELS.md), the mask comes from the
-    reference's forward instead, so the other groups' gradients stay right."""
-    if relu:
-        path = cuda_conv_path(x, weight, stride, padding, dilation, groups,
-                              device_major=torch.cuda.get_device_capability(x.device)[0],
-                              allow_tf32=torch.backends.cudnn.allow_tf32)
-        if path == "wmma" and x.shape[1] // groups < 16:
-            y = grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation,
-                                     groups, relu)
-            _, mask = reference.grouped_conv_bn_relu_masked(x, weight, scale, shift, stride,
-                                                            padding, dilation, groups, relu)
-            return y, mask
+    """(y, the ReLU mask of y): v3's epilogue stores the mask with y; the direct and WMMA
+    kernels' calls read it back from y in one more pass (csrc/kernels/relu_mask.cu). The mask is
+    always y's own, as torch's ReLU backward decides from its result: where the WMMA kernel packs
+    groups (cpg < 16) and its 0 * NaN carries one group's non-finite input into the others' y
+    (docs/KERNELS.md), the gradient passes at those NaN outputs, as torch's ReLU backward
+    passes it at any NaN output. (The mask used to come from the reference's forward there: a
+    second conv whose rounding put some near-0 pre-activations on the other side of 0 from y's,
+    so the gradient was not y's; and on a GPU the reference is cuDNN, which need not keep a NaN
+    in its group either: docs/KERNELS.md, the H100 session of 344631f.)"""
     return torch.ops.resnext_kernels.grouped_conv_bn_relu_masked_cuda(
         x, weight, scale, shift, stride, padding, dilation, groups, relu)
 
