@@ -122,10 +122,10 @@ def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None):
     """The kernel of each launch of a call, in launch order."""
     t = CUDA_TYPES[dtype]
     if op == "dgrad" and path_report == "path v3":
-        # the gradient selected and scaled (in 16-byte chunks: launch_shapes's grad_y is
-        # channels_last like grad_x, which v3 needs), the flipped weights, then v3's forward
+        # the gradient selected (in 16-byte chunks: launch_shapes's grad_y is
+        # channels_last like grad_x, which v3 needs), the scaled, flipped weights, then v3's forward
         # of them at stride 1
-        return [f"dgrad_select_scale_kernel<{t}, true>", f"dgrad_flip_weights_kernel<{t}>",
+        return [f"dgrad_select_kernel<{t}, true>", f"dgrad_fold_flip_weights_kernel<{t}>",
                 *cuda_launch_kernels("conv", "path v3 block_channels 0", dtype, 1, cpg)]
     if op == "dgrad":
         return [f"grouped_conv_dgrad_kernel<{t}>"]

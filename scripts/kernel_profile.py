@@ -124,7 +124,7 @@ def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
     """The model launches of the CUDA backward of one fp16 layer at batch BATCH, from its access
     profile at batch 1 (backward_profiles), scaled per launch by the work's growth: dgrad's
     launches by their blocks (the direct kernel: a thread per grad_x element; on v3
-    (csrc/kernels/grouped_conv_dgrad_v3.cu): the gradient's select-and-scale pass, the flipped
+    (csrc/kernels/grouped_conv_dgrad_v3.cu): the gradient's select pass, the scaled, flipped
     weights, v3's weight packing and its forward of the prepared gradient), wgrad's partial
     sums by the pixels (BATCH: each block sums its split of the pixels; the splits differ
     between batch 1 and BATCH, the total work does not) and the finalize by the splits (it
@@ -150,9 +150,9 @@ def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
         grow = b128[i]["blocks"] / max(1, b1[i]["blocks"])
         if name.startswith("grouped_conv_dgrad_kernel"):      # grad_y, mask -> grad_x
             return grow, y_bytes + mask_bytes + x_bytes + w_bytes
-        if name.startswith("dgrad_select_scale"):             # grad_y, mask -> gs
+        if name.startswith("dgrad_select"):                   # grad_y, mask -> gs
             return grow, 2 * y_bytes + mask_bytes
-        if name.startswith(("dgrad_flip_weights", "pack_")):  # the weights, re-laid out
+        if name.startswith(("dgrad_fold_flip", "pack_")):    # the weights, re-laid out
             return grow, 2 * w_bytes
         if name.startswith("grouped_conv_bn_relu_v3"):        # gs -> grad_x
             return grow, y_bytes + x_bytes + w_bytes

@@ -330,3 +330,25 @@ def test_dgrad_v3_non_finite_stays_in_its_group(emulator):
     ref = reference(grad_y, mask, x, w, scale, groups)[0]
     assert torch.equal(grad_x.isnan(), ref.isnan())
     check_grad_x(grad_x.nan_to_num(0.0), ref.nan_to_num(0.0), torch.float16)
+
+
+def test_dgrad_v3_scale_folded_into_the_weights(emulator):
+    """fp16 gradients near the top of the range times a scale above 1: grad_y * scale would
+    overflow fp16, w * scale does not. Finite, as the reference backend (folded weights) and the
+    direct kernel are; and an inf scale makes NaN where aten's sums multiply it (0 * inf at a
+    pixel the ReLU blocked)."""
+    groups = 16
+    grad_y, mask, x, w, scale = make_case(4, groups, torch.float16, True, 2000, N=1, H=4, W=5)
+    grad_y = grad_y.clone()
+    grad_y[0, :, 1, 2] = 40000.0
+    scale = torch.full_like(scale, 1.9)
+    grad_x, report = dgrad(emulator, (grad_y, mask, x, w, scale), groups)
+    assert report == "path v3"
+    ref = reference(grad_y, mask, x, w, scale, groups)[0]
+    assert ref.abs().max() < 65504 and grad_x.isfinite().all()
+    check_grad_x(grad_x, ref, torch.float16)
+    scale[7] = float("inf")
+    grad_x, _ = dgrad(emulator, (grad_y, mask, x, w, scale), groups)
+    direct, report = dgrad(emulator, (grad_y, mask, x, w, scale), groups, allow_v3=False)
+    assert report == "path direct"
+    assert torch.equal(grad_x.isnan(), direct.isnan()) and grad_x.isnan().any()

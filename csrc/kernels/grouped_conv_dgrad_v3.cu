@@ -2,19 +2,17 @@
 //
 // For a 3x3, stride-1, padding-1, dilation-1 grouped conv, grad_x is itself such a conv:
 //   grad_x[n, ci, h, w] = sum_{co in group, kh, kw} gs[n, co, h + 1 - kh, w + 1 - kw] * w[co, ci', kh, kw]
-// with gs = (grad_y where the ReLU passed it, else 0) * scale[co], i.e. a forward of gs with each
-// group's weights transposed (ci <-> co) and flipped (tap (kh, kw) -> (2 - kh, 2 - kw)), no shift
-// and no ReLU. Two small launches prepare that forward's operands in the workspace, then v3 runs
+// with gs = grad_y where the ReLU passed it, else 0, i.e. a forward of gs with each group's
+// weights scaled by scale[co], transposed (ci <-> co) and flipped (tap (kh, kw) ->
+// (2 - kh, 2 - kw)), no shift and no ReLU. Two small launches prepare that forward's operands in the workspace, then v3 runs
 // it unchanged (its swizzled bands, mma.sync, NaN kept in its group, 16-byte stores):
 //   1. gs, channels_last and dense, in grad_y's dtype: 16-byte chunks of 8 channels, the mask
-//      bits of the chunk read as one 8-byte word. gs is rounded to the dtype after the fp32
-//      product, as an unfused BN's backward rounds grad_y * scale (its fp16/bf16 grad_input)
-//      before the conv's backward. So in fp16, where |grad_y * scale| > 65504, gs is inf where
-//      the direct kernel (fp32 products) and the reference backend (w * scale folded into the
-//      weights) stay finite; and an inf scale gives 0, not NaN, at pixels the ReLU blocked.
-//      Folding scale into the flipped weights instead would match the reference (next version).
-//   2. the transposed, flipped weights [C_in, C_out / groups, 3, 3], and v3's epilogue constants
-//      (scale 1, shift 0: y = 1 * acc + 0 is acc exactly).
+//      bits of the chunk read as one 8-byte word; a select, so gs is grad_y's values exactly.
+//   2. the scaled, transposed, flipped weights [C_in, C_out / groups, 3, 3], w * scale rounded
+//      to the dtype after the fp32 product, as the reference backend folds them (so gs cannot
+//      overflow where the reference stays finite, and an inf scale makes NaN of a blocked
+//      pixel's 0 as aten's sums do); and v3's epilogue constants (scale 1, shift 0: y = 1 *
+//      acc + 0 is acc exactly).
 // Traffic beyond v3's own: grad_y and the mask read, gs written, once (about 2 bytes per gs
 // byte); the mask applied in v3's A-load would save it (docs/KERNELS.md, issue 15).
 #include <cstdint>
@@ -86,14 +84,14 @@ DgradV3Workspace workspace_layout(const GroupedConvBackwardParams& p, DType dtyp
   return ws;
 }
 
-// 1. gs[m, co] = passed(m, co) ? round(grad_y[m, co] * scale[co]) : 0, a thread per 8 channels of
+// 1. gs[m, co] = passed(m, co) ? grad_y[m, co] : 0, a thread per 8 channels of
 // one pixel m (flat (n, ho, wo)), channels fastest: neighbouring threads read and write
 // neighbouring 16-byte chunks. The mask's 8 bytes of a chunk (byte row m / 8, channels co..co+7)
 // are one aligned 8-byte load, shared by the 8 pixels of that row. grad_y is read through its
 // strides, or as 16-byte chunks where it is channels_last with aligned pixels (kChunkedGradY).
 template <typename scalar_t, bool kChunkedGradY>
 __global__ void __launch_bounds__(kThreads)
-    dgrad_select_scale_kernel(GroupedConvBackwardParams p, scalar_t* __restrict__ gs) {
+    dgrad_select_kernel(GroupedConvBackwardParams p, scalar_t* __restrict__ gs) {
   using Cvt = Convert<scalar_t>;
   constexpr int kVec = Pack<scalar_t>::kSize;  // 8 channels
   const scalar_t* __restrict__ grad_y = static_cast<const scalar_t*>(p.grad_y);
@@ -117,24 +115,26 @@ __global__ void __launch_bounds__(kThreads)
       mask_bytes = *reinterpret_cast<const uint64_t*>(p.relu_mask + (m >> 3) * p.C_out + co);
     }
     const int bit = static_cast<int>(m & 7);
+    const scalar_t zero = Cvt::from_float(0.f);
     Pack<scalar_t> out;
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
       const bool passed = (mask_bytes >> (8 * j + bit)) & 1;  // byte j is channel co + j
       // a select, not a product: a NaN gradient the ReLU blocked stays out
-      out.v[j] = Cvt::from_float(passed ? Cvt::to_float(in.v[j]) * p.scale[co + j] : 0.f);
+      out.v[j] = passed ? in.v[j] : zero;
     }
     store_pack(gs + m * p.C_out + co, out);
   }
 }
 
-// 2. weights[c, k, kh, kw] = w[g * cpg_out + k, c - g * cpg_in, KH - 1 - kh, KW - 1 - kw] for
-// c in group g, a thread per element; the first C_in threads also write v3's scale (1) and
-// shift (0).
+// 2. weights[c, k, kh, kw] = round(w[co, c - g * cpg_in, KH - 1 - kh, KW - 1 - kw] * scale[co]),
+// co = g * cpg_out + k, for c in group g, a thread per element; the first C_in threads also
+// write v3's scale (1) and shift (0).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    dgrad_flip_weights_kernel(GroupedConvBackwardParams p, scalar_t* __restrict__ weights,
+    dgrad_fold_flip_weights_kernel(GroupedConvBackwardParams p, scalar_t* __restrict__ weights,
                               float* __restrict__ ones, float* __restrict__ zeros) {
+  using Cvt = Convert<scalar_t>;
   const scalar_t* __restrict__ w = static_cast<const scalar_t*>(p.w);
   const int64_t cpg_in = p.C_in / p.groups, cpg_out = p.C_out / p.groups;
   const int64_t taps = p.KH * p.KW;
@@ -144,9 +144,10 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t c = idx / (cpg_out * taps);
     const int64_t k = (idx / taps) % cpg_out;
     const int64_t kh = (idx % taps) / p.KW, kw = idx % p.KW;
-    const int64_t g = c / cpg_in;
-    weights[idx] = w[(g * cpg_out + k) * p.w_stride[0] + (c - g * cpg_in) * p.w_stride[1] +
-                     (p.KH - 1 - kh) * p.w_stride[2] + (p.KW - 1 - kw) * p.w_stride[3]];
+    const int64_t g = c / cpg_in, co = g * cpg_out + k;
+    const scalar_t v = w[co * p.w_stride[0] + (c - g * cpg_in) * p.w_stride[1] +
+                         (p.KH - 1 - kh) * p.w_stride[2] + (p.KW - 1 - kw) * p.w_stride[3]];
+    weights[idx] = Cvt::from_float(Cvt::to_float(v) * p.scale[co]);
     if (idx < p.C_in) {
       ones[idx] = 1.f;
       zeros[idx] = 0.f;
@@ -173,14 +174,15 @@ cudaError_t launch_typed(const GroupedConvBackwardParams& p, DType dtype,
   const int64_t chunks = p.N * p.H_out * p.W_out * (p.C_out / Pack<scalar_t>::kSize);
   cudaError_t err =
       chunked_grad_y(p, dtype)
-          ? launch_kernel(dgrad_select_scale_kernel<scalar_t, true>,
+          ? launch_kernel(dgrad_select_kernel<scalar_t, true>,
                           grid_stride_grid(chunks, kThreads), dim3(kThreads), 0, stream, p, gs)
-          : launch_kernel(dgrad_select_scale_kernel<scalar_t, false>,
+          : launch_kernel(dgrad_select_kernel<scalar_t, false>,
                           grid_stride_grid(chunks, kThreads), dim3(kThreads), 0, stream, p, gs);
   if (err != cudaSuccess) return err;
   const int64_t elements = p.C_in * (p.C_out / p.groups) * p.KH * p.KW;
-  err = launch_kernel(dgrad_flip_weights_kernel<scalar_t>, grid_stride_grid(elements, kThreads),
-                      dim3(kThreads), 0, stream, p, weights, ones, zeros);
+  err = launch_kernel(dgrad_fold_flip_weights_kernel<scalar_t>,
+                      grid_stride_grid(elements, kThreads), dim3(kThreads), 0, stream, p,
+                      weights, ones, zeros);
   if (err != cudaSuccess) return err;
   const GroupedConvParams q = forward_of_dgrad(p, gs, weights, ones, zeros);
   return launch_grouped_conv_bn_relu_v3(q, dtype, workspace + ws.v3, stream);
