@@ -40,7 +40,10 @@
 #                                                                   and host where it fits)
 #                     call 2  scripts/gpu_session.sh --budget 300   (sanitize, ncu, + what fits)
 # (measured on an H100, 2026-11-26: build 46 s, gpu-tests 194 s, bench 114 s, sanitize 106 s,
-# ncu 151 s, se-models 96 s; a start 1-2 minutes)
+# ncu 151 s, se-models 96 s; a start 1-2 minutes. At 344631f, 2026-11-27: build 33 s, bench 83 s,
+# host 13 s, sanitize 151 s, ncu 121 s; gpu-tests, one process, past 360 s at 1024 of 1196 tests,
+# hence its xdist workers. A session whose forward kernels did not change since the last bench
+# may name the steps, most valuable first, e.g. --budget 540 gpu-tests train-bench se-models.)
 #   30-minute lease:  as above with call 2 --budget 540, then call 3 for se-models/max-autotune.
 # Without .git in the copied tree, name the commit: RESNEXT_KERNELS_COMMIT=<sha> scripts/...
 # A fresh machine (the warm one was given back) forgets the state: name the steps instead,
