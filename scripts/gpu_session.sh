@@ -137,10 +137,15 @@ log() { printf '\n=== %s (%s, t=%ss)\n' "$1" "$(date +%T)" "$(( $(date +%s) - ST
 remaining() { echo $(( BUDGET - ($(date +%s) - START) )); }
 # run_logged SECONDS LOGFILE CMD...: runs CMD (from /tmp, so the installed package is imported,
 # not the source tree) under a hard timeout, output to LOGFILE; its tail goes to the session log
-# (TIMEOUT_SIGNAL=INT: at the limit pytest still prints its summary and writes its junit XML)
+# TIMEOUT_SIGNAL=INT (for pytest): at the limit SIGINT goes to pytest alone (--foreground), which
+# stops its xdist workers itself, prints its summary with the failures' messages and writes its
+# junit XML; sent to the whole process group (timeout's default) it interrupted that summary
+# (both tried on the CPU with pytest-xdist 3.8).
 run_logged() {
   local limit=$1 logfile=$2; shift 2
-  (cd /tmp && timeout -s "${TIMEOUT_SIGNAL:-TERM}" --kill-after=20 "$limit" "$@") > "$logfile" 2>&1
+  local how=(-s TERM)
+  [ "${TIMEOUT_SIGNAL:-TERM}" = INT ] && how=(--foreground -s INT)
+  (cd /tmp && timeout "${how[@]}" --kill-after=20 "$limit" "$@") > "$logfile" 2>&1
   local rc=$?
   tail -n 40 "$logfile" | tee -a "$LOG" > /dev/null
   [ $rc -eq 124 ] && echo "(stopped at its ${limit}s limit)" | tee -a "$LOG"
