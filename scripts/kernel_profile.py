@@ -738,7 +738,7 @@ def markdown(report):
         "its sum; floor: x read twice, y and the mask written, grad_y and the mask read, "
         "grad_x written); cuda_train: the same step on the CUDA backend (its forward with the "
         "mask: v3 writes it in its epilogue, the other paths read it back from y in a kernel; "
-        "dgrad: v3's forward of the masked, scaled gradient with flipped weights at stride 1 "
+        "dgrad: v3's forward of the masked gradient with scaled, flipped weights at stride 1 "
         "channels_last, else the direct kernel; the direct wgrad and its finalize); "
         "cudnn_eager_train: "
         "the traffic of conv + BN + ReLU and their autograd in eager (a lower bound).",

@@ -19,12 +19,16 @@ from resnext_kernels.backends.triton_plan import v3_enabled
 OPS = torch.ops.resnext_kernels
 
 
-def skip_if_aten_on_gpu(backend, device):
+def aten_on_gpu(backend, device):
     """The reference backend on a GPU is aten's conv, i.e. cuDNN, which does not promise to keep
     a non-finite value in its group: the tests of that promise are our kernels' (on the H100,
     session of 344631f, this file's NaN tests failed for reference-cuda at cpg 4 and 6 in half
     precision and passed for the Triton and CUDA kernels)."""
-    if backend == "reference" and device == "cuda":
+    return backend == "reference" and device == "cuda"
+
+
+def skip_if_aten_on_gpu(backend, device):
+    if aten_on_gpu(backend, device):
         pytest.skip("aten's (cuDNN's) grouped conv need not keep a NaN in its group")
 
 
@@ -156,7 +160,7 @@ def test_mask_is_the_outputs(backend_device, dtype, channels_last, C, groups):
     y, mask = OPS.grouped_conv_bn_relu_masked(x, w, scale, shift, [1, 1], [1, 1], [1, 1], groups,
                                               True, backend)
     plain = rk.grouped_conv_bn_relu(x, w, scale, shift, groups=groups, backend=backend)
-    if not (backend == "reference" and device == "cuda"):  # (skip_if_aten_on_gpu)
+    if not aten_on_gpu(backend, device):
         assert not y[1, C // groups:].isnan().any(), "the NaN stays in its group"
     assert torch.equal(y.isnan(), plain.isnan())
     torch.testing.assert_close(y, plain, equal_nan=True, atol=0, rtol=0)
@@ -233,7 +237,7 @@ def test_nan_input_leaves_the_other_groups_gradients_alone(backend_device, dtype
     y = rk.grouped_conv_bn_relu(*leaves, groups=4, backend=backend)
     assert y[0, :4].isnan().any() and not y[1].isnan().any()
     wmma_packed = backend == "cuda" and dtype == torch.float16
-    if not wmma_packed and not (backend == "reference" and device == "cuda"):
+    if not wmma_packed and not aten_on_gpu(backend, device):
         assert not y[0, 4:].isnan().any(), "the NaN stays in its group"
     grad_y = torch.randn(y.shape, generator=seeded(1951)).to(dtype).to(device)
     grads = torch.autograd.grad(y, leaves, grad_y)

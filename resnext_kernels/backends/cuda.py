@@ -52,7 +52,7 @@ def cuda_backward_kernels() -> str:
 def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding, dilation,
                        groups, channels_last):
     """grad_x: aten's, or the CUDA kernels' (cuda_backward_kernels()): v3's forward of the
-    masked, scaled gradient with flipped weights where it applies, else the direct kernel."""
+    masked gradient with scaled, flipped weights where it applies, else the direct kernel."""
     if cuda_backward_kernels() == "aten":
         return reference.grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride,
                                             padding, dilation, groups, channels_last)
