@@ -8,8 +8,9 @@ Providers (each checked against float64 autograd before it is timed):
   reference        resnext_kernels.grouped_conv_bn_relu, backend "reference" (aten backward ops)
   triton, cuda     the op with that backend: the masked forward (1-bit ReLU mask), then the
                    backend's dgrad and wgrad ops; leaves x, weight, scale, shift (the BN fold
-                   in front of the op, a few per-channel ops, is not timed). cuda's dgrad and
-                   wgrad are aten's by default (backends/cuda.py)
+                   in front of the op, a few per-channel ops, is not timed). Their dgrad and
+                   wgrad are aten's by default (backends/backward_choice.py)
+  triton_kernels   triton with RESNEXT_KERNELS_TRITON_BACKWARD=kernels: its own backward kernels
   cuda_kernels     cuda with RESNEXT_KERNELS_CUDA_BACKWARD=kernels: its own backward kernels
                    (dgrad on v3 where it applies, else direct; direct wgrad)
 Phases:
@@ -41,9 +42,10 @@ from resnext_kernels import backends  # noqa: E402
 from resnext_kernels.models.shapes import grouped_conv_shapes  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PROVIDERS = ["cudnn_eager", "reference", "triton", "cuda", "cuda_kernels"]
+PROVIDERS = ["cudnn_eager", "reference", "triton", "triton_kernels", "cuda", "cuda_kernels"]
 # providers that are a backend run with environment settings: (backend, {variable: value})
-VARIANTS = {"cuda_kernels": ("cuda", {"RESNEXT_KERNELS_CUDA_BACKWARD": "kernels"})}
+VARIANTS = {"triton_kernels": ("triton", {"RESNEXT_KERNELS_TRITON_BACKWARD": "kernels"}),
+            "cuda_kernels": ("cuda", {"RESNEXT_KERNELS_CUDA_BACKWARD": "kernels"})}
 CPU_PROVIDERS = ["cudnn_eager", "reference"]
 PHASES = ["backward", "fwd+bwd"]
 # relative to max |float64 gradient|, per gradient

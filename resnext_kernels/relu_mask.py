@@ -47,10 +47,15 @@ def from_output(y: torch.Tensor) -> torch.Tensor:
     return pack(torch.logical_not(y <= 0))
 
 
-def unpack(mask: torch.Tensor, shape) -> torch.Tensor:
-    """The packed mask -> bool [N, C, H, W] (contiguous NCHW) for an output of `shape`."""
+def unpack(mask: torch.Tensor, shape, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """The packed mask -> bool [N, C, H, W] for an output of `shape`, in `memory_format`:
+    channels_last is a view of the unpacked bits (no copy: they are in (n, h, w) order with
+    channels innermost), contiguous_format one transposing copy of 1-byte values."""
     N, C, H, W = shape
     M = N * H * W
     shifts = torch.arange(BITS, dtype=torch.uint8, device=mask.device).view(1, BITS, 1)
-    bits = (mask.view(-1, 1, C) >> shifts) & 1
-    return bits.reshape(-1, C)[:M].view(N, H, W, C).permute(0, 3, 1, 2).bool().contiguous()
+    bits = mask.view(-1, 1, C) >> shifts
+    bits &= 1  # 0 or 1 in each byte: a valid bool, reinterpreted without a copy
+    passes = bits.view(torch.bool).reshape(-1, C)[:M].view(N, H, W, C).permute(0, 3, 1, 2)
+    return passes if memory_format == torch.channels_last else \
+        passes.contiguous(memory_format=memory_format)

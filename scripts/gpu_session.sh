@@ -28,8 +28,9 @@
 #   max-autotune   240  grouped_conv.py's torch.compile(max-autotune) provider, resnext50 fp16
 #   train-bench    150  benchmarks/grouped_conv_backward.py: the fused op's backward and
 #                       forward+backward against cuDNN eager (conv + BN + ReLU autograd),
-#                       resnext50_32x4d, batch 128, fp16, channels_last then NCHW (the backward
-#                       kernels' first GPU timing, Triton's and CUDA's (cuda_kernels);
+#                       resnext50_32x4d, batch 128, fp16, channels_last then NCHW: triton and
+#                       cuda with their default backward (aten's), triton_kernels and
+#                       cuda_kernels with their own (first timed at 659b2c1, ~110 s then;
 #                       their correctness is in gpu-tests)
 #
 # One call runs the next steps not yet done on this machine that fit in its --budget (default
@@ -185,16 +186,24 @@ step_gpu_tests() {
   # tests and the real-shape and real-model tests; the CPU suite already runs in CI.
   # RESNEXT_KERNELS_TRITON_AUTOTUNE=0: one launch configuration per Triton path, not ~1 s of
   # autotuning per new test shape (test_triton_every_launch_config runs each configuration).
-  # pytest-xdist where the machine has it (the GPU image does): GPU_TEST_WORKERS (4) processes
+  # pytest-xdist where the machine has it (the GPU image does): GPU_TEST_WORKERS (8) processes
   # compile Triton kernels and torch.compile graphs side by side (one process ran past 360 s at
   # 1024 of 1196 tests on 344631f), and a worker that crashes fails its test instead of ending
   # the run (344631f's first call lost every result to one segfault). SIGINT at the limit: the
   # failures' messages and the junit XML are still written.
+  # --dist worksteal (xdist >= 3.2): at 659b2c1, 6 workers with the default scheduling ended at
+  # the limit with 32 tests never started, the AOTInductor test and 31 backward tests, all
+  # likely queued on one worker (inferred: xdist logs no assignment); worksteal lets an idle
+  # worker take over another's queue. OMP_NUM_THREADS: each worker's CPU work (float64 references,
+  # compilation) in 2 threads, not 16 each on 16 cores.
   local workers=()
   if [ "$DRY" = 0 ] && $PY -c "import xdist" 2>/dev/null; then
-    workers=(-n "${GPU_TEST_WORKERS:-4}")
+    workers=(-n "${GPU_TEST_WORKERS:-8}")
+    $PY -c "import xdist, sys; v = tuple(map(int, xdist.__version__.split('.')[:2])); \
+sys.exit(v < (3, 2))" 2>/dev/null && workers+=(--dist worksteal)
   fi
-  TIMEOUT_SIGNAL=INT RESNEXT_KERNELS_TRITON_AUTOTUNE=0 run_logged "$1" "$LOGDIR/gpu-tests.log" \
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} TIMEOUT_SIGNAL=INT RESNEXT_KERNELS_TRITON_AUTOTUNE=0 \
+    run_logged "$1" "$LOGDIR/gpu-tests.log" \
     $PY -m pytest "$REPO/tests" -m gpu -q -rfE ${workers[@]+"${workers[@]}"} \
     -p no:cacheprovider -o addopts="" --durations=15 \
     --junitxml="$LOGDIR/gpu-tests.xml"
@@ -374,7 +383,7 @@ step_train_bench() {
     args+=(--batch 1 --dtypes fp32 --layouts nhwc --shape 64,8,8,16,1 --reps 2)
   else
     args+=(--batch 128 --models resnext50_32x4d --dtypes fp16 --layouts nhwc nchw
-           --providers cudnn_eager triton cuda cuda_kernels --reps 10)
+           --providers cudnn_eager triton triton_kernels cuda cuda_kernels --reps 10)
   fi
   run_logged "$1" "$LOGDIR/train-bench.log" $PY "$REPO/benchmarks/grouped_conv_backward.py" "${args[@]}"
 }

@@ -158,7 +158,9 @@ def main():
         if backend in OWN_BACKWARD:
             os.environ["RESNEXT_KERNELS_CUDA_V3"] = "1"
             os.environ["RESNEXT_KERNELS_TRITON_V3"] = "1"
-            os.environ["RESNEXT_KERNELS_CUDA_BACKWARD"] = "kernels"  # its kernels, not aten's
+            # their kernels, not the aten backward they default to
+            os.environ["RESNEXT_KERNELS_CUDA_BACKWARD"] = "kernels"
+            os.environ["RESNEXT_KERNELS_TRITON_BACKWARD"] = "kernels"
             for cpg, stride, cl, dtype in backward_cases():
                 failures += check_backward(backend, device, cpg, stride, cl, dtype)
                 if not cl:

@@ -1,10 +1,9 @@
 """The C++/CUDA backend: thin calls into the ops that resnext_kernels._C registers."""
 
-import os
-
 import torch
 
 from . import reference
+from .backward_choice import CHOICES, backward_choice
 
 
 def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups, relu):
@@ -37,16 +36,12 @@ def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilati
 #   RESNEXT_KERNELS_CUDA_BACKWARD=aten     (default) aten's backward (cuDNN), selected by the mask
 #   RESNEXT_KERNELS_CUDA_BACKWARD=kernels  the CUDA kernels above (read on every call)
 CUDA_BACKWARD_ENV = "RESNEXT_KERNELS_CUDA_BACKWARD"
-CUDA_BACKWARD_CHOICES = ("aten", "kernels")
+CUDA_BACKWARD_CHOICES = CHOICES
 
 
 def cuda_backward_kernels() -> str:
     """Which backward the cuda backend runs: "aten" or "kernels" (CUDA_BACKWARD_ENV)."""
-    choice = os.environ.get(CUDA_BACKWARD_ENV, "").strip() or "aten"
-    if choice not in CUDA_BACKWARD_CHOICES:
-        raise ValueError(f"{CUDA_BACKWARD_ENV}: expected one of {CUDA_BACKWARD_CHOICES}, got "
-                         f"{choice!r}")
-    return choice
+    return backward_choice(CUDA_BACKWARD_ENV)
 
 
 def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding, dilation,

@@ -5,5 +5,5 @@ from .grouped_conv_bn_relu import (  # noqa: F401
     grouped_conv_bn_relu_direct,
     grouped_conv_bn_relu_masked,
 )
-from .grouped_conv_backward import grouped_conv_dgrad, grouped_conv_wgrad  # noqa: F401
+from .backward import grouped_conv_dgrad, grouped_conv_wgrad  # noqa: F401
 from .squeeze_excite import squeeze_excite  # noqa: F401

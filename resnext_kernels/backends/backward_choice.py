@@ -1,0 +1,21 @@
+"""Which backward a kernel backend runs for the fused op: its own dgrad and wgrad kernels, or
+aten's (cuDNN on a GPU) through the reference backend, given the same saved ReLU mask.
+
+One environment variable per backend, read on every call (so a benchmark or a test can switch
+it between calls): "aten" (the default, also when unset or empty) or "kernels". A backend's own
+backward is the default only once a GPU measurement shows it faster than aten's: on the H100
+(659b2c1; resnext50's grouped layers, fp16, batch 128) neither was (docs/KERNELS.md, "Sixth GPU
+session").
+"""
+
+import os
+
+CHOICES = ("aten", "kernels")
+
+
+def backward_choice(env: str) -> str:
+    """The choice that the environment variable `env` makes: "aten" or "kernels"."""
+    choice = os.environ.get(env, "").strip() or "aten"
+    if choice not in CHOICES:
+        raise ValueError(f"{env}: expected one of {CHOICES}, got {choice!r}")
+    return choice
