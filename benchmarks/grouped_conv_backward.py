@@ -13,11 +13,14 @@ Providers (each checked against float64 autograd before it is timed):
   triton_kernels   triton with RESNEXT_KERNELS_TRITON_BACKWARD=kernels: its own backward kernels
   cuda_kernels     cuda with RESNEXT_KERNELS_CUDA_BACKWARD=kernels: its own backward kernels
                    (dgrad on v3 where it applies, else direct; direct wgrad)
+  cuda_dgrad       cuda with RESNEXT_KERNELS_CUDA_BACKWARD=dgrad: its dgrad kernels, aten's wgrad
 Phases:
   backward         torch.autograd.grad of a saved forward (retain_graph): the backward alone
   fwd+bwd          the forward and its backward, as a training step runs them
 Timing and rows as benchmarks/grouped_conv.py (common.py): p20/p50/p80 device ms with calls
-queued, host us per call; no CUDA-graph timing here. floor_ms: the bytes a fused backward must
+queued, host us per call; no CUDA-graph timing here. kernels (fwd+bwd rows, on a GPU): the
+device time of each kernel one step launches, the longest first, from the profiler: where a
+provider's time goes (dgrad, wgrad, the mask's passes). floor_ms: the bytes a fused backward must
 move (grad_y, the mask and x read, grad_x written; fwd+bwd adds the forward's x read and y and
 mask written) at the copy bandwidth measured here. speedup_vs_cudnn_eager: same phase, layout.
 
@@ -42,10 +45,12 @@ from resnext_kernels import backends  # noqa: E402
 from resnext_kernels.models.shapes import grouped_conv_shapes  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PROVIDERS = ["cudnn_eager", "reference", "triton", "triton_kernels", "cuda", "cuda_kernels"]
+PROVIDERS = ["cudnn_eager", "reference", "triton", "triton_kernels", "cuda", "cuda_kernels",
+             "cuda_dgrad"]
 # providers that are a backend run with environment settings: (backend, {variable: value})
 VARIANTS = {"triton_kernels": ("triton", {"RESNEXT_KERNELS_TRITON_BACKWARD": "kernels"}),
-            "cuda_kernels": ("cuda", {"RESNEXT_KERNELS_CUDA_BACKWARD": "kernels"})}
+            "cuda_kernels": ("cuda", {"RESNEXT_KERNELS_CUDA_BACKWARD": "kernels"}),
+            "cuda_dgrad": ("cuda", {"RESNEXT_KERNELS_CUDA_BACKWARD": "dgrad"})}
 CPU_PROVIDERS = ["cudnn_eager", "reference"]
 PHASES = ["backward", "fwd+bwd"]
 # relative to max |float64 gradient|, per gradient
@@ -187,12 +192,45 @@ def run_row(row, job, cases, device, args):
                 return provider.grads(x, provider.forward(x), grad_y, retain=False)
         row.update(common.bench(fn, inputs, device, samples=args.reps,
                                 target_ms=args.target_ms))
+        if phase == "fwd+bwd" and device.type == "cuda":
+            row["kernels"] = kernel_breakdown(fn, inputs[0])
         common.add_percent_of_floor(row, row["floor_ms"])
         row["status"] = "ok"
     except Exception as exc:  # a provider failing is a result, not a crash
         row["status"] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
     finally:
         torch.cuda.empty_cache() if device.type == "cuda" else None
+
+
+def summarize_kernels(times, top=6, width=70):
+    """{kernel name: device us} -> "name us; ..." for the `top` longest (names cut to `width`),
+    then the rest as one "others" entry."""
+    ranked = sorted(times.items(), key=lambda kv: -kv[1])
+    parts = [f"{name[:width]} {us:.1f}" for name, us in ranked[:top]]
+    rest = sum(us for _, us in ranked[top:])
+    if rest:
+        parts.append(f"{len(ranked) - top} others {rest:.1f}")
+    return "; ".join(parts)
+
+
+def kernel_breakdown(fn, args):
+    """The device time of each kernel that one call of fn(*args) launches (the profiler's CUDA
+    activity), summarized; a failure is recorded, never raised (this is extra to the timing)."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn(*args)
+            torch.cuda.synchronize()
+        times = {}
+        for avg in prof.key_averages():
+            us = getattr(avg, "self_device_time_total", None)
+            if us is None:  # (torch before the cuda -> device renaming)
+                us = getattr(avg, "self_cuda_time_total", 0)
+            if us > 0:
+                times[avg.key] = times.get(avg.key, 0.0) + float(us)
+        return summarize_kernels(times)
+    except Exception as exc:  # noqa: BLE001
+        return f"unavailable: {type(exc).__name__}: {str(exc)[:100]}"
 
 
 def add_speedups(rows):

@@ -26,12 +26,14 @@
 #   se-models      150  benchmarks/squeeze_excite.py (seresnext50 SE stages; then the SE's auto
 #                       table) + models.py
 #   max-autotune   240  grouped_conv.py's torch.compile(max-autotune) provider, resnext50 fp16
-#   train-bench    150  benchmarks/grouped_conv_backward.py: the fused op's backward and
+#   train-bench    200  benchmarks/grouped_conv_backward.py: the fused op's backward and
 #                       forward+backward against cuDNN eager (conv + BN + ReLU autograd),
 #                       resnext50_32x4d, batch 128, fp16, channels_last then NCHW: triton and
 #                       cuda with their default backward (aten's), triton_kernels and
-#                       cuda_kernels with their own (first timed at 659b2c1, ~110 s then;
-#                       their correctness is in gpu-tests)
+#                       cuda_kernels with their own, cuda_dgrad with CUDA's dgrad and aten's
+#                       wgrad; each fwd+bwd row with its kernels' device times (the profiler)
+#                       (first timed at 659b2c1 with 4 providers, ~110 s then; correctness is
+#                       in gpu-tests)
 #
 # One call runs the next steps not yet done on this machine that fit in its --budget (default
 # 540 s, for a 600 s call), each under its own timeout, and skips the rest: call it again on the
@@ -70,7 +72,7 @@ PY=${PYTHON:-python3}
 DRY=0; BUDGET=540; UNPACK=""; STEPS=()
 ALL_STEPS=(gpu-tests bench host sanitize ncu se-models max-autotune train-bench)
 declare -A PLANNED=([build]=120 [gpu-tests]=240 [bench]=220 [host]=60 [sanitize]=130 [ncu]=170
-                    [se-models]=150 [max-autotune]=240 [train-bench]=150)
+                    [se-models]=150 [max-autotune]=240 [train-bench]=200)
 usage() { sed -n '2,60p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -383,7 +385,7 @@ step_train_bench() {
     args+=(--batch 1 --dtypes fp32 --layouts nhwc --shape 64,8,8,16,1 --reps 2)
   else
     args+=(--batch 128 --models resnext50_32x4d --dtypes fp16 --layouts nhwc nchw
-           --providers cudnn_eager triton triton_kernels cuda cuda_kernels --reps 10)
+           --providers cudnn_eager triton triton_kernels cuda cuda_dgrad cuda_kernels --reps 10)
   fi
   run_logged "$1" "$LOGDIR/train-bench.log" $PY "$REPO/benchmarks/grouped_conv_backward.py" "${args[@]}"
 }

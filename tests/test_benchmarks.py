@@ -131,6 +131,22 @@ def test_backward_benchmark_custom_shape(tmp_path, keep_cudnn_benchmark):
     assert floors["fwd+bwd"] > floors["backward"] > 0
 
 
+def test_backward_benchmark_kernel_summary():
+    """The fwd+bwd rows' kernel breakdown (GPU only): the longest first, names cut, the rest
+    counted as others; on the CPU the profiler part records why it has nothing, never raises."""
+    bw = load_script("grouped_conv_backward")
+    times = {"wgrad_kernel_with_a_long_name": 30.0, "dgrad": 50.0, "select": 5.0, "a": 1.0}
+    assert bw.summarize_kernels(times, top=2, width=10) == \
+        "dgrad 50.0; wgrad_kern 30.0; 2 others 6.0"
+    assert bw.summarize_kernels({"x": 2.0}) == "x 2.0"
+    assert bw.summarize_kernels({}) == ""
+
+    def broken():
+        raise RuntimeError("no")
+    # (on the CPU the profiler refuses first: it has no CUDA activity; on a GPU, the call fails)
+    assert bw.kernel_breakdown(broken, ()).startswith("unavailable: ")
+
+
 def test_grouped_conv_weights_follow_the_input_layout_unless_told(keep_cudnn_benchmark):
     """By default a channels_last row's conv weights are channels_last too (as
     model.to(memory_format=torch.channels_last) leaves them: cuDNN's speed depends on it);

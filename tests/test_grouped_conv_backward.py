@@ -38,7 +38,7 @@ BACKWARD_ENVS = ("RESNEXT_KERNELS_CUDA_BACKWARD", "RESNEXT_KERNELS_TRITON_BACKWA
 def _kernel_backends_run_their_backward_kernels(monkeypatch):
     """backends "cuda" and "triton" run their own dgrad and wgrad kernels in these tests, not
     the aten backward they default to while the kernels are slower (backends/backward_choice.py;
-    test_backward_defaults_to_aten checks the default)."""
+    test_backward_choice_aten_and_dgrad checks the default)."""
     for env in BACKWARD_ENVS:
         monkeypatch.setenv(env, "kernels")
 
@@ -376,33 +376,42 @@ def test_backward_kernels_are_opt_in(monkeypatch, env):
     assert choice() == "aten"
     monkeypatch.setenv(env, "kernels")
     assert choice() == "kernels"
+    monkeypatch.setenv(env, "dgrad")
+    assert choice() == "dgrad"
     monkeypatch.setenv(env, "fast")
     with pytest.raises(ValueError, match=f"{env}: expected one of"):
         choice()
 
 
-def test_backward_defaults_to_aten(backend_device, monkeypatch):
-    """Unset, the cuda and triton backends' backward is aten's (cuDNN on a GPU), from the mask
-    their forward saved; their kernels do not run."""
+@pytest.mark.parametrize("choice", ["aten", "dgrad"])
+def test_backward_choice_aten_and_dgrad(backend_device, monkeypatch, choice):
+    """Unset ("aten"), the cuda and triton backends' backward is aten's (cuDNN on a GPU), from
+    the mask their forward saved; "dgrad": their dgrad kernel, aten's wgrad. The kernels that
+    must not run do not."""
     backend, device = backend_device
     if backend == "reference":
         pytest.skip("the reference backend is aten")
     for env in BACKWARD_ENVS:
         monkeypatch.delenv(env)
+        if choice != "aten":
+            monkeypatch.setenv(env, choice)
     if backend == "triton":  # (Triton kernels are no dispatcher ops: make them fail if called)
         from resnext_kernels.backends.triton import grouped_conv_backward as triton_kernels
 
         def not_this(*args, **kwargs):
-            raise AssertionError("the Triton backward kernels ran")
-        monkeypatch.setattr(triton_kernels, "grouped_conv_dgrad", not_this)
+            raise AssertionError("a Triton backward kernel ran that should not have")
         monkeypatch.setattr(triton_kernels, "grouped_conv_wgrad", not_this)
+        if choice == "aten":
+            monkeypatch.setattr(triton_kernels, "grouped_conv_dgrad", not_this)
     x, w, scale, shift = make_case(4, 4, torch.float16, device, True, 2200, N=1, H=5, W=6)
     leaves = [t.clone().requires_grad_() for t in (x, w, scale, shift)]
     y = rk.grouped_conv_bn_relu(*leaves, groups=4, backend=backend)
     with _OpsCalled() as seen:
         grads = torch.autograd.grad(y, leaves, torch.ones_like(y))
     assert "aten::convolution_backward" in seen.names, seen.names
-    assert not _ours(seen.names, "grouped_conv_dgrad_cuda"), seen.names
+    if backend == "cuda":
+        assert bool(_ours(seen.names, "grouped_conv_dgrad_cuda")) == (choice == "dgrad"), \
+            seen.names
     assert not _ours(seen.names, "grouped_conv_wgrad_cuda"), seen.names
     ref = reference_grads(x, w, scale, shift, y, torch.ones_like(y), 1, 1, 1, 4, True)
     check_grads(grads, ref, torch.float16)

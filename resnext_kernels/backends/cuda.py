@@ -3,7 +3,7 @@
 import torch
 
 from . import reference
-from .backward_choice import CHOICES, backward_choice
+from .backward_choice import CHOICES, backward_choice, runs_kernel
 
 
 def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups, relu):
@@ -35,12 +35,14 @@ def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilati
 # GPU-free profile), so they run only when asked for:
 #   RESNEXT_KERNELS_CUDA_BACKWARD=aten     (default) aten's backward (cuDNN), selected by the mask
 #   RESNEXT_KERNELS_CUDA_BACKWARD=kernels  the CUDA kernels above (read on every call)
+#   RESNEXT_KERNELS_CUDA_BACKWARD=dgrad    the dgrad kernels, aten's wgrad
 CUDA_BACKWARD_ENV = "RESNEXT_KERNELS_CUDA_BACKWARD"
 CUDA_BACKWARD_CHOICES = CHOICES
 
 
 def cuda_backward_kernels() -> str:
-    """Which backward the cuda backend runs: "aten" or "kernels" (CUDA_BACKWARD_ENV)."""
+    """Which backward the cuda backend runs: "aten", "kernels" or "dgrad"
+    (CUDA_BACKWARD_ENV)."""
     return backward_choice(CUDA_BACKWARD_ENV)
 
 
@@ -48,7 +50,7 @@ def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding,
                        groups, channels_last):
     """grad_x: aten's, or the CUDA kernels' (cuda_backward_kernels()): v3's forward of the
     masked gradient with scaled, flipped weights where it applies, else the direct kernel."""
-    if cuda_backward_kernels() == "aten":
+    if not runs_kernel(CUDA_BACKWARD_ENV, "dgrad"):
         return reference.grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride,
                                             padding, dilation, groups, channels_last)
     return torch.ops.resnext_kernels.grouped_conv_dgrad_cuda(
@@ -59,7 +61,7 @@ def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding,
 def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation, groups):
     """(grad_w, grad_scale, grad_shift): aten's, or the direct CUDA wgrad kernels' (fp32 partial sums
     per fixed pixel range, added in order: deterministic; then G * scale, sum(G * w), sum gp)."""
-    if cuda_backward_kernels() == "aten":
+    if not runs_kernel(CUDA_BACKWARD_ENV, "wgrad"):
         return reference.grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding,
                                             dilation, groups)
     return torch.ops.resnext_kernels.grouped_conv_wgrad_cuda(
