@@ -3,7 +3,7 @@
 import torch
 
 from . import reference
-from .backward_choice import CHOICES, backward_choice, runs_kernel
+from .backward_choice import backward_choice, runs_kernel
 
 
 def grouped_conv_bn_relu(x, weight, scale, shift, stride, padding, dilation, groups, relu):
@@ -37,7 +37,6 @@ def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilati
 #   RESNEXT_KERNELS_CUDA_BACKWARD=kernels  the CUDA kernels above (read on every call)
 #   RESNEXT_KERNELS_CUDA_BACKWARD=dgrad    the dgrad kernels, aten's wgrad
 CUDA_BACKWARD_ENV = "RESNEXT_KERNELS_CUDA_BACKWARD"
-CUDA_BACKWARD_CHOICES = CHOICES
 
 
 def cuda_backward_kernels() -> str:

@@ -1,9 +1,10 @@
 """The Triton backend's backward of the fused op: its own dgrad and wgrad kernels
 (grouped_conv_backward.py) when RESNEXT_KERNELS_TRITON_BACKWARD=kernels (the dgrad kernel alone,
-with aten's wgrad, when =dgrad), else aten's through the reference backend (the default: on the H100 at 659b2c1 the kernels' backward of resnext50's
-grouped layers took 26.5 ms against 25.7 ms for aten's through the same glue in channels_last,
-31.9 against 20.6 ms in NCHW, fp16, batch 128; docs/KERNELS.md, "Sixth GPU session"). Both read
-the mask that the Triton forward saved."""
+with aten's wgrad, when =dgrad), else aten's through the reference backend. aten's is the
+default: on the H100 at 659b2c1 the kernels' backward of resnext50's grouped layers took 26.5 ms
+against 25.7 ms for aten's through the same glue in channels_last, 31.9 against 20.6 ms in NCHW
+(fp16, batch 128; docs/KERNELS.md, "Sixth GPU session"). Both read the mask that the Triton
+forward saved."""
 
 from .. import reference
 from ..backward_choice import backward_choice, runs_kernel
