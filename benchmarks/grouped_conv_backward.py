@@ -12,7 +12,7 @@ Providers (each checked against float64 autograd before it is timed):
                    wgrad are aten's by default (backends/backward_choice.py)
   triton_kernels   triton with RESNEXT_KERNELS_TRITON_BACKWARD=kernels: its own backward kernels
   cuda_kernels     cuda with RESNEXT_KERNELS_CUDA_BACKWARD=kernels: its own backward kernels
-                   (dgrad on v3 where it applies, else direct; direct wgrad)
+                   (dgrad and wgrad on v3's machinery where they apply, else direct)
   cuda_dgrad       cuda with RESNEXT_KERNELS_CUDA_BACKWARD=dgrad: its dgrad kernels, aten's wgrad
 Phases:
   backward         torch.autograd.grad of a saved forward (retain_graph): the backward alone

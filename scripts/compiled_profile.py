@@ -129,6 +129,9 @@ def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None):
                 *cuda_launch_kernels("conv", "path v3 block_channels 0", dtype, 1, cpg)]
     if op == "dgrad":
         return [f"grouped_conv_dgrad_kernel<{t}>"]
+    if op == "wgrad" and path_report.startswith("path v3"):
+        return [f"grouped_conv_wgrad_v3_kernel<{t}, {cpg}, {stride}>",
+                f"grouped_conv_wgrad_finalize_kernel<{t}>"]
     if op == "wgrad":
         return [f"grouped_conv_wgrad_partial_kernel<{t}>", f"grouped_conv_wgrad_finalize_kernel<{t}>"]
     if op == "se":

@@ -126,9 +126,9 @@ def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
     launches by their blocks (the direct kernel: a thread per grad_x element; on v3
     (csrc/kernels/grouped_conv_dgrad_v3.cu): the gradient's select pass, the scaled, flipped
     weights, v3's weight packing and its forward of the prepared gradient), wgrad's partial
-    sums by the pixels (BATCH: each block sums its split of the pixels; the splits differ
-    between batch 1 and BATCH, the total work does not) and the finalize by the splits (it
-    reads every split's partial sums)."""
+    sums (direct, or v3's: csrc/kernels/grouped_conv_wgrad_v3.cu) by the pixels (BATCH: each
+    block sums its split of the pixels; the splits differ between batch 1 and BATCH, the total
+    work does not) and the finalize by the splits (it reads every split's partial sums)."""
     elem = 2
     launches, reports = profiled
     b1, b128 = plan["b1"]["launches"], plan["b128"]["launches"]
@@ -143,7 +143,7 @@ def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
     partial_bytes = splits * shape["C"] * (9 * shape["cpg"] + 1) * 4
 
     def growth_and_dram(i, name):
-        if name.startswith("grouped_conv_wgrad_partial"):
+        if name.startswith(("grouped_conv_wgrad_partial", "grouped_conv_wgrad_v3")):
             return BATCH, y_bytes + mask_bytes + x_bytes + partial_bytes
         if name.startswith("grouped_conv_wgrad_finalize"):
             return splits / splits_b1, partial_bytes + 2 * w_bytes
@@ -739,7 +739,8 @@ def markdown(report):
         "grad_x written); cuda_train: the same step on the CUDA backend (its forward with the "
         "mask: v3 writes it in its epilogue, the other paths read it back from y in a kernel; "
         "dgrad: v3's forward of the masked gradient with scaled, flipped weights at stride 1 "
-        "channels_last, else the direct kernel; the direct wgrad and its finalize); "
+        "channels_last, else the direct kernel; wgrad's partial sums on tensor cores (v3's "
+        "bands) at stride 1 and 2 channels_last, else the direct kernel, and the finalize); "
         "cudnn_eager_train: "
         "the traffic of conv + BN + ReLU and their autograd in eager (a lower bound).",
         "",

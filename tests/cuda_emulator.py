@@ -249,10 +249,11 @@ def grouped_conv_dgrad(binary, grad_y, mask, weight, scale, input_size, *, strid
 
 
 def grouped_conv_wgrad(binary, grad_y, mask, x, weight, scale, *, stride=1, padding=1,
-                       dilation=1, groups, splits=None):
+                       dilation=1, groups, splits=None, device_major=9, allow_v3=True):
     """Runs plan_grouped_conv_wgrad + launch_grouped_conv_wgrad like the torch glue; `splits`
-    overrides the plan's number of pixel ranges. Returns ((grad_w, grad_scale, grad_shift),
-    the harness's report: "path direct splits S threads T element_chunks E")."""
+    overrides the plan's number of pixel ranges; device_major and allow_v3 as dgrad's. Returns
+    ((grad_w, grad_scale, grad_shift), the harness's report: "path P splits S threads T
+    element_chunks E", P "direct" or "v3")."""
     C_out = weight.shape[0]
     grad_w = torch.full_like(weight, float("nan"))
     grad_scale = torch.full((C_out,), float("nan"))
@@ -266,8 +267,8 @@ def grouped_conv_wgrad(binary, grad_y, mask, x, weight, scale, *, stride=1, padd
         _write_params(d, dict(
             dtype=DTYPE_CODES[grad_y.dtype],
             **_backward_geometry(grad_y, weight, x.shape, stride, padding, dilation, groups),
-            x_stride=x.stride(), grad_w_stride=grad_w.stride(),
-            **({} if splits is None else dict(splits=splits))))
+            x_stride=x.stride(), grad_w_stride=grad_w.stride(), device_major=device_major,
+            allow_v3=allow_v3, **({} if splits is None else dict(splits=splits))))
         report = _run(binary, "grouped_conv_wgrad", d)
         grads = tuple(_read_like(d, name, t) for name, t in (
             ("grad_w", grad_w), ("grad_scale", grad_scale), ("grad_shift", grad_shift)))

@@ -352,3 +352,133 @@ def test_dgrad_v3_scale_folded_into_the_weights(emulator):
     direct, report = dgrad(emulator, (grad_y, mask, x, w, scale), groups, allow_v3=False)
     assert report == "path direct"
     assert torch.equal(grad_x.isnan(), direct.isnan()) and grad_x.isnan().any()
+
+
+# ---- wgrad on v3's machinery (csrc/kernels/grouped_conv_wgrad_v3.cu): stride 1 or 2,
+# channels_last fp16/bf16 x and grad_y, C a multiple of 64. The outputs and the partial sums'
+# workspace start as NaN.
+
+def wgrad(binary, case, groups, **kwargs):
+    grad_y, mask, x, w, scale = case
+    return cuda_emulator.grouped_conv_wgrad(binary, grad_y, mask, x, w, scale, groups=groups,
+                                            **kwargs)
+
+
+def check_wgrad(got, ref, dtype):
+    for g, r, name in zip(got, ref[1:], ("grad_w", "grad_scale", "grad_shift")):
+        span = max(1.0, r.abs().max().item())
+        torch.testing.assert_close(g.double() / span, r / span, **tolerance(dtype),
+                                   msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("cpg", [4, 8, 16, 32, 64])
+def test_wgrad_v3_every_cpg_class(emulator, cpg, stride, dtype):
+    """Every class at both strides; 5 x 7 images, so the band's last k16 step is partly past
+    its pixels (they must add nothing, whatever x holds there)."""
+    groups = 64 // cpg
+    s = (stride, stride)
+    case = make_case(cpg, groups, dtype, True, 2100 + cpg + stride, N=2, H=5, W=7, stride=s)
+    got, report = wgrad(emulator, case, groups, stride=s)
+    assert report.startswith("path v3 splits"), report
+    check_wgrad(got, reference(*case, groups, s), dtype)
+
+
+def test_wgrad_v3_bands_and_splits(emulator):
+    """Two bands per image (12 x 11 pixels: 132 > 128 per band), 128 channels (two tiles),
+    cpg 32 (two CTAs per tile); the plan's one split and 3 (ranges of whole units, one of two
+    units and one of one) agree with float64, and a rerun is bitwise the same. (The emulator
+    runs blocks one after another, so the rerun shows only that nothing reads the poisoned
+    workspace; determinism on a GPU rests on the design: no atomics, a fixed order.)"""
+    groups = 4
+    case = make_case(32, groups, torch.float16, True, 2200, N=2, H=12, W=11)
+    ref = reference(*case, groups)
+    got, report = wgrad(emulator, case, groups)
+    assert report.startswith("path v3 splits 1 "), report
+    check_wgrad(got, ref, torch.float16)
+    split, report = wgrad(emulator, case, groups, splits=3)
+    assert report.startswith("path v3 splits 3 "), report
+    check_wgrad(split, ref, torch.float16)
+    again, _ = wgrad(emulator, case, groups, splits=3)
+    assert all(torch.equal(a, b) for a, b in zip(again, split))
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
+def test_wgrad_v3_batch_one_and_zero(emulator, relu):
+    case = make_case(8, 8, torch.bfloat16, True, 2300, N=1, H=3, W=9, relu=relu)
+    got, report = wgrad(emulator, case, 8)
+    assert report.startswith("path v3"), report
+    check_wgrad(got, reference(*case, 8), torch.bfloat16)
+    empty = make_case(8, 8, torch.bfloat16, True, 2301, N=0, H=3, W=9, relu=relu)
+    (gw, gs, gb), report = wgrad(emulator, empty, 8)
+    assert report.startswith("path v3"), report
+    for t in (gw, gs, gb):  # no pixel: every sum exactly 0
+        assert torch.equal(t.float(), torch.zeros_like(t.float()))
+
+
+@pytest.mark.parametrize("change", ["nchw_x", "nchw_grad_y", "fp32", "channels48", "stride21",
+                                    "dilation2", "sm75", "cpg_in_out"])
+def test_wgrad_v3_only_where_it_applies(emulator, change):
+    """Everything wgrad v3 does not take runs the direct kernel, and is right there."""
+    cpg, groups, dtype = 8, 8, torch.float16
+    conv = dict(stride=(1, 1), dilation=(1, 1))
+    if change == "fp32":
+        dtype = torch.float32
+    if change == "channels48":
+        groups = 6
+    if change == "stride21":
+        conv["stride"] = (2, 1)
+    if change == "dilation2":
+        conv["dilation"] = (2, 2)
+    cpg_out = 16 if change == "cpg_in_out" else None
+    grad_y, mask, x, w, scale = make_case(cpg, groups, dtype, True, 2400, N=1, H=5, W=6,
+                                          cpg_out=cpg_out, **conv)
+    if change == "nchw_x":
+        x = x.contiguous()
+    if change == "nchw_grad_y":
+        grad_y = grad_y.contiguous()
+    got, report = cuda_emulator.grouped_conv_wgrad(
+        emulator, grad_y, mask, x, w, scale, groups=groups, padding=conv["dilation"],
+        device_major=7 if change == "sm75" else 9, **conv)
+    assert report.startswith("path direct"), report
+    check_wgrad(got, reference(grad_y, mask, x, w, scale, groups, **conv), dtype)
+
+
+@pytest.mark.parametrize("cpg", [4, 32])
+def test_wgrad_v3_non_finite_where_aten_puts_it(emulator, cpg):
+    """A NaN gradient the ReLU passed (inside, and at a border pixel whose taps read the
+    padding: 0 * NaN is NaN in aten's sums), an inf it blocked, a NaN input at a corner and one
+    at the last pixel (the band's last k16 step reads past it): NaN exactly where aten's conv
+    backward has it, in its own group only (cpg 4 computes the cross-group products and drops
+    them), and equal elsewhere."""
+    groups = 64 // cpg
+    grad_y, mask, x, w, scale = make_case(cpg, groups, torch.float16, True, 2500 + cpg, N=2,
+                                          H=5, W=7)
+    passes = relu_mask.unpack(mask, grad_y.shape)
+    grad_y, x = grad_y.clone(), x.clone()
+    for px, value, passed in (((0, 5, 2, 3), "nan", True), ((1, 17, 0, 6), "nan", True),
+                              ((0, 41, 1, 1), "inf", False)):
+        passes[px] = passed
+        grad_y[px] = float(value)
+    mask = relu_mask.pack(passes)
+    x[1, 50, 4, 6] = float("nan")
+    if cpg == 4:  # (at cpg 32 it would make both groups' grad_w NaN)
+        x[0, 7, 0, 0] = float("nan")
+    got, report = wgrad(emulator, (grad_y, mask, x, w, scale), groups)
+    assert report.startswith("path v3"), report
+    ref = reference(grad_y, mask, x, w, scale, groups)
+    for g, r, name in zip(got, ref[1:], ("grad_w", "grad_scale", "grad_shift")):
+        assert torch.equal(g.isnan(), r.isnan()), name
+        assert g.isnan().any(), name
+        finite = ~r.isnan()
+        span = max(1.0, r[finite].abs().max().item())
+        torch.testing.assert_close(g.double()[finite] / span, r[finite] / span,
+                                   **tolerance(torch.float16), msg=lambda m: f"{name}: {m}")
+
+
+def test_racecheck_wgrad_v3(racecheck):
+    case = make_case(8, 8, torch.float16, True, 2600, N=2, H=4, W=5, stride=(2, 2))
+    got, report = wgrad(racecheck, case, 8, stride=(2, 2), splits=2)
+    assert report.startswith("path v3"), report
+    check_wgrad(got, reference(*case, 8, (2, 2)), torch.float16)

@@ -287,17 +287,19 @@ def test_gradient_strides_are_the_fakes(backend_device):
 
 
 # ------------------------------------------------------------------------ determinism, aten
-def test_wgrad_is_deterministic_over_splits(backend_device, monkeypatch):
+@pytest.mark.parametrize("groups", [4, 8])  # 32 channels; 64 (the cuda kernels' v3 wgrad)
+def test_wgrad_is_deterministic_over_splits(backend_device, monkeypatch, groups):
     """wgrad adds fixed splits of the pixels in a fixed order: bitwise the same each run; and
     (Triton) the same sums, to rounding, whatever the number of splits."""
     backend, device = backend_device
-    x, w, scale, shift = make_case(8, 4, torch.float16, device, True, 2000, N=2, H=8, W=8)
-    y, mask = OPS.grouped_conv_bn_relu_masked(x, w, scale, shift, [1, 1], [1, 1], [1, 1], 4,
-                                              True, backend)
+    x, w, scale, shift = make_case(8, groups, torch.float16, device, True, 2000, N=2, H=8, W=8)
+    y, mask = OPS.grouped_conv_bn_relu_masked(x, w, scale, shift, [1, 1], [1, 1], [1, 1],
+                                              groups, True, backend)
     grad_y = torch.randn(y.shape, generator=seeded(2001)).to(y.dtype).to(device)
+    grad_y = grad_y.contiguous(memory_format=torch.channels_last)
 
     def wgrad():
-        return OPS.grouped_conv_wgrad(grad_y, mask, x, w, scale, [1, 1], [1, 1], [1, 1], 4,
+        return OPS.grouped_conv_wgrad(grad_y, mask, x, w, scale, [1, 1], [1, 1], [1, 1], groups,
                                       backend)
 
     first, second = wgrad(), wgrad()

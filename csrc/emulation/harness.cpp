@@ -200,8 +200,9 @@ int run_grouped_conv_dgrad(const std::string& dir) {
   return 0;
 }
 
-// plan_grouped_conv_wgrad + launch_grouped_conv_wgrad, like the torch glue; "splits" in
-// params.txt overrides the plan's (to show the sums do not depend on it beyond rounding).
+// plan_grouped_conv_wgrad + launch_grouped_conv_wgrad, like the torch glue ("device_major",
+// "allow_v3" as dgrad's); "splits" in params.txt overrides the plan's (to show the sums do not
+// depend on it beyond rounding).
 int run_grouped_conv_wgrad(const std::string& dir) {
   Params prm{read_params(dir)};
   const DType dtype = static_cast<DType>(prm.get("dtype"));
@@ -215,11 +216,12 @@ int run_grouped_conv_wgrad(const std::string& dir) {
   prm.strides("grad_w_stride", p.grad_w_stride);
   p.grad_scale = static_cast<float*>(grad_scale.data());
   p.grad_shift = static_cast<float*>(grad_shift.data());
-  resnext_kernels::GroupedConvWgradPlan plan = resnext_kernels::plan_grouped_conv_wgrad(p);
+  resnext_kernels::GroupedConvWgradPlan plan = resnext_kernels::plan_grouped_conv_wgrad(
+      p, dtype, static_cast<int>(prm.get("device_major")),
+      !prm.has("allow_v3") || prm.get("allow_v3") != 0);
   if (prm.has("splits")) {
     plan.splits = prm.get("splits");
-    plan.workspace_bytes = plan.splits * p.C_out *
-                           ((p.C_in / p.groups) * p.KH * p.KW + 1) * 4;
+    plan.workspace_bytes = resnext_kernels::grouped_conv_wgrad_partials_bytes(p, plan.splits);
   }
   Buffer workspace = scratch(static_cast<size_t>(plan.workspace_bytes));
   const cudaError_t err =
@@ -228,7 +230,8 @@ int run_grouped_conv_wgrad(const std::string& dir) {
   save(dir, "grad_w", grad_w);
   save(dir, "grad_scale", grad_scale);
   save(dir, "grad_shift", grad_shift);
-  std::printf("path direct splits %lld threads %d element_chunks %lld\n",
+  std::printf("path %s splits %lld threads %d element_chunks %lld\n",
+              resnext_kernels::grouped_conv_wgrad_path_name(plan.path),
               static_cast<long long>(plan.splits), plan.threads,
               static_cast<long long>(plan.element_chunks));
   return 0;

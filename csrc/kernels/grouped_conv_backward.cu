@@ -1,5 +1,6 @@
 // The backward of the fused grouped conv + folded BatchNorm + ReLU, direct kernels (params.h has
-// the formulas): dgrad, and wgrad as per-range partial sums plus a fixed-order finalize.
+// the formulas): dgrad, and wgrad as per-range partial sums plus a fixed-order finalize (which
+// also adds wgrad v3's partial sums: grouped_conv_wgrad_v3.cu).
 //
 // These are the CUDA backward's first version: correct for every geometry the op allows, fp32
 // arithmetic, 64-bit offsets, deterministic; not yet on tensor cores (docs/KERNELS.md, issue 15).
@@ -228,10 +229,9 @@ cudaError_t launch_dgrad_typed(const GroupedConvBackwardParams& p, cudaStream_t 
 }
 
 template <typename scalar_t>
-cudaError_t launch_wgrad_typed(const GroupedConvBackwardParams& p,
-                               const GroupedConvWgradPlan& plan, float* partials,
-                               cudaStream_t stream) {
-  if (p.C_out == 0) return cudaSuccess;
+cudaError_t launch_wgrad_partials_typed(const GroupedConvBackwardParams& p,
+                                        const GroupedConvWgradPlan& plan, float* partials,
+                                        cudaStream_t stream) {
   if (p.C_out * plan.element_chunks > INT32_MAX || plan.splits > 65535) {
     return cudaErrorInvalidConfiguration;  // a grid these kernels cannot address
   }
@@ -239,13 +239,9 @@ cudaError_t launch_wgrad_typed(const GroupedConvBackwardParams& p,
   const int64_t pixels_per_split = (M + plan.splits - 1) / plan.splits;
   const dim3 grid(static_cast<unsigned int>(p.C_out * plan.element_chunks),
                   static_cast<unsigned int>(plan.splits));
-  cudaError_t err = launch_kernel(grouped_conv_wgrad_partial_kernel<scalar_t>, grid,
-                                  dim3(plan.threads), plan.threads * sizeof(StagedPixel), stream,
-                                  p, plan.element_chunks, pixels_per_split, partials);
-  if (err != cudaSuccess) return err;
-  return launch_kernel(grouped_conv_wgrad_finalize_kernel<scalar_t>,
-                       dim3(static_cast<unsigned int>(p.C_out)), dim3(kFinalizeThreads), 0,
-                       stream, p, plan.splits, static_cast<const float*>(partials));
+  return launch_kernel(grouped_conv_wgrad_partial_kernel<scalar_t>, grid, dim3(plan.threads),
+                       plan.threads * sizeof(StagedPixel), stream, p, plan.element_chunks,
+                       pixels_per_split, partials);
 }
 
 }  // namespace
@@ -256,7 +252,7 @@ cudaError_t launch_grouped_conv_dgrad_direct(const GroupedConvBackwardParams& p,
                         [&](auto tag) { return launch_dgrad_typed<decltype(tag)>(p, stream); });
 }
 
-GroupedConvWgradPlan plan_grouped_conv_wgrad(const GroupedConvBackwardParams& p) {
+GroupedConvWgradPlan plan_grouped_conv_wgrad_direct(const GroupedConvBackwardParams& p) {
   GroupedConvWgradPlan plan;
   const int64_t elements = (p.C_in / p.groups) * p.KH * p.KW;
   while (plan.threads < kWgradMaxThreads && plan.threads < elements) plan.threads *= 2;
@@ -266,17 +262,29 @@ GroupedConvWgradPlan plan_grouped_conv_wgrad(const GroupedConvBackwardParams& p)
   const int64_t wanted = (kWgradTargetBlocks + blocks_per_split - 1) / blocks_per_split;
   const int64_t most = std::max<int64_t>(1, M / kWgradMinPixelsPerSplit);
   plan.splits = std::max<int64_t>(1, std::min<int64_t>({wanted, most, 65535}));
-  plan.workspace_bytes =
-      plan.splits * p.C_out * (elements + 1) * static_cast<int64_t>(sizeof(float));
+  plan.workspace_bytes = grouped_conv_wgrad_partials_bytes(p, plan.splits);
   return plan;
 }
 
-cudaError_t launch_grouped_conv_wgrad(const GroupedConvBackwardParams& p, DType dtype,
-                                      const GroupedConvWgradPlan& plan, void* workspace,
-                                      cudaStream_t stream) {
-  float* partials = static_cast<float*>(workspace);
+cudaError_t launch_grouped_conv_wgrad_direct_partials(const GroupedConvBackwardParams& p,
+                                                      DType dtype,
+                                                      const GroupedConvWgradPlan& plan,
+                                                      float* partials, cudaStream_t stream) {
+  if (p.C_out == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto tag) {
-    return launch_wgrad_typed<decltype(tag)>(p, plan, partials, stream);
+    return launch_wgrad_partials_typed<decltype(tag)>(p, plan, partials, stream);
+  });
+}
+
+cudaError_t launch_grouped_conv_wgrad_finalize(const GroupedConvBackwardParams& p, DType dtype,
+                                               int64_t splits, const float* partials,
+                                               cudaStream_t stream) {
+  if (p.C_out == 0) return cudaSuccess;
+  if (p.C_out > INT32_MAX) return cudaErrorInvalidConfiguration;
+  return dispatch_dtype(dtype, [&](auto tag) {
+    return launch_kernel(grouped_conv_wgrad_finalize_kernel<decltype(tag)>,
+                         dim3(static_cast<unsigned int>(p.C_out)), dim3(kFinalizeThreads), 0,
+                         stream, p, splits, partials);
   });
 }
 

@@ -32,12 +32,14 @@
 #include "kernels/launch.cuh"
 #include "kernels/params.h"
 #include "kernels/ptx_sm80.cuh"
+#include "kernels/swizzled_band.cuh"
 
 namespace resnext_kernels {
 namespace {
 
-constexpr int kTileC = 64;               // channels per CTA
-constexpr int kPixelBytes = kTileC * 2;  // one 128-byte line per pixel (16-bit types)
+using v3::kTileC;       // channels per CTA
+using v3::kPixelBytes;  // one 128-byte line per pixel (16-bit types)
+using v3::SwizzledPixels;
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kPackThreads = 256;
@@ -45,18 +47,6 @@ constexpr int kMaxBandPixels = 256;                 // output pixels per CTA (16
 // Within every sm_80+ part's per-block limit (99 KB on sm_86/89). Not an occupancy promise: a
 // band near the cap leaves one CTA per SM on sm_86/89 (100 KB per SM) and on sm_80 above ~81 KB.
 constexpr size_t kMaxSmemBytes = 99 * 1024;
-
-// A tile of pixels, each one 128-byte row of 8 chunks of 16 bytes (8 channels); chunk c of
-// pixel q sits at position c ^ ((q >> kShift) & 7). With kShift = log2(stride), the 8 rows of
-// an ldmatrix (8 consecutive output pixels: input pixels `stride` apart) hit 8 different
-// positions, so the 8 16-byte rows are served in one wavefront.
-template <int kShift>
-struct SwizzledPixels {
-  unsigned char* base;
-  __device__ __forceinline__ unsigned char* chunk(int q, int c) const {
-    return base + q * kPixelBytes + ((c ^ ((q >> kShift) & 7)) << 4);
-  }
-};
 
 // Per channels-per-group class: the MMA channel group and the B fragment words per lane.
 template <int kCpg>
@@ -199,18 +189,12 @@ template <typename T, int kShift>
 __device__ __forceinline__ void load_band_async(const GroupedConvParams& p, const Band& band,
                                                 const WorkUnit& u, int stride,
                                                 SwizzledPixels<kShift> in_tile) {
-  const T* __restrict__ x = static_cast<const T*>(p.x);
-  const T* x_n = x + u.n * p.x_stride[0] + static_cast<int64_t>(u.ct) * kTileC;
-  const int ih0 = u.oh0 * stride - static_cast<int>(p.pad_h);
-  const int in_chunks = u.in_rows * band.in_cols * 8;
-  for (int i = threadIdx.x; i < in_chunks; i += kThreads) {
-    const int q = i / 8, c = i % 8;
-    const int r = q / band.in_cols, col = q - r * band.in_cols;
-    const int ih = ih0 + r, iw = col - static_cast<int>(p.pad_w);
-    const bool inside = ih >= 0 && ih < p.H && iw >= 0 && iw < p.W;
-    const T* src = inside ? x_n + ih * p.x_stride[2] + iw * p.x_stride[3] + c * 8 : x;
-    ptx::cp_async_16(in_tile.chunk(q, c), src, inside);
-  }
+  const T* x_n = static_cast<const T*>(p.x) + u.n * p.x_stride[0] +
+                 static_cast<int64_t>(u.ct) * kTileC;
+  v3::load_halo_rows_async<kThreads>(x_n, p.x_stride, p.H, p.W,
+                                     u.oh0 * stride - static_cast<int>(p.pad_h),
+                                     static_cast<int>(p.pad_w), u.in_rows, band.in_cols, p.x,
+                                     in_tile);
 }
 
 // Epilogue, one lane's pair of channels (c, c + 1 of the tile) of one output pixel: scale,

@@ -165,20 +165,56 @@ cudaError_t launch_grouped_conv_dgrad(const GroupedConvBackwardParams& p, DType 
                                       const GroupedConvDgradPlan& plan, void* workspace,
                                       cudaStream_t stream);
 
-// wgrad, direct: the output pixels are cut into `splits` fixed ranges; one launch writes each
-// range's fp32 sums (per co, weight element, and the sum of gp) into a workspace, a second adds
-// the ranges in order and forms grad_w, grad_scale and grad_shift. No atomics: bitwise the same
-// from run to run. Any geometry, as dgrad.
+// wgrad: the output pixels are cut into `splits` fixed ranges; one launch writes each range's
+// fp32 partial sums into a workspace ([splits][C_out][C_in / groups * KH * KW + 1]: per output
+// channel its weight elements (ci, kh, kw), then its sum of gp), a second (the finalize, a block
+// per output channel) adds the ranges in order and forms grad_w, grad_scale and grad_shift. No
+// atomics: bitwise the same from run to run. Two kernels write the partial sums:
+//  - direct (grouped_conv_backward.cu): a thread per (co, weight element) sums its range's
+//    pixels in order; any geometry, as dgrad; CUDA cores.
+//  - v3 (grouped_conv_wgrad_v3.cu): per work unit (image, band of rows, 64-channel tile), gp and
+//    x's band in swizzled shared memory, mma.sync with the pixels as K; where the forward was
+//    one v3 takes (fp16/bf16, 3x3, stride 1 or 2, padding 1, C_in == C_out a multiple of 64,
+//    cpg 4..64, x and grad_y channels_last with 16-byte aligned pixels, compute capability
+//    8.0+) and the mask is 8-byte aligned. Its ranges are whole work units.
+enum class GroupedConvWgradPath : int { kDirect = 0, kV3 = 1 };
 struct GroupedConvWgradPlan {
-  int64_t splits = 1;           // pixel ranges (grid.y of the first launch)
-  int threads = 32;             // per block: a power of two, 32..256, one weight element each
-  int64_t element_chunks = 1;   // blocks per output channel (grid.x = C_out * element_chunks)
-  int64_t workspace_bytes = 0;  // the partial sums: splits * C_out * (weight elements + 1) fp32
+  GroupedConvWgradPath path = GroupedConvWgradPath::kDirect;
+  int64_t splits = 1;           // pixel ranges
+  int threads = 32;             // direct: per block, a power of two, 32..256, an element each
+  int64_t element_chunks = 1;   // direct: blocks per output channel (grid.x = C_out * chunks)
+  int64_t workspace_bytes = 0;  // the partial sums (grouped_conv_wgrad_partials_bytes)
 };
-GroupedConvWgradPlan plan_grouped_conv_wgrad(const GroupedConvBackwardParams& p);
+inline int64_t grouped_conv_wgrad_partials_bytes(const GroupedConvBackwardParams& p,
+                                                 int64_t splits) {
+  return splits * p.C_out * ((p.C_in / p.groups) * p.KH * p.KW + 1) *
+         static_cast<int64_t>(sizeof(float));
+}
+const char* grouped_conv_wgrad_path_name(GroupedConvWgradPath path);
+// The one place that decides (grouped_conv_backward_dispatch.cu); allow_v3 = false keeps every
+// call on the direct kernel (RESNEXT_KERNELS_CUDA_V3=0).
+GroupedConvWgradPlan plan_grouped_conv_wgrad(const GroupedConvBackwardParams& p, DType dtype,
+                                             int device_major, bool allow_v3 = true);
+// The partial sums of plan.splits ranges (any splits >= 1: a caller may override the plan's),
+// then the finalize.
 cudaError_t launch_grouped_conv_wgrad(const GroupedConvBackwardParams& p, DType dtype,
                                       const GroupedConvWgradPlan& plan, void* workspace,
                                       cudaStream_t stream);
+
+GroupedConvWgradPlan plan_grouped_conv_wgrad_direct(const GroupedConvBackwardParams& p);
+cudaError_t launch_grouped_conv_wgrad_direct_partials(const GroupedConvBackwardParams& p,
+                                                      DType dtype,
+                                                      const GroupedConvWgradPlan& plan,
+                                                      float* partials, cudaStream_t stream);
+bool grouped_conv_wgrad_v3_applies(const GroupedConvBackwardParams& p, DType dtype,
+                                   int device_major);
+int64_t grouped_conv_wgrad_v3_splits(const GroupedConvBackwardParams& p);
+cudaError_t launch_grouped_conv_wgrad_v3_partials(const GroupedConvBackwardParams& p,
+                                                  DType dtype, int64_t splits, float* partials,
+                                                  cudaStream_t stream);
+cudaError_t launch_grouped_conv_wgrad_finalize(const GroupedConvBackwardParams& p, DType dtype,
+                                               int64_t splits, const float* partials,
+                                               cudaStream_t stream);
 
 // Squeeze-and-excitation: gate[n, c] = sigmoid(W2 relu(W1 mean_hw(u[n]) + b1) + b2)[c],
 // out = act(u * gate + residual). u, residual and out share `dtype`; the FC weights are fp32

@@ -147,7 +147,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_conv_wgrad_cuda(
   copy_strides4(grad_w, p.grad_w_stride);
   p.grad_scale = grad_scale.data_ptr<float>();
   p.grad_shift = grad_shift.data_ptr<float>();
-  const GroupedConvWgradPlan plan = plan_grouped_conv_wgrad(p);
+  const GroupedConvWgradPlan plan =
+      plan_grouped_conv_wgrad(p, dtype, device_compute_major(grad_y), cuda_v3_allowed());
   const at::Tensor workspace =
       at::empty({std::max<int64_t>(plan.workspace_bytes, 4)}, x.options().dtype(at::kByte));
   const cudaError_t err = launch_grouped_conv_wgrad(p, dtype, plan, workspace.data_ptr(),

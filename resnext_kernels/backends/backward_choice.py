@@ -3,8 +3,8 @@ aten's (cuDNN on a GPU) through the reference backend, given the same saved ReLU
 
 One environment variable per backend, read on every call (so a benchmark or a test can switch
 it between calls): "aten" (the default, also when unset or empty), "kernels" (dgrad and wgrad
-kernels) or "dgrad" (the dgrad kernel, aten's wgrad: the CUDA dgrad on v3 is predicted far
-faster than the direct wgrad it came with). A backend's own backward is the default only once a
+kernels) or "dgrad" (the dgrad kernel, aten's wgrad: the CUDA dgrad on v3 was predicted far
+faster than the direct wgrad it came with, before wgrad moved to tensor cores too). A backend's own backward is the default only once a
 GPU measurement shows it faster than aten's: on the H100 (659b2c1; resnext50's grouped layers,
 fp16, batch 128) neither was (docs/KERNELS.md, "Sixth GPU session").
 """

@@ -28,11 +28,11 @@ def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilati
 
 
 # The backward's kernels: dgrad on v3's forward where the forward was 3x3 stride 1 channels_last
-# fp16/bf16 (csrc/kernels/grouped_conv_dgrad_v3.cu), else a direct kernel, and a direct wgrad
-# (grouped_conv_backward.cu: CUDA cores, scalar loads). Checked against float64, but the direct
-# wgrad alone is predicted at ~138 ms for a training step of resnext50's grouped layers (fp16,
-# batch 128, H100), where cuDNN eager's traffic alone bounds the step at 4 ms (docs/KERNELS.md,
-# GPU-free profile), so they run only when asked for:
+# fp16/bf16 (csrc/kernels/grouped_conv_dgrad_v3.cu), else a direct kernel; wgrad on tensor cores
+# where the forward was one v3 takes, stride 1 or 2 (csrc/kernels/grouped_conv_wgrad_v3.cu),
+# else a direct kernel (grouped_conv_backward.cu: CUDA cores, scalar loads). Checked against
+# float64; the H100 measured the direct wgrad at 0.07x cuDNN eager's training step and has not
+# yet run wgrad v3 (docs/KERNELS.md), so they run only when asked for:
 #   RESNEXT_KERNELS_CUDA_BACKWARD=aten     (default) aten's backward (cuDNN), selected by the mask
 #   RESNEXT_KERNELS_CUDA_BACKWARD=kernels  the CUDA kernels above (read on every call)
 #   RESNEXT_KERNELS_CUDA_BACKWARD=dgrad    the dgrad kernels, aten's wgrad
@@ -58,8 +58,9 @@ def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding,
 
 
 def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation, groups):
-    """(grad_w, grad_scale, grad_shift): aten's, or the direct CUDA wgrad kernels' (fp32 partial sums
-    per fixed pixel range, added in order: deterministic; then G * scale, sum(G * w), sum gp)."""
+    """(grad_w, grad_scale, grad_shift): aten's, or the CUDA wgrad kernels' (fp32 partial sums
+    per fixed range of pixels, on tensor cores where v3's bands apply, else direct; the ranges
+    added in order: deterministic; then G * scale, sum(G * w), sum gp)."""
     if not runs_kernel(CUDA_BACKWARD_ENV, "wgrad"):
         return reference.grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding,
                                             dilation, groups)

@@ -1,0 +1,360 @@
+// wgrad on tensor cores, on v3's machinery (swizzled_band.cuh): the partial sums of
+//   G[co, ci, tap] = sum over output pixels m of gp[m, co] * x[m's input pixel under tap, ci]
+// (gp = grad_y where the forward's ReLU passed it, else 0) and of sum_m gp[m, co], per split of
+// the pixels, in the direct wgrad's workspace layout, so that its finalize (grad_w = G * scale,
+// grad_scale = sum(G * w), grad_shift; grouped_conv_backward.cu) adds the splits in order.
+//
+// Per group, G is a GEMM with the pixels as K: [cpg_out x pixels] . [pixels x cpg_in] per tap.
+// Work unit: image n, a band of output rows, a 64-channel tile, as v3's forward.
+//  1. Loader: the band's input rows and halo by 16-byte cp.async copies into a swizzled tile
+//     (v3's loader: padding is the zero fill), and the band's gradient gp: grad_y read as
+//     16-byte chunks, selected by the mask's bits (a blocked NaN stays out), stored swizzled;
+//     each thread also sums its chunk's 8 channels of gp (always the same chunk: 256 threads,
+//     8 chunks per pixel), for grad_shift.
+//  2. Mainloop, 16 pixels (one k16 step) at a time: warp w owns 16 output channels (an m16
+//     tile), 16 input channels (two n8 tiles) of their group and half of the taps (0-4 or 5-8),
+//     its fp32 accumulators in registers for the CTA's whole split. A = gp^T and B = the
+//     tap-shifted x both come from ldmatrix.trans, one row address (a pixel) per lane: the tap
+//     shift and the stride cost nothing. cpg 4 and 8 compute the 16 x 16 block around the
+//     diagonal and keep its groups' blocks (2x/4x MMA waste, none in the bytes); cpg 32 and 64
+//     have 16 and 32 (m16, n16, taps/2) jobs: 2 and 4 CTAs per channel tile ("parts"), each
+//     reading the band.
+//  3. Partial sums: each warp its elements, each split its own slice: no atomics, the same
+//     from run to run. Pixels past the band in its last k16 step read a zero pixel and a zero
+//     gradient (a NaN in x must not meet them: 0 * NaN is NaN).
+// Non-finite values behave as aten's convolution_backward: a product of zero padding and a
+// NaN gradient is NaN, a NaN in x reaches only its own channel's column, and the cross-group
+// products of cpg 4 and 8 are computed but never stored.
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/dtype_traits.cuh"
+#include "kernels/launch.cuh"
+#include "kernels/params.h"
+#include "kernels/ptx_sm80.cuh"
+#include "kernels/swizzled_band.cuh"
+#include "kernels/vector_access.cuh"
+
+namespace resnext_kernels {
+namespace {
+
+using v3::kPixelBytes;
+using v3::kTileC;
+using v3::SwizzledPixels;
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kChunks = kTileC / 8;                // 16-byte chunks per pixel
+constexpr int kMaxBandPixels = 128;                // output pixels per work unit
+constexpr size_t kMaxSmemBytes = 99 * 1024;        // as v3's: every sm_80+ part's block limit
+constexpr size_t kSumScratchBytes = kThreads / kChunks * kTileC * sizeof(float);
+constexpr int64_t kTargetCtas = 4 * 132;           // two waves of two CTAs per SM on an H100
+constexpr int kTapsPerHalf = 5;                    // taps 0-4, then 5-8
+
+// Per channels-per-group class: the 16-channel input blocks of a group, and CTAs per tile.
+template <int kCpg>
+struct WgradClass {
+  static_assert(kCpg == 4 || kCpg == 8 || kCpg == 16 || kCpg == 32 || kCpg == 64, "cpg");
+  static constexpr int kCiBlocks = kCpg > 16 ? kCpg / 16 : 1;  // n16 blocks per m16 tile
+  static constexpr int kParts = kCiBlocks;  // (4 m16 tiles x kCiBlocks x 2 tap halves) / 8 warps
+};
+
+int parts_of(int64_t cpg) { return cpg > 16 ? static_cast<int>(cpg / 16) : 1; }
+
+// The band geometry of one call; shared memory: the input band with its halo, the gradient
+// tile (whole k16 steps), a zero pixel.
+struct WgradBand {
+  int rows = 0;       // output rows per band (the last band of an image may have fewer)
+  int in_cols = 0;    // input columns staged: (W_out - 1) * stride + 3
+  size_t gp_offset = 0, zero_offset = 0, smem_bytes = 0;
+};
+
+WgradBand plan_band(const GroupedConvBackwardParams& p) {
+  const int64_t s = p.stride_h;
+  WgradBand b;
+  b.in_cols = static_cast<int>((p.W_out - 1) * s + 3);
+  auto in_rows = [&](int64_t rows) { return (rows - 1) * s + 3; };
+  auto gp_pixels = [&](int64_t rows) { return (rows * p.W_out + 15) / 16 * 16; };
+  auto smem = [&](int64_t rows) {
+    return static_cast<size_t>(in_rows(rows) * b.in_cols + gp_pixels(rows) + 1) * kPixelBytes;
+  };
+  int64_t rows_max = std::max<int64_t>(1, std::min<int64_t>(p.H_out, kMaxBandPixels / p.W_out));
+  while (rows_max > 0 && smem(rows_max) > kMaxSmemBytes) --rows_max;
+  if (rows_max == 0) return WgradBand{};
+  const int64_t bands = (p.H_out + rows_max - 1) / rows_max;
+  b.rows = static_cast<int>((p.H_out + bands - 1) / bands);  // even bands: no short tail
+  b.gp_offset = static_cast<size_t>(in_rows(b.rows) * b.in_cols) * kPixelBytes;
+  b.zero_offset = b.gp_offset + static_cast<size_t>(gp_pixels(b.rows)) * kPixelBytes;
+  b.smem_bytes = std::max(b.zero_offset + kPixelBytes, kSumScratchBytes);
+  return b;
+}
+
+int64_t bands_per_image(const GroupedConvBackwardParams& p, const WgradBand& band) {
+  return (p.H_out + band.rows - 1) / band.rows;
+}
+
+// Splits of the work units (image, band): enough CTAs to fill the GPU twice over, no more
+// splits than units, and the partial sums (which the finalize reads) at most a quarter of
+// the bytes of x and grad_y.
+int64_t plan_splits(const GroupedConvBackwardParams& p, const WgradBand& band) {
+  const int64_t cpg = p.C_in / p.groups;
+  const int64_t units = p.N * bands_per_image(p, band);
+  const int64_t tile_ctas = p.C_out / kTileC * parts_of(cpg);
+  const int64_t wanted = (kTargetCtas + tile_ctas - 1) / tile_ctas;
+  const int64_t split_bytes = p.C_out * (9 * cpg + 1) * static_cast<int64_t>(sizeof(float));
+  const int64_t input_bytes = p.N * (p.H * p.W + p.H_out * p.W_out) * p.C_in * 2;
+  const int64_t cap = input_bytes / (4 * split_bytes);
+  return std::max<int64_t>(1, std::min<int64_t>({wanted, units, cap}));
+}
+
+__device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
+
+template <typename T, int kCpg, int kStride>
+__global__ void __launch_bounds__(kThreads, 2)
+    grouped_conv_wgrad_v3_kernel(GroupedConvBackwardParams p, WgradBand band,
+                                 int tiles_c,             // C / 64
+                                 int bands_per_image,
+                                 int64_t units,           // N * bands_per_image
+                                 int64_t splits,
+                                 float* __restrict__ partials) {  // [splits][C][9 cpg + 1]
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using Class = WgradClass<kCpg>;
+  using Cvt = Convert<T>;
+  constexpr int kShift = kStride == 2 ? 1 : 0;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+
+  // Grid: channel tile fastest, then the part, then the split.
+  const int ct = static_cast<int>(blockIdx.x % static_cast<unsigned>(tiles_c));
+  const unsigned rest = blockIdx.x / static_cast<unsigned>(tiles_c);
+  const int part = static_cast<int>(rest % Class::kParts);
+  const int64_t split = rest / Class::kParts;
+  const int64_t unit_begin = split * units / splits, unit_end = (split + 1) * units / splits;
+
+  // This warp's job: m16 tile mt (output channels 16 mt ..), n16 block cb (input channels
+  // 16 cb .. of the same group), taps 5 th .. 5 th + 4 (th 1: 5-8).
+  const int job = part * kWarps + warp;
+  const int th = job % 2;
+  const int mt = (job / 2) / Class::kCiBlocks;
+  const int cb = (kCpg > 16 ? (mt * 16 / kCpg) * (kCpg / 16) : mt) + (job / 2) % Class::kCiBlocks;
+  const int tap0 = th * kTapsPerHalf;
+  const int taps = th == 0 ? kTapsPerHalf : 9 - kTapsPerHalf;
+
+  unsigned char* smem = dynamic_shared_memory();
+  const SwizzledPixels<kShift> in_tile{smem};
+  const SwizzledPixels<0> gp_tile{smem + band.gp_offset};
+  unsigned char* zero_pixel = smem + band.zero_offset;
+  if (threadIdx.x < kChunks) {
+    *reinterpret_cast<uint4*>(zero_pixel + 16 * threadIdx.x) = make_uint4(0u, 0u, 0u, 0u);
+  }
+
+  const T* __restrict__ grad_y = static_cast<const T*>(p.grad_y);
+  const int W_out = static_cast<int>(p.W_out), in_cols = band.in_cols;
+  const int my_chunk = threadIdx.x % kChunks;  // the gp chunk this thread always loads
+  float gp_sum[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  float acc[kTapsPerHalf][2][4] = {};
+
+  for (int64_t unit = unit_begin; unit < unit_end; ++unit) {
+    const int64_t n = unit / bands_per_image;
+    const int oh0 = static_cast<int>(unit - n * bands_per_image) * band.rows;
+    const int rows = min_int(band.rows, static_cast<int>(p.H_out) - oh0);
+    const int band_pixels = rows * W_out;
+    const int k_steps = (band_pixels + 15) / 16;
+
+    // 1. x's band (asynchronous), then gp through registers.
+    const T* x_tile = static_cast<const T*>(p.x) + n * p.x_stride[0] +
+                      static_cast<int64_t>(ct) * kTileC;
+    v3::load_halo_rows_async<kThreads>(x_tile, p.x_stride, p.H, p.W,
+                                       oh0 * kStride - static_cast<int>(p.pad_h),
+                                       static_cast<int>(p.pad_w), (rows - 1) * kStride + 3,
+                                       in_cols, p.x, in_tile);
+    ptx::cp_async_commit();
+    const int64_t m_unit = (n * p.H_out + oh0) * p.W_out;  // the unit's first flat pixel
+    for (int i = threadIdx.x; i < k_steps * 16 * kChunks; i += kThreads) {
+      const int q = i / kChunks;  // i % kChunks == my_chunk
+      Pack<T> out;
+      if (q < band_pixels) {
+        const int orow = q / W_out, ocol = q - orow * W_out;
+        const int64_t co = static_cast<int64_t>(ct) * kTileC + my_chunk * 8;
+        const Pack<T> in = load_pack(grad_y + n * p.grad_y_stride[0] +
+                                     (oh0 + orow) * p.grad_y_stride[2] +
+                                     ocol * p.grad_y_stride[3] + co);
+        const int64_t m = m_unit + q;
+        uint64_t mask_bytes = ~uint64_t{0};  // no ReLU: every gradient passes
+        if (p.relu_mask != nullptr) {
+          mask_bytes = *reinterpret_cast<const uint64_t*>(p.relu_mask + (m >> 3) * p.C_out + co);
+        }
+        const int bit = static_cast<int>(m & 7);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const bool passed = (mask_bytes >> (8 * j + bit)) & 1;  // byte j is channel co + j
+          // a select, not a product: a NaN gradient the ReLU blocked stays out
+          out.v[j] = passed ? in.v[j] : Cvt::from_float(0.f);
+          gp_sum[j] += Cvt::to_float(out.v[j]);
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) out.v[j] = Cvt::from_float(0.f);  // the last step's tail
+      }
+      *reinterpret_cast<Pack<T>*>(gp_tile.chunk(q, my_chunk)) = out;
+    }
+    ptx::cp_async_wait<0>();
+    __syncthreads();
+
+    // 2. Per k16 step: A = gp^T (16 output channels x 16 pixels), B = x under each tap.
+    for (int ks = 0; ks < k_steps; ++ks) {
+      // A's matrices (ldmatrix order = a0..a3): (co lo, k lo), (co hi, k lo), (co lo, k hi),
+      // (co hi, k hi); lane 8i + r gives pixel row r of matrix i.
+      uint32_t a[4];
+      const int a_pix = ks * 16 + (lane / 16) * 8 + lane % 8;
+      ptx::ldmatrix<4, true>(a, gp_tile.chunk(a_pix, 2 * mt + (lane / 8) % 2));
+      // B's matrices: (k lo, n-tile 0), (k hi, n-tile 0), (k lo, n-tile 1), (k hi, n-tile 1).
+      const int b_pix = ks * 16 + ((lane / 8) % 2) * 8 + lane % 8;
+      const int b_chunk = 2 * cb + lane / 16;
+      const bool in_band = b_pix < band_pixels;
+      const int orow = b_pix / W_out, ocol = b_pix - orow * W_out;
+      const int q0 = orow * kStride * in_cols + ocol * kStride;  // tap (0, 0)
+#pragma unroll
+      for (int i = 0; i < kTapsPerHalf; ++i) {
+        if (i < taps) {
+          const int tap = tap0 + i;
+          const unsigned char* row = in_band
+                                         ? in_tile.chunk(q0 + (tap / 3) * in_cols + tap % 3, b_chunk)
+                                         : zero_pixel + 16 * b_chunk;
+          uint32_t bq[4];
+          ptx::ldmatrix<4, true>(bq, row);
+          const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
+          ptx::mma_m16n8k16<T>(acc[i][0], a, b0);
+          ptx::mma_m16n8k16<T>(acc[i][1], a, b1);
+        }
+      }
+    }
+    __syncthreads();  // before the next unit's loads overwrite the tiles
+  }
+
+  // 3. This split's partial sums: lane holds D[co = 16 mt + g (+ 8)][ci = 16 cb + 8 nt + 2 t
+  // (+ 1)] per tap; stored where co and ci share a group.
+  const int64_t elements = 9 * kCpg;
+#pragma unroll
+  for (int i = 0; i < kTapsPerHalf; ++i) {
+    if (i >= taps) continue;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int co_t = 16 * mt + g + 8 * (e / 2), ci_t = 16 * cb + 8 * nt + 2 * t + e % 2;
+        if (co_t / kCpg != ci_t / kCpg) continue;  // cpg 4, 8: another group's block
+        const int64_t co = static_cast<int64_t>(ct) * kTileC + co_t;
+        partials[(split * p.C_out + co) * (elements + 1) + (ci_t % kCpg) * 9 + tap0 + i] =
+            acc[i][nt][e];
+      }
+    }
+  }
+  // The split's sum of gp per channel: each thread's 8 sums, then 32 threads per channel in
+  // thread order (the scratch reuses the band's memory: the loop ended with a barrier).
+  if (part == 0) {
+    float* scratch = reinterpret_cast<float*>(smem);  // [kThreads / kChunks][kTileC]
+#pragma unroll
+    for (int j = 0; j < 8; ++j) scratch[(threadIdx.x / kChunks) * kTileC + my_chunk * 8 + j] = gp_sum[j];
+    __syncthreads();
+    if (threadIdx.x < kTileC) {
+      float total = 0.f;
+      for (int r = 0; r < kThreads / kChunks; ++r) total += scratch[r * kTileC + threadIdx.x];
+      const int64_t co = static_cast<int64_t>(ct) * kTileC + threadIdx.x;
+      partials[(split * p.C_out + co) * (elements + 1) + elements] = total;
+    }
+  }
+#else
+  __trap();  // built only for sm_80+; the planner never selects v3 below sm_80
+#endif
+}
+
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// Channel-contiguous, every 64-channel tile of every pixel on a 16-byte boundary.
+bool channels_last_aligned16(const void* ptr, const int64_t* stride) {
+  return aligned16(ptr) && stride[1] == 1 && stride[0] % 8 == 0 && stride[2] % 8 == 0 &&
+         stride[3] % 8 == 0;
+}
+
+template <typename T, int kCpg, int kStride>
+cudaError_t launch_class(const GroupedConvBackwardParams& p, const WgradBand& band,
+                         int64_t splits, float* partials, cudaStream_t stream) {
+  auto* kernel = grouped_conv_wgrad_v3_kernel<T, kCpg, kStride>;
+  // always the cap, never this call's size (per function, shared by every host thread)
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(kMaxSmemBytes));
+  if (err != cudaSuccess) return err;
+  const int64_t tiles_c = p.C_out / kTileC;
+  const int64_t bands = bands_per_image(p, band);
+  const int64_t blocks = tiles_c * WgradClass<kCpg>::kParts * splits;
+  if (blocks > 0x7fffffffLL || bands > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  return launch_kernel(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+                       band.smem_bytes, stream, p, band, static_cast<int>(tiles_c),
+                       static_cast<int>(bands), p.N * bands, splits, partials);
+}
+
+template <typename T>
+cudaError_t launch_typed(const GroupedConvBackwardParams& p, const WgradBand& band,
+                         int64_t splits, float* partials, cudaStream_t stream) {
+  const bool s2 = p.stride_h == 2;
+  switch (p.C_in / p.groups) {
+    case 4: return s2 ? launch_class<T, 4, 2>(p, band, splits, partials, stream)
+                      : launch_class<T, 4, 1>(p, band, splits, partials, stream);
+    case 8: return s2 ? launch_class<T, 8, 2>(p, band, splits, partials, stream)
+                      : launch_class<T, 8, 1>(p, band, splits, partials, stream);
+    case 16: return s2 ? launch_class<T, 16, 2>(p, band, splits, partials, stream)
+                       : launch_class<T, 16, 1>(p, band, splits, partials, stream);
+    case 32: return s2 ? launch_class<T, 32, 2>(p, band, splits, partials, stream)
+                       : launch_class<T, 32, 1>(p, band, splits, partials, stream);
+    case 64: return s2 ? launch_class<T, 64, 2>(p, band, splits, partials, stream)
+                       : launch_class<T, 64, 1>(p, band, splits, partials, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+bool grouped_conv_wgrad_v3_applies(const GroupedConvBackwardParams& p, DType dtype,
+                                   int device_major) {
+  if (device_major < 8 || dtype == DType::kFloat32) return false;
+  if (p.groups <= 0 || p.C_in != p.C_out || p.C_in % p.groups != 0 || p.C_in % kTileC != 0) {
+    return false;
+  }
+  const int64_t cpg = p.C_in / p.groups;
+  if (cpg != 4 && cpg != 8 && cpg != 16 && cpg != 32 && cpg != 64) return false;
+  const bool stride_ok =
+      (p.stride_h == 1 && p.stride_w == 1) || (p.stride_h == 2 && p.stride_w == 2);
+  if (!(p.KH == 3 && p.KW == 3 && stride_ok && p.pad_h == 1 && p.pad_w == 1 && p.dil_h == 1 &&
+        p.dil_w == 1)) {
+    return false;
+  }
+  // 32-bit pixel and row arithmetic inside a band; 64-bit offsets from the image base.
+  if (p.H > (1 << 20) || p.W > (1 << 20)) return false;
+  if (!channels_last_aligned16(p.x, p.x_stride) ||
+      !channels_last_aligned16(p.grad_y, p.grad_y_stride)) {
+    return false;
+  }
+  // the mask's 8 bytes of a chunk are one 8-byte load
+  if (reinterpret_cast<uintptr_t>(p.relu_mask) % 8 != 0) return false;
+  return plan_band(p).rows > 0;
+}
+
+int64_t grouped_conv_wgrad_v3_splits(const GroupedConvBackwardParams& p) {
+  return plan_splits(p, plan_band(p));
+}
+
+cudaError_t launch_grouped_conv_wgrad_v3_partials(const GroupedConvBackwardParams& p,
+                                                  DType dtype, int64_t splits, float* partials,
+                                                  cudaStream_t stream) {
+  if (p.C_out == 0) return cudaSuccess;
+  const WgradBand band = plan_band(p);
+  if (band.rows == 0 || splits < 1) return cudaErrorInvalidValue;
+  switch (dtype) {
+    case DType::kFloat16: return launch_typed<__half>(p, band, splits, partials, stream);
+    case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, band, splits, partials, stream);
+    case DType::kFloat32: break;
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace resnext_kernels

@@ -1,0 +1,56 @@
+// The shared-memory band the v3 kernels (grouped_conv_v3.cu, grouped_conv_wgrad_v3.cu) read
+// their operands from: a 64-channel tile of channels_last pixels, one 128-byte row per pixel,
+// swizzled so that the 8 row addresses of an ldmatrix fall in 8 distinct bank quads; and the
+// loader that fills it with an input band and its halo by 16-byte cp.async copies, the zero
+// padding being the copies' zero fill.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/ptx_sm80.cuh"
+
+namespace resnext_kernels {
+namespace v3 {
+
+constexpr int kTileC = 64;               // channels per tile
+constexpr int kPixelBytes = kTileC * 2;  // one 128-byte line per pixel (16-bit types)
+
+// A tile of pixels, each one 128-byte row of 8 chunks of 16 bytes (8 channels); chunk c of
+// pixel q sits at position c ^ ((q >> kShift) & 7). With kShift = log2(stride), the 8 rows of
+// an ldmatrix (8 consecutive output pixels: input pixels `stride` apart) hit 8 different
+// positions, so the 8 16-byte rows are served in one wavefront.
+template <int kShift>
+struct SwizzledPixels {
+  unsigned char* base;
+  __device__ __forceinline__ unsigned char* chunk(int q, int c) const {
+    return base + q * kPixelBytes + ((c ^ ((q >> kShift) & 7)) << 4);
+  }
+};
+
+// Input rows ih0 .. ih0 + in_rows - 1, columns -pad_w .. in_cols - 1 - pad_w, of one image's
+// 64-channel tile (x_tile: the image's first pixel at the tile's first channel; x_stride: the
+// tensor's (n, c, h, w) element strides, channels_last with 16-byte aligned pixels) into
+// `tile`, pixel (r, col) at q = r * in_cols + col, by kThreads threads; zeros outside the image
+// (the source is then not read, but `any_aligned` stands in as a valid 16-byte aligned
+// address). The caller commits and waits.
+template <int kThreads, typename T, int kShift>
+__device__ __forceinline__ void load_halo_rows_async(const T* x_tile, const int64_t* x_stride,
+                                                     int64_t H, int64_t W, int ih0, int pad_w,
+                                                     int in_rows, int in_cols,
+                                                     const void* any_aligned,
+                                                     SwizzledPixels<kShift> tile) {
+  const int in_chunks = in_rows * in_cols * 8;
+  for (int i = threadIdx.x; i < in_chunks; i += kThreads) {
+    const int q = i / 8, c = i % 8;
+    const int r = q / in_cols, col = q - r * in_cols;
+    const int ih = ih0 + r, iw = col - pad_w;
+    const bool inside = ih >= 0 && ih < H && iw >= 0 && iw < W;
+    const void* src = inside ? static_cast<const void*>(x_tile + ih * x_stride[2] +
+                                                        iw * x_stride[3] + c * 8)
+                             : any_aligned;
+    ptx::cp_async_16(tile.chunk(q, c), src, inside);
+  }
+}
+
+}  // namespace v3
+}  // namespace resnext_kernels
