@@ -482,3 +482,15 @@ def test_racecheck_wgrad_v3(racecheck):
     got, report = wgrad(racecheck, case, 8, stride=(2, 2), splits=2)
     assert report.startswith("path v3"), report
     check_wgrad(got, reference(*case, 8, (2, 2)), torch.float16)
+
+
+def test_wgrad_v3_rows_wider_than_a_band_and_more_splits_than_units(emulator):
+    """Rows of 130 pixels: a band is one row (more than a band's 128 pixels), so each thread
+    loads gp in two rounds of 4 chunks; 2 units over 5 splits: three CTAs without a unit add
+    zeros."""
+    case = make_case(8, 8, torch.float16, True, 2700, N=1, H=2, W=130)
+    ref = reference(*case, 8)
+    for splits in (None, 5):
+        got, report = wgrad(emulator, case, 8, splits=splits)
+        assert report.startswith("path v3"), report
+        check_wgrad(got, ref, torch.float16)

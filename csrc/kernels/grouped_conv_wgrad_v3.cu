@@ -9,11 +9,14 @@
 //  1. Loader: the band's input rows and halo by 16-byte cp.async copies into a swizzled tile
 //     (v3's loader: padding is the zero fill), and the band's gradient gp: grad_y read as
 //     16-byte chunks, selected by the mask's bits (a blocked NaN stays out), stored swizzled;
-//     each thread also sums its chunk's 8 channels of gp (always the same chunk: 256 threads,
-//     8 chunks per pixel), for grad_shift.
+//     each thread issues up to 4 chunks' loads before it stores any (one round trip for a
+//     band of 128 pixels) and sums its chunk's 8 channels of gp (always the same chunk: 256
+//     threads, 8 chunks per pixel), for grad_shift. And a table of each band pixel's input
+//     pixel at tap (0, 0) (-1 past the band), so the mainloop divides nothing.
 //  2. Mainloop, 16 pixels (one k16 step) at a time: warp w owns 16 output channels (an m16
-//     tile), 16 input channels (two n8 tiles) of their group and half of the taps (0-4 or 5-8),
-//     its fp32 accumulators in registers for the CTA's whole split. A = gp^T and B = the
+//     tile), 16 input channels (two n8 tiles) of their group and half of the taps (0-4 or 5-8;
+//     warps w and w + 4, on the same SM sub-partition, the two halves of one tile), its fp32
+//     accumulators in registers for the CTA's whole split. A = gp^T and B = the
 //     tap-shifted x both come from ldmatrix.trans, one row address (a pixel) per lane: the tap
 //     shift and the stride cost nothing. cpg 4 and 8 compute the 16 x 16 block around the
 //     diagonal and keep its groups' blocks (2x/4x MMA waste, none in the bytes); cpg 32 and 64
@@ -47,7 +50,8 @@ constexpr int kChunks = kTileC / 8;                // 16-byte chunks per pixel
 constexpr int kMaxBandPixels = 128;                // output pixels per work unit
 constexpr size_t kMaxSmemBytes = 99 * 1024;        // as v3's: every sm_80+ part's block limit
 constexpr size_t kSumScratchBytes = kThreads / kChunks * kTileC * sizeof(float);
-constexpr int64_t kTargetCtas = 4 * 132;           // two waves of two CTAs per SM on an H100
+constexpr int64_t kTargetCtas = 2 * 132;           // one wave of two CTAs per SM on an H100
+constexpr int kLoadsInFlight = 4;                  // gp chunks a thread loads before storing any
 constexpr int kTapsPerHalf = 5;                    // taps 0-4, then 5-8
 
 // Per channels-per-group class: the 16-channel input blocks of a group, and CTAs per tile.
@@ -61,11 +65,11 @@ struct WgradClass {
 int parts_of(int64_t cpg) { return cpg > 16 ? static_cast<int>(cpg / 16) : 1; }
 
 // The band geometry of one call; shared memory: the input band with its halo, the gradient
-// tile (whole k16 steps), a zero pixel.
+// tile (whole k16 steps), a zero pixel, the pixels' tap (0, 0) table (an int per gp pixel).
 struct WgradBand {
   int rows = 0;       // output rows per band (the last band of an image may have fewer)
   int in_cols = 0;    // input columns staged: (W_out - 1) * stride + 3
-  size_t gp_offset = 0, zero_offset = 0, smem_bytes = 0;
+  size_t gp_offset = 0, zero_offset = 0, table_offset = 0, smem_bytes = 0;
 };
 
 WgradBand plan_band(const GroupedConvBackwardParams& p) {
@@ -75,7 +79,8 @@ WgradBand plan_band(const GroupedConvBackwardParams& p) {
   auto in_rows = [&](int64_t rows) { return (rows - 1) * s + 3; };
   auto gp_pixels = [&](int64_t rows) { return (rows * p.W_out + 15) / 16 * 16; };
   auto smem = [&](int64_t rows) {
-    return static_cast<size_t>(in_rows(rows) * b.in_cols + gp_pixels(rows) + 1) * kPixelBytes;
+    return static_cast<size_t>(in_rows(rows) * b.in_cols + gp_pixels(rows) + 1) * kPixelBytes +
+           static_cast<size_t>(gp_pixels(rows)) * sizeof(int);
   };
   int64_t rows_max = std::max<int64_t>(1, std::min<int64_t>(p.H_out, kMaxBandPixels / p.W_out));
   while (rows_max > 0 && smem(rows_max) > kMaxSmemBytes) --rows_max;
@@ -84,7 +89,8 @@ WgradBand plan_band(const GroupedConvBackwardParams& p) {
   b.rows = static_cast<int>((p.H_out + bands - 1) / bands);  // even bands: no short tail
   b.gp_offset = static_cast<size_t>(in_rows(b.rows) * b.in_cols) * kPixelBytes;
   b.zero_offset = b.gp_offset + static_cast<size_t>(gp_pixels(b.rows)) * kPixelBytes;
-  b.smem_bytes = std::max(b.zero_offset + kPixelBytes, kSumScratchBytes);
+  b.table_offset = b.zero_offset + kPixelBytes;
+  b.smem_bytes = std::max(b.table_offset + gp_pixels(b.rows) * sizeof(int), kSumScratchBytes);
   return b;
 }
 
@@ -131,11 +137,13 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t unit_begin = split * units / splits, unit_end = (split + 1) * units / splits;
 
   // This warp's job: m16 tile mt (output channels 16 mt ..), n16 block cb (input channels
-  // 16 cb .. of the same group), taps 5 th .. 5 th + 4 (th 1: 5-8).
-  const int job = part * kWarps + warp;
-  const int th = job % 2;
-  const int mt = (job / 2) / Class::kCiBlocks;
-  const int cb = (kCpg > 16 ? (mt * 16 / kCpg) * (kCpg / 16) : mt) + (job / 2) % Class::kCiBlocks;
+  // 16 cb .. of the same group), taps 5 th .. 5 th + 4 (th 1: 5-8). Warps w and w + 4 share
+  // an SM sub-partition (w % 4) and take the two halves of one (mt, cb): each sub-partition
+  // issues 9 taps' work.
+  const int th = warp / 4;
+  const int job = part * 4 + warp % 4;  // (mt, cb) pairs: 4 m16 tiles x kCiBlocks
+  const int mt = job / Class::kCiBlocks;
+  const int cb = (kCpg > 16 ? (mt * 16 / kCpg) * (kCpg / 16) : mt) + job % Class::kCiBlocks;
   const int tap0 = th * kTapsPerHalf;
   const int taps = th == 0 ? kTapsPerHalf : 9 - kTapsPerHalf;
 
@@ -143,6 +151,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const SwizzledPixels<kShift> in_tile{smem};
   const SwizzledPixels<0> gp_tile{smem + band.gp_offset};
   unsigned char* zero_pixel = smem + band.zero_offset;
+  int* q0_table = reinterpret_cast<int*>(smem + band.table_offset);
   if (threadIdx.x < kChunks) {
     *reinterpret_cast<uint4*>(zero_pixel + 16 * threadIdx.x) = make_uint4(0u, 0u, 0u, 0u);
   }
@@ -169,33 +178,49 @@ __global__ void __launch_bounds__(kThreads, 2)
                                        in_cols, p.x, in_tile);
     ptx::cp_async_commit();
     const int64_t m_unit = (n * p.H_out + oh0) * p.W_out;  // the unit's first flat pixel
-    for (int i = threadIdx.x; i < k_steps * 16 * kChunks; i += kThreads) {
-      const int q = i / kChunks;  // i % kChunks == my_chunk
-      Pack<T> out;
-      if (q < band_pixels) {
-        const int orow = q / W_out, ocol = q - orow * W_out;
-        const int64_t co = static_cast<int64_t>(ct) * kTileC + my_chunk * 8;
-        const Pack<T> in = load_pack(grad_y + n * p.grad_y_stride[0] +
-                                     (oh0 + orow) * p.grad_y_stride[2] +
-                                     ocol * p.grad_y_stride[3] + co);
-        const int64_t m = m_unit + q;
-        uint64_t mask_bytes = ~uint64_t{0};  // no ReLU: every gradient passes
-        if (p.relu_mask != nullptr) {
-          mask_bytes = *reinterpret_cast<const uint64_t*>(p.relu_mask + (m >> 3) * p.C_out + co);
+    const int64_t co = static_cast<int64_t>(ct) * kTileC + my_chunk * 8;
+    const int gp_chunks = k_steps * 16 * kChunks;
+    for (int i0 = threadIdx.x; i0 < gp_chunks; i0 += kLoadsInFlight * kThreads) {
+      // first every load of up to kLoadsInFlight chunks, then the selects and stores
+      Pack<T> in[kLoadsInFlight] = {};
+      uint64_t mask_bytes[kLoadsInFlight];
+#pragma unroll
+      for (int r = 0; r < kLoadsInFlight; ++r) {
+        const int q = (i0 + r * kThreads) / kChunks;  // (i0 + r * kThreads) % kChunks == my_chunk
+        mask_bytes[r] = ~uint64_t{0};  // no ReLU (or no pixel): every gradient passes
+        if (q < band_pixels) {
+          const int orow = q / W_out, ocol = q - orow * W_out;
+          in[r] = load_pack(grad_y + n * p.grad_y_stride[0] + (oh0 + orow) * p.grad_y_stride[2] +
+                            ocol * p.grad_y_stride[3] + co);
+          const int64_t m = m_unit + q;
+          if (p.relu_mask != nullptr) {
+            // byte j is channel co + j; bit m % 8 of each is this pixel's
+            mask_bytes[r] = *reinterpret_cast<const uint64_t*>(p.relu_mask + (m >> 3) * p.C_out + co)
+                            >> (m & 7);
+          }
         }
-        const int bit = static_cast<int>(m & 7);
+      }
+#pragma unroll
+      for (int r = 0; r < kLoadsInFlight; ++r) {
+        const int i = i0 + r * kThreads;
+        if (i >= gp_chunks) break;
+        const int q = i / kChunks;
+        Pack<T> out;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-          const bool passed = (mask_bytes >> (8 * j + bit)) & 1;  // byte j is channel co + j
-          // a select, not a product: a NaN gradient the ReLU blocked stays out
-          out.v[j] = passed ? in.v[j] : Cvt::from_float(0.f);
+          // a select, not a product: a NaN gradient the ReLU blocked stays out; the last k16
+          // step's pixels past the band are 0
+          const bool passed = q < band_pixels && ((mask_bytes[r] >> (8 * j)) & 1);
+          out.v[j] = passed ? in[r].v[j] : Cvt::from_float(0.f);
           gp_sum[j] += Cvt::to_float(out.v[j]);
         }
-      } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) out.v[j] = Cvt::from_float(0.f);  // the last step's tail
+        *reinterpret_cast<Pack<T>*>(gp_tile.chunk(q, my_chunk)) = out;
       }
-      *reinterpret_cast<Pack<T>*>(gp_tile.chunk(q, my_chunk)) = out;
+    }
+    // each band pixel's input pixel at tap (0, 0); -1 for the last step's pixels past the band
+    for (int q = threadIdx.x; q < k_steps * 16; q += kThreads) {
+      const int orow = q / W_out, ocol = q - orow * W_out;
+      q0_table[q] = q < band_pixels ? orow * kStride * in_cols + ocol * kStride : -1;
     }
     ptx::cp_async_wait<0>();
     __syncthreads();
@@ -210,9 +235,8 @@ __global__ void __launch_bounds__(kThreads, 2)
       // B's matrices: (k lo, n-tile 0), (k hi, n-tile 0), (k lo, n-tile 1), (k hi, n-tile 1).
       const int b_pix = ks * 16 + ((lane / 8) % 2) * 8 + lane % 8;
       const int b_chunk = 2 * cb + lane / 16;
-      const bool in_band = b_pix < band_pixels;
-      const int orow = b_pix / W_out, ocol = b_pix - orow * W_out;
-      const int q0 = orow * kStride * in_cols + ocol * kStride;  // tap (0, 0)
+      const int q0 = q0_table[b_pix];  // tap (0, 0)
+      const bool in_band = q0 >= 0;
 #pragma unroll
       for (int i = 0; i < kTapsPerHalf; ++i) {
         if (i < taps) {
