@@ -139,6 +139,8 @@ def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
     y_bytes = output_bytes(shape, x_bytes)
     mask_bytes = y_bytes / elem / 8
     w_bytes = 9 * shape["C"] * shape["cpg"] * elem
+    # dgrad on v3's gs: the output's grid at stride 1, the input's at stride 2 (spread out)
+    gs_bytes = x_bytes if shape["stride"] == 2 else y_bytes
     splits, splits_b1 = wgrad_splits(plan["b128"]["reports"][1]), wgrad_splits(reports[1])
     partial_bytes = splits * shape["C"] * (9 * shape["cpg"] + 1) * 4
 
@@ -151,11 +153,11 @@ def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
         if name.startswith("grouped_conv_dgrad_kernel"):      # grad_y, mask -> grad_x
             return grow, y_bytes + mask_bytes + x_bytes + w_bytes
         if name.startswith("dgrad_select"):                   # grad_y, mask -> gs
-            return grow, 2 * y_bytes + mask_bytes
+            return grow, y_bytes + mask_bytes + gs_bytes
         if name.startswith(("dgrad_fold_flip", "pack_")):    # the weights, re-laid out
             return grow, 2 * w_bytes
         if name.startswith("grouped_conv_bn_relu_v3"):        # gs -> grad_x
-            return grow, y_bytes + x_bytes + w_bytes
+            return grow, gs_bytes + x_bytes + w_bytes
         raise ValueError(f"no traffic model for the backward's launch {name}")
 
     model = []
@@ -738,9 +740,10 @@ def markdown(report):
         "its sum; floor: x read twice, y and the mask written, grad_y and the mask read, "
         "grad_x written); cuda_train: the same step on the CUDA backend (its forward with the "
         "mask: v3 writes it in its epilogue, the other paths read it back from y in a kernel; "
-        "dgrad: v3's forward of the masked gradient with scaled, flipped weights at stride 1 "
-        "channels_last, else the direct kernel; wgrad's partial sums on tensor cores (v3's "
-        "bands) at stride 1 and 2 channels_last, else the direct kernel, and the finalize); "
+        "dgrad: v3's forward of the masked gradient (at stride 2 spread on the input's grid) "
+        "with scaled, flipped weights at stride 1 and 2 channels_last, else the direct kernel; "
+        "wgrad's partial sums on tensor cores (v3's bands) at stride 1 and 2 channels_last, "
+        "else the direct kernel, and the finalize); "
         "cudnn_eager_train: "
         "the traffic of conv + BN + ReLU and their autograd in eager (a lower bound).",
         "",

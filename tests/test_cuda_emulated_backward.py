@@ -231,8 +231,9 @@ def test_racecheck_backward(racecheck, cpg, stride, channels_last, dtype):
     check(got, reference(*case, groups, s), dtype)
 
 
-# ---- dgrad on v3 (csrc/kernels/grouped_conv_dgrad_v3.cu): stride 1, channels_last fp16/bf16,
-# C a multiple of 64. The workspace (gs, flipped weights, v3's constants) starts as NaN bytes.
+# ---- dgrad on v3 (csrc/kernels/grouped_conv_dgrad_v3.cu): stride 1 and 2, channels_last
+# fp16/bf16, C a multiple of 64. The workspace (gs, flipped weights, v3's constants) starts as
+# NaN bytes.
 
 def dgrad(binary, case, groups, **kwargs):
     grad_y, mask, x, w, scale = case
@@ -246,14 +247,19 @@ def check_grad_x(got, ref, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("cpg", [4, 8, 16, 32, 64])
-def test_dgrad_v3_every_cpg_class(emulator, cpg, dtype):
+def test_dgrad_v3_every_cpg_class(emulator, cpg, stride, dtype):
+    """Both strides; at stride 2 an odd input height (5: output rows 0-2 land on input rows 0,
+    2, 4) and an even width (6: the last input column is between output pixels)."""
     groups = 64 // cpg
-    case = make_case(cpg, groups, dtype, True, 1500 + cpg, N=2, H=5, W=7)
-    grad_x, report = dgrad(emulator, case, groups)
+    s = (stride, stride)
+    case = make_case(cpg, groups, dtype, True, 1500 + cpg + stride, N=2, H=5,
+                     W=7 if stride == 1 else 6, stride=s)
+    grad_x, report = dgrad(emulator, case, groups, stride=s)
     assert report == "path v3"
     assert grad_x.is_contiguous(memory_format=torch.channels_last)
-    check_grad_x(grad_x, reference(*case, groups)[0], dtype)
+    check_grad_x(grad_x, reference(*case, groups, s)[0], dtype)
 
 
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
@@ -284,14 +290,14 @@ def test_dgrad_v3_matches_the_direct_kernel_and_batch_zero(emulator):
     assert grad_x.shape == (0, 64, 4, 4)
 
 
-@pytest.mark.parametrize("change", ["stride2", "nchw", "fp32", "channels48", "dilation2",
+@pytest.mark.parametrize("change", ["stride21", "nchw", "fp32", "channels48", "dilation2",
                                     "sm75", "cpg_in_out"])
 def test_dgrad_v3_only_where_it_applies(emulator, change):
     """Everything v3's forward does not take runs the direct kernel, and is right there."""
     cpg, groups, dtype, layout = 8, 8, torch.float16, True
     conv = dict(stride=(1, 1), dilation=(1, 1))
-    if change == "stride2":
-        conv["stride"] = (2, 2)
+    if change == "stride21":
+        conv["stride"] = (2, 1)
     if change == "nchw":
         layout = False
     if change == "fp32":
@@ -310,11 +316,15 @@ def test_dgrad_v3_only_where_it_applies(emulator, change):
     check_grad_x(grad_x, reference(*case, groups, **conv)[0], dtype)
 
 
-def test_dgrad_v3_non_finite_stays_in_its_group(emulator):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dgrad_v3_non_finite_stays_in_its_group(emulator, stride):
     """A NaN gradient the ReLU passed reaches its own group's grad_x channels only (v3 keeps a
-    non-finite input in its group); an inf it blocked reaches nothing."""
+    non-finite input in its group), at exactly aten's pixels (at stride 2 the zeros spread
+    between the gradients carry nothing); an inf it blocked reaches nothing."""
     groups, cpg = 16, 4
-    grad_y, mask, x, w, scale = make_case(cpg, groups, torch.float16, True, 1900, N=1, H=6, W=6)
+    s = (stride, stride)
+    grad_y, mask, x, w, scale = make_case(cpg, groups, torch.float16, True, 1900, N=1,
+                                          H=6 * stride, W=6 * stride, stride=s)
     passes = relu_mask.unpack(mask, grad_y.shape)
     passes[0, 5, 2, 3] = True
     passes[0, 41, 1, 1] = False
@@ -322,12 +332,12 @@ def test_dgrad_v3_non_finite_stays_in_its_group(emulator):
     grad_y = grad_y.clone()
     grad_y[0, 5, 2, 3] = float("nan")   # group 1, passed
     grad_y[0, 41, 1, 1] = float("inf")  # group 10, blocked
-    grad_x, report = dgrad(emulator, (grad_y, mask, x, w, scale), groups)
+    grad_x, report = dgrad(emulator, (grad_y, mask, x, w, scale), groups, stride=s)
     assert report == "path v3"
     nan_channels = grad_x.isnan().any(dim=(0, 2, 3))
     assert nan_channels.tolist() == [c // cpg == 1 for c in range(64)]
     # exactly the pixels aten's backward makes NaN (the 3x3 around the gradient's pixel)
-    ref = reference(grad_y, mask, x, w, scale, groups)[0]
+    ref = reference(grad_y, mask, x, w, scale, groups, s)[0]
     assert torch.equal(grad_x.isnan(), ref.isnan())
     check_grad_x(grad_x.nan_to_num(0.0), ref.nan_to_num(0.0), torch.float16)
 

@@ -1,20 +1,32 @@
-// dgrad at stride 1 on v3's tensor-core forward (grouped_conv_v3.cu).
+// dgrad at stride 1 and 2 on v3's tensor-core forward (grouped_conv_v3.cu).
 //
 // For a 3x3, stride-1, padding-1, dilation-1 grouped conv, grad_x is itself such a conv:
 //   grad_x[n, ci, h, w] = sum_{co in group, kh, kw} gs[n, co, h + 1 - kh, w + 1 - kw] * w[co, ci', kh, kw]
 // with gs = grad_y where the ReLU passed it, else 0, i.e. a forward of gs with each group's
 // weights scaled by scale[co], transposed (ci <-> co) and flipped (tap (kh, kw) ->
-// (2 - kh, 2 - kw)), no shift and no ReLU. Two small launches prepare that forward's operands in the workspace, then v3 runs
-// it unchanged (its swizzled bands, mma.sync, NaN kept in its group, 16-byte stores):
+// (2 - kh, 2 - kw)), no shift and no ReLU. At stride 2 the same holds for gs spread on the
+// input's grid: gs[2 ho, 2 wo] = the gradient of output pixel (ho, wo), zeros between
+// (2 ho - 1 + kh = h is h + 1 - kh = 2 ho), and the conv is at stride 1 on that grid: 4x the
+// MMAs of the 9 taps that land on real gradients, but one kernel for both strides, and the
+// inserted zeros cost bytes only in gs. Two small launches prepare that forward's operands in
+// the workspace, then v3 runs it unchanged (its swizzled bands, mma.sync, NaN kept in its
+// group, 16-byte stores):
 //   1. gs, channels_last and dense, in grad_y's dtype: 16-byte chunks of 8 channels, the mask
-//      bits of the chunk read as one 8-byte word; a select, so gs is grad_y's values exactly.
+//      bits of the chunk read as one 8-byte word; a select, so gs is grad_y's values exactly
+//      (and 0 at stride 2's inserted pixels).
 //   2. the scaled, transposed, flipped weights [C_in, C_out / groups, 3, 3], w * scale rounded
 //      to the dtype after the fp32 product, as the reference backend folds them (so gs cannot
 //      overflow where the reference stays finite, and an inf scale makes NaN of a blocked
 //      pixel's 0 as aten's sums do); and v3's epilogue constants (scale 1, shift 0: y = 1 *
 //      acc + 0 is acc exactly).
 // Traffic beyond v3's own: grad_y and the mask read, gs written, once (about 2 bytes per gs
-// byte); the mask applied in v3's A-load would save it (docs/KERNELS.md, issue 15).
+// byte at stride 1; at stride 2 gs is x's size, 4x grad_y's); the mask applied in v3's A-load
+// would save it (docs/KERNELS.md, issue 15).
+//
+// One difference from aten at stride 2: with a non-finite folded weight (an inf BN scale or
+// weight), the inserted zeros multiply it too, so grad_x is NaN at every pixel the weight's
+// taps reach from any pixel, where aten's sums reach only those from real gradients. Finite
+// weights: NaN exactly where aten puts it (tested).
 #include <cstdint>
 #include <cstring>
 
@@ -38,7 +50,16 @@ struct DgradV3Workspace {
   int64_t gs = 0, weights = 0, ones = 0, zeros = 0, v3 = 0, bytes = 0;
 };
 
-// The forward v3 runs: gs (C_out channels, H_out x W_out) to grad_x (C_in channels, H x W).
+// gs's grid: the output's at stride 1, the input's at stride 2 (the gradients spread out).
+__host__ __device__ inline int64_t gs_rows(const GroupedConvBackwardParams& p) {
+  return p.stride_h == 2 ? p.H : p.H_out;
+}
+__host__ __device__ inline int64_t gs_cols(const GroupedConvBackwardParams& p) {
+  return p.stride_w == 2 ? p.W : p.W_out;
+}
+
+// The forward v3 runs: gs (C_out channels, gs_rows x gs_cols) to grad_x (C_in channels, H x W),
+// at stride 1.
 // Pointers into the workspace are filled in by the caller (null: planning only).
 GroupedConvParams forward_of_dgrad(const GroupedConvBackwardParams& p, const void* gs,
                                    const void* weights, const float* ones, const float* zeros) {
@@ -48,14 +69,15 @@ GroupedConvParams forward_of_dgrad(const GroupedConvBackwardParams& p, const voi
   q.scale = ones;
   q.shift = zeros;
   q.y = p.grad_x;
-  q.N = p.N; q.C_in = p.C_out; q.H = p.H_out; q.W = p.W_out;
+  const int64_t Hg = gs_rows(p), Wg = gs_cols(p);
+  q.N = p.N; q.C_in = p.C_out; q.H = Hg; q.W = Wg;
   q.C_out = p.C_in; q.H_out = p.H; q.W_out = p.W;
   q.groups = p.groups; q.KH = p.KH; q.KW = p.KW;
   q.stride_h = 1; q.stride_w = 1; q.pad_h = 1; q.pad_w = 1; q.dil_h = 1; q.dil_w = 1;
-  // gs: dense channels_last [N, H_out, W_out, C_out]
-  q.x_stride[0] = p.H_out * p.W_out * p.C_out;
+  // gs: dense channels_last [N, Hg, Wg, C_out]
+  q.x_stride[0] = Hg * Wg * p.C_out;
   q.x_stride[1] = 1;
-  q.x_stride[2] = p.W_out * p.C_out;
+  q.x_stride[2] = Wg * p.C_out;
   q.x_stride[3] = p.C_out;
   // the weights: dense [C_in, C_out / groups, 3, 3]
   const int64_t cpg_out = p.C_out / p.groups;
@@ -75,7 +97,7 @@ DgradV3Workspace workspace_layout(const GroupedConvBackwardParams& p, DType dtyp
   DgradV3Workspace ws;
   const int64_t elem = element_bytes(dtype);
   ws.gs = 0;
-  ws.weights = round_up(p.N * p.H_out * p.W_out * p.C_out * elem);
+  ws.weights = round_up(p.N * gs_rows(p) * gs_cols(p) * p.C_out * elem);
   ws.ones = ws.weights + round_up(p.C_in * (p.C_out / p.groups) * p.KH * p.KW * elem);
   ws.zeros = ws.ones + round_up(p.C_in * static_cast<int64_t>(sizeof(float)));
   ws.v3 = ws.zeros + round_up(p.C_in * static_cast<int64_t>(sizeof(float)));
@@ -85,8 +107,9 @@ DgradV3Workspace workspace_layout(const GroupedConvBackwardParams& p, DType dtyp
 }
 
 // 1. gs[m, co] = passed(m, co) ? grad_y[m, co] : 0, a thread per 8 channels of
-// one pixel m (flat (n, ho, wo)), channels fastest: neighbouring threads read and write
-// neighbouring 16-byte chunks. The mask's 8 bytes of a chunk (byte row m / 8, channels co..co+7)
+// one pixel of gs, channels fastest: neighbouring threads read and write neighbouring 16-byte
+// chunks. At stride 1 gs's pixel is output pixel m (flat (n, ho, wo)); at stride 2 gs pixel
+// (n, h, w) is output pixel (n, h / 2, w / 2) where h and w are even, else 0. The mask's 8 bytes of a chunk (byte row m / 8, channels co..co+7)
 // are one aligned 8-byte load, shared by the 8 pixels of that row. grad_y is read through its
 // strides, or as 16-byte chunks where it is channels_last with aligned pixels (kChunkedGradY).
 template <typename scalar_t, bool kChunkedGradY>
@@ -96,12 +119,22 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kVec = Pack<scalar_t>::kSize;  // 8 channels
   const scalar_t* __restrict__ grad_y = static_cast<const scalar_t*>(p.grad_y);
   const int64_t chunks = p.C_out / kVec;
-  const int64_t total = p.N * p.H_out * p.W_out * chunks;
+  const int64_t Hg = gs_rows(p), Wg = gs_cols(p);
+  const int64_t sh = p.stride_h, sw = p.stride_w;  // 1 or 2 (grouped_conv_dgrad_v3_applies)
+  const int64_t total = p.N * Hg * Wg * chunks;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t m = idx / chunks;
-    const int64_t co = (idx - m * chunks) * kVec;
-    const int64_t wo = m % p.W_out, ho = (m / p.W_out) % p.H_out, n = m / (p.W_out * p.H_out);
+    const int64_t pixel = idx / chunks;  // of gs
+    const int64_t co = (idx - pixel * chunks) * kVec;
+    const int64_t wg = pixel % Wg, hg = (pixel / Wg) % Hg, n = pixel / (Wg * Hg);
+    if (hg % sh != 0 || wg % sw != 0) {  // stride 2: between the output's pixels
+      Pack<scalar_t> zeros;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) zeros.v[j] = Cvt::from_float(0.f);
+      store_pack(gs + pixel * p.C_out + co, zeros);
+      continue;
+    }
+    const int64_t ho = hg / sh, wo = wg / sw, m = (n * p.H_out + ho) * p.W_out + wo;
     const scalar_t* g = grad_y + n * p.grad_y_stride[0] + co * p.grad_y_stride[1] +
                         ho * p.grad_y_stride[2] + wo * p.grad_y_stride[3];
     Pack<scalar_t> in;
@@ -123,7 +156,7 @@ __global__ void __launch_bounds__(kThreads)
       // a select, not a product: a NaN gradient the ReLU blocked stays out
       out.v[j] = passed ? in.v[j] : zero;
     }
-    store_pack(gs + m * p.C_out + co, out);
+    store_pack(gs + pixel * p.C_out + co, out);
   }
 }
 
@@ -171,7 +204,7 @@ cudaError_t launch_typed(const GroupedConvBackwardParams& p, DType dtype,
   float* ones = reinterpret_cast<float*>(workspace + ws.ones);
   float* zeros = reinterpret_cast<float*>(workspace + ws.zeros);
 
-  const int64_t chunks = p.N * p.H_out * p.W_out * (p.C_out / Pack<scalar_t>::kSize);
+  const int64_t chunks = p.N * gs_rows(p) * gs_cols(p) * (p.C_out / Pack<scalar_t>::kSize);
   cudaError_t err =
       chunked_grad_y(p, dtype)
           ? launch_kernel(dgrad_select_kernel<scalar_t, true>,
@@ -192,9 +225,11 @@ cudaError_t launch_typed(const GroupedConvBackwardParams& p, DType dtype,
 
 bool grouped_conv_dgrad_v3_applies(const GroupedConvBackwardParams& p, DType dtype,
                                    int device_major) {
-  // the forward's geometry: then the dgrad conv has the same (3x3, stride 1, padding 1)
-  if (!(p.KH == 3 && p.KW == 3 && p.stride_h == 1 && p.stride_w == 1 && p.pad_h == 1 &&
-        p.pad_w == 1 && p.dil_h == 1 && p.dil_w == 1)) {
+  // the forward's geometry: then the dgrad conv is 3x3, stride 1, padding 1 (on gs's grid)
+  const bool stride_ok =
+      (p.stride_h == 1 && p.stride_w == 1) || (p.stride_h == 2 && p.stride_w == 2);
+  if (!(p.KH == 3 && p.KW == 3 && stride_ok && p.pad_h == 1 && p.pad_w == 1 && p.dil_h == 1 &&
+        p.dil_w == 1)) {
     return false;
   }
   if (p.groups <= 0 || p.C_out % 8 != 0) return false;  // (v3 asks more: 64-channel tiles)

@@ -137,9 +137,10 @@ struct GroupedConvBackwardParams {
 cudaError_t launch_grouped_conv_dgrad_direct(const GroupedConvBackwardParams& p, DType dtype,
                                              cudaStream_t stream);
 
-// dgrad on v3 (grouped_conv_dgrad_v3.cu): where the forward was 3x3, stride 1, padding 1,
-// dilation 1, grad_x is v3's forward of gs = (grad_y selected by the mask) * scale with each
-// group's weights transposed and flipped. Applies where that forward is one v3 takes (fp16/bf16,
+// dgrad on v3 (grouped_conv_dgrad_v3.cu): where the forward was 3x3, stride 1 or 2, padding 1,
+// dilation 1, grad_x is v3's stride-1 forward of gs = grad_y selected by the mask (at stride 2
+// spread on the input's grid, zeros between) with each group's weights scaled, transposed and
+// flipped. Applies where that forward is one v3 takes (fp16/bf16,
 // C_in == C_out a multiple of 64, cpg 4..64, grad_x channels_last with 16-byte aligned pixels,
 // compute capability 8.0+). `workspace` (16-byte aligned) holds gs, the weights, v3's epilogue
 // constants and v3's packed weights.
