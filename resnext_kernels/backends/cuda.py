@@ -27,9 +27,9 @@ def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilati
         x, weight, scale, shift, stride, padding, dilation, groups, relu)
 
 
-# The backward's kernels: dgrad on v3's forward where the forward was 3x3 stride 1 channels_last
-# fp16/bf16 (csrc/kernels/grouped_conv_dgrad_v3.cu), else a direct kernel; wgrad on tensor cores
-# where the forward was one v3 takes, stride 1 or 2 (csrc/kernels/grouped_conv_wgrad_v3.cu),
+# The backward's kernels: dgrad on v3's forward where the forward was 3x3 stride 1 or 2
+# channels_last fp16/bf16 (csrc/kernels/grouped_conv_dgrad_v3.cu), else a direct kernel; wgrad
+# on tensor cores where the forward was one v3 takes (csrc/kernels/grouped_conv_wgrad_v3.cu),
 # else a direct kernel (grouped_conv_backward.cu: CUDA cores, scalar loads). Checked against
 # float64; the H100 measured the direct wgrad at 0.07x cuDNN eager's training step and has not
 # yet run wgrad v3 (docs/KERNELS.md), so they run only when asked for:
