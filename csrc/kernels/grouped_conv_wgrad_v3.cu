@@ -10,9 +10,10 @@
 //     (v3's loader: padding is the zero fill), and the band's gradient gp: grad_y read as
 //     16-byte chunks, selected by the mask's bits (a blocked NaN stays out), stored swizzled;
 //     each thread issues up to 4 chunks' loads before it stores any (one round trip for a
-//     band of 128 pixels) and sums its chunk's 8 channels of gp (always the same chunk: 256
-//     threads, 8 chunks per pixel), for grad_shift. And a table of each band pixel's input
-//     pixel at tap (0, 0) (-1 past the band), so the mainloop divides nothing.
+//     band of 128 pixels). And a table of each band pixel's input pixel at tap (0, 0) (-1 past
+//     the band), so the mainloop divides nothing. x's tile is keyed by output pixel
+//     (OutputKeyedPixels), so an ldmatrix of 8 pixels that wrap to the next output row has no
+//     bank conflict.
 //  2. Mainloop, 16 pixels (one k16 step) at a time: warp w owns 16 output channels (an m16
 //     tile), 16 input channels (two n8 tiles) of their group and half of the taps (0-4 or 5-8;
 //     warps w and w + 4, on the same SM sub-partition, the two halves of one tile), its fp32
@@ -21,7 +22,8 @@
 //     shift and the stride cost nothing. cpg 4 and 8 compute the 16 x 16 block around the
 //     diagonal and keep its groups' blocks (2x/4x MMA waste, none in the bytes); cpg 32 and 64
 //     have 16 and 32 (m16, n16, taps/2) jobs: 2 and 4 CTAs per channel tile ("parts"), each
-//     reading the band.
+//     reading the band. grad_shift's sum of gp is one more MMA, A times a B of ones, on one
+//     taps-5-8 warp per m16 tile.
 //  3. Partial sums: each warp its elements, each split its own slice: no atomics, the same
 //     from run to run. Pixels past the band in its last k16 step read a zero pixel and a zero
 //     gradient (a NaN in x must not meet them: 0 * NaN is NaN).
@@ -43,13 +45,13 @@ namespace {
 
 using v3::kPixelBytes;
 using v3::kTileC;
+using v3::OutputKeyedPixels;
 using v3::SwizzledPixels;
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kChunks = kTileC / 8;                // 16-byte chunks per pixel
 constexpr int kMaxBandPixels = 128;                // output pixels per work unit
 constexpr size_t kMaxSmemBytes = 99 * 1024;        // as v3's: every sm_80+ part's block limit
-constexpr size_t kSumScratchBytes = kThreads / kChunks * kTileC * sizeof(float);
 constexpr int64_t kTargetCtas = 2 * 132;           // one wave of two CTAs per SM on an H100
 constexpr int kLoadsInFlight = 4;                  // gp chunks a thread loads before storing any
 constexpr int kTapsPerHalf = 5;                    // taps 0-4, then 5-8
@@ -69,6 +71,9 @@ int parts_of(int64_t cpg) { return cpg > 16 ? static_cast<int>(cpg / 16) : 1; }
 struct WgradBand {
   int rows = 0;       // output rows per band (the last band of an image may have fewer)
   int in_cols = 0;    // input columns staged: (W_out - 1) * stride + 3
+  // per tap (kh, kw), bits 3 tap .. 3 tap + 2: ((kh >> s) * W_out + (kw >> s)) % 8, what the tap
+  // adds to an output pixel's key in the x tile (OutputKeyedPixels; s = log2(stride))
+  uint32_t tap_keys = 0;
   size_t gp_offset = 0, zero_offset = 0, table_offset = 0, smem_bytes = 0;
 };
 
@@ -87,10 +92,15 @@ WgradBand plan_band(const GroupedConvBackwardParams& p) {
   if (rows_max == 0) return WgradBand{};
   const int64_t bands = (p.H_out + rows_max - 1) / rows_max;
   b.rows = static_cast<int>((p.H_out + bands - 1) / bands);  // even bands: no short tail
+  const int shift = s == 2 ? 1 : 0;
+  for (int tap = 0; tap < 9; ++tap) {
+    const int64_t key = ((tap / 3) >> shift) * p.W_out + ((tap % 3) >> shift);
+    b.tap_keys |= static_cast<uint32_t>(key % 8) << (3 * tap);
+  }
   b.gp_offset = static_cast<size_t>(in_rows(b.rows) * b.in_cols) * kPixelBytes;
   b.zero_offset = b.gp_offset + static_cast<size_t>(gp_pixels(b.rows)) * kPixelBytes;
   b.table_offset = b.zero_offset + kPixelBytes;
-  b.smem_bytes = std::max(b.table_offset + gp_pixels(b.rows) * sizeof(int), kSumScratchBytes);
+  b.smem_bytes = b.table_offset + gp_pixels(b.rows) * sizeof(int);
   return b;
 }
 
@@ -98,21 +108,25 @@ int64_t bands_per_image(const GroupedConvBackwardParams& p, const WgradBand& ban
   return (p.H_out + band.rows - 1) / band.rows;
 }
 
-// Splits of the work units (image, band): enough CTAs to fill the GPU twice over, no more
-// splits than units, and the partial sums (which the finalize reads) at most a quarter of
-// the bytes of x and grad_y.
+// Splits of the work units (image, band): as many CTAs as fit one wave (kTargetCtas: rounding
+// up put 288 CTAs, 1.09 waves, on cpg 32 layers), no more splits than units, and the partial
+// sums (which the finalize reads) at most half the bytes of x and grad_y.
 int64_t plan_splits(const GroupedConvBackwardParams& p, const WgradBand& band) {
   const int64_t cpg = p.C_in / p.groups;
   const int64_t units = p.N * bands_per_image(p, band);
   const int64_t tile_ctas = p.C_out / kTileC * parts_of(cpg);
-  const int64_t wanted = (kTargetCtas + tile_ctas - 1) / tile_ctas;
+  const int64_t wanted = kTargetCtas / tile_ctas;
   const int64_t split_bytes = p.C_out * (9 * cpg + 1) * static_cast<int64_t>(sizeof(float));
   const int64_t input_bytes = p.N * (p.H * p.W + p.H_out * p.W_out) * p.C_in * 2;
-  const int64_t cap = input_bytes / (4 * split_bytes);
+  const int64_t cap = input_bytes / (2 * split_bytes);
   return std::max<int64_t>(1, std::min<int64_t>({wanted, units, cap}));
 }
 
 __device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
+
+// Two 16-bit ones, an mma operand register.
+__device__ __forceinline__ uint32_t one_pair(__half) { return 0x3c003c00u; }
+__device__ __forceinline__ uint32_t one_pair(__nv_bfloat16) { return 0x3f803f80u; }
 
 template <typename T, int kCpg, int kStride>
 __global__ void __launch_bounds__(kThreads, 2)
@@ -148,7 +162,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int taps = th == 0 ? kTapsPerHalf : 9 - kTapsPerHalf;
 
   unsigned char* smem = dynamic_shared_memory();
-  const SwizzledPixels<kShift> in_tile{smem};
+  const int W_out = static_cast<int>(p.W_out), in_cols = band.in_cols;
+  const OutputKeyedPixels<kShift> in_tile{smem, W_out};  // (W_out: the loader's keys)
   const SwizzledPixels<0> gp_tile{smem + band.gp_offset};
   unsigned char* zero_pixel = smem + band.zero_offset;
   int* q0_table = reinterpret_cast<int*>(smem + band.table_offset);
@@ -157,9 +172,13 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 
   const T* __restrict__ grad_y = static_cast<const T*>(p.grad_y);
-  const int W_out = static_cast<int>(p.W_out), in_cols = band.in_cols;
   const int my_chunk = threadIdx.x % kChunks;  // the gp chunk this thread always loads
-  float gp_sum[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  // grad_shift's sum of gp: one warp per m16 tile (a taps-5-8 warp, one MMA fewer per step
+  // than its partner) multiplies A by a B of ones: every column of its accumulator is the sum
+  // over the pixels of its 16 channels' gp
+  const bool sums_gp = th == 1 && job % Class::kCiBlocks == 0;
+  const uint32_t ones = one_pair(T{});
+  float gp_sum[4] = {0.f, 0.f, 0.f, 0.f};
   float acc[kTapsPerHalf][2][4] = {};
 
   for (int64_t unit = unit_begin; unit < unit_end; ++unit) {
@@ -212,7 +231,6 @@ __global__ void __launch_bounds__(kThreads, 2)
           // step's pixels past the band are 0
           const bool passed = q < band_pixels && ((mask_bytes[r] >> (8 * j)) & 1);
           out.v[j] = passed ? in[r].v[j] : Cvt::from_float(0.f);
-          gp_sum[j] += Cvt::to_float(out.v[j]);
         }
         *reinterpret_cast<Pack<T>*>(gp_tile.chunk(q, my_chunk)) = out;
       }
@@ -237,19 +255,28 @@ __global__ void __launch_bounds__(kThreads, 2)
       const int b_chunk = 2 * cb + lane / 16;
       const int q0 = q0_table[b_pix];  // tap (0, 0)
       const bool in_band = q0 >= 0;
+      // the tile is keyed by output pixel: this lane's row under tap (kh, kw) has key b_pix +
+      // (kh >> kShift) * W_out + (kw >> kShift) (OutputKeyedPixels), mod 8 from band.tap_keys
 #pragma unroll
       for (int i = 0; i < kTapsPerHalf; ++i) {
         if (i < taps) {
           const int tap = tap0 + i;
-          const unsigned char* row = in_band
-                                         ? in_tile.chunk(q0 + (tap / 3) * in_cols + tap % 3, b_chunk)
-                                         : zero_pixel + 16 * b_chunk;
+          const int kh = tap / 3, kw = tap % 3;
+          const unsigned char* row =
+              in_band ? in_tile.keyed_chunk(q0 + kh * in_cols + kw,
+                                            b_pix + static_cast<int>(band.tap_keys >> (3 * tap)),
+                                            b_chunk)
+                      : zero_pixel + 16 * b_chunk;
           uint32_t bq[4];
           ptx::ldmatrix<4, true>(bq, row);
           const uint32_t b0[2] = {bq[0], bq[1]}, b1[2] = {bq[2], bq[3]};
           ptx::mma_m16n8k16<T>(acc[i][0], a, b0);
           ptx::mma_m16n8k16<T>(acc[i][1], a, b1);
         }
+      }
+      if (sums_gp) {
+        const uint32_t b_ones[2] = {ones, ones};
+        ptx::mma_m16n8k16<T>(gp_sum, a, b_ones);
       }
     }
     __syncthreads();  // before the next unit's loads overwrite the tiles
@@ -273,18 +300,12 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
     }
   }
-  // The split's sum of gp per channel: each thread's 8 sums, then 32 threads per channel in
-  // thread order (the scratch reuses the band's memory: the loop ended with a barrier).
-  if (part == 0) {
-    float* scratch = reinterpret_cast<float*>(smem);  // [kThreads / kChunks][kTileC]
+  // The split's sum of gp per channel: lanes t == 0 hold column 0 for channels g and g + 8.
+  if (sums_gp && t == 0) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) scratch[(threadIdx.x / kChunks) * kTileC + my_chunk * 8 + j] = gp_sum[j];
-    __syncthreads();
-    if (threadIdx.x < kTileC) {
-      float total = 0.f;
-      for (int r = 0; r < kThreads / kChunks; ++r) total += scratch[r * kTileC + threadIdx.x];
-      const int64_t co = static_cast<int64_t>(ct) * kTileC + threadIdx.x;
-      partials[(split * p.C_out + co) * (elements + 1) + elements] = total;
+    for (int half = 0; half < 2; ++half) {
+      const int64_t co = static_cast<int64_t>(ct) * kTileC + 16 * mt + g + 8 * half;
+      partials[(split * p.C_out + co) * (elements + 1) + elements] = gp_sum[2 * half];
     }
   }
 #else

@@ -25,20 +25,43 @@ struct SwizzledPixels {
   __device__ __forceinline__ unsigned char* chunk(int q, int c) const {
     return base + q * kPixelBytes + ((c ^ ((q >> kShift) & 7)) << 4);
   }
+  // the loader's view: pixel q at staged row r, column col
+  __device__ __forceinline__ unsigned char* staged_chunk(int q, int /*r*/, int /*col*/,
+                                                         int c) const {
+    return chunk(q, c);
+  }
+};
+
+// The same tile keyed by output pixel instead: staged pixel (r, col) (pixel q = r * in_cols +
+// col) is keyed (r >> kShift) * W_out + (col >> kShift). An ldmatrix's 8 rows are 8 consecutive
+// output pixels k under one tap (kh, kw), staged at (orow * S + kh, ocol * S + kw): their keys are
+// k + (kh >> kShift) * W_out + (kw >> kShift), 8 consecutive integers, whatever the row
+// boundaries between them, so the 8 rows hit 8 bank quads. (SwizzledPixels keys by q: where the 8
+// output pixels wrap to the next row, q jumps over the halo columns and two rows can collide,
+// up to 1.8x the wavefronts at 7-pixel rows.)
+template <int kShift>
+struct OutputKeyedPixels {
+  unsigned char* base;
+  int W_out;
+  __device__ __forceinline__ unsigned char* keyed_chunk(int q, int key, int c) const {
+    return base + q * kPixelBytes + ((c ^ (key & 7)) << 4);
+  }
+  __device__ __forceinline__ unsigned char* staged_chunk(int q, int r, int col, int c) const {
+    return keyed_chunk(q, (r >> kShift) * W_out + (col >> kShift), c);
+  }
 };
 
 // Input rows ih0 .. ih0 + in_rows - 1, columns -pad_w .. in_cols - 1 - pad_w, of one image's
 // 64-channel tile (x_tile: the image's first pixel at the tile's first channel; x_stride: the
 // tensor's (n, c, h, w) element strides, channels_last with 16-byte aligned pixels) into
-// `tile`, pixel (r, col) at q = r * in_cols + col, by kThreads threads; zeros outside the image
-// (the source is then not read, but `any_aligned` stands in as a valid 16-byte aligned
-// address). The caller commits and waits.
-template <int kThreads, typename T, int kShift>
+// `tile` (SwizzledPixels or OutputKeyedPixels), pixel (r, col) at q = r * in_cols + col, by
+// kThreads threads; zeros outside the image (the source is then not read, but `any_aligned`
+// stands in as a valid 16-byte aligned address). The caller commits and waits.
+template <int kThreads, typename T, typename Tile>
 __device__ __forceinline__ void load_halo_rows_async(const T* x_tile, const int64_t* x_stride,
                                                      int64_t H, int64_t W, int ih0, int pad_w,
                                                      int in_rows, int in_cols,
-                                                     const void* any_aligned,
-                                                     SwizzledPixels<kShift> tile) {
+                                                     const void* any_aligned, Tile tile) {
   const int in_chunks = in_rows * in_cols * 8;
   for (int i = threadIdx.x; i < in_chunks; i += kThreads) {
     const int q = i / 8, c = i % 8;
@@ -48,7 +71,7 @@ __device__ __forceinline__ void load_halo_rows_async(const T* x_tile, const int6
     const void* src = inside ? static_cast<const void*>(x_tile + ih * x_stride[2] +
                                                         iw * x_stride[3] + c * 8)
                              : any_aligned;
-    ptx::cp_async_16(tile.chunk(q, c), src, inside);
+    ptx::cp_async_16(tile.staged_chunk(q, r, col, c), src, inside);
   }
 }
 
