@@ -20,7 +20,7 @@
 //     accumulators in registers for the CTA's whole split. A = gp^T and B = the
 //     tap-shifted x both come from ldmatrix.trans, one row address (a pixel) per lane: the tap
 //     shift and the stride cost nothing. cpg 4 and 8 compute the 16 x 16 block around the
-//     diagonal and keep its groups' blocks (2x/4x MMA waste, none in the bytes); cpg 32 and 64
+//     diagonal and keep its groups' blocks (4x and 2x MMA waste, none in the bytes); cpg 32 and 64
 //     have 16 and 32 (m16, n16, taps/2) jobs: 2 and 4 CTAs per channel tile ("parts"), each
 //     reading the band. grad_shift's sum of gp is one more MMA, A times a B of ones, on one
 //     taps-5-8 warp per m16 tile.
