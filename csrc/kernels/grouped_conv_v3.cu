@@ -562,13 +562,8 @@ __global__ void __launch_bounds__(kThreads)
 #endif
 }
 
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
-// Channel-contiguous, every 64-channel tile of every pixel on a 16-byte boundary.
-bool channels_last_aligned16(const void* ptr, const int64_t* stride) {
-  return aligned16(ptr) && stride[1] == 1 && stride[0] % 8 == 0 && stride[2] % 8 == 0 &&
-         stride[3] % 8 == 0;
-}
+using v3::aligned16;
+using v3::channels_last_aligned16;
 
 // One v3 kernel over the grid of (channel tile, band, image) work units, after its weights
 // were packed into `weights`. The shared-memory attribute is always the cap, never this call's
@@ -640,20 +635,7 @@ cudaError_t launch_typed(const GroupedConvParams& p, const Band& band, void* wor
 }  // namespace
 
 bool grouped_conv_v3_applies(const GroupedConvParams& p, DType dtype, int device_major) {
-  if (device_major < 8 || dtype == DType::kFloat32) return false;
-  if (p.groups <= 0 || p.C_in != p.C_out || p.C_in % p.groups != 0 || p.C_in % kTileC != 0) {
-    return false;
-  }
-  const int64_t cpg = p.C_in / p.groups;
-  if (cpg != 4 && cpg != 8 && cpg != 16 && cpg != 32 && cpg != 64) return false;
-  const bool stride_ok =
-      (p.stride_h == 1 && p.stride_w == 1) || (p.stride_h == 2 && p.stride_w == 2);
-  if (!(p.KH == 3 && p.KW == 3 && stride_ok && p.pad_h == 1 && p.pad_w == 1 && p.dil_h == 1 &&
-        p.dil_w == 1)) {
-    return false;
-  }
-  // 32-bit pixel and row arithmetic inside a band; 64-bit offsets from the image base.
-  if (p.H > (1 << 20) || p.W > (1 << 20)) return false;
+  if (!v3::takes_conv(p, dtype, device_major)) return false;
   if (!channels_last_aligned16(p.x, p.x_stride) || !channels_last_aligned16(p.y, p.y_stride)) {
     return false;
   }

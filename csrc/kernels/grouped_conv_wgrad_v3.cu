@@ -313,14 +313,6 @@ __global__ void __launch_bounds__(kThreads, 2)
 #endif
 }
 
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
-// Channel-contiguous, every 64-channel tile of every pixel on a 16-byte boundary.
-bool channels_last_aligned16(const void* ptr, const int64_t* stride) {
-  return aligned16(ptr) && stride[1] == 1 && stride[0] % 8 == 0 && stride[2] % 8 == 0 &&
-         stride[3] % 8 == 0;
-}
-
 template <typename T, int kCpg, int kStride>
 cudaError_t launch_class(const GroupedConvBackwardParams& p, const WgradBand& band,
                          int64_t splits, float* partials, cudaStream_t stream) {
@@ -361,22 +353,9 @@ cudaError_t launch_typed(const GroupedConvBackwardParams& p, const WgradBand& ba
 
 bool grouped_conv_wgrad_v3_applies(const GroupedConvBackwardParams& p, DType dtype,
                                    int device_major) {
-  if (device_major < 8 || dtype == DType::kFloat32) return false;
-  if (p.groups <= 0 || p.C_in != p.C_out || p.C_in % p.groups != 0 || p.C_in % kTileC != 0) {
-    return false;
-  }
-  const int64_t cpg = p.C_in / p.groups;
-  if (cpg != 4 && cpg != 8 && cpg != 16 && cpg != 32 && cpg != 64) return false;
-  const bool stride_ok =
-      (p.stride_h == 1 && p.stride_w == 1) || (p.stride_h == 2 && p.stride_w == 2);
-  if (!(p.KH == 3 && p.KW == 3 && stride_ok && p.pad_h == 1 && p.pad_w == 1 && p.dil_h == 1 &&
-        p.dil_w == 1)) {
-    return false;
-  }
-  // 32-bit pixel and row arithmetic inside a band; 64-bit offsets from the image base.
-  if (p.H > (1 << 20) || p.W > (1 << 20)) return false;
-  if (!channels_last_aligned16(p.x, p.x_stride) ||
-      !channels_last_aligned16(p.grad_y, p.grad_y_stride)) {
+  if (!v3::takes_conv(p, dtype, device_major)) return false;
+  if (!v3::channels_last_aligned16(p.x, p.x_stride) ||
+      !v3::channels_last_aligned16(p.grad_y, p.grad_y_stride)) {
     return false;
   }
   // the mask's 8 bytes of a chunk are one 8-byte load

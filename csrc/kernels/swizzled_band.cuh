@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "kernels/params.h"
 #include "kernels/ptx_sm80.cuh"
 
 namespace resnext_kernels {
@@ -50,6 +51,36 @@ struct OutputKeyedPixels {
     return keyed_chunk(q, (r >> kShift) * W_out + (col >> kShift), c);
   }
 };
+
+inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// Channel-contiguous, every 64-channel tile of every pixel on a 16-byte boundary.
+inline bool channels_last_aligned16(const void* ptr, const int64_t* stride) {
+  return aligned16(ptr) && stride[1] == 1 && stride[0] % 8 == 0 && stride[2] % 8 == 0 &&
+         stride[3] % 8 == 0;
+}
+
+// The conv every v3 kernel is built for (the forward's and wgrad's *_applies; Params:
+// GroupedConvParams or GroupedConvBackwardParams): fp16/bf16 on sm_80+, C_in == C_out in
+// 64-channel tiles, 4, 8, 16, 32 or 64 channels per group, 3x3, stride 1 or 2, padding 1,
+// dilation 1, and sizes small enough for 32-bit pixel and row arithmetic inside a band (64-bit
+// offsets from the image base). The tensors' layouts and the band's fit are the caller's.
+template <typename Params>
+inline bool takes_conv(const Params& p, DType dtype, int device_major) {
+  if (device_major < 8 || dtype == DType::kFloat32) return false;
+  if (p.groups <= 0 || p.C_in != p.C_out || p.C_in % p.groups != 0 || p.C_in % kTileC != 0) {
+    return false;
+  }
+  const int64_t cpg = p.C_in / p.groups;
+  if (cpg != 4 && cpg != 8 && cpg != 16 && cpg != 32 && cpg != 64) return false;
+  const bool stride_ok =
+      (p.stride_h == 1 && p.stride_w == 1) || (p.stride_h == 2 && p.stride_w == 2);
+  if (!(p.KH == 3 && p.KW == 3 && stride_ok && p.pad_h == 1 && p.pad_w == 1 && p.dil_h == 1 &&
+        p.dil_w == 1)) {
+    return false;
+  }
+  return p.H <= (1 << 20) && p.W <= (1 << 20);
+}
 
 // Input rows ih0 .. ih0 + in_rows - 1, columns -pad_w .. in_cols - 1 - pad_w, of one image's
 // 64-channel tile (x_tile: the image's first pixel at the tile's first channel; x_stride: the
