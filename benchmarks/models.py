@@ -7,8 +7,12 @@ Modes:
   compile_cl_fp16        torch.compile(model), channels_last, autocast fp16
   fused_cl_fp16          replace_modules(model), channels_last, autocast fp16
   fused_compile_cl_fp16  replace_modules + torch.compile
+  fusedtrain_cl_fp16     replace_modules(fuse_training=True): the train-mode BN op in training
+  fusedtrain_compile_cl_fp16   the same + torch.compile (fusedtrain_*: train rows only; their
+                         inference is fused_*'s)
 Each in "inference" (no_grad, eval) and "train" (forward + backward + SGD step, train mode;
-replace_modules falls back to the unfused computation in train mode). Without a GPU it runs a
+replace_modules runs the unfused computation in train mode unless fuse_training=True, the
+fusedtrain_* modes). Without a GPU it runs a
 smoke version on the CPU (small images, batch 1, a few modes) and says so.
 
 Per row (benchmarks/common.py says how each is measured): p20_ms/p50_ms/p80_ms, the device time
@@ -38,33 +42,36 @@ import resnext_kernels as rk  # noqa: E402
 from resnext_kernels import models  # noqa: E402
 
 MODES = {
-    # name: (channels_last, autocast dtype, compile, fused)
-    "eager_nchw_fp32": (False, None, False, False),
-    "eager_cl_fp16": (True, torch.float16, False, False),
-    "eager_cl_bf16": (True, torch.bfloat16, False, False),
-    "compile_cl_fp16": (True, torch.float16, True, False),
-    "fused_cl_fp16": (True, torch.float16, False, True),
-    "fused_compile_cl_fp16": (True, torch.float16, True, True),
+    # name: (channels_last, autocast dtype, compile, fused, fuse_training)
+    "eager_nchw_fp32": (False, None, False, False, False),
+    "eager_cl_fp16": (True, torch.float16, False, False, False),
+    "eager_cl_bf16": (True, torch.bfloat16, False, False, False),
+    "compile_cl_fp16": (True, torch.float16, True, False, False),
+    "fused_cl_fp16": (True, torch.float16, False, True, False),
+    "fused_compile_cl_fp16": (True, torch.float16, True, True, False),
+    "fusedtrain_cl_fp16": (True, torch.float16, False, True, True),
+    "fusedtrain_compile_cl_fp16": (True, torch.float16, True, True, True),
 }
 CPU_MODES = {
-    "eager_nchw_fp32": (False, None, False, False),
-    "eager_cl_bf16": (True, torch.bfloat16, False, False),
-    "fused_cl_bf16": (True, torch.bfloat16, False, True),
+    "eager_nchw_fp32": (False, None, False, False, False),
+    "eager_cl_bf16": (True, torch.bfloat16, False, False, False),
+    "fused_cl_bf16": (True, torch.bfloat16, False, True, False),
+    "fusedtrain_cl_bf16": (True, torch.bfloat16, False, True, True),
 }
 
 
 def build(model_name, mode, device, backend):
-    channels_last, _, compile_it, fused = mode
+    channels_last, _, compile_it, fused, fuse_training = mode
     model = getattr(models, model_name)().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if fused:
-        rk.replace_modules(model, backend=backend, verbose=False)
+        rk.replace_modules(model, backend=backend, verbose=False, fuse_training=fuse_training)
     return torch.compile(model) if compile_it else model, model
 
 
 def step_fn(model, params_model, mode, device, train):
-    _, amp_dtype, _, _ = mode
+    amp_dtype = mode[1]
     opt = torch.optim.SGD(params_model.parameters(), lr=0.01, momentum=0.9) if train else None
     loss_fn = nn.CrossEntropyLoss()
 
@@ -87,7 +94,8 @@ def step_fn(model, params_model, mode, device, train):
 def plan(names, modes, phases, batch, image, backend):
     return [(dict(model=name, mode=mode_name, phase=phase, batch=batch, image=image,
                   backend=backend if mode[3] else ""), (name, mode, phase))
-            for name in names for mode_name, mode in modes.items() for phase in phases]
+            for name in names for mode_name, mode in modes.items() for phase in phases
+            if phase == "train" or not mode[4]]  # fuse_training changes train rows only
 
 
 def run_row(row, job, device, args, reps):

@@ -2,6 +2,7 @@
 
 Public surface:
     ops.grouped_conv_bn_relu, ops.fold_batchnorm   the fused conv op (torch.ops.resnext_kernels.*)
+    ops.grouped_conv_bn_relu_train                 the same with train-mode BN (batch statistics)
     ops.squeeze_excite                             the fused SE block (+ bottleneck tail)
     replace_modules(model), restore_modules(model)  fused ops into torchvision / timm / our models
     models                                         ResNet, ResNeXt, Wide ResNet, SE-ResNeXt builders
@@ -14,7 +15,8 @@ from ._derived import clear_caches
 from ._extension import build_info
 from .backends import available_backends
 from . import models, ops
-from .ops import fold_batchnorm, grouped_conv_bn_relu, squeeze_excite
+from .ops import (fold_batchnorm, grouped_conv_bn_relu, grouped_conv_bn_relu_train,
+                  squeeze_excite)
 from .replace import replace_modules, replacement_report, restore_modules
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "clear_caches",
     "fold_batchnorm",
     "grouped_conv_bn_relu",
+    "grouped_conv_bn_relu_train",
     "models",
     "ops",
     "replace_modules",

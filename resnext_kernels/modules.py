@@ -5,9 +5,14 @@ the mixins below first in the MRO (made once per class by resnext_kernels/replac
 keeps its children, parameters and buffers, so state_dict keys and values are unchanged and
 checkpoints load before or after the swap; only `forward` changes.
 
-In eval mode the fused ops run, with BatchNorm folded on the fly from its running statistics.
-In training mode, with BN that has no running statistics, or with a dtype the kernels do not
-take (float64), the original forward runs: training semantics are exactly the original's.
+With a BatchNorm in eval mode the fused op runs with BN folded on the fly from its running
+statistics. With a BatchNorm in training mode the train-mode op runs (batch statistics; the
+running statistics and num_batches_tracked updated as nn.BatchNorm2d updates them) if
+replace_modules(fuse_training=True) asked for it (else the original runs), and unless the BN is
+not exactly an
+nn.BatchNorm2d (SyncBatchNorm: its statistics span processes), or the conv has a bias. BN with
+no running statistics, and a dtype the kernels do not take (float64), run the original forward.
+SE blocks and timm's fused bottleneck tail run the original forward in training mode.
 """
 
 import torch
@@ -17,6 +22,7 @@ from ._derived import DerivedTensors
 from .ops import fold_batchnorm, squeeze_excite
 from .ops._direct import plain_eager
 from .ops.grouped_conv_bn_relu import grouped_conv_bn_relu_call
+from .ops.grouped_conv_bn_relu_train import grouped_conv_bn_relu_train_call
 from .ops._checks import SUPPORTED_DTYPES
 
 
@@ -77,12 +83,17 @@ def _compute_dtype(x):
     return x.dtype
 
 
-def _fusable_dtype(module, x, bn):
-    """The dtype to run module's conv + bn fused in, or None: the original forward runs."""
-    if module.training or _buffer(bn, "running_mean") is None:
+def _fused_mode(module, x, conv, bn):
+    """How module's conv + bn runs fused: (dtype, train-mode BN?), or None: the original
+    forward runs (see this file's docstring)."""
+    if _buffer(bn, "running_mean") is None:
+        return None
+    train = bn.training
+    if train and not (module._rk_fuse_training and type(bn) is nn.BatchNorm2d
+                      and _parameter(conv, "bias") is None):
         return None
     dtype = _compute_dtype(x)
-    return dtype if dtype in SUPPORTED_DTYPES else None
+    return (dtype, train) if dtype in SUPPORTED_DTYPES else None
 
 
 # The key under which a fused module keeps its folded conv + BN (in its __dict__: not a
@@ -129,8 +140,11 @@ def _buffer(module, name):
     return table[name] if name in table else getattr(module, name)
 
 
-def fused_conv_bn(module, x, dtype, conv, bn, relu: bool, backend: str):
-    """conv + bn (+ ReLU) of `module` as one grouped_conv_bn_relu call in `dtype`."""
+def fused_conv_bn(module, x, mode, conv, bn, relu: bool, backend: str):
+    """conv + bn (+ ReLU) of `module` as one fused call; mode: _fused_mode's (dtype, train)."""
+    dtype, train = mode
+    if train:
+        return fused_conv_bn_train(x, dtype, conv, bn, relu, backend)
     plain = plain_eager()
     weight, scale, shift = _folded_conv_bn(module, conv, bn, dtype, plain)
     if x.dtype != dtype:
@@ -138,6 +152,40 @@ def fused_conv_bn(module, x, dtype, conv, bn, relu: bool, backend: str):
     return grouped_conv_bn_relu_call(
         x, weight, scale, shift, list(conv.stride), list(conv.padding), list(conv.dilation),
         conv.groups, relu, backend, plain)
+
+
+def _count_batch(bn):
+    """nn.BatchNorm2d.forward's bookkeeping in training mode: num_batches_tracked += 1; returns
+    the running statistics' momentum (with momentum=None the cumulative average's
+    1 / num_batches_tracked, as a 0-d tensor: torch.compile need not read it)."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    tracked = _buffer(bn, "num_batches_tracked")
+    if tracked is not None:
+        tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / tracked
+    return momentum
+
+
+def fused_conv_bn_train(x, dtype, conv, bn, relu: bool, backend: str):
+    """conv + train-mode bn (+ ReLU) as one grouped_conv_bn_relu_train call in `dtype`, then the
+    running statistics' update."""
+    weight = _parameter(conv, "weight")
+    if weight.dtype != dtype:  # autocast's cast (recorded by autograd)
+        weight = weight.to(dtype)
+    if x.dtype != dtype:
+        x = x.to(dtype)
+    C_out = weight.shape[0]
+    gamma, beta = _parameter(bn, "weight"), _parameter(bn, "bias")
+    if gamma is None:
+        gamma = torch.ones(C_out, dtype=torch.float32, device=x.device)
+    if beta is None:
+        beta = torch.zeros(C_out, dtype=torch.float32, device=x.device)
+    momentum = _count_batch(bn)
+    return grouped_conv_bn_relu_train_call(
+        x, weight, gamma, beta, _buffer(bn, "running_mean"), _buffer(bn, "running_var"),
+        momentum, bn.eps, list(conv.stride), list(conv.padding), list(conv.dilation),
+        conv.groups, relu, backend)
 
 
 def fused_se(u, fc1, fc2, residual, relu: bool, backend: str):
@@ -154,6 +202,7 @@ class FusedMixin:
     _rk_original_class = None
     _rk_mixin = None
     _rk_backend = "auto"
+    _rk_fuse_training = False  # replace_modules(fuse_training=...)
 
     def fused_kinds(self):
         """{kind: count} of the fused computations this module runs in eval mode."""
@@ -188,10 +237,10 @@ class FusedConvBNAct(FusedMixin):
     def forward(self, x):
         children = iter(self._modules.values())
         conv, bn = next(children), next(children)
-        dtype = _fusable_dtype(self, x, bn)
-        if dtype is None:
+        mode = _fused_mode(self, x, conv, bn)
+        if mode is None:
             return super().forward(x)
-        return fused_conv_bn(self, x, dtype, conv, bn, len(self._modules) == 3, self._rk_backend)
+        return fused_conv_bn(self, x, mode, conv, bn, len(self._modules) == 3, self._rk_backend)
 
 
 class FusedTorchvisionBottleneck(FusedMixin):
@@ -205,12 +254,12 @@ class FusedTorchvisionBottleneck(FusedMixin):
         return {"grouped conv+BN+ReLU": 1}
 
     def forward(self, x):
-        dtype = _fusable_dtype(self, x, self.bn2)
-        if dtype is None:
+        mode = _fused_mode(self, x, self.conv2, self.bn2)
+        if mode is None:
             return super().forward(x)
         identity = x
         out = self.relu(self.bn1(self.conv1(x)))
-        out = fused_conv_bn(self, out, dtype, self.conv2, self.bn2, True, self._rk_backend)
+        out = fused_conv_bn(self, out, mode, self.conv2, self.bn2, True, self._rk_backend)
         out = self.bn3(self.conv3(out))
         if self.downsample is not None:
             identity = self.downsample(x)
@@ -243,21 +292,23 @@ class FusedTimmBottleneck(FusedMixin):
         return kinds
 
     def forward(self, x):
-        dtype = _fusable_dtype(self, x, self.bn2)
-        if dtype is None:
+        mode = _fused_mode(self, x, self.conv2, self.bn2) if self.conv_fusable(self) else None
+        # the tail in eval mode only (drop_path is the identity there; SE has no fused backward)
+        fuse_tail = (not self.training and self.tail_fusable(self)
+                     and _compute_dtype(x) in SUPPORTED_DTYPES)
+        if mode is None and not fuse_tail:
             return super().forward(x)
         shortcut = x
         x = self.act1(self.bn1(self.conv1(x)))
-        if self.conv_fusable(self):
-            x = fused_conv_bn(self, x, dtype, self.conv2, self.bn2, True, self._rk_backend)
+        if mode is not None:
+            x = fused_conv_bn(self, x, mode, self.conv2, self.bn2, True, self._rk_backend)
         else:
             x = self.act2(self.drop_block(self.bn2(self.conv2(x))))
         x = self.aa(x)
         x = self.bn3(self.conv3(x))
         if self.downsample is not None:
             shortcut = self.downsample(shortcut)
-        if self.tail_fusable(self):
-            # drop_path is the identity in eval mode
+        if fuse_tail:
             se = self.se
             return fused_se(x, se.fc1, se.fc2, shortcut, relu=True, backend=self._rk_backend)
         if self.se is not None:

@@ -95,7 +95,8 @@ def _format(report: Dict[str, int]) -> str:
 
 
 def replace_modules(model: nn.Module, *, backend: str = "auto",
-                    filter_fn: Optional[FilterFn] = None, verbose: bool = True) -> nn.Module:
+                    filter_fn: Optional[FilterFn] = None, verbose: bool = True,
+                    fuse_training: bool = False) -> nn.Module:
     """Swaps every eligible block of `model` (in place) for its fused version; returns `model`.
 
     Eligible: grouped 3x3 conv + BatchNorm (+ ReLU) in torchvision's and timm's ResNet/ResNeXt
@@ -108,6 +109,13 @@ def replace_modules(model: nn.Module, *, backend: str = "auto",
         backend: the backend the fused ops use ("auto", "reference", "triton", "cuda").
         filter_fn: filter_fn(module, qualified_name) -> False keeps that module unfused.
         verbose: print what was replaced, by kind.
+        fuse_training: True: conv + BN with the BN in training mode runs the train-mode fused
+            op (batch statistics, running statistics updated as nn.BatchNorm2d does). False
+            (the default until a GPU measures it faster than the original modules: its
+            statistics and normalize are torch ops around the conv kernel for now,
+            docs/KERNELS.md "Train-mode BatchNorm, v0"): the original forward runs there, i.e.
+            fused for inference only. SE blocks and timm's bottleneck tail run the original in
+            training mode either way.
     """
     if backend != "auto" and backend not in backends.BACKENDS:
         raise ValueError(
@@ -120,8 +128,9 @@ def replace_modules(model: nn.Module, *, backend: str = "auto",
             continue
         if filter_fn is not None and not filter_fn(module, name):
             continue
-        if is_fused(module):  # already swapped: only the backend changes
+        if is_fused(module):  # already swapped: only the backend and the training choice change
             module._rk_backend = backend
+            module._rk_fuse_training = bool(fuse_training)
             swapped.append(module)
             continue
         mixin = _mixin_for(module, registry)
@@ -129,6 +138,7 @@ def replace_modules(model: nn.Module, *, backend: str = "auto",
             continue
         module.__class__ = _fused_class(type(module), mixin)
         module._rk_backend = backend
+        module._rk_fuse_training = bool(fuse_training)
         swapped.append(module)
         if mixin is modules.FusedTimmBottleneck and mixin.tail_fusable(module):
             handled_by_parent.add(id(module.se))  # the block runs its SE as the fused tail
@@ -139,7 +149,9 @@ def replace_modules(model: nn.Module, *, backend: str = "auto",
             f"{type(model).__name__} (looked for grouped 3x3 conv + BatchNorm blocks and SE "
             "modules); the model is unchanged", stacklevel=2)
     elif verbose:
-        print(f"resnext_kernels.replace_modules: fused {_format(report)} (backend={backend!r})")
+        training = "train and eval" if fuse_training else "eval only"
+        print(f"resnext_kernels.replace_modules: fused {_format(report)} (backend={backend!r}, "
+              f"conv+BN fused in {training})")
     return model
 
 
@@ -149,5 +161,6 @@ def restore_modules(model: nn.Module) -> nn.Module:
         if is_fused(module):
             module.__class__ = module._rk_original_class
             module.__dict__.pop("_rk_backend", None)
+            module.__dict__.pop("_rk_fuse_training", None)
             module.__dict__.pop(modules.FOLD_CACHE, None)
     return model

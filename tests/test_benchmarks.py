@@ -204,6 +204,15 @@ def test_model_benchmark_quick(tmp_path):
         assert r["images_per_s"] == pytest.approx(r["batch"] / (r["p50_ms"] * 1e-3))
 
 
+def test_model_benchmark_fused_training_rows(tmp_path):
+    """fusedtrain_*: a training step through the train-mode BN op (train rows only)."""
+    run_script("models.py", tmp_path, "--modes", "fusedtrain_cl_bf16", "--reps", "2",
+               "--image", "32", "--batch", "2", quick=False)
+    data, _ = load_outputs(tmp_path, "models")
+    assert [(r["mode"], r["phase"], r["status"]) for r in data["rows"]] == \
+        [("fusedtrain_cl_bf16", "train", "ok")], data["rows"]
+
+
 @pytest.mark.parametrize("script,kind,extra", [
     ("grouped_conv", "grouped_conv", ["--cpu", "--quick"]),
     ("squeeze_excite", "squeeze_excite", ["--cpu", "--quick"]),

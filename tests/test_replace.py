@@ -69,7 +69,9 @@ def test_state_dict_unchanged_and_checkpoints_load_both_ways():
     fresh.load_state_dict(before, strict=True)  # plain -> swapped
 
 
-def test_training_is_exactly_the_original():
+def test_training_is_exactly_the_original_by_default():
+    """fuse_training=False, the default: fused for inference only, training runs the original
+    modules (the train-mode fused op's own tests: test_grouped_conv_bn_relu_train.py)."""
     torch.manual_seed(0)
     model = randomize_bn(tiny_seresnext()).train()
     fused = swapped_copy(model)

@@ -2,7 +2,7 @@
 
 import torch
 
-from . import reference
+from . import batchnorm_train, reference
 from .backward_choice import backward_choice, runs_kernel
 
 
@@ -66,6 +66,18 @@ def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation
                                             dilation, groups)
     return torch.ops.resnext_kernels.grouped_conv_wgrad_cuda(
         grad_y, mask, x, weight, scale, stride, padding, dilation, groups)
+
+
+def grouped_conv_bn_relu_train(x, weight, gamma, beta, eps, stride, padding, dilation, groups,
+                               relu):
+    """Train-mode BN around the CUDA forward kernel (z with a unit scale), the statistics and
+    the normalize in torch ops for now (batchnorm_train.py)."""
+    return batchnorm_train.conv_then_batchnorm(grouped_conv_bn_relu, x, weight, gamma, beta, eps,
+                                               stride, padding, dilation, groups, relu)
+
+
+# torch ops for now, as in every backend (batchnorm_train.py)
+batchnorm_train_backward = reference.batchnorm_train_backward
 
 
 def squeeze_excite(u, w1, b1, w2, b2, residual, relu):

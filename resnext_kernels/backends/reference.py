@@ -12,6 +12,7 @@ from torch._prims_common import suggest_memory_format
 
 from .. import relu_mask
 from .._derived import DerivedTensors
+from . import batchnorm_train
 
 
 # (folded weight, shift in x's dtype) per weight tensor, reused while weight, scale and shift
@@ -100,6 +101,19 @@ def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation
     grad_scale = (G * weight.float()).sum((1, 2, 3))
     grad_shift = gp.sum((0, 2, 3), dtype=torch.float32)
     return grad_w, grad_scale, grad_shift
+
+
+def grouped_conv_bn_relu_train(x, weight, gamma, beta, eps, stride, padding, dilation, groups,
+                               relu):
+    """(y, relu_mask, z, batch_mean, batch_var): train-mode BN around aten's conv
+    (batchnorm_train.py)."""
+    return batchnorm_train.conv_then_batchnorm(grouped_conv_bn_relu, x, weight, gamma, beta, eps,
+                                               stride, padding, dilation, groups, relu)
+
+
+def batchnorm_train_backward(grad_y, mask, z, mean, var, gamma, eps):
+    """(grad_z, grad_gamma, grad_beta): train-mode BN's backward through the ReLU."""
+    return batchnorm_train.grad_before_conv(grad_y, mask, z, mean, var, gamma, eps)
 
 
 def _memory_format(x):

@@ -2,4 +2,5 @@
 
 from .grouped_conv_bn_relu import fold_batchnorm, grouped_conv_bn_relu  # noqa: F401
 from . import grouped_conv_bn_relu_backward  # noqa: F401  (the conv's backward ops, autograd)
+from .grouped_conv_bn_relu_train import grouped_conv_bn_relu_train  # noqa: F401
 from .squeeze_excite import squeeze_excite  # noqa: F401

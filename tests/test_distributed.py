@@ -1,0 +1,70 @@
+"""A swapped model trains under DistributedDataParallel as the original does: 2 processes on
+the CPU (gloo), each with its own shard of fixed random data; the swapped model's parameters
+and BN buffers after the steps are the unswapped DDP model's, within the tolerance table."""
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+import resnext_kernels as rk
+from conftest import tolerance
+from resnext_kernels import models
+
+WORLD = 2
+STEPS = 5
+
+
+def _narrow_resnext():
+    return models.ResNet(models.Bottleneck, [1, 1, 1, 1], groups=8, width_per_group=2,
+                         num_classes=10, zero_init_residual=True)
+
+
+def _train(model, x, target):
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=1e-4, momentum=0.9)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        F.cross_entropy(ddp(x), target).backward()
+        opt.step()
+    return model
+
+
+def _worker(rank, store_path, out_path):
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
+                            world_size=WORLD)
+    try:
+        torch.manual_seed(0)  # the same initial model in both processes
+        original = _narrow_resnext().train()
+        swapped = rk.replace_modules(copy.deepcopy(original), backend="reference",
+                                     verbose=False, fuse_training=True)
+        g = torch.Generator().manual_seed(100 + rank)  # each rank its own shard
+        x, target = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+        states = [_train(m, x, target).state_dict() for m in (original, swapped)]
+        if rank == 0:
+            torch.save(states, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_ddp_training_matches_the_unswapped_model(tmp_path):
+    out = tmp_path / "states.pt"
+    mp.spawn(_worker, args=(str(tmp_path / "store"), str(out)), nprocs=WORLD, join=True)
+    original, swapped = torch.load(out)
+    assert list(original) == list(swapped)
+    for k in original:
+        a, b = original[k], swapped[k]
+        if k.endswith("num_batches_tracked"):
+            assert a.item() == b.item() == STEPS, k
+            continue
+        span = max(1.0, a.abs().max().item())
+        torch.testing.assert_close(b / span, a / span, **tolerance(torch.float32), msg=k)
+    torch.manual_seed(0)
+    initial = _narrow_resnext().state_dict()
+    assert not torch.allclose(original["fc.weight"], initial["fc.weight"])  # it trained
