@@ -26,6 +26,7 @@ SIGTERM). Output: console table, CSV + JSON under benchmarks/results/ (or --out)
 
   python benchmarks/models.py --quick
   python benchmarks/models.py --models resnext50_32x4d --batch 128
+  python benchmarks/models.py --phases train --modes eager_cl_fp16 fusedtrain_cl_fp16
 """
 
 import argparse
@@ -157,6 +158,8 @@ def main(argv=None):
     p.add_argument("--modes", nargs="+")
     p.add_argument("--backend", default="auto", help="backend for replace_modules")
     p.add_argument("--no-train", action="store_true")
+    p.add_argument("--phases", nargs="+", choices=["inference", "train"],
+                   help="which phases to run (default: both; --no-train: inference)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="also time each inference step replayed as a CUDA graph (graph_* fields)")
     p.add_argument("--reps", type=int, default=20, help="timed samples per row (default 20)")
@@ -182,6 +185,8 @@ def main(argv=None):
     image = args.image or (224 if on_gpu else 64)
     reps = 3 if args.quick and not on_gpu else args.reps
     phases = ["inference"] + ([] if args.no_train or (args.quick and not on_gpu) else ["train"])
+    if args.phases:
+        phases = [p for p in ("inference", "train") if p in args.phases]
     torch.backends.cudnn.benchmark = True
 
     prefix = common.result_prefix("models", env)

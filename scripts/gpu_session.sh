@@ -34,6 +34,9 @@
 #                       wgrad; each fwd+bwd row with its kernels' device times (the profiler)
 #                       (first timed at 659b2c1 with 4 providers, ~110 s then; correctness is
 #                       in gpu-tests)
+#   train-models   120  models.py, training steps only: resnext50_32x4d, batch 64, channels_last
+#                       fp16: eager, replace_modules(fuse_training=True) (train-mode BN op,
+#                       backend auto), and replace_modules without it (an estimate: not yet run)
 #
 # One call runs the next steps not yet done on this machine that fit in its --budget (default
 # 540 s, for a 600 s call), each under its own timeout, and skips the rest: call it again on the
@@ -70,9 +73,9 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 
 DRY=0; BUDGET=540; UNPACK=""; STEPS=()
-ALL_STEPS=(gpu-tests bench host sanitize ncu se-models max-autotune train-bench)
+ALL_STEPS=(gpu-tests bench host sanitize ncu se-models max-autotune train-bench train-models)
 declare -A PLANNED=([build]=120 [gpu-tests]=240 [bench]=220 [host]=60 [sanitize]=130 [ncu]=170
-                    [se-models]=150 [max-autotune]=240 [train-bench]=200)
+                    [se-models]=150 [max-autotune]=240 [train-bench]=200 [train-models]=120)
 usage() { sed -n '2,60p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -388,6 +391,18 @@ step_train_bench() {
            --providers cudnn_eager triton triton_kernels cuda cuda_dgrad cuda_kernels --reps 10)
   fi
   run_logged "$1" "$LOGDIR/train-bench.log" $PY "$REPO/benchmarks/grouped_conv_backward.py" "${args[@]}"
+}
+
+step_train_models() {
+  log "training steps of whole models: eager, replace_modules with and without fuse_training"
+  local args=(--out "$STAGE/benchmarks/results" --time-budget $(( $1 - 30 )) --phases train)
+  if [ "$DRY" = 1 ]; then
+    args+=(--batch 2 --image 32 --reps 2 --modes fusedtrain_cl_bf16)
+  else
+    args+=(--batch 64 --reps 10 --models resnext50_32x4d
+           --modes eager_cl_fp16 fusedtrain_cl_fp16 fused_cl_fp16)
+  fi
+  run_logged "$1" "$LOGDIR/train-models.log" $PY "$REPO/benchmarks/models.py" "${args[@]}"
 }
 
 # --- the plan ---------------------------------------------------------------------------------
