@@ -13,6 +13,8 @@ not exactly an
 nn.BatchNorm2d (SyncBatchNorm: its statistics span processes), or the conv has a bias. BN with
 no running statistics, and a dtype the kernels do not take (float64), run the original forward.
 SE blocks and timm's fused bottleneck tail run the original forward in training mode.
+The choice follows the BN's own mode, not the block's: a BN in eval mode inside a block in
+training mode (frozen BN) runs the folded op, whatever fuse_training says.
 """
 
 import torch
@@ -162,8 +164,8 @@ def _count_batch(bn):
     tracked = _buffer(bn, "num_batches_tracked")
     if tracked is not None:
         tracked.add_(1)
-        if bn.momentum is None:
-            momentum = 1.0 / tracked
+        if bn.momentum is None:  # (in fp64, as BN's 1.0 / float(num_batches_tracked))
+            momentum = 1.0 / tracked.double()
     return momentum
 
 
@@ -181,11 +183,14 @@ def fused_conv_bn_train(x, dtype, conv, bn, relu: bool, backend: str):
         gamma = torch.ones(C_out, dtype=torch.float32, device=x.device)
     if beta is None:
         beta = torch.zeros(C_out, dtype=torch.float32, device=x.device)
-    momentum = _count_batch(bn)
+    if bn.track_running_stats:
+        momentum = _count_batch(bn)
+        running_mean, running_var = _buffer(bn, "running_mean"), _buffer(bn, "running_var")
+    else:  # buffers kept but tracking turned off: BN neither updates nor counts them
+        momentum, running_mean, running_var = 0.0, None, None
     return grouped_conv_bn_relu_train_call(
-        x, weight, gamma, beta, _buffer(bn, "running_mean"), _buffer(bn, "running_var"),
-        momentum, bn.eps, list(conv.stride), list(conv.padding), list(conv.dilation),
-        conv.groups, relu, backend)
+        x, weight, gamma, beta, running_mean, running_var, momentum, bn.eps, list(conv.stride),
+        list(conv.padding), list(conv.dilation), conv.groups, relu, backend)
 
 
 def fused_se(u, fc1, fc2, residual, relu: bool, backend: str):

@@ -113,9 +113,10 @@ def replace_modules(model: nn.Module, *, backend: str = "auto",
             op (batch statistics, running statistics updated as nn.BatchNorm2d does). False
             (the default until a GPU measures it faster than the original modules: its
             statistics and normalize are torch ops around the conv kernel for now,
-            docs/KERNELS.md "Train-mode BatchNorm, v0"): the original forward runs there, i.e.
-            fused for inference only. SE blocks and timm's bottleneck tail run the original in
-            training mode either way.
+            docs/KERNELS.md "Train-mode BatchNorm, v0"): the original forward runs there. SE
+            blocks and timm's bottleneck tail run the original in training mode either way. A
+            BN in eval mode runs the folded op whatever its block's mode (frozen BN), either
+            way.
     """
     if backend != "auto" and backend not in backends.BACKENDS:
         raise ValueError(

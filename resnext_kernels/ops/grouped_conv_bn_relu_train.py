@@ -16,7 +16,8 @@ scale: no aten convolution in the triton and cuda backends (whose dgrad and wgra
 their RESNEXT_KERNELS_*_BACKWARD choice, as the eval-mode op's do).
 
 `update_running_stats` is the finalize: running_mean and running_var move toward the batch's
-mean and unbiased variance by `momentum`, exactly the update of F.batch_norm(training=True); a
+mean and unbiased variance by `momentum`, the update of F.batch_norm(training=True) (to
+rounding: the unbiased variance is var * n / (n - 1) here, var_sum / (n - 1) in aten); a
 batch of 0 leaves them alone, as aten does. The fused modules (modules.py) count
 num_batches_tracked and choose the momentum (cumulative when None) as nn.BatchNorm2d does.
 """
