@@ -78,6 +78,9 @@ conv = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_bn_
 conv_v3 = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_v3")
 conv_bw = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_backward")
 se = importlib.import_module("resnext_kernels.backends.triton.squeeze_excite")
+bn_train = importlib.import_module("resnext_kernels.backends.triton.train")
+bn_kernels = importlib.import_module("resnext_kernels.backends.triton.batchnorm_train")
+channel_stats = importlib.import_module("resnext_kernels.backends.triton.channel_stats")
 
 KERNELS = {
     "conv": conv._grouped_conv_bn_relu_kernel,
@@ -88,8 +91,13 @@ KERNELS = {
     "conv_dgrad": conv_bw._dgrad_kernel,
     "conv_wgrad": conv_bw._wgrad_partial_kernel,
     "conv_wgrad_sum": conv_bw._wgrad_finalize_kernel,
+    "stats_reduce": channel_stats._reduce_partials_kernel,
+    "bn_normalize": bn_kernels._normalize_kernel,
+    "bn_backward_sums": bn_kernels._backward_sums_kernel,
+    "bn_grad_z": bn_kernels._grad_z_kernel,
 }
-TRAINING_KERNELS = ("conv_dgrad", "conv_wgrad", "conv_wgrad_sum")
+TRAINING_KERNELS = ("conv_dgrad", "conv_wgrad", "conv_wgrad_sum", "stats_reduce",
+                    "bn_normalize", "bn_backward_sums", "bn_grad_z")
 
 CONV_MODELS = ("resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")
 SE_MODEL = "seresnext50_32x4d"
@@ -126,7 +134,8 @@ SE_LAYOUTS = ("nhwc", "nchw")
 #     CI_CONFIG_SHAPES at batch 128.
 #  6. training (train_cases: batch 128, fp16): the forward that stores the ReLU mask (v3 at its
 #     fixed config in channels_last, v2 at the reference config in NCHW) and every backward
-#     kernel path (one fixed configuration each).
+#     kernel path (one fixed configuration each); train-mode BatchNorm's (fusedtrain_cases):
+#     the conv that stores its statistics partials (at the same configs) and every BN kernel.
 def _reference_config():
     c = max(conv._GPU_CONFIGS, key=lambda c: (c.kwargs["BLOCK_M"] / c.num_warps, -c.num_warps,
                                              -c.num_stages))
@@ -153,7 +162,7 @@ def in_ci(path):
     """Whether the default (CI) run compiles this path: see the comment above _reference_config."""
     if path["kernel"] in TRAINING_KERNELS:
         return True
-    if constexpr_values(path).get("WRITE_MASK"):
+    if constexpr_values(path).get("WRITE_MASK") or constexpr_values(path).get("WRITE_STATS"):
         return config_of(path) in (REFERENCE_CONFIG, *V3_FIXED_CONFIGS.values())
     if path["kernel"] == "conv_v3":
         fixed = config_of(path) == V3_FIXED_CONFIGS[constexpr_values(path)["NSUB"]]
@@ -340,6 +349,37 @@ def train_cases():
                                   case["groups"], case["stride"], 128, "fp16", case["layout"]))
 
 
+def fusedtrain_launches(C_in, H, W, C_out, groups, stride, batch, dtype, layout):
+    """Train-mode BatchNorm's calls of one conv (replace_modules(fuse_training=True)), on meta
+    tensors: the conv with its statistics epilogue, the reduction, the normalize; the BN
+    backward's sums, their reduction and grad_z (backends/triton/train.py). The conv's dgrad
+    and wgrad on grad_z are train_launches' kernels (no mask)."""
+    torch_dtype, _ = CONV_DTYPES[dtype]
+    xfmt, wfmt = LAYOUTS[layout]
+    x = meta((batch, C_in, H, W), torch_dtype, xfmt)
+    w = meta((C_out, C_in // groups, 3, 3), torch_dtype, wfmt)
+    bn = meta((C_out,), torch.float32)
+    conv_args = ((stride, stride), (1, 1), (1, 1), groups)
+
+    def launch():
+        y, mask, z, mean, var = bn_train.grouped_conv_bn_relu_train(x, w, bn, bn, 1e-5,
+                                                                    *conv_args, True)
+        grad_y = meta(y.shape, torch_dtype, xfmt)
+        bn_train.batchnorm_train_backward(grad_y, mask, z, mean, var, bn, 1e-5)
+    return launch
+
+
+def fusedtrain_cases():
+    """fusedtrain_launches of every distinct conv of the models: batch 128, fp16,
+    channels_last and NCHW."""
+    for case, _ in conv_cases():
+        if case["batch"] == 128 and case["dtype"] == "fp16" and case["layout"] != "nhwc,w-nchw":
+            yield (dict(case, op="conv", training=True, fusedtrain=True),
+                   fusedtrain_launches(case["C_in"], case["H"], case["W"], case["C_out"],
+                                       case["groups"], case["stride"], 128, "fp16",
+                                       case["layout"]))
+
+
 def conv_cases():
     shapes = {}
     for model_name in CONV_MODELS:
@@ -373,7 +413,8 @@ def collect(archs):
     """{(arch, kernel, JIT key): path, with every case that launches it}; the number of calls;
     the launches whose specialisation differs from rule_mismatches' rules."""
     paths, calls, odd = {}, 0, []
-    cases = list(conv_cases()) + list(se_cases()) + list(train_cases())
+    cases = (list(conv_cases()) + list(se_cases()) + list(train_cases())
+             + list(fusedtrain_cases()))
     for arch in archs:
         for case, launch in cases:
             calls += 1
@@ -528,17 +569,26 @@ def path_label(path):
             dt += "/" + c["DOT_PRECISION"]
         return (f"conv {arch} {dt} N{c['BLOCK_N']} K{c['BLOCK_K']} M{c['BLOCK_M']} "
                 f"w{o['num_warps']} s{o['num_stages']}" + (" i64" if c["INDEX_64"] else "")
-                + (" mask" if c["WRITE_MASK"] else ""))
+                + (" mask" if c["WRITE_MASK"] else "") + (" stats" if c["WRITE_STATS"] else ""))
     if kernel == "conv_v3":
         return (f"conv_v3 {arch} {path['signature']['x_ptr'][1:]} {c['NSUB']}x{c['SUBW']} "
                 f"cpg{c['CPG']} M{c['BLOCK_M']} w{o['num_warps']} p{c['NUM_STAGES']}"
-                + (" i64" if c["INDEX_64"] else "") + (" mask" if c["WRITE_MASK"] else ""))
+                + (" i64" if c["INDEX_64"] else "") + (" mask" if c["WRITE_MASK"] else "")
+                + (" stats" if c["WRITE_STATS"] else ""))
     if kernel in ("conv_dgrad", "conv_wgrad"):
         return (f"{kernel} {arch} {path['signature']['w_ptr' if kernel == 'conv_dgrad' else 'x_ptr'][1:]} "
                 f"N{c['BLOCK_N']} K{c['BLOCK_K']} M{c['BLOCK_M']} w{o['num_warps']}"
                 + ("" if c["HAS_MASK"] else " nomask") + (" i64" if c["INDEX_64"] else ""))
     if kernel == "conv_wgrad_sum":
         return f"{kernel} {arch} {path['signature']['gw_ptr'][1:]} R{c['BLOCK_R']}"
+    if kernel == "stats_reduce":
+        return (f"{kernel} {arch} {'welford' if c['WELFORD'] else 'sum'}"
+                + (" final" if c["FINAL"] else "") + f" R{c['TILE_ROWS']} C{c['BLOCK_C']}")
+    if kernel.startswith("bn_"):
+        flags = "".join(f" {name.lower()}" for name in ("HAS_MASK", "APPLY_RELU", "INDEX_64")
+                        if c.get(name))
+        return (f"{kernel} {arch} {path['signature']['z_ptr'][1:]} M{c['BLOCK_M']} "
+                f"C{c['BLOCK_C']}{flags}")
     if kernel == "se_fc":  # the excite's two launches: hidden (ReLU), then gate (sigmoid)
         return (f"se_fc {arch} w{path['signature']['w_ptr'][1:]} "
                 f"{'sigmoid' if c['SIGMOID'] else 'relu'} N{c['BLOCK_N']} J{c['BLOCK_J']} "

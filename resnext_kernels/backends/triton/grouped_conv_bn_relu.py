@@ -10,7 +10,9 @@ can afford (see docs/KERNELS.md), and reads the input once per tile instead of o
 The packing zeros would carry 0 * NaN from one group's non-finite input into the others: a
 packed tile whose sums hold a NaN is summed again exactly (channel by channel, no tensor cores).
 
-Epilogue: acc * scale[co] + shift[co], optional ReLU (NaN passes, as torch.relu), cast, store.
+Epilogue: acc * scale[co] + shift[co], optional ReLU (NaN passes, as torch.relu), cast, store;
+optionally the ReLU mask's bytes and the stored values' statistics partials (train-mode
+BatchNorm: channel_stats.py).
 Every tensor is addressed through its strides, so NCHW, channels_last and strided views work;
 offsets are 32-bit unless a tensor spans 2^31 elements or more (the INDEX_64 specialisation).
 """
@@ -29,6 +31,7 @@ from .. import triton_interpreter_enabled
 from ..triton_plan import eligible, output_size, v3_enabled
 from . import grouped_conv_v3
 from ._device import on_device
+from .channel_stats import STATS_ROWS, store_channel_stats
 from .relu_mask import store_relu_mask
 
 
@@ -40,6 +43,7 @@ def _grouped_conv_bn_relu_kernel(
     shift_ptr,  # fp32 [C_out], contiguous: BN shift (beta - mean * scale, + scale * conv bias)
     y_ptr,  # output [N, C_out, H_out, W_out], any strides, same dtype as x
     mask_ptr,  # uint8 [ceil(M / 8), C_out]: the ReLU mask (relu_mask.py), when WRITE_MASK
+    stats_ptr,  # fp32 [2, ceil(M / 32), C_out]: statistics partials (channel_stats.py)
     N, C_in, H, W,  # input sizes
     C_out, H_out, W_out,  # output sizes
     cpg_in, cpg_out,  # channels per group: C_in // groups, C_out // groups
@@ -50,6 +54,7 @@ def _grouped_conv_bn_relu_kernel(
     KH: tl.constexpr, KW: tl.constexpr,  # kernel size
     APPLY_RELU: tl.constexpr,
     WRITE_MASK: tl.constexpr,  # also store the ReLU mask (for the backward)
+    WRITE_STATS: tl.constexpr,  # also store the outputs' statistics partials (train-mode BN)
     SPANS_GROUPS: tl.constexpr,  # a tile of BLOCK_N output channels may hold several groups
     DOT_IN_FP32: tl.constexpr,  # cast tiles to fp32 before tl.dot (fp32 input; the interpreter)
     DOT_PRECISION: tl.constexpr,  # "tf32" or "ieee", used when DOT_IN_FP32
@@ -159,11 +164,14 @@ def _grouped_conv_bn_relu_kernel(
     y_off = (n * syn + ho * syh + wo * syw)[:, None] + offs_n[None, :] * syc
     out = out.to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + y_off, out, mask=m_ok[:, None] & n_ok[None, :])
+    m0 = pid_m * BLOCK_M
+    if INDEX_64:
+        m0 = pid_m.to(tl.int64) * BLOCK_M
     if WRITE_MASK:
-        m0 = pid_m * BLOCK_M
-        if INDEX_64:
-            m0 = pid_m.to(tl.int64) * BLOCK_M
         store_relu_mask(mask_ptr, out, m0, m_ok, offs_n, n_ok, C_out, M, BLOCK_M, BLOCK_N)
+    if WRITE_STATS:
+        store_channel_stats(stats_ptr, out.to(tl.float32), m0, m_ok, offs_n, n_ok, C_out, M,
+                            BLOCK_M, BLOCK_N)
 
 
 def _channel_tiles(cpg_in: int, cpg_out: int):
@@ -307,18 +315,35 @@ def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilati
     return y, mask
 
 
+def grouped_conv_with_stats(x, weight, stride, padding, dilation, groups):
+    """(z = conv2d(x, weight) in x's dtype and memory format, its statistics partials): the
+    train-mode forward's conv (a unit scale, no shift, no ReLU; exact), whose epilogue also
+    stores fp32 [2, ceil(M / 32), C_out] (mean, M2) per 32 pixels (channel_stats.py)."""
+    z = _output(x, weight, stride, padding, dilation)
+    C_out = z.shape[1]
+    stats = torch.empty((2, triton.cdiv(relu_mask.pixels(z), STATS_ROWS), C_out),
+                        dtype=torch.float32, device=x.device)
+    ones = torch.ones(C_out, dtype=torch.float32, device=x.device)
+    _run(x, weight, ones, torch.zeros_like(ones), stride, padding, dilation, groups, False,
+         grouped_conv_v3.pack_weight, y=z, stats=stats)
+    return z, stats
+
+
 def _run(x, weight, scale, shift, stride, padding, dilation, groups, relu, pack, y=None,
-         mask=None):
+         mask=None, stats=None):
     """v3 where it applies (its weights from pack(weight, groups, dtype)), else v2; into y
-    (made here when None), and the ReLU mask into `mask` when one is given."""
+    (made here when None), the ReLU mask into `mask` and the statistics partials into `stats`
+    when they are given."""
     if y is None:
         y = _output(x, weight, stride, padding, dilation)
     if y.numel() == 0:
         return y
     if v3_enabled() and eligible(x, weight, y, groups):
-        return _launch_v3(x, pack(weight, groups, x.dtype), scale, shift, y, mask, stride,
-                          padding, dilation, groups, relu, weight.shape[2], weight.shape[3])
-    return _launch_v2(x, weight, scale, shift, y, mask, stride, padding, dilation, groups, relu)
+        return _launch_v3(x, pack(weight, groups, x.dtype), scale, shift, y, mask, stats,
+                          stride, padding, dilation, groups, relu, weight.shape[2],
+                          weight.shape[3])
+    return _launch_v2(x, weight, scale, shift, y, mask, stats, stride, padding, dilation,
+                      groups, relu)
 
 
 def _dot_meta(x, interpreted):
@@ -333,7 +358,8 @@ def _interpreted(x) -> bool:
     return triton_interpreter_enabled() or x.device.type == "cpu"
 
 
-def _launch_v2(x, weight, scale, shift, y, mask, stride, padding, dilation, groups, relu):
+def _launch_v2(x, weight, scale, shift, y, mask, stats, stride, padding, dilation, groups,
+               relu):
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = weight.shape
     H_out, W_out = y.shape[2], y.shape[3]
@@ -348,6 +374,7 @@ def _launch_v2(x, weight, scale, shift, y, mask, stride, padding, dilation, grou
         KW=KW,
         APPLY_RELU=bool(relu),
         WRITE_MASK=mask is not None,
+        WRITE_STATS=stats is not None,
         SPANS_GROUPS=cpg_out % block_n != 0,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
@@ -366,6 +393,7 @@ def _launch_v2(x, weight, scale, shift, y, mask, stride, padding, dilation, grou
     with on_device(x):
         _launchable_kernel(interpreted, autotune)[grid](
             x, weight, scale, shift, y, y if mask is None else mask,
+            y if stats is None else stats,  # (y stands for a pointer the kernel does not use)
             N, C_in, H, W,
             C_out, H_out, W_out,
             cpg_in, cpg_out,
@@ -378,8 +406,8 @@ def _launch_v2(x, weight, scale, shift, y, mask, stride, padding, dilation, grou
     return y
 
 
-def _launch_v3(x, packed, scale, shift, y, mask, stride, padding, dilation, groups, relu, KH,
-               KW):
+def _launch_v3(x, packed, scale, shift, y, mask, stats, stride, padding, dilation, groups,
+               relu, KH, KW):
     N, C, H, W = x.shape
     H_out, W_out = y.shape[2], y.shape[3]
     M = N * H_out * W_out
@@ -394,6 +422,7 @@ def _launch_v3(x, packed, scale, shift, y, mask, stride, padding, dilation, grou
         CPG=cpg,
         APPLY_RELU=bool(relu),
         WRITE_MASK=mask is not None,
+        WRITE_STATS=stats is not None,
         INDEX_64=_v3_index_64(x, y, packed, padding, dilation, KH, KW),
         **_dot_meta(x, interpreted),
     )
@@ -411,7 +440,8 @@ def _launch_v3(x, packed, scale, shift, y, mask, stride, padding, dilation, grou
     with on_device(x):
         _launchable_v3_kernel(interpreted, autotune, nsub)[grid](
             x, packed, scale.to(torch.float32).contiguous(), shift.to(torch.float32).contiguous(),
-            y, y if mask is None else mask,  # (y stands for the mask pointer it does not write)
+            y, y if mask is None else mask,  # (y stands for the pointers it does not write)
+            y if stats is None else stats,
             C, H, W, H_out, W_out, M,
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
             x.stride(0), x.stride(2), x.stride(3),

@@ -23,7 +23,8 @@ programs that run together read the same input pixels.
   backend's direct-call path, keyed by the weight's version).
 - Epilogue: fp32 scale and shift per channel, NaN-keeping ReLU, cast, 16-byte stores; with
   WRITE_MASK (a forward whose backward will run) also the tile's bytes of the ReLU mask
-  (relu_mask.py).
+  (relu_mask.py); with WRITE_STATS (train-mode BatchNorm: a unit scale, no shift, no ReLU)
+  the per-channel (mean, M2) partials of the stored values, per 32 pixels (channel_stats.py).
 
 Non-finite inputs: the block-diagonal zeros would carry 0 * NaN = NaN (and 0 * inf) from one
 group into the others of its sub-block, which nn.Conv2d never does. So at cpg < 16 and at 32 a
@@ -32,7 +33,9 @@ groups' inputs zeroed by a select, and stores that group's output columns only (
 times the other columns' packing zeros is NaN there): the exact result, at a cost paid only by
 tiles that read a non-finite value (finite inputs cannot make a NaN in these accumulators; an
 input full of NaN sends every tile down that path: 64 / cpg or 2 passes over the taps). A
-barrier at the start of that path orders the rewrites after every thread's first store.
+barrier at the start of that path orders the rewrites after every thread's first store; with
+WRITE_STATS the tile's statistics are then taken again from the rewritten values (after another
+barrier).
 
 Offsets are 32-bit unless a tensor, or an address a tap forms in the padding, passes 2^31
 elements (INDEX_64).
@@ -42,6 +45,7 @@ import triton
 import triton.language as tl
 
 from ..triton_plan import CHANNEL_TILE, sub_blocks  # noqa: F401  (the launcher's too)
+from .channel_stats import store_channel_stats
 from .relu_mask import store_relu_mask
 
 
@@ -103,12 +107,14 @@ def _accumulate_taps(
 @triton.jit
 def _store_tile(
     acc,  # fp32 [NSUB, BLOCK_M, SUBW] ([BLOCK_M, SUBW] when NSUB is 1)
-    scale_ptr, shift_ptr, y_ptr, mask_ptr, c0, m0, n, ho, wo, m_ok, C, M, syn, syh, syw,
+    scale_ptr, shift_ptr, y_ptr, mask_ptr, stats_ptr, c0, m0, n, ho, wo, m_ok, C, M,
+    syn, syh, syw,
     NSUB: tl.constexpr, SUBW: tl.constexpr, CPG: tl.constexpr, BLOCK_M: tl.constexpr,
-    APPLY_RELU: tl.constexpr, WRITE_MASK: tl.constexpr,
+    APPLY_RELU: tl.constexpr, WRITE_MASK: tl.constexpr, WRITE_STATS: tl.constexpr,
 ):
     """[NSUB, BLOCK_M, SUBW] -> [BLOCK_M, 64]: fp32 scale and shift, ReLU, cast, store (and
-    the ReLU mask's bytes of the tile, from pixel m0 on, when WRITE_MASK).
+    the ReLU mask's bytes of the tile, from pixel m0 on, when WRITE_MASK; the statistics
+    partials of the stored values when WRITE_STATS, channel_stats.py).
     Returns whether any accumulator is NaN (rows past the end hold zeros)."""
     CT: tl.constexpr = NSUB * SUBW
     if NSUB == 1:
@@ -129,6 +135,9 @@ def _store_tile(
     tl.store(y_ptr + y_off, out, mask=m_ok[:, None], eviction_policy="evict_first")
     if WRITE_MASK:
         store_relu_mask(mask_ptr, out, m0, m_ok, offs_c, offs_c < C, C, M, BLOCK_M, CT)
+    if WRITE_STATS:
+        store_channel_stats(stats_ptr, out.to(tl.float32), m0, m_ok, offs_c, offs_c < C, C, M,
+                            BLOCK_M, CT)
     return has_nan
 
 
@@ -200,6 +209,22 @@ def _store_group_exactly(
         store_relu_mask(mask_ptr, out, m0, m_ok, offs_c, in_group, C, M, BLOCK_M, SUBW)
 
 
+@triton.jit(noinline=True)
+def _restore_tile_stats(
+    y_ptr, stats_ptr, mt, c0, C, M, H_out, W_out, syn, syh, syw,
+    CT: tl.constexpr, BLOCK_M: tl.constexpr, INDEX_64: tl.constexpr,
+):
+    """The statistics partials of a tile that the exact path rewrote: from the stored values
+    (read back after a barrier that orders them after every thread's rewrites)."""
+    tl.debug_barrier()
+    m0, n, ho, wo, m_ok = _pixels(mt, M, H_out, W_out, BLOCK_M, INDEX_64)
+    offs_c = c0 + tl.arange(0, CT)
+    y = tl.load(y_ptr + (n * syn + ho * syh + wo * syw)[:, None] + offs_c[None, :],
+                mask=m_ok[:, None], other=0.0)
+    store_channel_stats(stats_ptr, y.to(tl.float32), m0, m_ok, offs_c, offs_c < C, C, M,
+                        BLOCK_M, CT)
+
+
 @triton.jit
 def _grouped_conv_v3_kernel(
     x_ptr,  # input [N, C, H, W], channels contiguous (channels_last), any other strides
@@ -208,6 +233,7 @@ def _grouped_conv_v3_kernel(
     shift_ptr,  # fp32 [C], contiguous: BN shift
     y_ptr,  # output [N, C, H_out, W_out], channels contiguous
     mask_ptr,  # uint8 [ceil(M / 8), C]: the ReLU mask (relu_mask.py), when WRITE_MASK
+    stats_ptr,  # fp32 [2, ceil(M / 32), C]: statistics partials (channel_stats.py), WRITE_STATS
     C, H, W, H_out, W_out, M,  # sizes; M = N * H_out * W_out
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,  # conv geometry
     sxn, sxh, sxw,  # x element strides (image, row, column)
@@ -218,6 +244,7 @@ def _grouped_conv_v3_kernel(
     CPG: tl.constexpr,  # channels per group
     APPLY_RELU: tl.constexpr,
     WRITE_MASK: tl.constexpr,  # also store the ReLU mask (for the backward)
+    WRITE_STATS: tl.constexpr,  # also store the outputs' statistics partials (train-mode BN)
     DOT_IN_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr,
     INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr,  # output pixels per program
@@ -237,8 +264,9 @@ def _grouped_conv_v3_kernel(
                            stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, sxh, sxw, KH, KW,
                            NSUB, SUBW, CPG, BLOCK_M, NUM_STAGES, DOT_IN_FP32, DOT_PRECISION,
                            INDEX_64)
-    has_nan = _store_tile(acc, scale_ptr, shift_ptr, y_ptr, mask_ptr, c0, m0, n, ho, wo, m_ok,
-                          C, M, syn, syh, syw, NSUB, SUBW, CPG, BLOCK_M, APPLY_RELU, WRITE_MASK)
+    has_nan = _store_tile(acc, scale_ptr, shift_ptr, y_ptr, mask_ptr, stats_ptr, c0, m0, n, ho,
+                          wo, m_ok, C, M, syn, syh, syw, NSUB, SUBW, CPG, BLOCK_M, APPLY_RELU,
+                          WRITE_MASK, WRITE_STATS)
     if CPG < SUBW:
         # Block-diagonal sub-blocks: a NaN sum may be another group's non-finite input times
         # a packing zero. Rewrite the tile group by group (module docstring).
@@ -251,6 +279,9 @@ def _grouped_conv_v3_kernel(
                                          syw, sub, group, KH, KW, NSUB, SUBW, CPG, BLOCK_M,
                                          APPLY_RELU, WRITE_MASK, DOT_IN_FP32, DOT_PRECISION,
                                          INDEX_64)
+            if WRITE_STATS:
+                _restore_tile_stats(y_ptr, stats_ptr, mt, c0, C, M, H_out, W_out, syn, syh,
+                                    syw, CT, BLOCK_M, INDEX_64)
 
 
 def pack_weight(weight, groups, dtype):

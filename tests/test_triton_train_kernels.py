@@ -1,0 +1,187 @@
+"""The Triton backend's train-mode BatchNorm kernels (backends/triton/channel_stats.py,
+batchnorm_train.py, and the conv epilogue's statistics): the partials are the statistics of
+what the conv stored, every row of them written, whatever the tile; the fixed-order reduction
+against float64 at one, two and three levels; non-finite values as F.batch_norm treats them;
+the backward's select keeps a blocked NaN gradient out. The op-level comparisons with float64
+autograd are in test_grouped_conv_bn_relu_train.py.
+
+On the CPU these run through the Triton interpreter; on a GPU the compiled kernels (gpu-marked)."""
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import resnext_kernels as rk
+from conftest import channels_last_if, seeded, tolerance
+from resnext_kernels import relu_mask
+from resnext_kernels.backends import batchnorm_train as torch_ops_version
+from resnext_kernels.backends.triton_plan import triton_conv_path
+from test_triton_v3 import device  # noqa: F401  (the fixture: cpu, and cuda where it runs)
+
+launcher = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_bn_relu")
+channel_stats = importlib.import_module("resnext_kernels.backends.triton.channel_stats")
+bn_kernels = importlib.import_module("resnext_kernels.backends.triton.batchnorm_train")
+train = importlib.import_module("resnext_kernels.backends.triton.train")
+
+ROWS = channel_stats.STATS_ROWS
+
+
+def conv_case(cpg, groups, dtype, device, channels_last, seed, N=2, H=7, W=9):
+    g = seeded(seed)
+    C = cpg * groups
+    x = torch.randn(N, C, H, W, generator=g) + 3.0 * torch.randn(1, C, 1, 1, generator=g)
+    x = channels_last_if(x.to(dtype), channels_last).to(device)
+    w = (torch.randn(C, cpg, 3, 3, generator=g) / (3.0 * cpg**0.5)).to(dtype).to(device)
+    return x, w
+
+
+def chunk_statistics(z):
+    """float64 (mean, M2) of every 32 pixels of z, per channel: [n_rows, C] each."""
+    flat = z.detach().double().cpu().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    means, m2s = [], []
+    for r0 in range(0, flat.shape[0], ROWS):
+        chunk = flat[r0:r0 + ROWS]
+        mean = chunk.mean(0)
+        means.append(mean)
+        m2s.append(((chunk - mean) ** 2).sum(0))
+    return torch.stack(means), torch.stack(m2s)
+
+
+# (cpg, groups, channels_last, stride): v3's packed (4), 16-wide and two-group (32) classes;
+# v2 in NCHW with channels that fill no tile evenly (3 x 12) and a packed class (8)
+CASES = [(4, 16, True, 1), (16, 4, True, 2), (32, 2, True, 1), (3, 12, False, 2),
+         (8, 6, False, 1)]
+
+
+@pytest.mark.parametrize("cpg,groups,channels_last,stride", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_partials_are_the_chunk_statistics_of_z(device, poison_outputs, cpg, groups,
+                                                channels_last, stride, dtype):
+    """Every row of the partials holds the mean and M2 of the values the conv stored (its
+    rounded output), and z is the unit-scale conv, bit for bit."""
+    if dtype == torch.float32 and channels_last:
+        pytest.skip("v3 takes fp16/bf16; fp32 channels_last runs v2 as NCHW does")
+    x, w = conv_case(cpg, groups, dtype, device, channels_last, 4000 + cpg)
+    stride2 = (stride, stride)
+    expected_path = "v3" if channels_last else "v2"
+    assert triton_conv_path(x, w, stride2, (1, 1), (1, 1), groups) == expected_path
+    z, partials = launcher.grouped_conv_with_stats(x, w, stride2, (1, 1), (1, 1), groups)
+    C = w.shape[0]
+    ones = torch.ones(C, device=device)
+    plain = rk.grouped_conv_bn_relu(x, w, ones, torch.zeros_like(ones), stride=stride,
+                                    groups=groups, relu=False, backend="triton")
+    assert torch.equal(z, plain)
+    M = relu_mask.pixels(z)
+    assert partials.shape == (2, -(-M // ROWS), C) and M % ROWS  # a last chunk that is partial
+    mean, m2 = chunk_statistics(z)
+    assert not partials.isnan().any()  # every row written (poisoned with NaN before)
+    torch.testing.assert_close(partials[0].double().cpu(), mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(partials[1].double().cpu(), m2, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_partials_do_not_depend_on_the_tile(monkeypatch, channels_last):
+    """The autotuner's BLOCK_M must not change a bit of the statistics: the interpreter's tile
+    of 32 pixels against one of 64 (v3 and v2)."""
+    if not rk.backends.backend_status("triton", "cpu")[0]:
+        pytest.skip("the Triton interpreter is not usable here")
+    x, w = conv_case(4, 16, torch.float16, "cpu", channels_last, 4100, N=3, H=6, W=7)
+    results = []
+    for block_m in (32, 64):
+        monkeypatch.setattr(launcher, "_INTERPRETER_BLOCK_M", block_m)
+        results.append(launcher.grouped_conv_with_stats(x, w, (1, 1), (1, 1), (1, 1), 16))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("n_rows", [5, 600, 256 * 256 + 3])
+def test_reduce_partials_against_float64(device, n_rows):
+    """One level (5 rows), two (600: three programs, then one), three (65539 rows). Means far
+    from 0 relative to the spread (the case a sum of squares gets wrong)."""
+    C = 70 if n_rows < 10**4 else 3  # (a channel block past 64; the interpreter's time)
+    M = n_rows * ROWS - 7
+    g = seeded(4200 + n_rows)
+    counts = torch.full((n_rows,), float(ROWS), dtype=torch.float64)
+    counts[-1] = ROWS - 7
+    means = 1000.0 + torch.randn(n_rows, C, generator=g, dtype=torch.float64)
+    m2s = torch.rand(n_rows, C, generator=g, dtype=torch.float64) * counts[:, None]
+    part = torch.stack([means, m2s]).float().to(device)
+    mean, var = channel_stats.reduce_partials(part, M, ROWS, welford=True)
+    means32, m2s32 = part.double().cpu()
+    exp_mean = (counts[:, None] * means32).sum(0) / M
+    exp_m2 = m2s32.sum(0) + (counts[:, None] * (means32 - exp_mean) ** 2).sum(0)
+    torch.testing.assert_close(mean.double().cpu(), exp_mean, rtol=1e-6, atol=0)
+    torch.testing.assert_close(var.double().cpu(), exp_m2 / M, rtol=1e-4, atol=0)
+    sums = channel_stats.reduce_partials(part, M, ROWS, welford=False)
+    for got, exp in zip(sums, part.double().cpu().sum(1)):
+        torch.testing.assert_close(got.double().cpu(), exp, rtol=1e-5, atol=0)
+
+
+def test_reduce_partials_non_finite_as_batch_norm(device):
+    """A chunk with +inf: mean inf, variance NaN (as F.batch_norm's on the CPU); NaN: NaN."""
+    part = torch.rand(2, 600, 3, generator=seeded(4300)).to(device)
+    part[0, 400, 1] = float("inf")
+    part[0, 17, 2] = float("nan")
+    mean, var = channel_stats.reduce_partials(part, 600 * ROWS, ROWS, welford=True)
+    mean, var = mean.cpu(), var.cpu()
+    assert torch.isfinite(mean[0]) and torch.isfinite(var[0])
+    assert torch.isposinf(mean[1]) and torch.isnan(var[1])
+    assert torch.isnan(mean[2]) and torch.isnan(var[2])
+
+
+@pytest.mark.parametrize("cpg,channels_last", [(4, True), (32, True), (4, False)])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")], ids=["inf", "nan"])
+def test_non_finite_input_as_batch_norm(device, poison_outputs, cpg, channels_last, value):
+    """A non-finite input reaches the statistics of its own group's channels only: the packed
+    tiles' exact path rewrites z and the tile's partials are taken again from it (v3), or the
+    exact sums come before the epilogue (v2). The statistics, running buffers and y follow
+    float64 conv2d -> F.batch_norm(training=True) -> ReLU on the CPU, non-finite pattern and
+    finite values."""
+    groups = max(4, 64 // cpg)  # (at cpg 32: two 64-channel tiles, one of them finite)
+    x, w = conv_case(cpg, groups, torch.float16, device, channels_last, 4400 + cpg)
+    with torch.no_grad():
+        x[1, 5, 3, 4] = value  # group 5 // cpg
+        x[0, cpg + 1, 0, 8] = value  # another group, at the image's edge
+    C = w.shape[0]
+    gamma = torch.rand(C, generator=seeded(4401)).to(device) + 0.5
+    beta = torch.randn(C, generator=seeded(4402)).to(device)
+    rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
+    y = rk.grouped_conv_bn_relu_train(x, w, gamma, beta, rm, rv, groups=groups,
+                                      backend="triton")
+    z = F.conv2d(x.double().cpu(), w.double().cpu(), None, 1, 1, 1, groups)
+    rm_ref, rv_ref = torch.zeros(C, dtype=torch.float64), torch.ones(C, dtype=torch.float64)
+    y_ref = torch.relu(F.batch_norm(z, rm_ref, rv_ref, gamma.double().cpu(),
+                                    beta.double().cpu(), True, 0.1, 1e-5))
+    for got, exp in ((rm, rm_ref), (rv, rv_ref), (y, y_ref)):
+        got = got.double().cpu()
+        assert torch.equal(got.isnan(), exp.isnan())
+        assert torch.equal(got.isinf(), exp.isinf())
+        finite = torch.isfinite(exp)
+        assert not finite.all() and finite.any()
+        span = exp[finite].abs().max()
+        torch.testing.assert_close(got[finite] / span, exp[finite] / span,
+                                   **tolerance(torch.float16))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_backward_keeps_a_blocked_nan_gradient_out(device, poison_outputs, channels_last):
+    """grad_y NaN where the ReLU blocked it: gp is a select, so grad_z, grad_gamma and
+    grad_beta stay finite and equal the torch-op version's (backends/batchnorm_train.py)."""
+    x, w = conv_case(8, 4, torch.float32, device, channels_last, 4500, N=3, H=5, W=6)
+    C = w.shape[0]
+    gamma = torch.rand(C, generator=seeded(4501)).to(device) + 0.5
+    beta = torch.randn(C, generator=seeded(4502)).to(device)
+    y, mask, z, mean, var = train.grouped_conv_bn_relu_train(x, w, gamma, beta, 1e-5, (1, 1),
+                                                             (1, 1), (1, 1), 4, True)
+    grad_y = torch.randn(y.shape, generator=seeded(4503)).to(device)
+    blocked = y <= 0
+    assert blocked.any()
+    grad_y = torch.where(blocked, float("nan"), grad_y)
+    got = bn_kernels.backward(grad_y, mask, z, mean, var, gamma, 1e-5)
+    exp = torch_ops_version.grad_before_conv(grad_y, mask, z, mean, var, gamma, 1e-5)
+    for g, e, name in zip(got, exp, ("grad_z", "grad_gamma", "grad_beta")):
+        assert torch.isfinite(g).all(), name
+        torch.testing.assert_close(g, e, **tolerance(torch.float32), msg=name)
+    assert got[0].stride() == z.stride()
