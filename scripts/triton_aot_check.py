@@ -79,6 +79,8 @@ conv_v3 = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_
 conv_bw = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_backward")
 se = importlib.import_module("resnext_kernels.backends.triton.squeeze_excite")
 bn_train = importlib.import_module("resnext_kernels.backends.triton.train")
+TRITON_BACKWARD_ENV = importlib.import_module(
+    "resnext_kernels.backends.triton.backward").TRITON_BACKWARD_ENV
 bn_kernels = importlib.import_module("resnext_kernels.backends.triton.batchnorm_train")
 channel_stats = importlib.import_module("resnext_kernels.backends.triton.channel_stats")
 
@@ -94,10 +96,11 @@ KERNELS = {
     "stats_reduce": channel_stats._reduce_partials_kernel,
     "bn_normalize": bn_kernels._normalize_kernel,
     "bn_backward_sums": bn_kernels._backward_sums_kernel,
+    "bn_coefficients": bn_kernels._coefficients_kernel,
     "bn_grad_z": bn_kernels._grad_z_kernel,
 }
 TRAINING_KERNELS = ("conv_dgrad", "conv_wgrad", "conv_wgrad_sum", "stats_reduce",
-                    "bn_normalize", "bn_backward_sums", "bn_grad_z")
+                    "bn_normalize", "bn_backward_sums", "bn_coefficients", "bn_grad_z")
 
 CONV_MODELS = ("resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")
 SE_MODEL = "seresnext50_32x4d"
@@ -134,8 +137,9 @@ SE_LAYOUTS = ("nhwc", "nchw")
 #     CI_CONFIG_SHAPES at batch 128.
 #  6. training (train_cases: batch 128, fp16): the forward that stores the ReLU mask (v3 at its
 #     fixed config in channels_last, v2 at the reference config in NCHW) and every backward
-#     kernel path (one fixed configuration each); train-mode BatchNorm's (fusedtrain_cases):
-#     the conv that stores its statistics partials (at the same configs) and every BN kernel.
+#     kernel path (one fixed configuration each); train-mode BatchNorm's (fusedtrain_cases,
+#     batch 128 and 1): the conv that stores its statistics partials (at its fixed config: it
+#     is not autotuned), every BN kernel, dgrad and wgrad with grad_z in their prologue.
 def _reference_config():
     c = max(conv._GPU_CONFIGS, key=lambda c: (c.kwargs["BLOCK_M"] / c.num_warps, -c.num_warps,
                                              -c.num_stages))
@@ -352,8 +356,9 @@ def train_cases():
 def fusedtrain_launches(C_in, H, W, C_out, groups, stride, batch, dtype, layout):
     """Train-mode BatchNorm's calls of one conv (replace_modules(fuse_training=True)), on meta
     tensors: the conv with its statistics epilogue, the reduction, the normalize; the BN
-    backward's sums, their reduction and grad_z (backends/triton/train.py). The conv's dgrad
-    and wgrad on grad_z are train_launches' kernels (no mask)."""
+    backward's sums, their reduction and grad_z's coefficients; dgrad and wgrad forming grad_z
+    in their prologue (the backward kernels chosen); grad_z written out (for aten's conv
+    backward) (backends/triton/train.py)."""
     torch_dtype, _ = CONV_DTYPES[dtype]
     xfmt, wfmt = LAYOUTS[layout]
     x = meta((batch, C_in, H, W), torch_dtype, xfmt)
@@ -365,18 +370,31 @@ def fusedtrain_launches(C_in, H, W, C_out, groups, stride, batch, dtype, layout)
         y, mask, z, mean, var = bn_train.grouped_conv_bn_relu_train(x, w, bn, bn, 1e-5,
                                                                     *conv_args, True)
         grad_y = meta(y.shape, torch_dtype, xfmt)
-        bn_train.batchnorm_train_backward(grad_y, mask, z, mean, var, bn, 1e-5)
+        _, _, coef = bn_train.batchnorm_train_backward_sums(grad_y, mask, z, mean, var, bn,
+                                                            1e-5)
+        saved = os.environ.get(TRITON_BACKWARD_ENV)
+        os.environ[TRITON_BACKWARD_ENV] = "kernels"
+        try:
+            bn_train.grouped_conv_bn_train_backward(grad_y, mask, z, coef, x, w, *conv_args,
+                                                    True, True)
+        finally:
+            if saved is None:
+                del os.environ[TRITON_BACKWARD_ENV]
+            else:
+                os.environ[TRITON_BACKWARD_ENV] = saved
+        bn_kernels.grad_z(grad_y, mask, z, coef)
     return launch
 
 
 def fusedtrain_cases():
-    """fusedtrain_launches of every distinct conv of the models: batch 128, fp16,
-    channels_last and NCHW."""
+    """fusedtrain_launches of every distinct conv of the models: batch 128 and 1 (a single
+    row of partials: Triton makes an int argument equal to 1 a constant, which once broke the
+    reduction's compile), fp16, channels_last and NCHW."""
     for case, _ in conv_cases():
-        if case["batch"] == 128 and case["dtype"] == "fp16" and case["layout"] != "nhwc,w-nchw":
+        if case["dtype"] == "fp16" and case["layout"] != "nhwc,w-nchw":
             yield (dict(case, op="conv", training=True, fusedtrain=True),
                    fusedtrain_launches(case["C_in"], case["H"], case["W"], case["C_out"],
-                                       case["groups"], case["stride"], 128, "fp16",
+                                       case["groups"], case["stride"], case["batch"], "fp16",
                                        case["layout"]))
 
 
@@ -578,12 +596,15 @@ def path_label(path):
     if kernel in ("conv_dgrad", "conv_wgrad"):
         return (f"{kernel} {arch} {path['signature']['w_ptr' if kernel == 'conv_dgrad' else 'x_ptr'][1:]} "
                 f"N{c['BLOCK_N']} K{c['BLOCK_K']} M{c['BLOCK_M']} w{o['num_warps']}"
-                + ("" if c["HAS_MASK"] else " nomask") + (" i64" if c["INDEX_64"] else ""))
+                + ("" if c["HAS_MASK"] else " nomask") + (" i64" if c["INDEX_64"] else "")
+                + (" bn" if c["BN_TRAIN"] else ""))
     if kernel == "conv_wgrad_sum":
         return f"{kernel} {arch} {path['signature']['gw_ptr'][1:]} R{c['BLOCK_R']}"
     if kernel == "stats_reduce":
         return (f"{kernel} {arch} {'welford' if c['WELFORD'] else 'sum'}"
                 + (" final" if c["FINAL"] else "") + f" R{c['TILE_ROWS']} C{c['BLOCK_C']}")
+    if kernel == "bn_coefficients":
+        return f"{kernel} {arch} gamma {path['signature']['gamma_ptr'][1:]} C{c['BLOCK_C']}"
     if kernel.startswith("bn_"):
         flags = "".join(f" {name.lower()}" for name in ("HAS_MASK", "APPLY_RELU", "INDEX_64")
                         if c.get(name))

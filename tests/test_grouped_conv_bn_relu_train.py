@@ -179,11 +179,25 @@ def test_backward_ops_name_bad_arguments():
     y, mask, z, mean, var = OPS.grouped_conv_bn_relu_train(x, w, gamma, beta, 1e-5, [1, 1],
                                                            [1, 1], [1, 1], 4, True, "reference")
     with pytest.raises(ValueError, match="grad_y: expected z's shape"):
-        OPS.batchnorm_train_backward(y[:1], mask, z, mean, var, gamma, 1e-5, "reference")
+        OPS.batchnorm_train_backward_sums(y[:1], mask, z, mean, var, gamma, 1e-5, "reference")
     with pytest.raises(ValueError, match="relu_mask: expected a contiguous"):
-        OPS.batchnorm_train_backward(y, mask[:1], z, mean, var, gamma, 1e-5, "reference")
+        OPS.batchnorm_train_backward_sums(y, mask[:1], z, mean, var, gamma, 1e-5, "reference")
     with pytest.raises(ValueError, match=r"batch_var: expected a floating-point \[16\]"):
-        OPS.batchnorm_train_backward(y, mask, z, mean, var[:4], gamma, 1e-5, "reference")
+        OPS.batchnorm_train_backward_sums(y, mask, z, mean, var[:4], gamma, 1e-5, "reference")
+    _, _, coef = OPS.batchnorm_train_backward_sums(y, mask, z, mean, var, gamma, 1e-5,
+                                                   "reference")
+    conv_args = ([1, 1], [1, 1], [1, 1], 4, True, True, "reference")
+    for bad, match in (
+            (dict(coef=coef[:3]), r"grad_z_coefficients: expected a floating-point \[4, 16\]"),
+            (dict(coef=coef.double()), "grad_z_coefficients: expected a contiguous float32"),
+            (dict(weight=w[:8]), "weight: expected 16 output channels"),
+            (dict(x=x[:, :8]), "x: expected 16 channels"),
+            (dict(grad_y=y.double()), "grad_y: expected z's shape")):
+        args = dict(grad_y=y, coef=coef, x=x, weight=w)
+        args.update(bad)
+        with pytest.raises(ValueError, match=match):
+            OPS.grouped_conv_bn_train_backward(args["grad_y"], mask, z, args["coef"], args["x"],
+                                               args["weight"], *conv_args)
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -195,9 +209,15 @@ def test_opcheck(backend_device, relu):
                           (*args, 1e-5, [2, 2], [1, 1], [1, 1], 4, relu, backend))
     y, mask, z, mean, var = OPS.grouped_conv_bn_relu_train(
         *[t.detach() for t in args], 1e-5, [1, 1], [1, 1], [1, 1], 4, relu, backend)
-    torch.library.opcheck(OPS.batchnorm_train_backward.default,
-                          (torch.randn_like(y), mask, z, mean, var, gamma.detach(), 1e-5,
-                           backend))
+    grad_y = torch.randn_like(y)
+    torch.library.opcheck(OPS.batchnorm_train_backward_sums.default,
+                          (grad_y, mask, z, mean, var, gamma.detach(), 1e-5, backend))
+    _, _, coef = OPS.batchnorm_train_backward_sums(grad_y, mask, z, mean, var, gamma.detach(),
+                                                   1e-5, backend)
+    for need_x, need_weight in ((True, True), (False, True), (True, False)):
+        torch.library.opcheck(OPS.grouped_conv_bn_train_backward.default,
+                              (grad_y, mask, z, coef, x.detach(), w.detach(), [1, 1], [1, 1],
+                               [1, 1], 4, need_x, need_weight, backend))
 
 
 def test_backward_runs_no_aten_convolution(backend_device, backward_kernels):
@@ -218,8 +238,8 @@ def test_backward_runs_no_aten_convolution(backend_device, backward_kernels):
     for names in (seen_forward.names, seen.names):
         convs = [n for n in names if n.startswith("aten::") and "convolution" in n]
         assert not convs, convs
-    assert _ours(seen.names, "batchnorm_train_backward"), seen.names
-    assert _ours(seen.names, "grouped_conv_dgrad") and _ours(seen.names, "grouped_conv_wgrad")
+    assert _ours(seen.names, "batchnorm_train_backward_sums"), seen.names
+    assert _ours(seen.names, "grouped_conv_bn_train_backward"), seen.names
 
 
 def test_double_backward_is_refused():

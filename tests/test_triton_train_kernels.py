@@ -1,8 +1,9 @@
 """The Triton backend's train-mode BatchNorm kernels (backends/triton/channel_stats.py,
-batchnorm_train.py, and the conv epilogue's statistics): the partials are the statistics of
-what the conv stored, every row of them written, whatever the tile; the fixed-order reduction
-against float64 at one, two and three levels; non-finite values as F.batch_norm treats them;
-the backward's select keeps a blocked NaN gradient out. The op-level comparisons with float64
+batchnorm_train.py, the conv epilogue's statistics, grad_z in the dgrad/wgrad prologue): the
+partials are the statistics of what the conv stored, every row of them written, whatever the
+tile; the fixed-order reduction against float64 at one, two and three levels; non-finite values
+as F.batch_norm treats them; eps; the backward's select keeps a blocked NaN gradient out;
+grad_z is written only where aten's conv backward needs it. The op-level comparisons with float64
 autograd are in test_grouped_conv_bn_relu_train.py.
 
 On the CPU these run through the Triton interpreter; on a GPU the compiled kernels (gpu-marked)."""
@@ -17,6 +18,7 @@ import resnext_kernels as rk
 from conftest import channels_last_if, seeded, tolerance
 from resnext_kernels import relu_mask
 from resnext_kernels.backends import batchnorm_train as torch_ops_version
+from resnext_kernels.backends import reference
 from resnext_kernels.backends.triton_plan import triton_conv_path
 from test_triton_v3 import device  # noqa: F401  (the fixture: cpu, and cuda where it runs)
 
@@ -28,10 +30,10 @@ train = importlib.import_module("resnext_kernels.backends.triton.train")
 ROWS = channel_stats.STATS_ROWS
 
 
-def conv_case(cpg, groups, dtype, device, channels_last, seed, N=2, H=7, W=9):
+def conv_case(cpg, groups, dtype, device, channels_last, seed, N=2, H=7, W=9, offset=3.0):
     g = seeded(seed)
     C = cpg * groups
-    x = torch.randn(N, C, H, W, generator=g) + 3.0 * torch.randn(1, C, 1, 1, generator=g)
+    x = torch.randn(N, C, H, W, generator=g) + offset * torch.randn(1, C, 1, 1, generator=g)
     x = channels_last_if(x.to(dtype), channels_last).to(device)
     w = (torch.randn(C, cpg, 3, 3, generator=g) / (3.0 * cpg**0.5)).to(dtype).to(device)
     return x, w
@@ -56,35 +58,44 @@ CASES = [(4, 16, True, 1), (16, 4, True, 2), (32, 2, True, 1), (3, 12, False, 2)
 
 
 @pytest.mark.parametrize("cpg,groups,channels_last,stride", CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("dtype,offset", [(torch.float32, 3.0), (torch.float16, 3.0),
+                                          (torch.float32, 300.0), (torch.float16, 300.0)],
+                         ids=["fp32", "fp16", "fp32-mean300", "fp16-mean300"])
 def test_partials_are_the_chunk_statistics_of_z(device, poison_outputs, cpg, groups,
-                                                channels_last, stride, dtype):
+                                                channels_last, stride, dtype, offset):
     """Every row of the partials holds the mean and M2 of the values the conv stored (its
-    rounded output), and z is the unit-scale conv, bit for bit."""
+    rounded output), and z is the unit-scale conv, bit for bit. With a per-channel input
+    offset of 300 (and no padding, whose zeros would spread z) a chunk's mean is far from 0
+    relative to its spread: a sum of squares minus n mean^2 would lose M2 there."""
     if dtype == torch.float32 and channels_last:
         pytest.skip("v3 takes fp16/bf16; fp32 channels_last runs v2 as NCHW does")
-    x, w = conv_case(cpg, groups, dtype, device, channels_last, 4000 + cpg)
+    x, w = conv_case(cpg, groups, dtype, device, channels_last, 4000 + cpg, offset=offset)
     stride2 = (stride, stride)
+    pad = 0 if offset > 100 else 1
     expected_path = "v3" if channels_last else "v2"
-    assert triton_conv_path(x, w, stride2, (1, 1), (1, 1), groups) == expected_path
-    z, partials = launcher.grouped_conv_with_stats(x, w, stride2, (1, 1), (1, 1), groups)
+    assert triton_conv_path(x, w, stride2, (pad, pad), (1, 1), groups) == expected_path
+    z, partials = launcher.grouped_conv_with_stats(x, w, stride2, (pad, pad), (1, 1), groups)
     C = w.shape[0]
     ones = torch.ones(C, device=device)
     plain = rk.grouped_conv_bn_relu(x, w, ones, torch.zeros_like(ones), stride=stride,
-                                    groups=groups, relu=False, backend="triton")
+                                    padding=pad, groups=groups, relu=False, backend="triton")
     assert torch.equal(z, plain)
     M = relu_mask.pixels(z)
     assert partials.shape == (2, -(-M // ROWS), C) and M % ROWS  # a last chunk that is partial
+    assert not z.isnan().any()
     mean, m2 = chunk_statistics(z)
     assert not partials.isnan().any()  # every row written (poisoned with NaN before)
     torch.testing.assert_close(partials[0].double().cpu(), mean, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(partials[1].double().cpu(), m2, rtol=1e-4, atol=1e-4)
+    if offset > 100:  # (the case is what the docstring says it is)
+        assert (mean.abs() > 30 * (m2 / ROWS).sqrt()).float().mean() > 0.5
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_partials_do_not_depend_on_the_tile(monkeypatch, channels_last):
-    """The autotuner's BLOCK_M must not change a bit of the statistics: the interpreter's tile
-    of 32 pixels against one of 64 (v3 and v2)."""
+    """Which pixels a partial covers does not depend on the tile: the interpreter's tile of 32
+    pixels against one of 64 (v3 and v2) give the same partials. (On a GPU tl.sum's order also
+    follows the compiled layout, so the statistics' conv runs one fixed configuration.)"""
     if not rk.backends.backend_status("triton", "cpu")[0]:
         pytest.skip("the Triton interpreter is not usable here")
     x, w = conv_case(4, 16, torch.float16, "cpu", channels_last, 4100, N=3, H=6, W=7)
@@ -96,10 +107,11 @@ def test_partials_do_not_depend_on_the_tile(monkeypatch, channels_last):
     assert torch.equal(results[0][1], results[1][1])
 
 
-@pytest.mark.parametrize("n_rows", [5, 600, 256 * 256 + 3])
+@pytest.mark.parametrize("n_rows", [5, 2000, 64 * 1024 + 3])
 def test_reduce_partials_against_float64(device, n_rows):
-    """One level (5 rows), two (600: three programs, then one), three (65539 rows). Means far
-    from 0 relative to the spread (the case a sum of squares gets wrong)."""
+    """One level (5 rows), two (2000: 32 programs, then one), three (65539 rows: 1025
+    programs, 17, one). Means far from 0 relative to the spread (the case a sum of squares gets
+    wrong)."""
     C = 70 if n_rows < 10**4 else 3  # (a channel block past 64; the interpreter's time)
     M = n_rows * ROWS - 7
     g = seeded(4200 + n_rows)
@@ -167,8 +179,9 @@ def test_non_finite_input_as_batch_norm(device, poison_outputs, cpg, channels_la
 
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_backward_keeps_a_blocked_nan_gradient_out(device, poison_outputs, channels_last):
-    """grad_y NaN where the ReLU blocked it: gp is a select, so grad_z, grad_gamma and
-    grad_beta stay finite and equal the torch-op version's (backends/batchnorm_train.py)."""
+    """grad_y NaN where the ReLU blocked it: gp is a select, so grad_gamma, grad_beta, the
+    coefficients and grad_z (written out, and formed in the dgrad and wgrad prologue) stay
+    finite and equal the torch-op version's (backends/batchnorm_train.py)."""
     x, w = conv_case(8, 4, torch.float32, device, channels_last, 4500, N=3, H=5, W=6)
     C = w.shape[0]
     gamma = torch.rand(C, generator=seeded(4501)).to(device) + 0.5
@@ -179,9 +192,80 @@ def test_backward_keeps_a_blocked_nan_gradient_out(device, poison_outputs, chann
     blocked = y <= 0
     assert blocked.any()
     grad_y = torch.where(blocked, float("nan"), grad_y)
-    got = bn_kernels.backward(grad_y, mask, z, mean, var, gamma, 1e-5)
-    exp = torch_ops_version.grad_before_conv(grad_y, mask, z, mean, var, gamma, 1e-5)
-    for g, e, name in zip(got, exp, ("grad_z", "grad_gamma", "grad_beta")):
+    got = bn_kernels.backward_sums(grad_y, mask, z, mean, var, gamma, 1e-5)
+    exp = torch_ops_version.backward_sums(grad_y, mask, z, mean, var, gamma, 1e-5)
+    for g, e, name in zip(got, exp, ("grad_gamma", "grad_beta", "coefficients")):
         assert torch.isfinite(g).all(), name
         torch.testing.assert_close(g, e, **tolerance(torch.float32), msg=name)
-    assert got[0].stride() == z.stride()
+    coef = exp[2]
+    gz = bn_kernels.grad_z(grad_y, mask, z, coef)
+    gz_exp = torch_ops_version.grad_z(grad_y, mask, z, coef)
+    assert torch.isfinite(gz).all() and gz.stride() == z.stride()
+    torch.testing.assert_close(gz, gz_exp, **tolerance(torch.float32))
+    for need_x, need_weight in ((True, True), (True, False), (False, True)):
+        grads = train.grouped_conv_bn_train_backward(grad_y, mask, z, coef, x, w, (1, 1),
+                                                     (1, 1), (1, 1), 4, need_x, need_weight)
+        exp_grads = torch_ops_version.conv_backward_on_grad_z(
+            reference.grouped_conv_dgrad, reference.grouped_conv_wgrad, grad_y, mask, z, coef,
+            x, w, (1, 1), (1, 1), (1, 1), 4, need_x, need_weight)
+        for g, e, need in zip(grads, exp_grads, (need_x, need_weight)):
+            assert g.numel() == 0 if not need else torch.isfinite(g).all()
+            torch.testing.assert_close(g, e, **tolerance(torch.float32))
+
+
+@pytest.mark.parametrize("backward", ["kernels", "aten", "dgrad"])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_grad_z_is_written_only_for_aten(device, monkeypatch, backward, channels_last):
+    """With this backend's dgrad and wgrad kernels chosen, grad_z is formed in their prologue
+    and never written; where aten's runs for either, grad_z is written once for both. The
+    gradients agree either way (float64 comparisons: test_grouped_conv_bn_relu_train.py)."""
+    monkeypatch.setenv("RESNEXT_KERNELS_TRITON_BACKWARD", backward)
+    x, w = conv_case(4, 4, torch.float16, device, channels_last, 4600, N=2, H=5, W=6)
+    C = w.shape[0]
+    gamma = torch.rand(C, generator=seeded(4601)).to(device) + 0.5
+    beta = torch.randn(C, generator=seeded(4602)).to(device)
+    y, mask, z, mean, var = train.grouped_conv_bn_relu_train(x, w, gamma, beta, 1e-5, (1, 1),
+                                                             (1, 1), (1, 1), 4, True)
+    grad_y = torch.randn(y.shape, generator=seeded(4603)).to(torch.float16).to(device)
+    if not channels_last:  # a gradient in another layout than z's
+        grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+    _, _, coef = bn_kernels.backward_sums(grad_y, mask, z, mean, var, gamma, 1e-5)
+    written = []
+    real_grad_z = bn_kernels.grad_z
+    monkeypatch.setattr(bn_kernels, "grad_z",
+                        lambda *args: written.append(1) or real_grad_z(*args))
+    grads = train.grouped_conv_bn_train_backward(grad_y, mask, z, coef, x, w, (1, 1), (1, 1),
+                                                 (1, 1), 4, True, True)
+    assert len(written) == (0 if backward == "kernels" else 1)
+    exp = torch_ops_version.conv_backward_on_grad_z(
+        reference.grouped_conv_dgrad, reference.grouped_conv_wgrad, grad_y, mask, z, coef, x, w,
+        (1, 1), (1, 1), (1, 1), 4, True, True)
+    for g, e in zip(grads, exp):
+        span = e.abs().max().float()
+        torch.testing.assert_close(g.float() / span, e.float() / span,
+                                   **tolerance(torch.float16))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_eps_and_a_channel_of_tiny_variance(device, poison_outputs, channels_last):
+    """eps = 0.5 and a channel whose variance is far below it: y, the sums and the
+    coefficients follow the torch-op version (which eps-free kernels would not)."""
+    C, M_side = 64, (2, 5, 7)
+    g = seeded(4700)
+    z = torch.randn(M_side[0], C, M_side[1], M_side[2], generator=g) * 2.0 + 1.0
+    z[:, 3] = 0.25 + 1e-3 * torch.randn(M_side[0], M_side[1], M_side[2], generator=g)
+    z = channels_last_if(z, channels_last).to(device)
+    var, mean = torch.var_mean(z, dim=(0, 2, 3), correction=0)
+    gamma = torch.rand(C, generator=seeded(4701)).to(device) + 0.5
+    beta = torch.randn(C, generator=seeded(4702)).to(device)
+    eps = 0.5
+    y, mask = bn_kernels.normalize(z, mean, var, gamma, beta, eps, True)
+    y_exp = torch.relu((z - mean[:, None, None]) / torch.sqrt(var[:, None, None] + eps)
+                       * gamma[:, None, None] + beta[:, None, None])
+    torch.testing.assert_close(y, y_exp, **tolerance(torch.float32))
+    assert torch.equal(mask, relu_mask.from_output(y))
+    grad_y = torch.randn(z.shape, generator=seeded(4703)).to(device)
+    got = bn_kernels.backward_sums(grad_y, mask, z, mean, var, gamma, eps)
+    exp = torch_ops_version.backward_sums(grad_y, mask, z, mean, var, gamma, eps)
+    for a, b, name in zip(got, exp, ("grad_gamma", "grad_beta", "coefficients")):
+        torch.testing.assert_close(a, b, **tolerance(torch.float32), msg=name)

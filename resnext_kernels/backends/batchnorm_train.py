@@ -1,6 +1,6 @@
-"""Train-mode BatchNorm around a backend's conv, in torch ops: what every backend runs today
-after its own conv kernel (issue 16, first step), and what the kernels' epilogue (statistics)
-and prologue (the BN backward's input) are to absorb.
+"""Train-mode BatchNorm around a backend's conv, in torch ops: what the reference and cuda
+backends run around their conv (issue 16, v0), the formulas the triton backend's kernels
+(backends/triton/train.py) compute, and the version the tests compare them with.
 
 Forward (the "write z" choice, docs/KERNELS.md "Train-mode BatchNorm"): the backend's conv
 writes z = conv(x, w) once; the batch statistics are read from z; y = relu(z * scale + shift)
@@ -12,7 +12,9 @@ Backward: with gp = grad_y where the ReLU passed it, M = N * H_out * W_out and
 x_hat = (z - mean) * invstd,
     grad_beta  = sum gp,   grad_gamma = sum gp * x_hat            (fp32, per channel)
     grad_z     = gamma * invstd * (gp - grad_beta / M - x_hat * grad_gamma / M)
-rounded to z's dtype; the conv's backward (the backend's dgrad and wgrad ops) takes grad_z.
+rounded to z's dtype (in backward_sums' per-channel coefficient form); the conv's backward
+(the backend's dgrad and wgrad) takes grad_z, made here once (the torch-op version), or formed
+in a kernel's prologue from grad_y, the mask, z and the coefficients.
 """
 
 import torch
@@ -58,19 +60,66 @@ def conv_then_batchnorm(conv, x, weight, gamma, beta, eps, stride, padding, dila
     return y, mask, z, mean, var
 
 
-def grad_before_conv(grad_y, mask, z, mean, var, gamma, eps):
-    """(grad_z in z's dtype and layout, grad_gamma, grad_beta in fp32): BN's training-mode
-    backward through the ReLU, from the saved mask and z."""
+def gradient_before_relu(grad_y, mask):
+    """gp in fp32: grad_y where the ReLU passed it (a select: a NaN gradient where the ReLU
+    blocked it stays out), all of it without a ReLU (an empty mask)."""
     gp = grad_y.float()
-    if mask.shape[0]:  # a select: a NaN gradient where the ReLU blocked it stays out
+    if mask.shape[0]:
         gp = torch.where(relu_mask.unpack(mask, grad_y.shape, _memory_format(grad_y)), gp, 0.0)
+    return gp
+
+
+def backward_sums(grad_y, mask, z, mean, var, gamma, eps):
+    """(grad_gamma, grad_beta, the grad_z coefficients), all fp32: BN's training-mode sums
+    through the ReLU, and the per-channel coefficients [4, C] = (mean, k_gp, k_x, k_0) of
+        grad_z = k_gp * gp + k_x * (z - mean) + k_0,
+    k_gp = gamma * invstd, k_x = -k_gp * invstd * grad_gamma / M, k_0 = -k_gp * grad_beta / M
+    (the module docstring's grad_z, centred on the mean: no cancellation between k_x * z and
+    k_0 where |mean| >> std)."""
+    gp = gradient_before_relu(grad_y, mask)
     invstd = torch.rsqrt(var + eps)
     x_hat = (z.float() - _per_channel(mean)) * _per_channel(invstd)
     grad_beta = gp.sum(_CHANNELS)
     grad_gamma = (gp * x_hat).sum(_CHANNELS)
-    M = relu_mask.pixels(z)
-    if M == 0:
-        return torch.empty_like(z), grad_gamma, grad_beta
-    grad_z = (gp - _per_channel(grad_beta / M) - x_hat * _per_channel(grad_gamma / M)) \
-        * _per_channel(gamma.float() * invstd)
-    return grad_z.to(z.dtype).contiguous(memory_format=_memory_format(z)), grad_gamma, grad_beta
+    return grad_gamma, grad_beta, coefficients(grad_gamma, grad_beta, mean, var, gamma, eps,
+                                               relu_mask.pixels(z))
+
+
+def coefficients(grad_gamma, grad_beta, mean, var, gamma, eps, M):
+    """backward_sums' [4, C] coefficients (fp32) from the sums."""
+    invstd = torch.rsqrt(var + eps)
+    k_gp = gamma.float() * invstd
+    per_pixel = 1.0 / max(M, 1)
+    return torch.stack([mean.float(), k_gp, -k_gp * invstd * grad_gamma * per_pixel,
+                        -k_gp * grad_beta * per_pixel])
+
+
+def grad_z(grad_y, mask, z, coef):
+    """grad_z in z's dtype and memory format, from backward_sums' coefficients."""
+    mean, k_gp, k_x, k_0 = (_per_channel(c) for c in coef)
+    gz = k_gp * gradient_before_relu(grad_y, mask) + k_x * (z.float() - mean) + k_0
+    return gz.to(z.dtype).contiguous(memory_format=_memory_format(z))
+
+
+def conv_backward_on_grad_z(dgrad, wgrad, grad_y, mask, z, coef, x, weight, stride, padding,
+                            dilation, groups, need_x, need_weight):
+    """(grad_x, grad_weight) through the conv: grad_z made once (grad_z), then a backend's
+    dgrad and wgrad of the plain conv (no mask, a unit scale); an empty tensor for a gradient
+    not wanted."""
+    gz = grad_z(grad_y, mask, z, coef)
+    return conv_backward(dgrad, wgrad, gz, x, weight, stride, padding, dilation, groups, need_x,
+                         need_weight)
+
+
+def conv_backward(dgrad, wgrad, gz, x, weight, stride, padding, dilation, groups, need_x,
+                  need_weight):
+    C_out = weight.shape[0]
+    no_relu = torch.empty((0, C_out), dtype=torch.uint8, device=gz.device)
+    unit = torch.ones(C_out, dtype=torch.float32, device=gz.device)
+    grad_x, grad_w = gz.new_empty(0), gz.new_empty(0)  # (outputs of their own: no aliasing)
+    if need_x:
+        grad_x = dgrad(gz, no_relu, weight, unit, list(x.shape), stride, padding, dilation,
+                       groups, _memory_format(x) == torch.channels_last)
+    if need_weight:
+        grad_w = wgrad(gz, no_relu, x, weight, unit, stride, padding, dilation, groups)[0]
+    return grad_x, grad_w

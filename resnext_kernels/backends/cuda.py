@@ -76,8 +76,16 @@ def grouped_conv_bn_relu_train(x, weight, gamma, beta, eps, stride, padding, dil
                                                stride, padding, dilation, groups, relu)
 
 
-# torch ops for now, as in every backend (batchnorm_train.py)
-batchnorm_train_backward = reference.batchnorm_train_backward
+# The BN backward in torch ops for now (batchnorm_train.py): its sums, and grad_z made once
+# before this backend's dgrad and wgrad (its kernels or aten's, as CUDA_BACKWARD_ENV says).
+batchnorm_train_backward_sums = reference.batchnorm_train_backward_sums
+
+
+def grouped_conv_bn_train_backward(grad_y, mask, z, coef, x, weight, stride, padding, dilation,
+                                   groups, need_x, need_weight):
+    return batchnorm_train.conv_backward_on_grad_z(
+        grouped_conv_dgrad, grouped_conv_wgrad, grad_y, mask, z, coef, x, weight, stride,
+        padding, dilation, groups, need_x, need_weight)
 
 
 def squeeze_excite(u, w1, b1, w2, b2, residual, relu):

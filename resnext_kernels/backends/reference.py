@@ -111,9 +111,17 @@ def grouped_conv_bn_relu_train(x, weight, gamma, beta, eps, stride, padding, dil
                                                stride, padding, dilation, groups, relu)
 
 
-def batchnorm_train_backward(grad_y, mask, z, mean, var, gamma, eps):
-    """(grad_z, grad_gamma, grad_beta): train-mode BN's backward through the ReLU."""
-    return batchnorm_train.grad_before_conv(grad_y, mask, z, mean, var, gamma, eps)
+def batchnorm_train_backward_sums(grad_y, mask, z, mean, var, gamma, eps):
+    """(grad_gamma, grad_beta, the grad_z coefficients): batchnorm_train.backward_sums."""
+    return batchnorm_train.backward_sums(grad_y, mask, z, mean, var, gamma, eps)
+
+
+def grouped_conv_bn_train_backward(grad_y, mask, z, coef, x, weight, stride, padding, dilation,
+                                   groups, need_x, need_weight):
+    """(grad_x, grad_weight): grad_z in torch ops, then aten's dgrad and wgrad of the conv."""
+    return batchnorm_train.conv_backward_on_grad_z(
+        grouped_conv_dgrad, grouped_conv_wgrad, grad_y, mask, z, coef, x, weight, stride,
+        padding, dilation, groups, need_x, need_weight)
 
 
 def _memory_format(x):

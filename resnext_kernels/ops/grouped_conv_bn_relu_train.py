@@ -6,14 +6,22 @@ updates the running statistics as nn.BatchNorm2d does.
         z = conv2d(x, weight); batch_mean, batch_var (biased) of z per channel over
         (N, H_out, W_out), in fp32; y = relu?((z - batch_mean) / sqrt(batch_var + eps) * gamma
         + beta) in x's dtype and memory format. relu_mask and z are kept for the backward.
-    resnext_kernels::batchnorm_train_backward(grad_y, relu_mask, z, batch_mean, batch_var,
-            gamma, eps, backend) -> (grad_z, grad_gamma, grad_beta)
-        BN's training-mode backward through the ReLU (backends/batchnorm_train.py).
+    resnext_kernels::batchnorm_train_backward_sums(grad_y, relu_mask, z, batch_mean, batch_var,
+            gamma, eps, backend) -> (grad_gamma, grad_beta, grad_z_coefficients)
+        BN's training-mode sums through the ReLU, and the per-channel coefficients
+        fp32 [4, C] = (mean, k_gp, k_x, k_0) of grad_z = k_gp * gp + k_x * (z - mean) + k_0
+        (backends/batchnorm_train.py).
+    resnext_kernels::grouped_conv_bn_train_backward(grad_y, relu_mask, z,
+            grad_z_coefficients, x, weight, stride, padding, dilation, groups, need_x,
+            need_weight, backend) -> (grad_x, grad_weight)
+        the conv's backward of grad_z (an empty tensor for a gradient not wanted).
 
-The first op's backward is the second, then the conv's backward ops (grouped_conv_dgrad,
-grouped_conv_wgrad, grouped_conv_bn_relu_backward.py) on grad_z with no ReLU mask and a unit
-scale: no aten convolution in the triton and cuda backends (whose dgrad and wgrad follow
-their RESNEXT_KERNELS_*_BACKWARD choice, as the eval-mode op's do).
+The first op's backward is the second, then the third. Where a backend's dgrad and wgrad
+kernels run (RESNEXT_KERNELS_*_BACKWARD, read on every call as for the eval-mode op), the
+triton backend forms grad_z in their prologue from grad_y, the mask, z and the coefficients
+(grad_z is never written); otherwise grad_z is made once and the backend's dgrad and wgrad of
+the plain conv take it. No aten convolution in the triton and cuda backends with their
+kernels chosen.
 
 `update_running_stats` is the finalize: running_mean and running_var move toward the batch's
 mean and unbiased variance by `momentum`, the update of F.batch_norm(training=True) (to
@@ -30,7 +38,7 @@ from torch._prims_common import suggest_memory_format
 from .. import backends, relu_mask
 from ._checks import check_call_types, check_floating, check_same_device, check_tensor, pair
 from .grouped_conv_bn_relu import _auto_table_key, _check_args
-from .grouped_conv_bn_relu_backward import _refuse_double_backward
+from .grouped_conv_bn_relu_backward import _check_wgrad_x, _refuse_double_backward
 
 OPS = torch.ops.resnext_kernels
 
@@ -90,7 +98,9 @@ def _train_fake(x, weight, gamma, beta, eps, stride, padding, dilation, groups, 
 
 
 # ------------------------------------------------------------------------ BN backward
-def _check_bn_backward_args(grad_y, mask, z, mean, var, gamma, eps):
+def _check_grad_mask_and_z(grad_y, mask, z, tensors):
+    """grad_y, the ReLU mask and z agree; `tensors` ((tensor, name, shape) of the per-channel
+    arguments) have that shape, a floating dtype and grad_y's device."""
     for t, name in ((grad_y, "grad_y"), (z, "z")):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             check_tensor(t, name, 4)
@@ -104,36 +114,85 @@ def _check_bn_backward_args(grad_y, mask, z, mean, var, gamma, eps):
     if tuple(mask.shape) not in ((rows, C), (0, C)) or not mask.is_contiguous():
         raise ValueError(f"relu_mask: expected a contiguous [{rows}, {C}] mask (or [0, {C}]: "
                          f"no ReLU) for z {list(z.shape)}, got {tuple(mask.shape)}")
-    for t, name in ((mean, "batch_mean"), (var, "batch_var"), (gamma, "gamma")):
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.shape != (C,):
-            raise ValueError(f"{name}: expected a floating-point [{C}] tensor (one per channel "
-                             f"of z)")
-    for t, name in ((mask, "relu_mask"), (z, "z"), (mean, "batch_mean"), (var, "batch_var"),
-                    (gamma, "gamma")):
+    for t, name, shape in tensors:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.shape != shape:
+            raise ValueError(f"{name}: expected a floating-point {list(shape)} tensor (per "
+                             f"channel of z)")
+    for t, name in ((mask, "relu_mask"), (z, "z"), *((t, name) for t, name, _ in tensors)):
         if t.device != grad_y.device:
             raise ValueError(f"{name}: expected device {grad_y.device} (grad_y's), got {t.device}")
+
+
+def _check_bn_backward_args(grad_y, mask, z, mean, var, gamma, eps):
+    C = z.shape[1] if isinstance(z, torch.Tensor) and z.dim() == 4 else None
+    _check_grad_mask_and_z(grad_y, mask, z, ((mean, "batch_mean", (C,)),
+                                             (var, "batch_var", (C,)), (gamma, "gamma", (C,))))
     if isinstance(eps, bool) or not isinstance(eps, (float, int)) or not eps >= 0:
         raise ValueError(f"eps: expected a non-negative float, got {eps!r}")
 
 
-@torch.library.custom_op("resnext_kernels::batchnorm_train_backward", mutates_args=())
-def _bn_backward_op(
+@torch.library.custom_op("resnext_kernels::batchnorm_train_backward_sums", mutates_args=())
+def _bn_sums_op(
     grad_y: torch.Tensor, relu_mask: torch.Tensor, z: torch.Tensor, batch_mean: torch.Tensor,
     batch_var: torch.Tensor, gamma: torch.Tensor, eps: float, backend: str,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_bn_backward_args(grad_y, relu_mask, z, batch_mean, batch_var, gamma, eps)
-    impl = backends.implementation("batchnorm_train_backward",
+    impl = backends.implementation("batchnorm_train_backward_sums",
                                    backends.resolve(backend, grad_y.device))
     return impl(grad_y, relu_mask, z, batch_mean, batch_var, gamma, eps)
 
 
-@_bn_backward_op.register_fake
-def _bn_backward_fake(grad_y, relu_mask, z, batch_mean, batch_var, gamma, eps, backend):
+@_bn_sums_op.register_fake
+def _bn_sums_fake(grad_y, relu_mask, z, batch_mean, batch_var, gamma, eps, backend):
     _check_bn_backward_args(grad_y, relu_mask, z, batch_mean, batch_var, gamma, eps)
-    grad_z = torch.empty(z.shape, dtype=z.dtype, device=z.device,
-                         memory_format=suggest_memory_format(z))
-    per_channel = torch.empty(z.shape[1], dtype=torch.float32, device=z.device)
-    return grad_z, per_channel, torch.empty_like(per_channel)
+    C = z.shape[1]
+    per_channel = torch.empty(C, dtype=torch.float32, device=z.device)
+    coef = torch.empty((4, C), dtype=torch.float32, device=z.device)
+    return per_channel, torch.empty_like(per_channel), coef
+
+
+def _check_conv_backward_args(grad_y, mask, z, coef, x, weight, stride, padding, dilation,
+                              groups):
+    C = z.shape[1] if isinstance(z, torch.Tensor) and z.dim() == 4 else None
+    _check_grad_mask_and_z(grad_y, mask, z, ((coef, "grad_z_coefficients", (4, C)),))
+    if coef.dtype != torch.float32 or not coef.is_contiguous():
+        raise ValueError(f"grad_z_coefficients: expected a contiguous float32 tensor, got "
+                         f"{coef.dtype}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        check_tensor(weight, "weight", 4)
+    if weight.dtype != z.dtype or weight.device != z.device or weight.shape[0] != C:
+        raise ValueError(f"weight: expected {C} output channels (z's), {z.dtype} on {z.device}, "
+                         f"got {list(weight.shape)} {weight.dtype} on {weight.device}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or C % groups:
+        raise ValueError(f"groups: {groups!r} does not divide the {C} output channels")
+    _check_wgrad_x(x, grad_y, weight, stride, padding, dilation, groups)
+
+
+@torch.library.custom_op("resnext_kernels::grouped_conv_bn_train_backward", mutates_args=())
+def _conv_backward_op(
+    grad_y: torch.Tensor, relu_mask: torch.Tensor, z: torch.Tensor,
+    grad_z_coefficients: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+    stride: List[int], padding: List[int], dilation: List[int], groups: int, need_x: bool,
+    need_weight: bool, backend: str,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    _check_conv_backward_args(grad_y, relu_mask, z, grad_z_coefficients, x, weight, stride,
+                              padding, dilation, groups)
+    impl = backends.implementation("grouped_conv_bn_train_backward",
+                                   backends.resolve(backend, grad_y.device))
+    return impl(grad_y, relu_mask, z, grad_z_coefficients, x, weight, stride, padding,
+                dilation, groups, need_x, need_weight)
+
+
+@_conv_backward_op.register_fake
+def _conv_backward_fake(grad_y, relu_mask, z, grad_z_coefficients, x, weight, stride, padding,
+                        dilation, groups, need_x, need_weight, backend):
+    _check_conv_backward_args(grad_y, relu_mask, z, grad_z_coefficients, x, weight, stride,
+                              padding, dilation, groups)
+    nothing = z.new_empty(0)
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device,
+                         memory_format=suggest_memory_format(x)) if need_x else nothing
+    grad_w = torch.empty_like(weight) if need_weight else nothing.clone()
+    return grad_x, grad_w
 
 
 # ------------------------------------------------------------------------ autograd
@@ -154,20 +213,14 @@ def _backward_train(ctx, grad_y, _grad_mask, _grad_z, _grad_mean, _grad_var):
     need_x, need_w, need_gamma, need_beta = ctx.needs_input_grad[:4]
     stride, padding, dilation, groups = ctx.conv_args
     backend = ctx.backend
-    grad_z, grad_gamma, grad_beta = OPS.batchnorm_train_backward(
+    grad_gamma, grad_beta, coef = OPS.batchnorm_train_backward_sums(
         grad_y, mask, z, mean, var, gamma, ctx.eps, backend)
-    C_out = weight.shape[0]
-    no_relu = torch.empty((0, C_out), dtype=torch.uint8, device=z.device)
-    unit = torch.ones(C_out, dtype=torch.float32, device=z.device)
     grad_x = grad_w = None
-    if need_x:
-        grad_x = OPS.grouped_conv_dgrad(
-            grad_z, no_relu, weight, unit, list(x.shape), stride, padding, dilation, groups,
-            suggest_memory_format(x) == torch.channels_last, backend)
-    if need_w:
-        grad_w = OPS.grouped_conv_wgrad(grad_z, no_relu, x, weight, unit, stride, padding,
-                                        dilation, groups, backend)[0]
-    return (grad_x, grad_w, grad_gamma.to(gamma.dtype) if need_gamma else None,
+    if need_x or need_w:
+        grad_x, grad_w = OPS.grouped_conv_bn_train_backward(
+            grad_y, mask, z, coef, x, weight, stride, padding, dilation, groups, need_x, need_w,
+            backend)
+    return (grad_x if need_x else None, grad_w if need_w else None, grad_gamma.to(gamma.dtype) if need_gamma else None,
             grad_beta.to(ctx.beta_dtype) if need_beta else None,
             None, None, None, None, None, None, None)
 

@@ -7,4 +7,8 @@ from .grouped_conv_bn_relu import (  # noqa: F401
 )
 from .backward import grouped_conv_dgrad, grouped_conv_wgrad  # noqa: F401
 from .squeeze_excite import squeeze_excite  # noqa: F401
-from .train import batchnorm_train_backward, grouped_conv_bn_relu_train  # noqa: F401
+from .train import (  # noqa: F401
+    batchnorm_train_backward_sums,
+    grouped_conv_bn_relu_train,
+    grouped_conv_bn_train_backward,
+)

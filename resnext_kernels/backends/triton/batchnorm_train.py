@@ -8,9 +8,10 @@ made mean and the biased variance:
 in fp32, rounded once to z's dtype; the ReLU mask's bytes from the rounded y.
 Backward, with gp = grad_y where the ReLU passed it and x_hat = (z - mean) / sqrt(var + eps):
     sums:   grad_beta = sum gp, grad_gamma = sum gp * x_hat per channel: fp32 partials per
-            tile of BLOCK_M pixels, added in a fixed order (channel_stats.reduce_partials)
-    grad_z = (gp - grad_beta / M - x_hat * grad_gamma / M) * gamma / sqrt(var + eps),
-            rounded to z's dtype.
+            tile of BLOCK_M pixels, added in a fixed order (channel_stats.reduce_partials);
+            then the per-channel coefficients of grad_z = k_gp * gp + k_x * (z - mean) + k_0
+    grad_z: formed by the dgrad and wgrad kernels' prologue (grouped_conv_backward.py), or
+            written out by _grad_z_kernel for aten's conv backward; rounded to z's dtype.
 
 Every tensor is addressed through its strides (z follows x's memory format); tiles are
 [BLOCK_M pixels, BLOCK_C channels] in flat (n, ho, wo) order, so the mask (relu_mask.py) is
@@ -24,7 +25,7 @@ import triton.language as tl
 from ... import relu_mask
 from ._device import on_device
 from .channel_stats import reduce_partials
-from .grouped_conv_backward import _masked_gradient
+from .grouped_conv_backward import _gradient_before_conv, _masked_gradient
 from .grouped_conv_bn_relu import INDEX_32_LIMIT, _interpreted, _max_offset
 from .relu_mask import store_relu_mask
 
@@ -135,29 +136,47 @@ def _backward_sums_kernel(
 
 
 @triton.jit
-def _grad_z_kernel(
-    gy_ptr, mask_ptr, z_ptr, mean_ptr, var_ptr,  # as _backward_sums_kernel
+def _coefficients_kernel(
+    grad_gamma_ptr, grad_beta_ptr, mean_ptr, var_ptr,  # fp32 [C]
     gamma_ptr,  # [C] (any floating dtype)
-    grad_beta_ptr, grad_gamma_ptr,  # fp32 [C]: the sums
-    gz_ptr,  # grad of z [N, C, H_out, W_out], any strides, z's dtype
-    C, M, H_out, W_out, eps,
-    sgn, sgc, sgh, sgw, szn, szc, szh, szw,
-    son, soc, soh, sow,  # grad_z element strides
+    coef_ptr,  # fp32 [4, C], contiguous: (mean, k_gp, k_x, k_0) of grad_z
+    C, eps,
+    per_pixel,  # 1 / M (M: the pixels; 1 / 1 for none)
+    BLOCK_C: tl.constexpr,
+):
+    """grad_z = k_gp * gp + k_x * (z - mean) + k_0 (backends/batchnorm_train.coefficients)."""
+    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    invstd = _inverse_std(var_ptr, offs_c, c_ok, eps)
+    k_gp = tl.load(gamma_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32) * invstd
+    grad_gamma = tl.load(grad_gamma_ptr + offs_c, mask=c_ok, other=0.0)
+    grad_beta = tl.load(grad_beta_ptr + offs_c, mask=c_ok, other=0.0)
+    tl.store(coef_ptr + offs_c, tl.load(mean_ptr + offs_c, mask=c_ok, other=0.0), mask=c_ok)
+    tl.store(coef_ptr + C + offs_c, k_gp, mask=c_ok)
+    tl.store(coef_ptr + 2 * C + offs_c, -k_gp * invstd * grad_gamma * per_pixel, mask=c_ok)
+    tl.store(coef_ptr + 3 * C + offs_c, -k_gp * grad_beta * per_pixel, mask=c_ok)
+
+
+@triton.jit
+def _grad_z_kernel(
+    gy_ptr,  # grad of y [N, C, H_out, W_out], z's strides
+    mask_ptr,  # uint8 [ceil(M / 8), C]: the ReLU mask, when HAS_MASK
+    z_ptr,  # the conv's output, the strides of grad_y
+    coef_ptr,  # fp32 [4, C], contiguous: grad_z's coefficients
+    gz_ptr,  # grad of z, the strides of grad_y, z's dtype
+    C, M, H_out, W_out,
+    sn, sc, sh, sw,  # element strides of grad_y, z and grad_z
     HAS_MASK: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    """grad_z written out: for a conv backward that cannot form it in its prologue (aten's)."""
     m0, offs_m, n, ho, wo, m_ok, offs_c, c_ok = _tile(C, M, H_out, W_out, BLOCK_M, BLOCK_C,
                                                       INDEX_64)
-    gp, x_hat, invstd = _gradient_and_x_hat(gy_ptr, mask_ptr, z_ptr, mean_ptr, var_ptr, eps, n,
-                                            ho, wo, offs_m, m_ok, offs_c, c_ok, C, sgn, sgc,
-                                            sgh, sgw, szn, szc, szh, szw, HAS_MASK)
-    grad_beta = tl.load(grad_beta_ptr + offs_c, mask=c_ok, other=0.0)
-    grad_gamma = tl.load(grad_gamma_ptr + offs_c, mask=c_ok, other=0.0)
-    gamma = tl.load(gamma_ptr + offs_c, mask=c_ok, other=0.0).to(tl.float32)
-    gz = (gp - (grad_beta / M)[None, :] - x_hat * (grad_gamma / M)[None, :]) \
-        * (gamma * invstd)[None, :]
-    tl.store(gz_ptr + (n * son + ho * soh + wo * sow)[:, None] + offs_c[None, :] * soc,
-             gz.to(gz_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
+    ok = m_ok[:, None] & c_ok[None, :]
+    off = (n * sn + ho * sh + wo * sw)[:, None] + offs_c[None, :] * sc
+    gz = _gradient_before_conv(gy_ptr, mask_ptr, z_ptr, coef_ptr, off, offs_m, offs_c, ok, C,
+                               HAS_MASK, True)
+    tl.store(gz_ptr + off, gz, mask=ok)
 
 
 # ------------------------------------------------------------------------------ launchers
@@ -193,22 +212,45 @@ def normalize(z, mean, var, gamma, beta, eps, relu):
     return y, mask
 
 
-def backward(grad_y, mask, z, mean, var, gamma, eps):
-    """(grad_z in z's dtype and memory format, grad_gamma, grad_beta in fp32)."""
+def backward_sums(grad_y, mask, z, mean, var, gamma, eps):
+    """(grad_gamma, grad_beta, grad_z's coefficients fp32 [4, C]): the sums per tile, added in
+    a fixed order, then the coefficients."""
     C, M = z.shape[1], relu_mask.pixels(z)
-    grad_z = torch.empty_like(z)
+    coef = torch.empty((4, C), dtype=torch.float32, device=z.device)
     if M == 0:
-        zeros = torch.zeros(C, dtype=torch.float32, device=z.device)
-        return grad_z, zeros, zeros.clone()
-    has_mask = mask.shape[0] > 0
-    meta = _meta(grad_y, z, grad_z, mask)
-    grid = _grid(M, C, meta)
-    part = torch.empty((2, grid[0], C), dtype=torch.float32, device=z.device)
-    args = (grad_y, mask if has_mask else grad_y, z, mean, var)
-    sizes = (C, M, z.shape[2], z.shape[3], float(eps), *grad_y.stride(), *z.stride())
+        grad_gamma = torch.zeros(C, dtype=torch.float32, device=z.device)
+        grad_beta = torch.zeros_like(grad_gamma)
+    else:
+        meta = _meta(grad_y, z, mask)
+        grid = _grid(M, C, meta)
+        part = torch.empty((2, grid[0], C), dtype=torch.float32, device=z.device)
+        has_mask = mask.shape[0] > 0
+        with on_device(z):
+            _backward_sums_kernel[grid](
+                grad_y, mask if has_mask else grad_y, z, mean, var, part, C, M, z.shape[2],
+                z.shape[3], float(eps), *grad_y.stride(), *z.stride(), HAS_MASK=has_mask,
+                **meta)
+            grad_beta, grad_gamma = reduce_partials(part, M, meta["BLOCK_M"], welford=False)
     with on_device(z):
-        _backward_sums_kernel[grid](*args, part, *sizes, HAS_MASK=has_mask, **meta)
-        grad_beta, grad_gamma = reduce_partials(part, M, meta["BLOCK_M"], welford=False)
-        _grad_z_kernel[grid](*args, gamma, grad_beta, grad_gamma, grad_z, *sizes,
-                             *grad_z.stride(), HAS_MASK=has_mask, **meta)
-    return grad_z, grad_gamma, grad_beta
+        _coefficients_kernel[(triton.cdiv(C, _BLOCK_C),)](
+            grad_gamma, grad_beta, mean, var, gamma, coef, C, float(eps), 1.0 / max(M, 1),
+            BLOCK_C=_BLOCK_C)
+    return grad_gamma, grad_beta, coef
+
+
+def grad_z(grad_y, mask, z, coef):
+    """grad_z in z's dtype and memory format, written out (one pass over grad_y, the mask and
+    z)."""
+    C, M = z.shape[1], relu_mask.pixels(z)
+    gz = torch.empty_like(z)
+    if M == 0:
+        return gz
+    if grad_y.stride() != z.stride():  # (the kernel addresses the three with one set)
+        grad_y = torch.empty_like(z).copy_(grad_y)
+    has_mask = mask.shape[0] > 0
+    meta = _meta(grad_y, z, gz, mask)
+    with on_device(z):
+        _grad_z_kernel[_grid(M, C, meta)](
+            grad_y, mask if has_mask else grad_y, z, coef, gz, C, M, z.shape[2], z.shape[3],
+            *z.stride(), HAS_MASK=has_mask, **meta)
+    return gz

@@ -9,9 +9,12 @@ values are the stored outputs (rounded to the output dtype, then fp32), the valu
 F.batch_norm reads. A chunk's count is min(STATS_ROWS, M - STATS_ROWS * r), so it is not
 stored.
 
-Why a fixed chunk of 32 pixels rather than the program's tile: the tile (BLOCK_M) is the
-autotuner's choice, and the statistics must not depend on it (the same bits whatever config
-wins). Every kernel's BLOCK_M is a multiple of 32. Cost: 8 bytes per 32 values, 1/8 of an fp16
+Why a fixed chunk of 32 pixels rather than the program's tile: which pixels a partial covers
+must not depend on the tile (BLOCK_M, a multiple of 32 in every configuration). The order of
+tl.sum within a chunk does depend on the layout the compiler gives the tile (an independent
+review found two configurations of one path that split a chunk's rows differently), so the
+train-mode forward runs one fixed launch configuration, not the autotuner's pick: its bits are
+the same from run to run and process to process. Cost: 8 bytes per 32 values, 1/8 of an fp16
 output's bytes, written once and read once.
 
 `reduce_partials` adds chunks in a fixed order (a fixed range per program, then the programs'
@@ -28,9 +31,13 @@ from ._device import on_device
 
 STATS_ROWS = 32
 _ROWS = tl.constexpr(STATS_ROWS)  # (what a jit function may read of a module's globals)
-# chunks one program of the reduction merges (a fixed range: the order of the sums depends on
-# the shape only), and the chunks per step within it
-_ROWS_PER_PROGRAM = 256
+# A level of the reduction merges up to _ROWS_IN_ONE rows in one program per channel block;
+# more rows go _ROWS_PER_PROGRAM to a program, and their results to the next level (a fixed
+# range per program: the order of the sums depends on the shape only). 256 rows per program
+# put resnext50 layer1 (batch 128: 12544 rows of 128 channels) on 98 programs, under one wave
+# of 132 SMs (an independent review); 64 puts it on 392.
+_ROWS_IN_ONE = 1024
+_ROWS_PER_PROGRAM = 64
 _TILE_ROWS = 32
 _BLOCK_C = 64
 
@@ -48,6 +55,7 @@ def store_channel_stats(
 ):
     ROWS: tl.constexpr = _ROWS
     CHUNKS: tl.constexpr = BLOCK_M // ROWS
+    tl.static_assert(CHUNKS * ROWS == BLOCK_M)  # tiles own whole chunks
     ok = tl.reshape(tl.broadcast_to(m_ok[:, None], (BLOCK_M, BLOCK_N)), (CHUNKS, ROWS, BLOCK_N))
     v = tl.where(ok, tl.reshape(z, (CHUNKS, ROWS, BLOCK_N)), 0.0)
     count = tl.sum(tl.reshape(tl.where(m_ok, 1.0, 0.0), (CHUNKS, ROWS)), axis=1)  # [CHUNKS]
@@ -87,7 +95,8 @@ def _reduce_partials_kernel(
         ok = r_ok[:, None] & c_ok[None, :]
         off = rows[:, None].to(tl.int64) * C + offs_c[None, :]
         p0 = tl.load(part_ptr + off, mask=ok, other=0.0)
-        p1 = tl.load(part_ptr + n_rows.to(tl.int64) * C + off, mask=ok, other=0.0)
+        # (off is int64; n_rows * C < M * C / 32 stays 32-bit; n_rows may be the constant 1)
+        p1 = tl.load(part_ptr + (off + n_rows * C), mask=ok, other=0.0)
         if WELFORD:
             count = tl.minimum(pixels_per_row, M - rows.to(tl.int64) * pixels_per_row)
             count = tl.where(r_ok, count, 0).to(tl.float32)[:, None]
@@ -117,13 +126,15 @@ def _reduce_partials_kernel(
 def reduce_partials(part, M, pixels_per_row, welford):
     """part: fp32 [2, n_rows, C] -> two fp32 [C] tensors: with welford, the mean and the biased
     variance of the M values the rows describe; else the two rows' sums. Fixed order: ranges
-    of _ROWS_PER_PROGRAM rows per program, then (if there were several) their results in a
-    second pass of the same kernel."""
+    of rows per program, then (if there were several) their results in a further pass of the
+    same kernel."""
     _, n_rows, C = part.shape
     meta = dict(WELFORD=welford, TILE_ROWS=_TILE_ROWS, BLOCK_C=_BLOCK_C)
     with on_device(part):
         while True:
-            programs = triton.cdiv(n_rows, _ROWS_PER_PROGRAM)
+            per_program = n_rows if n_rows <= _ROWS_IN_ONE else _ROWS_PER_PROGRAM
+            per_program = triton.cdiv(per_program, _TILE_ROWS) * _TILE_ROWS
+            programs = triton.cdiv(n_rows, per_program)
             final = programs == 1
             if final:  # two tensors of their own (the op's outputs must not share storage)
                 out0 = torch.empty(C, dtype=torch.float32, device=part.device)
@@ -132,9 +143,9 @@ def reduce_partials(part, M, pixels_per_row, welford):
                 out = torch.empty((2, programs, C), dtype=torch.float32, device=part.device)
                 out0, out1 = out[0], out[1]
             _reduce_partials_kernel[(triton.cdiv(C, _BLOCK_C), programs)](
-                part, out0, out1, n_rows, C, M, pixels_per_row, _ROWS_PER_PROGRAM,
-                FINAL=final, **meta)
+                part, out0, out1, n_rows, C, M, pixels_per_row, per_program, FINAL=final,
+                **meta)
             if final:
                 return out0, out1
             part, n_rows = out, programs
-            pixels_per_row *= _ROWS_PER_PROGRAM
+            pixels_per_row *= per_program

@@ -50,6 +50,29 @@ def _masked_gradient(gy_ptr, mask_ptr, gy_off, m_out, offs_c, ok, C_out, HAS_MAS
 
 
 @triton.jit
+def _gradient_before_conv(gy_ptr, mask_ptr, z_ptr, coef_ptr, gy_off, m_out, offs_c, ok, C_out,
+                          HAS_MASK: tl.constexpr, BN_TRAIN: tl.constexpr):
+    """The conv output's gradient at [m_out, offs_c] in grad_y's dtype, 0 where not ok: gp
+    (_masked_gradient); with BN_TRAIN, train-mode BatchNorm's grad_z formed here, in the
+    prologue, from gp, z (at grad_y's offsets: the launcher makes their strides equal) and the
+    per-channel coefficients fp32 [4, C_out] = (mean, k_gp, k_x, k_0):
+    grad_z = k_gp * gp + k_x * (z - mean) + k_0 (backends/batchnorm_train.py), rounded to
+    grad_y's dtype as a grad_z tensor would be."""
+    g = _masked_gradient(gy_ptr, mask_ptr, gy_off, m_out, offs_c, ok, C_out, HAS_MASK)
+    if BN_TRAIN:
+        c_ok = offs_c < C_out
+        mean = tl.load(coef_ptr + offs_c, mask=c_ok, other=0.0)
+        k_gp = tl.load(coef_ptr + C_out + offs_c, mask=c_ok, other=0.0)
+        k_x = tl.load(coef_ptr + 2 * C_out + offs_c, mask=c_ok, other=0.0)
+        k_0 = tl.load(coef_ptr + 3 * C_out + offs_c, mask=c_ok, other=0.0)
+        z = tl.load(z_ptr + gy_off, mask=ok, other=0.0).to(tl.float32)
+        gz = (k_gp[None, :] * g.to(tl.float32) + k_x[None, :] * (z - mean[None, :])
+              + k_0[None, :])
+        g = tl.where(ok, gz, 0.0).to(g.dtype)
+    return g
+
+
+@triton.jit
 def _output_pixel_of_tap(n, hi, wi, m_ok, kh, kw, H_out, W_out, stride_h, stride_w, pad_h,
                          pad_w, dil_h, dil_w, sgn, sgh, sgw):
     """The output pixel (oh, ow) whose tap (kh, kw) read input pixel (n, hi, wi), if any:
@@ -69,6 +92,8 @@ def _output_pixel_of_tap(n, hi, wi, m_ok, kh, kw, H_out, W_out, stride_h, stride
 def _dgrad_kernel(
     gy_ptr,  # grad of the output [N, C_out, H_out, W_out], any strides
     mask_ptr,  # uint8 [ceil(N * H_out * W_out / 8), C_out]: the ReLU mask, when HAS_MASK
+    z_ptr,  # BN_TRAIN: the conv's output z, grad_y's shape and strides
+    coef_ptr,  # BN_TRAIN: fp32 [4, C_out], contiguous: grad_z's coefficients
     w_ptr,  # weight [C_out, C_in // groups, KH, KW], any strides, grad_y's dtype
     scale_ptr,  # fp32 [C_out], contiguous: the BN scale the forward applied
     gx_ptr,  # grad of the input [N, C_in, H, W], any strides
@@ -81,6 +106,7 @@ def _dgrad_kernel(
     sxn, sxc, sxh, sxw,  # grad_x element strides
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_MASK: tl.constexpr,  # apply the ReLU mask (the forward had a ReLU)
+    BN_TRAIN: tl.constexpr,  # form train-mode BN's grad_z in the prologue
     SPANS_GROUPS: tl.constexpr,  # a tile of BLOCK_N input channels may hold several groups
     DOT_IN_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr,  # input pixels per program
@@ -123,8 +149,9 @@ def _dgrad_kernel(
             offs_k = k0 + arange_k
             k_ok = offs_k < co_hi
             ok = pos_ok[:, None] & k_ok[None, :]
-            g = _masked_gradient(gy_ptr, mask_ptr, g_pix[:, None] + offs_k[None, :] * sgc,
-                                 m_out, offs_k, ok, C_out, HAS_MASK)
+            g = _gradient_before_conv(gy_ptr, mask_ptr, z_ptr, coef_ptr,
+                                      g_pix[:, None] + offs_k[None, :] * sgc, m_out, offs_k, ok,
+                                      C_out, HAS_MASK, BN_TRAIN)
             # block-diagonal [BLOCK_K (co), BLOCK_N (ci)]: w[co, ci - group * cpg_in] * scale[co]
             # where co and ci share a group, zero elsewhere
             same_group = (offs_k // cpg_out)[:, None] == group_of_n[None, :]
@@ -150,8 +177,9 @@ def _dgrad_kernel(
                                                         dil_w, sgn, sgh, sgw)
             for co in range(co_lo, co_hi):
                 co_v = tl.zeros((1,), dtype=offs_n.dtype) + co
-                g = _masked_gradient(gy_ptr, mask_ptr, g_pix[:, None] + co_v[None, :] * sgc,
-                                     m_out, co_v, pos_ok[:, None], C_out, HAS_MASK)
+                g = _gradient_before_conv(gy_ptr, mask_ptr, z_ptr, coef_ptr,
+                                          g_pix[:, None] + co_v[None, :] * sgc, m_out, co_v,
+                                          pos_ok[:, None], C_out, HAS_MASK, BN_TRAIN)
                 same_group = (co // cpg_out) == group_of_n
                 w_row = tl.load(w_ptr + co * swo + (offs_n - group_of_n * cpg_in) * swi
                                 + kh * swh + kw * sww, mask=same_group & n_ok, other=0.0)
@@ -170,6 +198,8 @@ def _wgrad_partial_kernel(
     x_ptr,  # input [N, C_in, H, W], any strides
     gy_ptr,  # grad of the output [N, C_out, H_out, W_out], any strides
     mask_ptr,  # uint8 [ceil(M / 8), C_out]: the ReLU mask, when HAS_MASK
+    z_ptr,  # BN_TRAIN: the conv's output z, grad_y's shape and strides
+    coef_ptr,  # BN_TRAIN: fp32 [4, C_out], contiguous: grad_z's coefficients
     part_w_ptr,  # fp32 [splits, C_out, cpg_in, KH*KW], contiguous: per split, G's partial sums
     part_shift_ptr,  # fp32 [splits, C_out], contiguous: per split, sum of gp
     N, C_in, H, W,
@@ -182,6 +212,7 @@ def _wgrad_partial_kernel(
     k_chunks,  # BLOCK_K chunks of a tile's input-channel span
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    BN_TRAIN: tl.constexpr,  # form train-mode BN's grad_z in the prologue
     DOT_IN_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr, INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr,  # output pixels per step
     BLOCK_N: tl.constexpr,  # output channels per program
@@ -224,9 +255,10 @@ def _wgrad_partial_kernel(
         wo = offs_m % W_out
         ho = (offs_m // W_out) % H_out
         n = offs_m // (W_out * H_out)
-        g = _masked_gradient(gy_ptr, mask_ptr,
-                             (n * sgn + ho * sgh + wo * sgw)[:, None] + offs_n[None, :] * sgc,
-                             offs_m, offs_n, m_ok[:, None] & n_ok[None, :], C_out, HAS_MASK)
+        g = _gradient_before_conv(gy_ptr, mask_ptr, z_ptr, coef_ptr,
+                                  (n * sgn + ho * sgh + wo * sgw)[:, None] + offs_n[None, :] * sgc,
+                                  offs_m, offs_n, m_ok[:, None] & n_ok[None, :], C_out, HAS_MASK,
+                                  BN_TRAIN)
         shift_acc += tl.sum(g.to(tl.float32), axis=0)
         hi = ho * stride_h - pad_h + kh * dil_h
         wi = wo * stride_w - pad_w + kw * dil_w
@@ -311,10 +343,13 @@ def _block_m(t):
     return _INTERPRETER_BLOCK_M if _interpreted(t) else _GPU_BLOCK_M
 
 
-def _launch_options(t, block_n=16, block_k=16):
+def _launch_options(t, block_n=16, block_k=16, bn_train=False):
+    """bn_train: 8 warps whatever the tile: the prologue's z tile and coefficients took dgrad
+    to 255 registers and an 8-byte spill at 4 warps (NCHW, cpg 4, sm_90)."""
     if _interpreted(t):
         return {}
-    return dict(num_warps=8 if max(block_n, block_k) >= 64 else 4, num_stages=2)
+    wide = max(block_n, block_k) >= 64 or bn_train
+    return dict(num_warps=8 if wide else 4, num_stages=2)
 
 
 def wgrad_splits(M, tiles, block_m, target=None):
@@ -326,9 +361,22 @@ def wgrad_splits(M, tiles, block_m, target=None):
     return per_split, triton.cdiv(M, per_split)
 
 
+def _bn_train_operands(grad_y, bn_train):
+    """(grad_y, z, coefficients) for a BN_TRAIN launch: grad_y in z's strides (the kernels
+    address both with grad_y's), or stand-ins (grad_y twice and nothing) without one."""
+    if bn_train is None:
+        return grad_y, grad_y, grad_y
+    z, coef = bn_train
+    if grad_y.stride() != z.stride():
+        grad_y = torch.empty_like(z).copy_(grad_y)
+    return grad_y, z, coef
+
+
 def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding, dilation,
-                       groups, channels_last):
-    """grad_x [N, C_in, H, W] (channels_last or contiguous, as the forward's x)."""
+                       groups, channels_last, bn_train=None):
+    """grad_x [N, C_in, H, W] (channels_last or contiguous, as the forward's x). bn_train:
+    (z, grad_z coefficients) to take train-mode BN's grad_z, formed in the prologue, for the
+    masked gradient (pass a unit scale)."""
     N, C_in, H, W = input_size
     C_out, cpg_in, KH, KW = weight.shape
     H_out, W_out = grad_y.shape[2], grad_y.shape[3]
@@ -339,20 +387,23 @@ def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding,
         return grad_x
     if grad_y.numel() == 0:  # nothing reached the output (cannot happen with N > 0)
         return grad_x.zero_()
+    grad_y, z, coef = _bn_train_operands(grad_y, bn_train)
     cpg_out = C_out // groups
     block_n, block_k = _channel_tiles(cpg_out, cpg_in)  # tiles over ci, reduce over co
     block_m = _block_m(grad_y)
     has_mask = mask.shape[0] > 0
     meta = dict(
-        KH=KH, KW=KW, HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        SPANS_GROUPS=cpg_in % block_n != 0,
+        KH=KH, KW=KW, HAS_MASK=has_mask, BN_TRAIN=bn_train is not None, BLOCK_M=block_m,
+        BLOCK_N=block_n, BLOCK_K=block_k, SPANS_GROUPS=cpg_in % block_n != 0,
         INDEX_64=max(_max_offset(t) for t in (grad_y, weight, grad_x, mask)) > INDEX_32_LIMIT,
-        **_dot_meta(grad_y, _interpreted(grad_y)), **_launch_options(grad_y, block_n, block_k),
+        **_dot_meta(grad_y, _interpreted(grad_y)),
+        **_launch_options(grad_y, block_n, block_k, bn_train is not None),
     )
     grid = (triton.cdiv(N * H * W, block_m), triton.cdiv(C_in, block_n))
     with on_device(grad_y):
         _dgrad_kernel[grid](
-            grad_y, mask if has_mask else grad_y, weight, scale.to(torch.float32).contiguous(),
+            grad_y, mask if has_mask else grad_y, z, coef, weight,
+            scale.to(torch.float32).contiguous(),
             grad_x,
             N, C_in, H, W, C_out, H_out, W_out, cpg_in, cpg_out,
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
@@ -362,13 +413,16 @@ def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding,
     return grad_x
 
 
-def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation, groups):
-    """(grad_w in weight's dtype and layout, grad_scale fp32, grad_shift fp32)."""
+def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation, groups,
+                       bn_train=None):
+    """(grad_w in weight's dtype and layout, grad_scale fp32, grad_shift fp32). bn_train: as
+    grouped_conv_dgrad's (grad_scale and grad_shift are then those of the conv's output)."""
     N, C_in, H, W = x.shape
     C_out, cpg_in, KH, KW = weight.shape
     H_out, W_out = grad_y.shape[2], grad_y.shape[3]
     M = N * H_out * W_out
     device = x.device
+    grad_y, z, coef = _bn_train_operands(grad_y, bn_train)
     grad_w = torch.empty_like(weight)
     grad_scale = torch.empty(C_out, dtype=torch.float32, device=device)
     grad_shift = torch.empty(C_out, dtype=torch.float32, device=device)
@@ -397,14 +451,15 @@ def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation
     with on_device(x):
         if splits:
             _wgrad_partial_kernel[(splits, triton.cdiv(C_out, block_n), taps * k_chunks)](
-                x, grad_y, mask if has_mask else grad_y, part_w, part_shift,
+                x, grad_y, mask if has_mask else grad_y, z, coef, part_w, part_shift,
                 N, C_in, H, W, C_out, H_out, W_out, cpg_in, cpg_out,
                 stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
                 *x.stride(), *grad_y.stride(), per_split, k_chunks,
-                KH=KH, KW=KW, HAS_MASK=has_mask, BLOCK_M=block_m, BLOCK_N=block_n,
-                BLOCK_K=block_k,
+                KH=KH, KW=KW, HAS_MASK=has_mask, BN_TRAIN=bn_train is not None,
+                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                 INDEX_64=max(_max_offset(t) for t in (x, grad_y, mask, part_w)) > INDEX_32_LIMIT,
-                **_dot_meta(x, _interpreted(x)), **_launch_options(x, block_n, block_k),
+                **_dot_meta(x, _interpreted(x)),
+                **_launch_options(x, block_n, block_k, bn_train is not None),
             )
         _wgrad_finalize_kernel[(C_out,)](
             part_w, part_shift, weight, scale32, grad_w, grad_scale, grad_shift,

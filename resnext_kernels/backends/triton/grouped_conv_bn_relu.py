@@ -318,7 +318,9 @@ def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilati
 def grouped_conv_with_stats(x, weight, stride, padding, dilation, groups):
     """(z = conv2d(x, weight) in x's dtype and memory format, its statistics partials): the
     train-mode forward's conv (a unit scale, no shift, no ReLU; exact), whose epilogue also
-    stores fp32 [2, ceil(M / 32), C_out] (mean, M2) per 32 pixels (channel_stats.py)."""
+    stores fp32 [2, ceil(M / 32), C_out] (mean, M2) per 32 pixels (channel_stats.py). It runs
+    the fixed launch configuration (not autotuned), so that the statistics are the same bits
+    in every process."""
     z = _output(x, weight, stride, padding, dilation)
     C_out = z.shape[1]
     stats = torch.empty((2, triton.cdiv(relu_mask.pixels(z), STATS_ROWS), C_out),
@@ -380,7 +382,8 @@ def _launch_v2(x, weight, scale, shift, y, mask, stats, stride, padding, dilatio
         BLOCK_K=block_k,
         **_dot_meta(x, interpreted),
     )
-    autotune = not interpreted and _autotune_enabled()
+    # the statistics' bits follow the compiled tile's layout: one fixed configuration for them
+    autotune = not interpreted and _autotune_enabled() and stats is None
     if interpreted:
         meta["BLOCK_M"] = _INTERPRETER_BLOCK_M
     elif not autotune:
@@ -426,7 +429,8 @@ def _launch_v3(x, packed, scale, shift, y, mask, stats, stride, padding, dilatio
         INDEX_64=_v3_index_64(x, y, packed, padding, dilation, KH, KW),
         **_dot_meta(x, interpreted),
     )
-    autotune = not interpreted and _autotune_enabled()
+    # the statistics' bits follow the compiled tile's layout: one fixed configuration for them
+    autotune = not interpreted and _autotune_enabled() and stats is None
     if interpreted:
         meta.update(BLOCK_M=_INTERPRETER_BLOCK_M, NUM_STAGES=1)
     elif not autotune:
