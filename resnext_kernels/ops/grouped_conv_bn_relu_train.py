@@ -220,7 +220,8 @@ def _backward_train(ctx, grad_y, _grad_mask, _grad_z, _grad_mean, _grad_var):
         grad_x, grad_w = OPS.grouped_conv_bn_train_backward(
             grad_y, mask, z, coef, x, weight, stride, padding, dilation, groups, need_x, need_w,
             backend)
-    return (grad_x if need_x else None, grad_w if need_w else None, grad_gamma.to(gamma.dtype) if need_gamma else None,
+    return (grad_x if need_x else None, grad_w if need_w else None,
+            grad_gamma.to(gamma.dtype) if need_gamma else None,
             grad_beta.to(ctx.beta_dtype) if need_beta else None,
             None, None, None, None, None, None, None)
 
