@@ -55,6 +55,7 @@ import subprocess
 import sys
 import time
 import warnings
+from unittest import mock
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("unset TRITON_INTERPRET: this compiles the kernels for real GPUs")
@@ -324,15 +325,21 @@ def se_launch(C, H, W, R, batch, dtype, fc, layout):
     return lambda: se.squeeze_excite(u, w1, b1, w2, b2, res, True)
 
 
-def train_launches(C_in, H, W, C_out, groups, stride, batch, dtype, layout):
-    """The training calls of one conv, on meta tensors: the forward that stores the ReLU mask,
-    then the backward's dgrad and wgrad (what the op's autograd formula calls)."""
+def _conv_operands(C_in, H, W, C_out, groups, stride, batch, dtype, layout):
+    """One conv's meta operands: (x, w, a per-channel fp32 vector, conv_args, dtype, x's
+    memory format)."""
     torch_dtype, _ = CONV_DTYPES[dtype]
     xfmt, wfmt = LAYOUTS[layout]
     x = meta((batch, C_in, H, W), torch_dtype, xfmt)
     w = meta((C_out, C_in // groups, 3, 3), torch_dtype, wfmt)
-    bn = meta((C_out,), torch.float32)
-    conv_args = ((stride, stride), (1, 1), (1, 1), groups)
+    per_channel = meta((C_out,), torch.float32)
+    return x, w, per_channel, ((stride, stride), (1, 1), (1, 1), groups), torch_dtype, xfmt
+
+
+def train_launches(*shape):
+    """The training calls of one conv, on meta tensors: the forward that stores the ReLU mask,
+    then the backward's dgrad and wgrad (what the op's autograd formula calls)."""
+    x, w, bn, conv_args, torch_dtype, xfmt = _conv_operands(*shape)
 
     def launch():
         y, mask = conv.grouped_conv_bn_relu_masked(x, w, bn, bn, *conv_args, True)
@@ -343,28 +350,13 @@ def train_launches(C_in, H, W, C_out, groups, stride, batch, dtype, layout):
     return launch
 
 
-def train_cases():
-    """The training calls (train_launches) of every distinct conv of the models: batch 128,
-    fp16, channels_last and NCHW."""
-    for case, _ in conv_cases():
-        if case["batch"] == 128 and case["dtype"] == "fp16" and case["layout"] != "nhwc,w-nchw":
-            yield (dict(case, op="conv", training=True),
-                   train_launches(case["C_in"], case["H"], case["W"], case["C_out"],
-                                  case["groups"], case["stride"], 128, "fp16", case["layout"]))
-
-
-def fusedtrain_launches(C_in, H, W, C_out, groups, stride, batch, dtype, layout):
+def fusedtrain_launches(*shape):
     """Train-mode BatchNorm's calls of one conv (replace_modules(fuse_training=True)), on meta
     tensors: the conv with its statistics epilogue, the reduction, the normalize; the BN
     backward's sums, their reduction and grad_z's coefficients; dgrad and wgrad forming grad_z
     in their prologue (the backward kernels chosen); grad_z written out (for aten's conv
     backward) (backends/triton/train.py)."""
-    torch_dtype, _ = CONV_DTYPES[dtype]
-    xfmt, wfmt = LAYOUTS[layout]
-    x = meta((batch, C_in, H, W), torch_dtype, xfmt)
-    w = meta((C_out, C_in // groups, 3, 3), torch_dtype, wfmt)
-    bn = meta((C_out,), torch.float32)
-    conv_args = ((stride, stride), (1, 1), (1, 1), groups)
+    x, w, bn, conv_args, torch_dtype, xfmt = _conv_operands(*shape)
 
     def launch():
         y, mask, z, mean, var = bn_train.grouped_conv_bn_relu_train(x, w, bn, bn, 1e-5,
@@ -372,30 +364,34 @@ def fusedtrain_launches(C_in, H, W, C_out, groups, stride, batch, dtype, layout)
         grad_y = meta(y.shape, torch_dtype, xfmt)
         _, _, coef = bn_train.batchnorm_train_backward_sums(grad_y, mask, z, mean, var, bn,
                                                             1e-5)
-        saved = os.environ.get(TRITON_BACKWARD_ENV)
-        os.environ[TRITON_BACKWARD_ENV] = "kernels"
-        try:
+        with mock.patch.dict(os.environ, {TRITON_BACKWARD_ENV: "kernels"}):
             bn_train.grouped_conv_bn_train_backward(grad_y, mask, z, coef, x, w, *conv_args,
                                                     True, True)
-        finally:
-            if saved is None:
-                del os.environ[TRITON_BACKWARD_ENV]
-            else:
-                os.environ[TRITON_BACKWARD_ENV] = saved
         bn_kernels.grad_z(grad_y, mask, z, coef)
     return launch
+
+
+def _training_cases(launches, batches, label):
+    """launches(...) of every distinct fp16 conv of the models at the given batches, in
+    channels_last and NCHW; label: the case's extra keys."""
+    for case, _ in conv_cases():
+        if case["batch"] in batches and case["dtype"] == "fp16" \
+                and case["layout"] != "nhwc,w-nchw":
+            yield (dict(case, op="conv", training=True, **label),
+                   launches(case["C_in"], case["H"], case["W"], case["C_out"], case["groups"],
+                            case["stride"], case["batch"], "fp16", case["layout"]))
+
+
+def train_cases():
+    """The training calls (train_launches) of every distinct conv of the models: batch 128."""
+    return _training_cases(train_launches, (128,), {})
 
 
 def fusedtrain_cases():
     """fusedtrain_launches of every distinct conv of the models: batch 128 and 1 (a single
     row of partials: Triton makes an int argument equal to 1 a constant, which once broke the
-    reduction's compile), fp16, channels_last and NCHW."""
-    for case, _ in conv_cases():
-        if case["dtype"] == "fp16" and case["layout"] != "nhwc,w-nchw":
-            yield (dict(case, op="conv", training=True, fusedtrain=True),
-                   fusedtrain_launches(case["C_in"], case["H"], case["W"], case["C_out"],
-                                       case["groups"], case["stride"], case["batch"], "fp16",
-                                       case["layout"]))
+    reduction's compile)."""
+    return _training_cases(fusedtrain_launches, (128, 1), dict(fusedtrain=True))
 
 
 def conv_cases():

@@ -177,17 +177,29 @@ def test_non_finite_input_as_batch_norm(device, poison_outputs, cpg, channels_la
                                    **tolerance(torch.float16))
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_backward_keeps_a_blocked_nan_gradient_out(device, poison_outputs, channels_last):
-    """grad_y NaN where the ReLU blocked it: gp is a select, so grad_gamma, grad_beta, the
-    coefficients and grad_z (written out, and formed in the dgrad and wgrad prologue) stay
-    finite and equal the torch-op version's (backends/batchnorm_train.py)."""
-    x, w = conv_case(8, 4, torch.float32, device, channels_last, 4500, N=3, H=5, W=6)
+def _train_forward(device, cpg, dtype, channels_last, seed, N):
+    """A Triton train-mode forward (groups 4, 5x6 pixels, unit stride) on fresh random inputs;
+    returns (x, w, gamma, y, mask, z, mean, var)."""
+    x, w = conv_case(cpg, 4, dtype, device, channels_last, seed, N=N, H=5, W=6)
     C = w.shape[0]
-    gamma = torch.rand(C, generator=seeded(4501)).to(device) + 0.5
-    beta = torch.randn(C, generator=seeded(4502)).to(device)
+    gamma = torch.rand(C, generator=seeded(seed + 1)).to(device) + 0.5
+    beta = torch.randn(C, generator=seeded(seed + 2)).to(device)
     y, mask, z, mean, var = train.grouped_conv_bn_relu_train(x, w, gamma, beta, 1e-5, (1, 1),
                                                              (1, 1), (1, 1), 4, True)
+    return x, w, gamma, y, mask, z, mean, var
+
+
+@pytest.mark.parametrize("backward", ["kernels", "aten"])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_backward_keeps_a_blocked_nan_gradient_out(device, poison_outputs, monkeypatch,
+                                                   backward, channels_last):
+    """grad_y NaN where the ReLU blocked it: gp is a select, so grad_gamma, grad_beta, the
+    coefficients and grad_z (written out, and formed in the dgrad and wgrad prologue: both
+    backward choices) stay finite and equal the torch-op version's
+    (backends/batchnorm_train.py)."""
+    monkeypatch.setenv("RESNEXT_KERNELS_TRITON_BACKWARD", backward)
+    x, w, gamma, y, mask, z, mean, var = _train_forward(device, 8, torch.float32,
+                                                        channels_last, 4500, N=3)
     grad_y = torch.randn(y.shape, generator=seeded(4503)).to(device)
     blocked = y <= 0
     assert blocked.any()
@@ -220,12 +232,8 @@ def test_grad_z_is_written_only_for_aten(device, monkeypatch, backward, channels
     and never written; where aten's runs for either, grad_z is written once for both. The
     gradients agree either way (float64 comparisons: test_grouped_conv_bn_relu_train.py)."""
     monkeypatch.setenv("RESNEXT_KERNELS_TRITON_BACKWARD", backward)
-    x, w = conv_case(4, 4, torch.float16, device, channels_last, 4600, N=2, H=5, W=6)
-    C = w.shape[0]
-    gamma = torch.rand(C, generator=seeded(4601)).to(device) + 0.5
-    beta = torch.randn(C, generator=seeded(4602)).to(device)
-    y, mask, z, mean, var = train.grouped_conv_bn_relu_train(x, w, gamma, beta, 1e-5, (1, 1),
-                                                             (1, 1), (1, 1), 4, True)
+    x, w, gamma, y, mask, z, mean, var = _train_forward(device, 4, torch.float16,
+                                                        channels_last, 4600, N=2)
     grad_y = torch.randn(y.shape, generator=seeded(4603)).to(torch.float16).to(device)
     if not channels_last:  # a gradient in another layout than z's
         grad_y = grad_y.contiguous(memory_format=torch.channels_last)

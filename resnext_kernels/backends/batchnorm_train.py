@@ -20,14 +20,9 @@ in a kernel's prologue from grad_y, the mask, z and the coefficients.
 import torch
 
 from .. import relu_mask
+from ._layout import memory_format
 
 _CHANNELS = (0, 2, 3)
-
-
-def _memory_format(t):
-    if t.is_contiguous():
-        return torch.contiguous_format
-    return torch._prims_common.suggest_memory_format(t)
 
 
 def _per_channel(v):
@@ -52,7 +47,7 @@ def conv_then_batchnorm(conv, x, weight, gamma, beta, eps, stride, padding, dila
     y = z.float() * _per_channel(scale) + _per_channel(shift)
     if relu:
         y.relu_()
-    y = y.to(z.dtype).contiguous(memory_format=_memory_format(z))
+    y = y.to(z.dtype).contiguous(memory_format=memory_format(z))
     if relu:
         mask = relu_mask.from_output(y)
     else:
@@ -65,7 +60,7 @@ def gradient_before_relu(grad_y, mask):
     blocked it stays out), all of it without a ReLU (an empty mask)."""
     gp = grad_y.float()
     if mask.shape[0]:
-        gp = torch.where(relu_mask.unpack(mask, grad_y.shape, _memory_format(grad_y)), gp, 0.0)
+        gp = torch.where(relu_mask.unpack(mask, grad_y.shape, memory_format(grad_y)), gp, 0.0)
     return gp
 
 
@@ -98,7 +93,7 @@ def grad_z(grad_y, mask, z, coef):
     """grad_z in z's dtype and memory format, from backward_sums' coefficients."""
     mean, k_gp, k_x, k_0 = (_per_channel(c) for c in coef)
     gz = k_gp * gradient_before_relu(grad_y, mask) + k_x * (z.float() - mean) + k_0
-    return gz.to(z.dtype).contiguous(memory_format=_memory_format(z))
+    return gz.to(z.dtype).contiguous(memory_format=memory_format(z))
 
 
 def conv_backward_on_grad_z(dgrad, wgrad, grad_y, mask, z, coef, x, weight, stride, padding,
@@ -119,7 +114,7 @@ def conv_backward(dgrad, wgrad, gz, x, weight, stride, padding, dilation, groups
     grad_x, grad_w = gz.new_empty(0), gz.new_empty(0)  # (outputs of their own: no aliasing)
     if need_x:
         grad_x = dgrad(gz, no_relu, weight, unit, list(x.shape), stride, padding, dilation,
-                       groups, _memory_format(x) == torch.channels_last)
+                       groups, memory_format(x) == torch.channels_last)
     if need_weight:
         grad_w = wgrad(gz, no_relu, x, weight, unit, stride, padding, dilation, groups)[0]
     return grad_x, grad_w

@@ -8,11 +8,11 @@ while the same weight, scale and shift tensors are unchanged.
 
 import torch
 import torch.nn.functional as F
-from torch._prims_common import suggest_memory_format
 
 from .. import relu_mask
 from .._derived import DerivedTensors
 from . import batchnorm_train
+from ._layout import memory_format
 
 
 # (folded weight, shift in x's dtype) per weight tensor, reused while weight, scale and shift
@@ -44,7 +44,7 @@ def _conv_relu(x, folded, bias, stride, padding, dilation, groups, relu):
     y = F.conv2d(x, folded, bias, stride, padding, dilation, groups)
     if relu:
         y.relu_()
-    return y.contiguous(memory_format=_memory_format(x))
+    return y.contiguous(memory_format=memory_format(x))
 
 
 def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilation, groups,
@@ -69,7 +69,7 @@ def _gradient_before_relu(grad_y, mask):
     """
     if mask.shape[0] == 0:
         return grad_y
-    fmt = _memory_format(grad_y)
+    fmt = memory_format(grad_y)
     return torch.where(relu_mask.unpack(mask, grad_y.shape, fmt), grad_y, 0)
 
 
@@ -124,11 +124,6 @@ def grouped_conv_bn_train_backward(grad_y, mask, z, coef, x, weight, stride, pad
         padding, dilation, groups, need_x, need_weight)
 
 
-def _memory_format(x):
-    """suggest_memory_format(x), without its cost for contiguous x (never channels_last-like)."""
-    return torch.contiguous_format if x.is_contiguous() else suggest_memory_format(x)
-
-
 def _f32(t):
     """t in fp32 (t.float() costs a call even when t is fp32 already)."""
     return t if t is None or t.dtype == torch.float32 else t.float()
@@ -156,8 +151,8 @@ def squeeze_excite(u, w1, b1, w2, b2, residual, relu):
     if residual is None:
         out = u * gate
     else:  # written in u's layout directly (addcmul would follow the residual's)
-        out = torch.empty_like(u, memory_format=_memory_format(u))
+        out = torch.empty_like(u, memory_format=memory_format(u))
         torch.addcmul(residual, u, gate, out=out)
     if relu:
         out.relu_()
-    return out.contiguous(memory_format=_memory_format(u))
+    return out.contiguous(memory_format=memory_format(u))
