@@ -12,7 +12,9 @@ replace_modules(fuse_training=True) asked for it (else the original runs), and u
 not exactly an
 nn.BatchNorm2d (SyncBatchNorm: its statistics span processes), or the conv has a bias. BN with
 no running statistics, and a dtype the kernels do not take (float64), run the original forward.
-SE blocks and timm's fused bottleneck tail run the original forward in training mode.
+SE blocks and timm's bottleneck tail (SE + shortcut + ReLU) run the squeeze_excite op in eval
+mode, and in training mode too where fuse_training=True (its backward op: the triton backend's
+kernels); the tail in training only without stochastic depth (drop_path None or nn.Identity).
 The choice follows the BN's own mode, not the block's: a BN in eval mode inside a block in
 training mode (frozen BN) runs the folded op, whatever fuse_training says.
 """
@@ -298,9 +300,11 @@ class FusedTimmBottleneck(FusedMixin):
 
     def forward(self, x):
         mode = _fused_mode(self, x, self.conv2, self.bn2) if self.conv_fusable(self) else None
-        # the tail in eval mode only (drop_path is the identity there; SE has no fused backward)
-        fuse_tail = (not self.training and self.tail_fusable(self)
-                     and _compute_dtype(x) in SUPPORTED_DTYPES)
+        # the tail: in training only as asked and without stochastic depth (in eval mode
+        # drop_path is the identity)
+        fuse_tail = (self.tail_fusable(self) and _compute_dtype(x) in SUPPORTED_DTYPES
+                     and (not self.training
+                          or self._rk_fuse_training and is_identity(self.drop_path)))
         if mode is None and not fuse_tail:
             return super().forward(x)
         shortcut = x
@@ -331,7 +335,7 @@ class _FusedSE(FusedMixin):
         return {"SE block": 1}
 
     def forward(self, x):
-        if self.training or x.dtype not in SUPPORTED_DTYPES:
+        if self.training and not self._rk_fuse_training or x.dtype not in SUPPORTED_DTYPES:
             return super().forward(x)
         return fused_se(x, self.fc1, self.fc2, None, relu=False, backend=self._rk_backend)
 

@@ -110,13 +110,12 @@ def replace_modules(model: nn.Module, *, backend: str = "auto",
         filter_fn: filter_fn(module, qualified_name) -> False keeps that module unfused.
         verbose: print what was replaced, by kind.
         fuse_training: True: conv + BN with the BN in training mode runs the train-mode fused
-            op (batch statistics, running statistics updated as nn.BatchNorm2d does). False
-            (the default until a GPU measures it faster than the original modules: its
-            statistics and normalize are torch ops around the conv kernel for now,
-            docs/KERNELS.md "Train-mode BatchNorm, v0"): the original forward runs there. SE
-            blocks and timm's bottleneck tail run the original in training mode either way. A
-            BN in eval mode runs the folded op whatever its block's mode (frozen BN), either
-            way.
+            op (batch statistics, running statistics updated as nn.BatchNorm2d does), and SE
+            blocks and timm's bottleneck tail in training mode run the squeeze_excite op (the
+            tail only without stochastic depth). False (the default until a GPU measures it
+            faster than the original modules; docs/KERNELS.md "Train-mode BatchNorm, Triton
+            v1" and "SE backward, Triton v1"): the original forward runs there. A BN in eval
+            mode runs the folded op whatever its block's mode (frozen BN), either way.
     """
     if backend != "auto" and backend not in backends.BACKENDS:
         raise ValueError(
@@ -152,7 +151,7 @@ def replace_modules(model: nn.Module, *, backend: str = "auto",
     elif verbose:
         training = "train and eval" if fuse_training else "eval only"
         print(f"resnext_kernels.replace_modules: fused {_format(report)} (backend={backend!r}, "
-              f"conv+BN fused in {training})")
+              f"conv+BN and SE fused in {training})")
     return model
 
 

@@ -280,9 +280,9 @@ def triton_layer(row, triton_kernels, shape):
                 warp_instructions=programs * iterations * instr * warps,
                 waves=info["waves"]))
         elif launch["kernel"].startswith("se_fc"):
-            # an excite FC, out = act(x . w^T) on BLOCK_N x BLOCK_J tiles: w (J x K, fp32
+            # an excite FC, out = act(x . w^T) on BLOCK_I x BLOCK_J tiles: w (J x K, fp32
             # here) once from DRAM, and per program ceil(K' / BLOCK_K) tiles of x
-            # (BLOCK_N x BLOCK_K, `splits` partial-sum slices of it in the gate launch) and of
+            # (BLOCK_I x BLOCK_K, `splits` partial-sum slices of it in the gate launch) and of
             # w (BLOCK_K x BLOCK_J) from L2, K' the k of one program: the hidden launch splits
             # C in FC_SPLIT_K parts, the gate launch reads every split's partial sums
             # importlib: the package re-exports the launcher under the module's own name
@@ -294,7 +294,7 @@ def triton_layer(row, triton_kernels, shape):
                 J, K = shape["R"], shape["C"]
                 k_program, x_slices = min(K, triton_se.FC_SPLIT_K), 1
             iterations = math.ceil(k_program / c["BLOCK_K"])
-            tile_bytes = (x_slices * c["BLOCK_N"] + c["BLOCK_J"]) * c["BLOCK_K"] * 4
+            tile_bytes = (x_slices * c["BLOCK_I"] + c["BLOCK_J"]) * c["BLOCK_K"] * 4
             model.append(dict(
                 dram_bytes=J * K * 4,
                 l2_bytes=programs * iterations * tile_bytes,

@@ -79,6 +79,7 @@ conv = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_bn_
 conv_v3 = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_v3")
 conv_bw = importlib.import_module("resnext_kernels.backends.triton.grouped_conv_backward")
 se = importlib.import_module("resnext_kernels.backends.triton.squeeze_excite")
+se_bw = importlib.import_module("resnext_kernels.backends.triton.squeeze_excite_backward")
 bn_train = importlib.import_module("resnext_kernels.backends.triton.train")
 TRITON_BACKWARD_ENV = importlib.import_module(
     "resnext_kernels.backends.triton.backward").TRITON_BACKWARD_ENV
@@ -99,9 +100,12 @@ KERNELS = {
     "bn_backward_sums": bn_kernels._backward_sums_kernel,
     "bn_coefficients": bn_kernels._coefficients_kernel,
     "bn_grad_z": bn_kernels._grad_z_kernel,
+    "se_gate_grad": se_bw._se_gate_grad_kernel,
+    "se_input_grad": se_bw._se_input_grad_kernel,
 }
 TRAINING_KERNELS = ("conv_dgrad", "conv_wgrad", "conv_wgrad_sum", "stats_reduce",
-                    "bn_normalize", "bn_backward_sums", "bn_coefficients", "bn_grad_z")
+                    "bn_normalize", "bn_backward_sums", "bn_coefficients", "bn_grad_z",
+                    "se_gate_grad", "se_input_grad")
 
 CONV_MODELS = ("resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")
 SE_MODEL = "seresnext50_32x4d"
@@ -140,7 +144,8 @@ SE_LAYOUTS = ("nhwc", "nchw")
 #     fixed config in channels_last, v2 at the reference config in NCHW) and every backward
 #     kernel path (one fixed configuration each); train-mode BatchNorm's (fusedtrain_cases,
 #     batch 128 and 1): the conv that stores its statistics partials (at its fixed config: it
-#     is not autotuned), every BN kernel, dgrad and wgrad with grad_z in their prologue.
+#     is not autotuned), every BN kernel, dgrad and wgrad with grad_z in their prologue; the
+#     SE-ResNeXt tail's backward (se_train_cases: batch 128 and 1, fp16 and bf16).
 def _reference_config():
     c = max(conv._GPU_CONFIGS, key=lambda c: (c.kwargs["BLOCK_M"] / c.num_warps, -c.num_warps,
                                              -c.num_stages))
@@ -313,16 +318,31 @@ def conv_launch(C_in, H, W, C_out, groups, stride, batch, dtype, layout):
     return launch
 
 
-def se_launch(C, H, W, R, batch, dtype, fc, layout):
-    """The real launcher's call for one SE-ResNeXt tail, relu(u * gate + residual), on meta
-    tensors (what fused_se passes: the 1x1-conv FC weights reshaped to matrices, biases)."""
+def _se_operands(C, H, W, R, batch, dtype, fc, layout):
+    """One SE-ResNeXt tail's meta operands (what fused_se passes: the 1x1-conv FC weights
+    reshaped to matrices, biases): u, w1, b1, w2, b2, residual."""
     fmt = CL if layout == "nhwc" else NCHW
     u_dtype, fc_dtype = SE_DTYPES[dtype], SE_DTYPES[fc]
     u, res = meta((batch, C, H, W), u_dtype, fmt), meta((batch, C, H, W), u_dtype, fmt)
     w1 = meta((R, C, 1, 1), fc_dtype, fmt).reshape(R, C)
     w2 = meta((C, R, 1, 1), fc_dtype, fmt).reshape(C, R)
     b1, b2 = meta((R,), fc_dtype), meta((C,), fc_dtype)
-    return lambda: se.squeeze_excite(u, w1, b1, w2, b2, res, True)
+    return u, w1, b1, w2, b2, res
+
+
+def se_launch(*shape):
+    """The real launcher's call for one SE-ResNeXt tail, relu(u * gate + residual), on meta
+    tensors."""
+    operands = _se_operands(*shape)
+    return lambda: se.squeeze_excite(*operands, True)
+
+
+def se_train_launch(*shape):
+    """The SE-ResNeXt tail's backward on meta tensors, every gradient wanted (a training
+    block's call)."""
+    u, w1, b1, w2, b2, res = _se_operands(*shape)
+    return lambda: se_bw.squeeze_excite_backward(torch.empty_like(u), u, w1, b1, w2, b2, res,
+                                                 True, True, True, True)
 
 
 def _conv_operands(C_in, H, W, C_out, groups, stride, batch, dtype, layout):
@@ -423,12 +443,22 @@ def se_cases():
                                se_launch(C, H, W, R, batch, dtype, fc, layout))
 
 
+def se_train_cases():
+    """se_train_launch of every SE-ResNeXt tail shape: batch 128 and 1, fp16 and bf16 with
+    fp32 FC weights (autocast's training), both layouts."""
+    for case, _ in se_cases():
+        if case["dtype"] != "fp32" and case["fc"] == "fp32":
+            yield (dict(case, training=True),
+                   se_train_launch(case["C"], case["H"], case["W"], case["R"], case["batch"],
+                                   case["dtype"], case["fc"], case["layout"]))
+
+
 def collect(archs):
     """{(arch, kernel, JIT key): path, with every case that launches it}; the number of calls;
     the launches whose specialisation differs from rule_mismatches' rules."""
     paths, calls, odd = {}, 0, []
     cases = (list(conv_cases()) + list(se_cases()) + list(train_cases())
-             + list(fusedtrain_cases()))
+             + list(fusedtrain_cases()) + list(se_train_cases()))
     for arch in archs:
         for case, launch in cases:
             calls += 1
@@ -606,11 +636,15 @@ def path_label(path):
                         if c.get(name))
         return (f"{kernel} {arch} {path['signature']['z_ptr'][1:]} M{c['BLOCK_M']} "
                 f"C{c['BLOCK_C']}{flags}")
-    if kernel == "se_fc":  # the excite's two launches: hidden (ReLU), then gate (sigmoid)
-        return (f"se_fc {arch} w{path['signature']['w_ptr'][1:]} "
-                f"{'sigmoid' if c['SIGMOID'] else 'relu'} N{c['BLOCK_N']} J{c['BLOCK_J']} "
-                f"K{c['BLOCK_K']}")
-    return f"{kernel} {arch} {path['signature']['u_ptr'][1:]} HW{c['BLOCK_HW']} C{c['BLOCK_C']}"
+    if kernel == "se_fc":  # the excite's launches (hidden, gate) and the backward's FCs
+        flags = "".join(f" {name.lower()}" for name in ("IN_RELU", "STORE_IN", "SIGMOID",
+                                                         "RELU_GRAD") if c.get(name))
+        return (f"se_fc {arch} w{path['signature']['w_ptr'][1:]}{flags} I{c['BLOCK_I']} "
+                f"J{c['BLOCK_J']} K{c['BLOCK_K']}")
+    flags = "".join(f" {name.lower()}" for name in ("HAS_RESIDUAL", "APPLY_RELU", "STORE_G",
+                                                     "G_WRITTEN") if c.get(name))
+    return (f"{kernel} {arch} {path['signature']['u_ptr'][1:]} HW{c['BLOCK_HW']} "
+            f"C{c['BLOCK_C']}{flags}")
 
 
 def shape_id(case):

@@ -90,3 +90,10 @@ def grouped_conv_bn_train_backward(grad_y, mask, z, coef, x, weight, stride, pad
 
 def squeeze_excite(u, w1, b1, w2, b2, residual, relu):
     return torch.ops.resnext_kernels.squeeze_excite_cuda(u, w1, b1, w2, b2, residual, relu)
+
+
+def squeeze_excite_backward(grad_out, u, w1, b1, w2, b2, residual, relu, need_u, need_fc,
+                            need_residual):
+    # no CUDA kernels for the SE backward yet: the reference's fp32 torch ops
+    return reference.squeeze_excite_backward(grad_out, u, w1, b1, w2, b2, residual, relu,
+                                             need_u, need_fc, need_residual)

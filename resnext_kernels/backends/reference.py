@@ -156,3 +156,40 @@ def squeeze_excite(u, w1, b1, w2, b2, residual, relu):
     if relu:
         out.relu_()
     return out.contiguous(memory_format=memory_format(u))
+
+
+def squeeze_excite_backward(grad_out, u, w1, b1, w2, b2, residual, relu, need_u, need_fc,
+                            need_residual):
+    """The op's gradients in fp32 torch ops, the excite recomputed from u (the contract:
+    ops/squeeze_excite.py). The ReLUs' gradients follow torch's threshold_backward on their
+    outputs (a NaN passes)."""
+    device_type = u.device.type
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return squeeze_excite_backward(grad_out, u, w1, b1, w2, b2, residual, relu,
+                                           need_u, need_fc, need_residual)
+    W1, W2 = w1.float(), w2.float()
+    uf = u.float()
+    pooled = uf.mean((2, 3))  # [N, C]
+    h = torch.relu(F.linear(pooled, W1, _f32(b1)))
+    s = torch.sigmoid(F.linear(h, W2, _f32(b2)))  # [N, C]
+    g = grad_out.float()
+    if relu:
+        z = uf * s[:, :, None, None]
+        if residual is not None:
+            z = z + residual.float()
+        g = torch.where(z <= 0, 0.0, g)
+    d_a2 = (g * uf).sum((2, 3)) * s * (1 - s)
+    d_a1 = torch.where(h <= 0, 0.0, d_a2 @ W2)
+    grad_u, grad_res, *fc_grads = (u.new_empty(0) for _ in range(6))  # not wanted: empty
+    if need_u:
+        d_pooled = d_a1 @ W1
+        hw = u.shape[2] * u.shape[3]
+        grad_u = (g * s[:, :, None, None] + (d_pooled / hw)[:, :, None, None]).to(u.dtype)
+        grad_u = grad_u.contiguous(memory_format=memory_format(u))
+    if need_fc:
+        fc_grads = (d_a1.t() @ pooled, d_a1.sum(0), d_a2.t() @ h, d_a2.sum(0))
+    if need_residual and residual is not None:
+        grad_res = torch.empty(u.shape, dtype=u.dtype, device=u.device,  # never grad_out
+                               memory_format=memory_format(residual)).copy_(g)
+    return (grad_u, *fc_grads, grad_res)

@@ -175,10 +175,10 @@ if _extension.extension_loaded():
 
 
 # ------------------------------------------------------------------------ autograd
-def _refuse_double_backward():
+def _refuse_double_backward(op="grouped_conv_bn_relu"):
     if torch.is_grad_enabled():
         raise RuntimeError(
-            "grouped_conv_bn_relu: double backward (create_graph=True) is not supported; "
+            f"{op}: double backward (create_graph=True) is not supported; "
             "compute the first-order gradients without create_graph")
 
 

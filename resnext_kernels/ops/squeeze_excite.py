@@ -8,10 +8,19 @@ W1 is [R, C] (Linear form) or [R, C, 1, 1] (1×1-conv form, timm / torchvision),
 [C, R, 1, 1]; biases are optional. u and residual share a dtype (fp32, fp16, bf16) and shape; the
 FC weights and biases may be any float dtype (they are applied in fp32, as autocast would keep
 them). Output in u's memory format. Every backend is deterministic (no atomics).
-Autograd goes through aten.
+
+    resnext_kernels::squeeze_excite_backward(grad_out, u, w1, b1, w2, b2, residual, relu,
+            need_u, need_fc, need_residual, backend)
+        -> (grad_u, grad_w1 [R, C], grad_b1 [R], grad_w2 [C, R], grad_b2 [C], grad_residual)
+        the op's gradients, the excite recomputed from u (nothing saved but the inputs); the
+        FC gradients in fp32 (the autograd formula casts them to each parameter's dtype and
+        shape), an empty tensor for each gradient not wanted (and for grad_residual without
+        a residual). The ReLUs' gradients follow torch's (a NaN output passes its gradient).
+        Triton: kernels (backends/triton/squeeze_excite_backward.py); reference and cuda:
+        fp32 torch ops. Double backward is refused.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch._prims_common import suggest_memory_format
@@ -29,6 +38,9 @@ from ._checks import (
     check_tensor,
 )
 from ._direct import backend_op_allowed, direct_call_allowed
+from .grouped_conv_bn_relu_backward import _refuse_double_backward
+
+OPS = torch.ops.resnext_kernels
 
 
 def _fc_matrix(w, name, rows, cols, rows_name, cols_name):
@@ -137,48 +149,79 @@ if _extension.extension_loaded():
         )
 
 
+# ------------------------------------------------------------------------ backward
+def _check_backward_args(grad_out, u, w1, b1, w2, b2, residual):
+    shape = _check_args(u, w1, b1, w2, b2, residual)
+    if not isinstance(grad_out, torch.Tensor) or grad_out.dim() != 4:
+        check_tensor(grad_out, "grad_out", 4)
+    if grad_out.shape != u.shape or grad_out.dtype != u.dtype or grad_out.device != u.device:
+        raise ValueError(f"grad_out: expected u's shape {list(u.shape)}, dtype {u.dtype} and "
+                         f"device {u.device}, got {list(grad_out.shape)} {grad_out.dtype} on "
+                         f"{grad_out.device}")
+    return shape
+
+
+@torch.library.custom_op("resnext_kernels::squeeze_excite_backward", mutates_args=())
+def _squeeze_excite_backward_op(
+    grad_out: torch.Tensor,
+    u: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    relu: bool,
+    need_u: bool,
+    need_fc: bool,
+    need_residual: bool,
+    backend: str,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_backward_args(grad_out, u, w1, b1, w2, b2, residual)
+    impl = backends.implementation("squeeze_excite_backward",
+                                   backends.resolve(backend, u.device))
+    return impl(grad_out, u, _as_matrix(w1), b1, _as_matrix(w2), b2, residual, relu, need_u,
+                need_fc, need_residual)
+
+
+@_squeeze_excite_backward_op.register_fake
+def _(grad_out, u, w1, b1, w2, b2, residual, relu, need_u, need_fc, need_residual, backend):
+    _, C, _, _, R = _check_backward_args(grad_out, u, w1, b1, w2, b2, residual)
+    grad_u = torch.empty(u.shape, dtype=u.dtype, device=u.device,
+                         memory_format=suggest_memory_format(u)) if need_u else u.new_empty(0)
+    grad_res = u.new_empty(0)
+    if need_residual and residual is not None:
+        grad_res = torch.empty(u.shape, dtype=u.dtype, device=u.device,
+                               memory_format=suggest_memory_format(residual))
+    fc_grads = [u.new_empty(0) for _ in range(4)]
+    if need_fc:
+        fc_grads = [u.new_empty(shape, dtype=torch.float32) for shape in ((R, C), (R,), (C, R),
+                                                                          (C,))]
+    return (grad_u, *fc_grads, grad_res)
+
+
 def _setup_context(ctx, inputs, output):
-    u, w1, b1, w2, b2, residual, relu, _backend = inputs
+    u, w1, b1, w2, b2, residual, relu, backend = inputs
     ctx.save_for_backward(u, w1, b1, w2, b2, residual)
     ctx.relu = relu
+    ctx.backend = backend
 
 
 def _backward(ctx, grad_out):
-    """Hand-derived gradients, recomputing the small fp32 excite path from the saved inputs."""
+    """The backward op; its fp32 FC gradients cast to each parameter's dtype and shape."""
+    _refuse_double_backward("squeeze_excite")
     u, w1, b1, w2, b2, residual = ctx.saved_tensors
     need = ctx.needs_input_grad
-    W1, W2 = _as_matrix(w1).float(), _as_matrix(w2).float()
-    uf = u.float()
-    pooled = uf.mean((2, 3))  # [N, C]
-    a1 = pooled @ W1.t() + (b1.float() if b1 is not None else 0.0)
-    h = torch.relu(a1)
-    s = torch.sigmoid(h @ W2.t() + (b2.float() if b2 is not None else 0.0))  # [N, C]
-    g = grad_out.float()
-    if ctx.relu:
-        z = uf * s[:, :, None, None]
-        if residual is not None:
-            z = z + residual.float()
-        g = g * (z > 0)
-    d_s = (g * uf).sum((2, 3))
-    d_a2 = d_s * s * (1 - s)
-    d_h = d_a2 @ W2
-    d_a1 = d_h * (a1 > 0)
-    d_pooled = d_a1 @ W1
-    grad_u = grad_w1 = grad_b1 = grad_w2 = grad_b2 = grad_res = None
-    if need[0]:
-        hw = u.shape[2] * u.shape[3]
-        grad_u = (g * s[:, :, None, None] + (d_pooled / hw)[:, :, None, None]).to(u.dtype)
-    if need[1]:
-        grad_w1 = (d_a1.t() @ pooled).reshape(w1.shape).to(w1.dtype)
-    if need[2] and b1 is not None:
-        grad_b1 = d_a1.sum(0).to(b1.dtype)
-    if need[3]:
-        grad_w2 = (d_a2.t() @ h).reshape(w2.shape).to(w2.dtype)
-    if need[4] and b2 is not None:
-        grad_b2 = d_a2.sum(0).to(b2.dtype)
-    if need[5] and residual is not None:
-        grad_res = g.to(residual.dtype)
-    return grad_u, grad_w1, grad_b1, grad_w2, grad_b2, grad_res, None, None
+    need_fc = any(need[1:5])
+    grad_u, grad_w1, grad_b1, grad_w2, grad_b2, grad_res = OPS.squeeze_excite_backward(
+        grad_out, u, w1, b1, w2, b2, residual, ctx.relu, need[0], need_fc,
+        need[5] and residual is not None, ctx.backend)
+    grads = [grad_u if need[0] else None]
+    for wanted, grad, param in ((need[1], grad_w1, w1), (need[2], grad_b1, b1),
+                                (need[3], grad_w2, w2), (need[4], grad_b2, b2)):
+        grads.append(grad.reshape(param.shape).to(param.dtype)
+                     if wanted and param is not None else None)
+    grads.append(grad_res if need[5] and residual is not None else None)
+    return (*grads, None, None)
 
 
 _squeeze_excite_op.register_autograd(_backward, setup_context=_setup_context)

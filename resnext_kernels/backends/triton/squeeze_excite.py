@@ -47,45 +47,54 @@ def _se_squeeze_kernel(
 
 @triton.jit
 def _se_fc_kernel(
-    in_ptr,  # fp32 [IN_SPLITS, N, K] contiguous: pooled, or the hidden layer's partial sums
+    in_ptr,  # fp32 [IN_SPLITS, I, K], strides (sxs, sxi, sxk): pooled, the hidden layer's
+             # partial sums, or (backward) a gradient, maybe transposed
     in_bias_ptr,  # [K]: added to the summed input (unused unless HAS_IN_BIAS)
-    w_ptr,  # [J, K], any strides, any float dtype: w1 [R, C] or w2 [C, R]
+    w_ptr,  # [J, K], any strides, any float dtype: w1 [R, C], w2 [C, R], their transposes,...
     b_ptr,  # [J] (unused unless HAS_BIAS)
-    out_ptr,  # fp32 [splits, N, J] contiguous: output, one slice per split of K (grid axis 2)
-    N, J, K,
+    out_ptr,  # fp32 [splits, I, J] contiguous: output, one slice per split of K (grid axis 2)
+    in_store_ptr,  # fp32 [I, K] contiguous: the input as formed, stored (unused unless STORE_IN)
+    relu_out_ptr,  # fp32 [I, J] contiguous: a ReLU's output (unused unless RELU_GRAD)
+    I, J, K,
     IN_SPLITS,  # slices of in_ptr summed (fixed order) into the input
     K_SPLIT,  # the k of one split: program (.., .., s) covers [s * K_SPLIT, (s + 1) * K_SPLIT)
-    swj, swk,  # w element strides
+    sxs, sxi, sxk,  # in element strides
+    swj, swk,  # w element strides (0, 0 with a one-element w: the row sums of the input)
     HAS_IN_BIAS: tl.constexpr,
     IN_RELU: tl.constexpr,  # the input is relu(sum + in_bias): the hidden layer, formed here
+    STORE_IN: tl.constexpr,  # store the input as formed (programs of the first j block)
     HAS_BIAS: tl.constexpr,
     SIGMOID: tl.constexpr,  # sigmoid on the output (the gate); else the raw sums (partials)
-    BLOCK_N: tl.constexpr,  # images per program: each weight tile is read once for all of them
-    BLOCK_J: tl.constexpr,
+    RELU_GRAD: tl.constexpr,  # the output is a gradient through the ReLU whose output is
+                              # relu_out: 0 where relu_out <= 0 (torch's threshold_backward)
+    BLOCK_I: tl.constexpr,  # input rows (images) per program: each weight tile is read once
+    BLOCK_J: tl.constexpr,  # for all of them
     BLOCK_K: tl.constexpr,
 ):
-    # out[s, n, j] = act(sum over k of split s of x[n, k] w[j, k] (+ b[j]))
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # out[s, i, j] = act(sum over k of split s of x[i, k] w[j, k] (+ b[j]))
+    offs_i = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
     offs_j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
     split = tl.program_id(2)
-    n_ok, j_ok = offs_n < N, offs_j < J
-    rows = offs_n.to(tl.int64) * K
-    slice_elems = tl.cast(N, tl.int64) * K  # one [N, K] input slice (N: maybe constexpr 1)
+    i_ok, j_ok = offs_i < I, offs_j < J
+    rows = offs_i.to(tl.int64) * sxi
     k_end = tl.minimum(K, (split + 1) * K_SPLIT)
-    acc = tl.zeros((BLOCK_N, BLOCK_J), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_I, BLOCK_J), dtype=tl.float32)
     for k0 in range(split * K_SPLIT, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < k_end
-        x_mask = n_ok[:, None] & k_ok[None, :]
-        x = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        x_ptrs = in_ptr + rows[:, None] + offs_k[None, :]
-        for _ in range(IN_SPLITS):  # the slices in a fixed order; 64-bit steps of N * K
+        x_mask = i_ok[:, None] & k_ok[None, :]
+        x = tl.zeros((BLOCK_I, BLOCK_K), dtype=tl.float32)
+        x_ptrs = in_ptr + rows[:, None] + offs_k.to(tl.int64)[None, :] * sxk
+        for _ in range(IN_SPLITS):  # the slices in a fixed order; 64-bit steps
             x += tl.load(x_ptrs, mask=x_mask, other=0.0)
-            x_ptrs += slice_elems
+            x_ptrs += tl.cast(sxs, tl.int64)
         if HAS_IN_BIAS:
             x += tl.load(in_bias_ptr + offs_k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
         if IN_RELU:
             x = tl.where(x < 0.0, 0.0, x)  # ReLU that keeps NaN, as torch.relu does
+        if STORE_IN:
+            tl.store(in_store_ptr + offs_i.to(tl.int64)[:, None] * K + offs_k[None, :], x,
+                     mask=x_mask & (tl.program_id(1) == 0))
         w = tl.load(w_ptr + offs_j[None, :].to(tl.int64) * swj + offs_k[:, None] * swk,
                     mask=k_ok[:, None] & j_ok[None, :], other=0.0).to(tl.float32)
         # fp32 FMAs, not TF32: the gate must match the fp32 FCs of nn.Linear
@@ -94,9 +103,12 @@ def _se_fc_kernel(
         acc += tl.load(b_ptr + offs_j, mask=j_ok, other=0.0).to(tl.float32)[None, :]
     if SIGMOID:
         acc = tl.sigmoid(acc)
-    out = (out_ptr + split.to(tl.int64) * N * J + offs_n.to(tl.int64)[:, None] * J
-           + offs_j[None, :])
-    tl.store(out, acc, mask=n_ok[:, None] & j_ok[None, :])
+    out_offs = offs_i.to(tl.int64)[:, None] * J + offs_j[None, :]
+    out_mask = i_ok[:, None] & j_ok[None, :]
+    if RELU_GRAD:
+        relu_out = tl.load(relu_out_ptr + out_offs, mask=out_mask, other=0.0)
+        acc = tl.where(relu_out <= 0.0, 0.0, acc)
+    tl.store(out_ptr + split.to(tl.int64) * I * J + out_offs, acc, mask=out_mask)
 
 
 @triton.jit
@@ -142,10 +154,61 @@ def _se_scale_kernel(
 # partial sums the gate launch adds in a fixed order. Each weight element crosses from L2
 # ceil(N / 16) times (Triton v1's one program per image: N times, 2 MB per image at
 # seresnext50's last stage), over ceil(N / 16) x ceil(R / 16) x ceil(C / 512) programs (v1: N).
-FC_BLOCK_N = 16
+FC_BLOCK_I = 16
 FC_BLOCK_J_HIDDEN = 16
 FC_BLOCK_J_GATE = 64
 FC_SPLIT_K = 512
+
+
+def fc(out, x, w, I, J, K, *, x_strides=None, w_strides=None, k_split=None, in_splits=1,
+       in_bias=None, in_relu=False, in_store=None, bias=None, sigmoid=False, relu_out=None,
+       block_j=FC_BLOCK_J_GATE):
+    """out[s, i, j] = act(sum over k of split s of x[i, k] w[j, k] (+ bias[j])), one
+    _se_fc_kernel launch (its comments say what each option does). x: fp32 [in_splits, I, K]
+    by x_strides (default: contiguous), w: [J, K] by w_strides (default: w's own); the
+    reduction split in k_split-long parts (default: none), one output slice each."""
+    sxs, sxi, sxk = x_strides if x_strides is not None else (I * K, K, 1)
+    swj, swk = w_strides if w_strides is not None else w.stride()
+    k_split = k_split if k_split is not None else max(K, 1)
+    splits = triton.cdiv(K, k_split)
+    block_k = min(64, max(16, triton.next_power_of_2(min(K, k_split))))
+    _se_fc_kernel[(triton.cdiv(I, FC_BLOCK_I), triton.cdiv(J, block_j), splits)](
+        x, in_bias if in_bias is not None else x, w, bias if bias is not None else x, out,
+        in_store if in_store is not None else x, relu_out if relu_out is not None else x,
+        I, J, K, in_splits, k_split, sxs, sxi, sxk, swj, swk,
+        HAS_IN_BIAS=in_bias is not None, IN_RELU=in_relu, STORE_IN=in_store is not None,
+        HAS_BIAS=bias is not None, SIGMOID=sigmoid, RELU_GRAD=relu_out is not None,
+        BLOCK_I=FC_BLOCK_I, BLOCK_J=block_j, BLOCK_K=block_k,
+    )
+
+
+def fc_splits(C):
+    """The hidden layer's splits of its C-long reduction."""
+    return triton.cdiv(C, FC_SPLIT_K)
+
+
+def elementwise_blocks(u):
+    """(BLOCK_HW, BLOCK_C) of the squeeze and scale kernels (smaller under the interpreter)."""
+    interpreted = triton_interpreter_enabled() or u.device.type == "cpu"
+    return (32, 32) if interpreted else (64, 64)
+
+
+def gate(u, w1, b1, w2, b2, pooled, gate_out, hidden_parts, hidden=None):
+    """pooled = mean_hw u, then gate_out = sigmoid(W2 relu(W1 pooled + b1) + b2) (fp32 [N, C]
+    each); hidden_parts: fp32 [fc_splits(C), N, R] workspace; hidden: fp32 [N, R], where the
+    hidden layer relu(W1 pooled + b1) is stored if given (the backward's)."""
+    N, C, H, W = u.shape
+    R = w1.shape[0]
+    HW = H * W
+    block_hw, block_c = elementwise_blocks(u)
+    _se_squeeze_kernel[(N, triton.cdiv(C, block_c))](
+        u, pooled, C, HW, W, *u.stride(), 1.0 / HW, BLOCK_HW=block_hw, BLOCK_C=block_c,
+    )
+    # hidden: partial sums of W1 pooled over each FC_SPLIT_K channels
+    fc(hidden_parts, pooled, w1, N, R, C, k_split=FC_SPLIT_K, block_j=FC_BLOCK_J_HIDDEN)
+    # gate = sigmoid(W2 relu(sum of the partials + b1) + b2)
+    fc(gate_out, hidden_parts, w2, N, C, R, in_splits=fc_splits(C), in_bias=b1, in_relu=True,
+       in_store=hidden, bias=b2, sigmoid=True)
 
 
 def squeeze_excite(u, w1, b1, w2, b2, residual, relu):
@@ -157,36 +220,18 @@ def squeeze_excite(u, w1, b1, w2, b2, residual, relu):
                       memory_format=suggest_memory_format(u))
     if out.numel() == 0:
         return out
-    splits = triton.cdiv(C, FC_SPLIT_K)
     # one fp32 workspace: pooled [N, C], gate [N, C], the hidden layer's partial sums [splits, N, R]
-    workspace = torch.empty(N * (2 * C + splits * R), dtype=torch.float32, device=u.device)
+    workspace = torch.empty(N * (2 * C + fc_splits(C) * R), dtype=torch.float32,
+                            device=u.device)
     pooled = workspace[: N * C].view(N, C)
-    gate = workspace[N * C: 2 * N * C].view(N, C)
+    gate_nc = workspace[N * C: 2 * N * C].view(N, C)
     hidden_parts = workspace[2 * N * C:]
-    interpreted = triton_interpreter_enabled() or u.device.type == "cpu"
-    block_c = 32 if interpreted else 64
-    block_hw = 32 if interpreted else 64
+    block_hw, block_c = elementwise_blocks(u)
     with on_device(u):
-        _se_squeeze_kernel[(N, triton.cdiv(C, block_c))](
-            u, pooled, C, HW, W, *u.stride(), 1.0 / HW, BLOCK_HW=block_hw, BLOCK_C=block_c,
-        )
-        fc_block_k = lambda K: min(64, max(16, triton.next_power_of_2(K)))  # noqa: E731
-        # hidden: partial sums of W1 pooled over each FC_SPLIT_K channels
-        _se_fc_kernel[(triton.cdiv(N, FC_BLOCK_N), triton.cdiv(R, FC_BLOCK_J_HIDDEN), splits)](
-            pooled, pooled, w1, pooled, hidden_parts, N, R, C, 1, FC_SPLIT_K, *w1.stride(),
-            HAS_IN_BIAS=False, IN_RELU=False, HAS_BIAS=False, SIGMOID=False,
-            BLOCK_N=FC_BLOCK_N, BLOCK_J=FC_BLOCK_J_HIDDEN, BLOCK_K=fc_block_k(min(C, FC_SPLIT_K)),
-        )
-        # gate = sigmoid(W2 relu(sum of the partials + b1) + b2)
-        _se_fc_kernel[(triton.cdiv(N, FC_BLOCK_N), triton.cdiv(C, FC_BLOCK_J_GATE), 1)](
-            hidden_parts, b1 if b1 is not None else pooled, w2, b2 if b2 is not None else pooled,
-            gate, N, C, R, splits, R, *w2.stride(),
-            HAS_IN_BIAS=b1 is not None, IN_RELU=True, HAS_BIAS=b2 is not None, SIGMOID=True,
-            BLOCK_N=FC_BLOCK_N, BLOCK_J=FC_BLOCK_J_GATE, BLOCK_K=fc_block_k(R),
-        )
+        gate(u, w1, b1, w2, b2, pooled, gate_nc, hidden_parts)
         res = residual if residual is not None else u
         _se_scale_kernel[(N * triton.cdiv(HW, block_hw), triton.cdiv(C, block_c))](
-            u, gate, res, out, C, HW, W, *u.stride(), *res.stride(), *out.stride(),
+            u, gate_nc, res, out, C, HW, W, *u.stride(), *res.stride(), *out.stride(),
             HAS_RESIDUAL=residual is not None, APPLY_RELU=bool(relu),
             BLOCK_HW=block_hw, BLOCK_C=block_c,
         )
