@@ -13,6 +13,10 @@ it is timed):
 Without a GPU: eager and reference on the CPU, batch 1, small images (the stage shapes of a
 64² input), fp32: a smoke run; the script says which providers it skipped (triton runs on CPU
 tensors only under the interpreter, far too slow to time: ask for it with --providers).
+--backward: each call is the tail's forward and backward (torch.autograd.grad of the output
+with a fixed random gradient, for u, the residual and the four FC parameters: a training
+step's SE), the op's backward being resnext_kernels::squeeze_excite_backward; checked against
+float64 autograd on the whole batch (every gradient within the tolerance).
 
 Timing (benchmarks/common.py says how), per row: p20_ms/p50_ms/p80_ms device time per call with
 calls queued back to back, host_us_per_call the CPU time to issue one, graph_p20_ms/
@@ -20,7 +24,9 @@ graph_p50_ms/graph_p80_ms per call replayed in a CUDA graph (graph_status says w
 there is none), samples, calls_per_sample, device_timing; calls rotate over n_sets input sets
 (u and residual) that together exceed the L2 cache several times.
 Floor: the 3-pass floor, u read + residual read + output written once each (floor_ms: those
-bytes at the copy bandwidth measured here); pct_of_floor = floor_ms / p50_ms,
+bytes at the copy bandwidth measured here); with --backward the 8-pass floor, those 3 and the
+backward's grad_out, u and residual read (the ReLU's mask) and grad_u and grad_residual
+written; pct_of_floor = floor_ms / p50_ms,
 graph_pct_of_floor = floor_ms / graph_p50_ms. A fused kernel that reads u twice (pool, then
 scale) moves a 4th pass unless the second read hits L2. speedup_vs_eager: the best eager layout
 over p50_ms; speedup_vs_reference: the same layout's reference over p50_ms.
@@ -31,6 +37,7 @@ Exit status 1 if any provider's output (or its CUDA-graph replay) was wrong, 130
 
   python benchmarks/squeeze_excite.py --quick
   python benchmarks/squeeze_excite.py --batch 128 --dtypes fp16 bf16
+  python benchmarks/squeeze_excite.py --batch 128 --dtypes fp16 --backward
 """
 
 import argparse
@@ -90,22 +97,54 @@ def provider_fn(name, se, device):
     return f"unknown provider {name}"
 
 
+def fc_params(se):
+    return [se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias]
+
+
+def with_backward(forward, se, grad_out):
+    """(u, residual) -> the gradients of forward(u, residual) for u, the residual and the FC
+    parameters, with grad_out (a training step's SE, forward and backward)."""
+    def step(u, residual):
+        with torch.enable_grad():
+            u, residual = u.requires_grad_(), residual.requires_grad_()
+            out = forward(u, residual)
+            return torch.autograd.grad(out, [u, residual, *fc_params(se)], grad_out)
+    return step
+
+
+def tail64(u, residual, w1, b1, w2, b2):
+    """The tail relu(u * gate + residual), every argument float64 (the FC weights in 1x1-conv
+    form)."""
+    hidden = torch.relu(F.linear(u.mean((2, 3)), w1.flatten(1), b1))
+    gate = torch.sigmoid(F.linear(hidden, w2.flatten(1), b2))
+    return torch.relu(u * gate[:, :, None, None] + residual)
+
+
+def check_backward(fn, u, residual, se, grad_out):
+    """The largest error, relative to its max |ref|, of the gradients against float64 autograd
+    on the whole batch (the FC gradients sum over every image)."""
+    got = fn(u, residual)
+    leaves = [t.detach().double().requires_grad_() for t in (u, residual, *fc_params(se))]
+    with torch.enable_grad():
+        exp = torch.autograd.grad(tail64(*leaves), leaves, grad_out.double())
+    return max(common.relative_error(g, e) for g, e in zip(got, exp))
+
+
 def check(fn, u, residual, se):
     """Max error relative to max |ref| against float64, on the first two images of a call on
     the whole batch."""
     with torch.no_grad():
         got = fn(u, residual)[:2].double()
-        u64, r64 = u[:2].double(), residual[:2].double()
-        w1, w2 = se.fc1.weight.double().flatten(1), se.fc2.weight.double().flatten(1)
-        hidden = torch.relu(F.linear(u64.mean((2, 3)), w1, se.fc1.bias.double()))
-        gate = torch.sigmoid(F.linear(hidden, w2, se.fc2.bias.double()))
-        ref = torch.relu(u64 * gate[:, :, None, None] + r64)
+        ref = tail64(u[:2].double(), residual[:2].double(),
+                     *(p.double() for p in fc_params(se)))
     return common.relative_error(got, ref)
 
 
 class Cases(common.CaseCache):
     """The SE module and the rotated (u, residual) sets of the rows being run: made when a row
     first needs them, dropped when a row needs another."""
+
+    backward = False  # --backward: a grad_out per case, and the 8-pass floor
 
     def make(self, si, dtype, layout):
         _stage, C, H, W, _R, _count = self.shapes[si]
@@ -119,12 +158,13 @@ class Cases(common.CaseCache):
             return (torch.randn(self.batch, C, H, W, device=self.device, generator=g)
                     .to(dtype).contiguous(memory_format=fmt))
         sets = common.rotation_sets(2 * tensor_bytes, self.device)
-        nbytes = 3 * tensor_bytes  # u read, residual read, output written
+        nbytes = (8 if self.backward else 3) * tensor_bytes  # the floor's passes (docstring)
         return dict(se=se, inputs=[(tensor(), tensor()) for _ in range(sets)],
+                    grad_out=tensor() if self.backward else None,
                     nbytes=nbytes, floor_ms=nbytes / (self.bandwidth_gbs() * 1e9) * 1e3)
 
 
-def plan(shapes, dtypes, layouts, providers, batch, model_name):
+def plan(shapes, dtypes, layouts, providers, batch, model_name, backward=False):
     """[(row, job)]: a row's identifying fields, and what run_row needs to measure it."""
     rows = []
     for si, (stage, C, H, W, R, count) in enumerate(shapes):
@@ -133,7 +173,8 @@ def plan(shapes, dtypes, layouts, providers, batch, model_name):
                 for provider in providers:
                     row = dict(model=model_name, stage=stage, blocks=count, C=C, R=R, H=H, W=W,
                                batch=batch, dtype=str(dtype).replace("torch.", ""),
-                               layout=layout, provider=provider)
+                               layout=layout, provider=provider,
+                               direction="forward+backward" if backward else "forward")
                     rows.append((row, (si, dtype, layout, provider)))
     return rows
 
@@ -144,17 +185,25 @@ def run_row(row, job, cases, device, args):
     def derive(row, case):
         row["gbs"] = case["nbytes"] / (row["p50_ms"] * 1e-3) / 1e9
 
-    common.measure_row(
-        row, lambda: cases.get(si, dtype, layout),
-        lambda case: provider_fn(provider, case["se"], device),
-        lambda fn, case: check(fn, *case["inputs"][0], case["se"]),
-        TOL[dtype], device, args, derive)
+    def make_fn(case):
+        fn = provider_fn(provider, case["se"], device)
+        if args.backward and not isinstance(fn, str):
+            fn = with_backward(fn, case["se"], case["grad_out"])
+        return fn
+
+    def check_fn(fn, case):
+        if args.backward:
+            return check_backward(fn, *case["inputs"][0], case["se"], case["grad_out"])
+        return check(fn, *case["inputs"][0], case["se"])
+
+    common.measure_row(row, lambda: cases.get(si, dtype, layout), make_fn, check_fn,
+                       TOL[dtype], device, args, derive)
 
 
 def add_speedups(rows):
     """speedup_vs_eager (best eager layout) and speedup_vs_reference (same layout), from p50."""
     def key(r):
-        return (r["model"], r["stage"], r["C"], r["H"], r["dtype"])
+        return (r["model"], r["stage"], r["C"], r["H"], r["dtype"], r["direction"])
 
     best_eager, reference = {}, {}
     for r in rows:
@@ -211,7 +260,8 @@ def run(args, budget):
                                            if args.time_budget is not None else ""))
 
     cases = Cases(shapes, batch, device)
-    prefix = common.result_prefix("squeeze_excite", env)
+    cases.backward = args.backward
+    prefix = common.result_prefix(result_name(args), env)
     env["skipped_providers"] = skipped
 
     def checkpoint(rows):
@@ -219,13 +269,17 @@ def run(args, budget):
         common.write_results(prefix, env, rows, args.out)
 
     torch.backends.cudnn.benchmark = True  # the eager provider's 1x1 convs
-    jobs = plan(shapes, dtypes, layouts, providers, batch, args.model)
+    jobs = plan(shapes, dtypes, layouts, providers, batch, args.model, args.backward)
     interrupted = common.run_rows(jobs, lambda row, job: run_row(row, job, cases, device, args),
                                   budget, "squeeze_excite", checkpoint)
     rows = [row for row, _ in jobs]
     env["copy_bandwidth_gbs"] = cases._bandwidth and round(cases._bandwidth, 3)
     add_speedups(rows)
     return env, rows, skipped, interrupted
+
+
+def result_name(args):
+    return "squeeze_excite_backward" if args.backward else "squeeze_excite"
 
 
 def main(argv=None):
@@ -250,6 +304,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="one dtype on a GPU; few samples on "
                                                         "the CPU")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even with a GPU")
+    p.add_argument("--backward", action="store_true",
+                   help="time forward + backward (the op's backward: squeeze_excite_backward)")
     p.add_argument("--out", default=common.RESULTS_DIR, help="directory for the result files")
     args = p.parse_args(argv)
     budget.seconds = args.time_budget
@@ -261,8 +317,8 @@ def main(argv=None):
     print(LEGEND)
     shown = [dict(r, graph=str(r.get("graph_status", "")).split(":", 1)[0] or None) for r in rows]
     print(common.format_table(shown, COLUMNS))
-    json_path, csv_path = common.write_results(common.result_prefix("squeeze_excite", env), env,
-                                               rows, args.out)
+    json_path, csv_path = common.write_results(common.result_prefix(result_name(args), env),
+                                               env, rows, args.out)
     print(f"\nwrote {json_path}\n      {csv_path}")
     bad = [r for r in rows if str(r.get("status", "")).startswith("wrong")
            or str(r.get("graph_status", "")).startswith("wrong")]

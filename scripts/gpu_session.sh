@@ -31,10 +31,13 @@
 #                       resnext50_32x4d, batch 128, fp16, channels_last then NCHW: triton and
 #                       cuda with their default backward (aten's), triton_kernels and
 #                       cuda_kernels with their own, cuda_dgrad with CUDA's dgrad and aten's
-#                       wgrad; each fwd+bwd row with its kernels' device times (the profiler)
+#                       wgrad; each fwd+bwd row with its kernels' device times (the profiler);
+#                       then a quarter of it: the SE tail's forward+backward
+#                       (squeeze_excite.py --backward: eager, triton, cuda; fp16 channels_last)
 #                       (first timed at 659b2c1 with 4 providers, ~110 s then; correctness is
 #                       in gpu-tests)
-#   train-models   120  models.py, training steps only: resnext50_32x4d, batch 64, channels_last
+#   train-models   120  models.py, training steps only: resnext50_32x4d then seresnext50_32x4d
+#                       (its SE tail fused in training too), batch 64, channels_last
 #                       fp16: eager, replace_modules(fuse_training=True) (train-mode BN op,
 #                       backend auto), and replace_modules without it (an estimate: not yet run)
 #
@@ -382,15 +385,23 @@ step_max_autotune() {
 }
 
 step_train_bench() {
-  log "training: the fused op's backward and forward+backward against cuDNN eager"
-  local args=(--out "$STAGE/benchmarks/results" --time-budget $(( $1 - 30 )))
+  log "training: the fused op's backward and forward+backward against cuDNN eager; the SE tail's"
+  # three quarters for the conv, a quarter for the SE tail's forward+backward (12 rows)
+  local conv_s=$(( $1 * 3 / 4 )) rc=0
+  local se_s=$(( $1 - conv_s ))
+  local args=(--out "$STAGE/benchmarks/results" --time-budget $(( conv_s - 30 )))
+  local se_args=(--out "$STAGE/benchmarks/results" --time-budget $(( se_s - 15 )) --backward)
   if [ "$DRY" = 1 ]; then
     args+=(--batch 1 --dtypes fp32 --layouts nhwc --shape 64,8,8,16,1 --reps 2)
+    se_args+=(--quick --layouts nhwc)
   else
     args+=(--batch 128 --models resnext50_32x4d --dtypes fp16 --layouts nhwc nchw
            --providers cudnn_eager triton triton_kernels cuda cuda_dgrad cuda_kernels --reps 10)
+    se_args+=(--batch 128 --dtypes fp16 --layouts nhwc --providers eager triton cuda --reps 10)
   fi
-  run_logged "$1" "$LOGDIR/train-bench.log" $PY "$REPO/benchmarks/grouped_conv_backward.py" "${args[@]}"
+  run_logged "$conv_s" "$LOGDIR/train-bench.log" $PY "$REPO/benchmarks/grouped_conv_backward.py" "${args[@]}" || rc=$?
+  run_logged "$se_s" "$LOGDIR/se-train-bench.log" $PY "$REPO/benchmarks/squeeze_excite.py" "${se_args[@]}" || rc=$?
+  return $rc
 }
 
 step_train_models() {
@@ -399,7 +410,7 @@ step_train_models() {
   if [ "$DRY" = 1 ]; then
     args+=(--batch 2 --image 32 --reps 2 --modes fusedtrain_cl_bf16)
   else
-    args+=(--batch 64 --reps 10 --models resnext50_32x4d
+    args+=(--batch 64 --reps 10 --models resnext50_32x4d seresnext50_32x4d
            --modes eager_cl_fp16 fusedtrain_cl_fp16 fused_cl_fp16)
   fi
   run_logged "$1" "$LOGDIR/train-models.log" $PY "$REPO/benchmarks/models.py" "${args[@]}"

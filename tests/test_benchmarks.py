@@ -21,6 +21,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import common  # noqa: E402
+import resnext_kernels as rk  # noqa: E402
 
 TIMING_FIELDS = ("p20_ms", "p50_ms", "p80_ms", "samples", "calls_per_sample", "host_us_per_call",
                  "device_timing", "graph_status")
@@ -190,6 +191,40 @@ def test_squeeze_excite_benchmark_quick(tmp_path, capsys, keep_cudnn_benchmark):
             assert r["speedup_vs_reference"] == pytest.approx(1.0)
     assert max(r["speedup_vs_eager"] for r in rows if r["provider"] == "eager") == \
         pytest.approx(1.0), "the best eager layout is the eager baseline"
+
+
+def test_squeeze_excite_backward_benchmark(tmp_path, monkeypatch, keep_cudnn_benchmark):
+    """--backward: forward + backward rows against float64 autograd, the 8-pass floor; a
+    backend whose backward is wrong (grad_u doubled) is reported wrong, not timed."""
+    se = load_script("squeeze_excite")
+    args = ["--cpu", "--quick", "--reps", "2", "--backward", "--layouts", "nhwc"]
+    assert se.main(args + ["--out", str(tmp_path / "ok")]) == 0
+    data, _ = load_outputs(tmp_path / "ok", "squeeze_excite_backward")
+    for r in data["rows"]:
+        assert r["status"] == "ok" and r["direction"] == "forward+backward", r
+        assert r["max_rel_err"] < 1e-3
+        elem = torch.finfo(getattr(torch, r["dtype"])).bits // 8
+        assert r["floor_ms"] == pytest.approx(
+            8 * r["batch"] * r["C"] * r["H"] * r["W"] * elem
+            / (data["environment"]["copy_bandwidth_gbs"] * 1e9) * 1e3, rel=0.01)
+    reference = rk.backends.implementation("squeeze_excite_backward", "reference")
+
+    def doubled(*args):
+        grads = list(reference(*args))
+        grads[0] = grads[0] * 2
+        return tuple(grads)
+
+    monkeypatch.setattr(sys.modules["resnext_kernels.backends.reference"],
+                        "squeeze_excite_backward", doubled)
+    rk.backends.implementation.cache_clear()
+    try:
+        assert se.main(args + ["--out", str(tmp_path / "bad")]) == 1
+    finally:
+        monkeypatch.undo()
+        rk.backends.implementation.cache_clear()
+    data, _ = load_outputs(tmp_path / "bad", "squeeze_excite_backward")
+    for r in data["rows"]:
+        assert r["status"].startswith("wrong" if r["provider"] == "reference" else "ok"), r
 
 
 def test_model_benchmark_quick(tmp_path):
