@@ -13,8 +13,9 @@ not exactly an
 nn.BatchNorm2d (SyncBatchNorm: its statistics span processes), or the conv has a bias. BN with
 no running statistics, and a dtype the kernels do not take (float64), run the original forward.
 SE blocks and timm's bottleneck tail (SE + shortcut + ReLU) run the squeeze_excite op in eval
-mode, and in training mode too where fuse_training=True (its backward op: the triton backend's
-kernels); the tail in training only without stochastic depth (drop_path None or nn.Identity).
+mode, and in training mode too where fuse_training=True (its backward op on the backend the forward ran: kernels
+in triton, torch ops in reference and cuda); the tail in training only without stochastic
+depth (drop_path None or nn.Identity).
 The choice follows the BN's own mode, not the block's: a BN in eval mode inside a block in
 training mode (frozen BN) runs the folded op, whatever fuse_training says.
 """

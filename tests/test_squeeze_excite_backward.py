@@ -101,6 +101,34 @@ def test_excite_tiles_across_images_and_channel_splits(backend_device, poison_ou
                     torch.float32)
 
 
+def test_many_images_wide_hidden_layer_and_an_expanded_gradient(backend_device, poison_outputs):
+    """70 images (five 16-image blocks of the FC gradients' reduction), R 65 (two blocks of the
+    hidden layer and its store), 1x1 pixels, and the gradient of out.sum(): autograd hands
+    over an expanded tensor (every stride 0)."""
+    backend, device = backend_device
+    case = make_case(70, 24, 1, 1, 65, torch.float32, device, True, 165, residual=True)
+    grad = torch.ones((), device=device).expand(case[0].shape)
+    check_gradients(gradients(backend, case, True, grad), expected(case, True, grad), case,
+                    torch.float32)
+
+
+def test_tail_mask_is_the_forward_outputs(backend_device, poison_outputs):
+    """A residual of about -u * s in fp16: many outputs at or within rounding of 0. The
+    residual's gradient (the tail's mask on a gradient of ones) is nonzero exactly where the
+    op's own forward output is > 0 (or NaN), as threshold_backward on that output."""
+    backend, device = backend_device
+    u, w1, b1, w2, b2, _ = make_case(2, 32, 8, 8, 8, torch.float16, device, True, 166)
+    gate = torch.sigmoid(torch.relu(u.float().mean((2, 3)) @ w1.float().t() + b1.float())
+                         @ w2.float().t() + b2.float())
+    res = (-(u.float() * gate[:, :, None, None])).half().contiguous(
+        memory_format=torch.channels_last)
+    case = (u, w1, b1, w2, b2, res)
+    out = rk.squeeze_excite(u, w1, b1, w2, b2, residual=res, relu=True, backend=backend)
+    got = gradients(backend, case, True, torch.ones_like(out), ("residual",))[5]
+    assert (out == 0).sum() > 100  # the ties this is about
+    assert torch.equal(got != 0, ~(out <= 0))
+
+
 @pytest.mark.parametrize("N", [0, 1])
 def test_batch_zero_and_one(backend_device, poison_outputs, N):
     backend, device = backend_device

@@ -162,7 +162,8 @@ def squeeze_excite_backward(grad_out, u, w1, b1, w2, b2, residual, relu, need_u,
                             need_residual):
     """The op's gradients in fp32 torch ops, the excite recomputed from u (the contract:
     ops/squeeze_excite.py). The ReLUs' gradients follow torch's threshold_backward on their
-    outputs (a NaN passes)."""
+    outputs (a NaN passes); the tail's mask comes from this backend's forward output itself
+    (its gate rounded to u's dtype), so it is the forward's."""
     device_type = u.device.type
     if torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
@@ -170,14 +171,12 @@ def squeeze_excite_backward(grad_out, u, w1, b1, w2, b2, residual, relu, need_u,
                                            need_u, need_fc, need_residual)
     W1, W2 = w1.float(), w2.float()
     uf = u.float()
-    pooled = uf.mean((2, 3))  # [N, C]
+    pooled = u.mean((2, 3), dtype=torch.float32)  # [N, C], as se_gate
     h = torch.relu(F.linear(pooled, W1, _f32(b1)))
     s = torch.sigmoid(F.linear(h, W2, _f32(b2)))  # [N, C]
     g = grad_out.float()
-    if relu:
-        z = uf * s[:, :, None, None]
-        if residual is not None:
-            z = z + residual.float()
+    if relu:  # where the forward's output (before its ReLU) was <= 0
+        z = squeeze_excite(u, w1, b1, w2, b2, residual, False)
         g = torch.where(z <= 0, 0.0, g)
     d_a2 = (g * uf).sum((2, 3)) * s * (1 - s)
     d_a1 = torch.where(h <= 0, 0.0, d_a2 @ W2)

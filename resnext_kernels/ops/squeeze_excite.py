@@ -15,9 +15,11 @@ them). Output in u's memory format. Every backend is deterministic (no atomics).
         the op's gradients, the excite recomputed from u (nothing saved but the inputs); the
         FC gradients in fp32 (the autograd formula casts them to each parameter's dtype and
         shape), an empty tensor for each gradient not wanted (and for grad_residual without
-        a residual). The ReLUs' gradients follow torch's (a NaN output passes its gradient).
-        Triton: kernels (backends/triton/squeeze_excite_backward.py); reference and cuda:
-        fp32 torch ops. Double backward is refused.
+        a residual). The ReLUs' gradients follow torch's (a NaN output passes its gradient),
+        the tail's on the forward's output as rounded. The autograd formula runs it on the
+        backend the forward ran ("auto" resolved once). Triton: kernels
+        (backends/triton/squeeze_excite_backward.py); reference and cuda: fp32 torch ops.
+        Double backward is refused.
 """
 
 from typing import Optional, Tuple
@@ -203,7 +205,10 @@ def _setup_context(ctx, inputs, output):
     u, w1, b1, w2, b2, residual, relu, backend = inputs
     ctx.save_for_backward(u, w1, b1, w2, b2, residual)
     ctx.relu = relu
-    ctx.backend = backend
+    # the backend the forward ran ("auto" resolved as _run resolves it, the measured table
+    # first): its backward recomputes the same gate, so the tail's mask is the forward's
+    table_key = None if backend != "auto" else _auto_table_key(u, w1, residual, relu)
+    ctx.backend = backends.resolve(backend, u.device, table_key)
 
 
 def _backward(ctx, grad_out):

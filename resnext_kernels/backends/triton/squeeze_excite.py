@@ -70,6 +70,7 @@ def _se_fc_kernel(
     BLOCK_I: tl.constexpr,  # input rows (images) per program: each weight tile is read once
     BLOCK_J: tl.constexpr,  # for all of them
     BLOCK_K: tl.constexpr,
+    W_INDEX_64: tl.constexpr,  # w's offsets in 64 bits (the weight gradients' w' = x^T, N x C)
 ):
     # out[s, i, j] = act(sum over k of split s of x[i, k] w[j, k] (+ b[j]))
     offs_i = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -95,7 +96,10 @@ def _se_fc_kernel(
         if STORE_IN:
             tl.store(in_store_ptr + offs_i.to(tl.int64)[:, None] * K + offs_k[None, :], x,
                      mask=x_mask & (tl.program_id(1) == 0))
-        w = tl.load(w_ptr + offs_j[None, :].to(tl.int64) * swj + offs_k[:, None] * swk,
+        k_w = offs_k[:, None]
+        if W_INDEX_64:
+            k_w = k_w.to(tl.int64)
+        w = tl.load(w_ptr + offs_j[None, :].to(tl.int64) * swj + k_w * swk,
                     mask=k_ok[:, None] & j_ok[None, :], other=0.0).to(tl.float32)
         # fp32 FMAs, not TF32: the gate must match the fp32 FCs of nn.Linear
         acc += tl.dot(x, w, input_precision="ieee")
@@ -179,6 +183,7 @@ def fc(out, x, w, I, J, K, *, x_strides=None, w_strides=None, k_split=None, in_s
         HAS_IN_BIAS=in_bias is not None, IN_RELU=in_relu, STORE_IN=in_store is not None,
         HAS_BIAS=bias is not None, SIGMOID=sigmoid, RELU_GRAD=relu_out is not None,
         BLOCK_I=FC_BLOCK_I, BLOCK_J=block_j, BLOCK_K=block_k,
+        W_INDEX_64=K * abs(swk) >= 2**31,
     )
 
 

@@ -18,7 +18,8 @@ a1 = W1 pooled + b1, pooled = mean_hw u (all per image n; fp32):
 Passes over [N, C, H, W] tensors, as elements: the tail with a residual, every gradient wanted:
 u (1); grad_out, u, residual (3) + g (1); g (1) + grad_u (1): 7. Eager autograd of the
 original modules makes about 13 (docs/KERNELS.md, "SE backward").
-The ReLUs' gradients follow torch's threshold_backward on their outputs: a NaN passes.
+The ReLUs' gradients follow torch's threshold_backward on their outputs (the tail's as the
+forward rounded it): a NaN passes.
 """
 
 import torch
@@ -39,14 +40,14 @@ from .squeeze_excite import (
 
 @triton.jit
 def _tail_gradient(go, u, r, s, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr):
-    """g: grad_out through the tail's ReLU, where the forward's z = u * s (+ r) in fp32 (the
-    scale kernel's own arithmetic, so the mask is the forward's) was not <= 0."""
+    """g: grad_out through the tail's ReLU, where the forward's output was not <= 0: z = u * s
+    (+ r) in fp32, rounded to the output's dtype (grad_out's), as the scale kernel makes it."""
     g = go.to(tl.float32)
     if APPLY_RELU:
         z = u.to(tl.float32) * s
         if HAS_RESIDUAL:
             z += r.to(tl.float32)
-        g = tl.where(z <= 0.0, 0.0, g)
+        g = tl.where(z.to(go.dtype) <= 0.0, 0.0, g)
     return g
 
 
