@@ -94,8 +94,11 @@ def _se_fc_kernel(
         if IN_RELU:
             x = tl.where(x < 0.0, 0.0, x)  # ReLU that keeps NaN, as torch.relu does
         if STORE_IN:
+            # the programs of the first j block (the test as a tensor: Triton 3.9's
+            # interpreter refuses a mask made with a scalar bool)
+            first_j = (tl.zeros((BLOCK_K,), tl.int32) + tl.program_id(1)) == 0
             tl.store(in_store_ptr + offs_i.to(tl.int64)[:, None] * K + offs_k[None, :], x,
-                     mask=x_mask & (tl.program_id(1) == 0))
+                     mask=x_mask & first_j[None, :])
         k_w = offs_k[:, None]
         if W_INDEX_64:
             k_w = k_w.to(tl.int64)

@@ -39,15 +39,18 @@ from .squeeze_excite import (
 
 
 @triton.jit
-def _tail_gradient(go, u, r, s, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr):
+def _tail_gradient(go, u, r, s, HAS_RESIDUAL: tl.constexpr, APPLY_RELU: tl.constexpr,
+                   ROUNDS_TO_ZERO: tl.constexpr):
     """g: grad_out through the tail's ReLU, where the forward's output was not <= 0: z = u * s
-    (+ r) in fp32, rounded to the output's dtype (grad_out's), as the scale kernel makes it."""
+    (+ r) in fp32 as the scale kernel makes it, whose rounding to the output's dtype is <= 0
+    exactly where z <= ROUNDS_TO_ZERO (a comparison, not a conversion: Triton 3.9's
+    interpreter converted fp32 to bf16 wrongly here)."""
     g = go.to(tl.float32)
     if APPLY_RELU:
         z = u.to(tl.float32) * s
         if HAS_RESIDUAL:
             z += r.to(tl.float32)
-        g = tl.where(z.to(go.dtype) <= 0.0, 0.0, g)
+        g = tl.where(z <= ROUNDS_TO_ZERO, 0.0, g)
     return g
 
 
@@ -67,6 +70,7 @@ def _se_gate_grad_kernel(
     HAS_RESIDUAL: tl.constexpr,
     APPLY_RELU: tl.constexpr,
     STORE_G: tl.constexpr,
+    ROUNDS_TO_ZERO: tl.constexpr,  # the largest z the output's dtype rounds to 0
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -86,7 +90,7 @@ def _se_gate_grad_kernel(
         r = go
         if HAS_RESIDUAL and APPLY_RELU:
             r = tl.load(res_ptr + n * srn + c * src + h * srh + w * srw, mask=mask, other=0.0)
-        g = _tail_gradient(go, u, r, s[None, :], HAS_RESIDUAL, APPLY_RELU)
+        g = _tail_gradient(go, u, r, s[None, :], HAS_RESIDUAL, APPLY_RELU, ROUNDS_TO_ZERO)
         acc += g * u.to(tl.float32)
         if STORE_G:
             tl.store(g_ptr + n * stn + c * stc + h * sth + w * stw,
@@ -112,6 +116,7 @@ def _se_input_grad_kernel(
     G_WRITTEN: tl.constexpr,  # go_ptr holds g (the gate gradient kernel wrote it)
     HAS_RESIDUAL: tl.constexpr,
     APPLY_RELU: tl.constexpr,
+    ROUNDS_TO_ZERO: tl.constexpr,  # the largest z the output's dtype rounds to 0
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -137,12 +142,16 @@ def _se_input_grad_kernel(
             if HAS_RESIDUAL:
                 r = tl.load(res_ptr + n * srn + c * src + h * srh + w * srw, mask=mask,
                             other=0.0)
-        g = _tail_gradient(go, u, r, s, HAS_RESIDUAL, APPLY_RELU)
+        g = _tail_gradient(go, u, r, s, HAS_RESIDUAL, APPLY_RELU, ROUNDS_TO_ZERO)
     d_pooled = tl.load(d_pooled_ptr + n * C + offs_c, mask=c_ok, other=0.0)[None, :]
     grad_u = g * s + d_pooled * inv_hw
     tl.store(grad_u_ptr + n * sxn + c * sxc + h * sxh + w * sxw,
              grad_u.to(grad_u_ptr.dtype.element_ty), mask=mask)
 
+
+# The largest positive fp32 value each output dtype rounds (to nearest even) to 0: half its
+# smallest subnormal, 2^-24 in fp16 and 2^-133 in bf16
+ROUNDS_TO_ZERO = {torch.float16: 2.0**-25, torch.bfloat16: 2.0**-134, torch.float32: 0.0}
 
 # 8 warps: three [64, 64] tiles in flight and the accumulator; at 4, sm_90 spilled ~1.3 KB in
 # NCHW (Triton 3.6, scripts/triton_aot_check.py)
@@ -192,7 +201,7 @@ def squeeze_excite_backward(grad_out, u, w1, b1, w2, b2, residual, relu, need_u,
             grad_out, u, res, s, d_a2, g_out, C, HW, W, *grad_out.stride(), *u.stride(),
             *res.stride(), *g_out.stride(),
             HAS_RESIDUAL=residual is not None, APPLY_RELU=apply_relu, STORE_G=store_g,
-            BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=GATE_GRAD_WARPS,
+            ROUNDS_TO_ZERO=ROUNDS_TO_ZERO[u.dtype], BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=GATE_GRAD_WARPS,
         )
         if need_u or need_fc:
             # d_a1[n, r] = (sum_c d_a2[n, c] W2[c, r]) where h[n, r] > 0: x = d_a2, w = W2^T
@@ -206,7 +215,7 @@ def squeeze_excite_backward(grad_out, u, w1, b1, w2, b2, residual, relu, need_u,
                 go, u, res, s, d_pooled, grad_u, C, HW, W, *go.stride(), *u.stride(),
                 *res.stride(), *grad_u.stride(), 1.0 / HW,
                 G_WRITTEN=store_g, HAS_RESIDUAL=residual is not None, APPLY_RELU=apply_relu,
-                BLOCK_HW=block_hw, BLOCK_C=block_c,
+                ROUNDS_TO_ZERO=ROUNDS_TO_ZERO[u.dtype], BLOCK_HW=block_hw, BLOCK_C=block_c,
             )
         if need_fc:
             grad_w1, grad_b1, grad_w2, grad_b2 = fc_grads
