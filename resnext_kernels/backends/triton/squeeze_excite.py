@@ -119,6 +119,22 @@ def _se_fc_kernel(
 
 
 @triton.jit
+def pixel_tile(C, HW, W, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The [BLOCK_HW, BLOCK_C] tile of a program of an elementwise pass over [N, C, H, W]:
+    (n, offs_c, c_ok, mask, c, h, w), the last three 64-bit index columns/rows. Axis 0 walks
+    (n, hw block) pairs: it is the only grid axis allowed more than 65535 programs."""
+    hw_blocks = tl.cdiv(HW, BLOCK_HW)
+    n = (tl.program_id(0) // hw_blocks).to(tl.int64)
+    offs_hw = (tl.program_id(0) % hw_blocks) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    mask = (offs_hw < HW)[:, None] & c_ok[None, :]
+    h = (offs_hw // W).to(tl.int64)[:, None]
+    w = (offs_hw % W).to(tl.int64)[:, None]
+    return n, offs_c, c_ok, mask, offs_c.to(tl.int64)[None, :], h, w
+
+
+@triton.jit
 def _se_scale_kernel(
     u_ptr,  # [N, C, H, W], any strides
     gate_ptr,  # fp32 [N, C] contiguous
@@ -133,16 +149,7 @@ def _se_scale_kernel(
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    # axis 0 walks (n, hw block) pairs: it is the only grid axis allowed more than 65535 programs
-    hw_blocks = tl.cdiv(HW, BLOCK_HW)
-    n = (tl.program_id(0) // hw_blocks).to(tl.int64)
-    offs_hw = (tl.program_id(0) % hw_blocks) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = offs_c < C
-    mask = (offs_hw < HW)[:, None] & c_ok[None, :]
-    h = (offs_hw // W).to(tl.int64)[:, None]
-    w = (offs_hw % W).to(tl.int64)[:, None]
-    c = offs_c.to(tl.int64)[None, :]
+    n, offs_c, c_ok, mask, c, h, w = pixel_tile(C, HW, W, BLOCK_HW, BLOCK_C)
     u = tl.load(u_ptr + n * sun + c * suc + h * suh + w * suw, mask=mask, other=0.0)
     gate = tl.load(gate_ptr + n * C + offs_c, mask=c_ok, other=0.0)
     out = u.to(tl.float32) * gate[None, :]

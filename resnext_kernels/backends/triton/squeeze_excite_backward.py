@@ -35,6 +35,7 @@ from .squeeze_excite import (
     fc,
     fc_splits,
     gate,
+    pixel_tile,
 )
 
 
@@ -120,16 +121,7 @@ def _se_input_grad_kernel(
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    # axis 0 walks (n, hw block) pairs: it is the only grid axis allowed more than 65535 programs
-    hw_blocks = tl.cdiv(HW, BLOCK_HW)
-    n = (tl.program_id(0) // hw_blocks).to(tl.int64)
-    offs_hw = (tl.program_id(0) % hw_blocks) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = offs_c < C
-    mask = (offs_hw < HW)[:, None] & c_ok[None, :]
-    h = (offs_hw // W).to(tl.int64)[:, None]
-    w = (offs_hw % W).to(tl.int64)[:, None]
-    c = offs_c.to(tl.int64)[None, :]
+    n, offs_c, c_ok, mask, c, h, w = pixel_tile(C, HW, W, BLOCK_HW, BLOCK_C)
     s = tl.load(gate_ptr + n * C + offs_c, mask=c_ok, other=0.0)[None, :]
     go = tl.load(go_ptr + n * sgn + c * sgc + h * sgh + w * sgw, mask=mask, other=0.0)
     if G_WRITTEN:
