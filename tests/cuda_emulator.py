@@ -306,8 +306,19 @@ def squeeze_excite(binary, u, w1, b1, w2, b2, residual=None, relu=False, with_pa
         return (out, report) if with_path else out
 
 
-def selftest(binary, name) -> str:
-    return _run(binary, "selftest", name)
+# The emulator's adversarial schedule (csrc/emulation/emulator.cpp): the thread that completes a
+# block barrier runs until it next waits, or finishes, before the others leave the barrier.
+COMPLETER_FIRST = {"CUDA_EMULATOR_SCHEDULE": "completer_first"}
+
+
+def selftest(binary, name, env=None) -> str:
+    """Runs selftest.cpp's kernel `name`; env: extra environment, such as COMPLETER_FIRST."""
+    outer = getattr(_EXTRA_ENV, "env", {})  # profile_launches(selftest, ...) sets its own
+    _EXTRA_ENV.env = {**outer, **(env or {})}
+    try:
+        return _run(binary, "selftest", name)
+    finally:
+        _EXTRA_ENV.env = outer
 
 
 def profile_launches(call, binary, *args, sample_blocks: int = 0, **kwargs):

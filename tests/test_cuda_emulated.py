@@ -563,15 +563,36 @@ def test_racecheck_catches_a_shared_memory_race(racecheck):
     assert "data race" in info.value.output
 
 
-def test_racecheck_tells_atomics_from_racing_read_modify_writes(racecheck, emulator):
+@pytest.mark.parametrize("schedule", [None, cuda_emulator.COMPLETER_FIRST], ids=["os", "completer-first"])
+def test_racecheck_tells_atomics_from_racing_read_modify_writes(racecheck, emulator, schedule):
     """atomicAnd / atomicOr (the v3 mask's merge of shared bytes): a known answer, no race
-    reported; the same bits set by a plain |= race, and racecheck says so."""
+    reported; the same bits set by a plain |= race, and racecheck says so, whatever the
+    schedule."""
     expected = [str(0xFFFFFFFF), str(0x0000FFFF)]
-    assert cuda_emulator.selftest(emulator, "atomic_or").split() == expected
-    assert cuda_emulator.selftest(racecheck, "atomic_or").split() == expected
+    assert cuda_emulator.selftest(emulator, "atomic_or", schedule).split() == expected
+    assert cuda_emulator.selftest(racecheck, "atomic_or", schedule).split() == expected
     with pytest.raises(cuda_emulator.EmulatorError) as info:
-        cuda_emulator.selftest(racecheck, "plain_or")
+        cuda_emulator.selftest(racecheck, "plain_or", schedule)
     assert "data race" in info.value.output
+
+
+def test_racecheck_keeps_each_barrier_generation_apart(racecheck, emulator):
+    """Two threads set their bits of one word after a __syncthreads. Under the completer-first
+    schedule one of them writes and ends the kernel before the other leaves the barrier; when
+    all barrier generations shared one TSan sync object, the late thread acquired the early one's
+    end of kernel, TSan ordered the two writes, and the race went unreported (stop 36's CI run:
+    plain_or passed racecheck once). A barrier's edges now stay within its generation."""
+    assert cuda_emulator.selftest(emulator, "race_after_barrier",
+                                  cuda_emulator.COMPLETER_FIRST).split() == ["3"]
+    with pytest.raises(cuda_emulator.EmulatorError) as info:
+        cuda_emulator.selftest(racecheck, "race_after_barrier", cuda_emulator.COMPLETER_FIRST)
+    assert "data race" in info.value.output
+
+
+def test_emulator_refuses_an_unknown_schedule(emulator):
+    with pytest.raises(cuda_emulator.EmulatorError) as info:
+        cuda_emulator.selftest(emulator, "warp_sum", {"CUDA_EMULATOR_SCHEDULE": "fastest"})
+    assert "CUDA_EMULATOR_SCHEDULE" in info.value.output
 
 
 def test_racecheck_catches_ldmatrix_of_copies_no_barrier_published(racecheck):

@@ -9,9 +9,21 @@
 // ones CUDA gives: a __syncthreads orders the block, a warp barrier orders the warp, the end of
 // a block orders it before the next one (they own the same shared memory). So TSan reports an
 // access pair that no barrier orders, as compute-sanitizer's racecheck would on a GPU.
+//
+// Each barrier's edges go through the sync object of its generation's parity: a thread leaving
+// barrier k acquires only what was released into barrier k. With a single object, a thread that
+// left late also acquired what faster threads released at barrier k+1 or at the kernel's end,
+// and TSan took their writes after barrier k as ordered before its own: a race the OS's
+// schedule could hide. Two objects suffice: no thread arrives at barrier k+2 before every thread
+// has left barrier k (barrier k+1 waits for all of them).
+//
+// CUDA_EMULATOR_SCHEDULE=completer_first: the thread that completes a block barrier runs until
+// it next waits (or finishes) before the others leave the barrier, the schedule that showed the
+// single-object flaw; the racecheck tests run under it.
 #include <algorithm>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -86,7 +98,7 @@ std::mutex g_attr_mutex;
 std::map<const void*, size_t> g_max_smem;
 
 struct Warp {
-  char ordering = 0;  // the address TSan's happens-before edges of this warp's barriers use
+  char ordering[2] = {};  // TSan's sync objects of this warp's barriers, by generation parity
   int lanes = 32;    // threads in this warp
   int arrived = 0;   // lanes waiting at the current warp barrier
   int exited = 0;    // lanes that finished the kernel for the current block
@@ -100,7 +112,7 @@ struct Warp {
 // Everything about the grid being run; one mutex guards it all (the emulator is about
 // correctness, not speed).
 struct GridState {
-  char ordering = 0;  // the address TSan's happens-before edges of block barriers use
+  char ordering[2] = {};  // TSan's sync objects of the block barriers, by generation parity
   std::mutex mutex;
   std::condition_variable cv;
   int threads = 0;
@@ -115,6 +127,9 @@ struct GridState {
   uint64_t generation = 0;
   // threads waiting in any barrier, to tell a deadlock from a wait
   int blocked = 0;
+  // CUDA_EMULATOR_SCHEDULE=completer_first: the others wait while the completer runs
+  bool completer_first = false;
+  bool completer_running = false;
   std::vector<Warp> warps;
 };
 
@@ -137,9 +152,18 @@ void start_block(GridState& g) {
   }
 }
 
+// Called with the mutex held by a thread that stops running: at a wait, or when it finishes.
+void stop_running(GridState& g) {
+  if (g.completer_running) {
+    g.completer_running = false;
+    g.cv.notify_all();
+  }
+}
+
 // Called with the mutex held by a thread that is about to wait.
 void wait_or_deadlock(GridState& g, std::unique_lock<std::mutex>& lock, uint64_t& generation,
                       const char* where) {
+  stop_running(g);
   if (g.blocked + 1 == g.threads) {
     char msg[256];
     std::snprintf(msg, sizeof msg,
@@ -149,7 +173,7 @@ void wait_or_deadlock(GridState& g, std::unique_lock<std::mutex>& lock, uint64_t
   }
   ++g.blocked;
   const uint64_t seen = generation;
-  g.cv.wait(lock, [&] { return generation != seen; });
+  g.cv.wait(lock, [&] { return generation != seen && !g.completer_running; });
 }
 
 enum class Arrival { kSync, kEnd };
@@ -159,9 +183,14 @@ void arrive_block_hidden(Arrival kind);
 // Everything before a block barrier, in every thread of the block, happens before everything
 // after it.
 void arrive_block(Arrival kind) {
-  HAPPENS_BEFORE(&t_grid->ordering);
+  char* ordering;
+  {
+    EMULATOR_BOOKKEEPING;  // the generation cannot change before this thread arrives
+    ordering = &t_grid->ordering[t_grid->generation & 1];
+  }
+  HAPPENS_BEFORE(ordering);
   arrive_block_hidden(kind);
-  HAPPENS_AFTER(&t_grid->ordering);
+  HAPPENS_AFTER(ordering);
 }
 
 void arrive_block_hidden(Arrival kind) {
@@ -190,6 +219,7 @@ void arrive_block_hidden(Arrival kind) {
     g.blocked -= g.threads - 1;
     g.arrived = g.arrived_sync = g.arrived_end = 0;
     ++g.generation;
+    g.completer_running = g.completer_first;
     g.cv.notify_all();
     return;
   }
@@ -221,6 +251,11 @@ void run_thread(GridState& g, int linear, void (*body)(void*), void* ctx) {
     ptx::end_block_thread();
     profile::end_block_thread();
     arrive_block(Arrival::kEnd);
+  }
+  {
+    EMULATOR_BOOKKEEPING;
+    std::lock_guard<std::mutex> lock(g.mutex);
+    stop_running(g);
   }
   t_grid = nullptr;
 }
@@ -278,6 +313,13 @@ cudaError_t run_grid_erased(dim3 grid, dim3 block, size_t smem_bytes, void (*bod
   for (size_t w = 0; w < g.warps.size(); ++w) {
     g.warps[w].lanes = static_cast<int>(std::min<uint64_t>(32, threads - w * 32));
   }
+  const char* schedule = std::getenv("CUDA_EMULATOR_SCHEDULE");
+  if (schedule != nullptr && *schedule != '\0') {
+    if (std::strcmp(schedule, "completer_first") != 0) {
+      fatal("CUDA_EMULATOR_SCHEDULE: expected completer_first or nothing");
+    }
+    g.completer_first = true;
+  }
   g.current_block = profile::first_block(g.blocks);
   profile::begin_launch(grid.x, grid.y, grid.z, static_cast<unsigned>(threads), smem_bytes,
                         g.blocks, profile::sampled_blocks(g.blocks));
@@ -306,10 +348,15 @@ void sync_warp_hidden();
 // Everything before a warp barrier, in every lane of the warp, happens before everything after.
 void sync_warp() {
   if (t_grid == nullptr) fatal("__syncwarp() called outside a kernel");
-  Warp& w = t_grid->warps[t_linear / 32];
-  HAPPENS_BEFORE(&w.ordering);
+  char* ordering;
+  {
+    EMULATOR_BOOKKEEPING;  // the generation cannot change before this lane arrives
+    Warp& w = t_grid->warps[t_linear / 32];
+    ordering = &w.ordering[w.generation & 1];
+  }
+  HAPPENS_BEFORE(ordering);
   sync_warp_hidden();
-  HAPPENS_AFTER(&w.ordering);
+  HAPPENS_AFTER(ordering);
 }
 
 void sync_warp_hidden() {

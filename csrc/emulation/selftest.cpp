@@ -66,6 +66,15 @@ __global__ void plain_or_kernel(unsigned int* words) {
   if (threadIdx.x < 48) words[threadIdx.x / 32] |= 1u << (threadIdx.x % 32);
 }
 
+// Two threads set their bits of one word after a barrier: a race, whichever thread leaves the
+// barrier first. Run with CUDA_EMULATOR_SCHEDULE=completer_first (one thread writes and reaches
+// the kernel's end before the other leaves the barrier), the schedule in which TSan missed it
+// while every barrier generation shared one sync object.
+__global__ void race_after_barrier_kernel(unsigned int* words) {
+  __syncthreads();
+  words[0] |= 1u << threadIdx.x;
+}
+
 // Kernels with a known access profile (tests/test_access_profile.py), one block of 64 threads:
 // each warp makes one request per access below.
 // 32 consecutive floats per warp: 4 sectors per load and per store request.
@@ -306,6 +315,12 @@ int run_selftest(const std::string& name) {
     err = resnext_kernels::launch_kernel(name == "atomic_or" ? atomic_or_kernel : plain_or_kernel,
                                          dim3(1), dim3(n), 0, nullptr, words);
     if (err == cudaSuccess) std::printf("%u %u\n", words[0], words[1]);
+  } else if (name == "race_after_barrier") {
+    unsigned int* words = reinterpret_cast<unsigned int*>(out);
+    words[0] = 0;
+    err = resnext_kernels::launch_kernel(race_after_barrier_kernel, dim3(1), dim3(2), 0, nullptr,
+                                         words);
+    if (err == cudaSuccess) std::printf("%u\n", words[0]);
   } else if (name == "warp_sum") {
     err = resnext_kernels::launch_kernel(warp_sum_kernel, dim3(1), dim3(n), 0, nullptr, in, out);
     if (err == cudaSuccess) std::printf("%g %g\n", out[0], out[1]);
