@@ -1,6 +1,7 @@
-"""A swapped model trains under DistributedDataParallel as the original does: 2 processes on
-the CPU (gloo), each with its own shard of fixed random data; the swapped model's parameters
-and BN buffers after the steps are the unswapped DDP model's, within the tolerance table."""
+"""A swapped model trains under DistributedDataParallel and FSDP as the original does: 2
+processes on the CPU (gloo), each with its own shard of fixed random data; the swapped model's
+parameters and BN buffers after the steps are the unswapped model's under the same wrapper,
+within the tolerance table."""
 
 import copy
 import os
@@ -22,6 +23,12 @@ def _narrow_resnext():
     from test_grouped_conv_bn_relu_train import narrow_resnext  # (small residuals: see there)
 
     return narrow_resnext()
+
+
+def _narrow_seresnext():
+    from test_grouped_conv_bn_relu_train import narrow_seresnext
+
+    return narrow_seresnext()
 
 
 def _train(model, x, target):
@@ -75,3 +82,95 @@ def test_ddp_training_matches_the_unswapped_model(tmp_path):
     initial = _narrow_resnext().state_dict()
     assert not torch.allclose(original["fc.weight"], initial["fc.weight"])  # it trained
     assert swapped["grad layer1.0.conv2.weight"].abs().max() > 1e-3  # through the fused op
+
+
+# --- FSDP ------------------------------------------------------------------------------------
+
+def _fully_shard(model, kind):
+    """The model wrapped as the FSDP guides wrap a ResNet: FSDP2 (`fully_shard`) per stage and
+    at the root, or FSDP1 (`FullyShardedDataParallel`, one flat unit, original parameters)."""
+    if kind == "fsdp1":
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel(model, device_id=torch.device("cpu"),
+                                        use_orig_params=True)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        fully_shard(stage, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def _full_state(wrapped):
+    """The state dict with every FSDP2 shard gathered (FSDP1's default is gathered already)."""
+    from torch.distributed.tensor import DTensor
+
+    return {k: v.full_tensor() if isinstance(v, DTensor) else v.clone()
+            for k, v in wrapped.state_dict().items()}
+
+
+def _fsdp_worker(rank, store_path, out_path, kind):
+    from test_grouped_conv_backward import _OpsCalled, _ours
+
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
+                            world_size=WORLD)
+    try:
+        torch.manual_seed(0)
+        original = _narrow_seresnext().train()
+        swapped = rk.replace_modules(copy.deepcopy(original), backend="reference",
+                                     verbose=False, fuse_training=True)
+        g = torch.Generator().manual_seed(100 + rank)
+        x, target = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+        states, sharded = [], []
+        for m in (original, swapped):
+            wrapped = _fully_shard(m, kind)
+            opt = torch.optim.SGD(wrapped.parameters(), lr=3e-5, momentum=0.9)
+            for _ in range(STEPS):
+                opt.zero_grad()
+                with _OpsCalled() as seen:
+                    F.cross_entropy(wrapped(x), target).backward()
+                opt.step()
+            states.append(_full_state(wrapped))
+            sharded.append(type(next(wrapped.parameters())).__name__)
+        if rank == 0:
+            torch.save(dict(states=states, sharded=sharded,
+                            ops=sorted({n.split(".")[0] for n in _ours(seen.names, "")})),
+                       out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+@pytest.mark.parametrize("kind", ["fsdp2", "fsdp1"])
+def test_fsdp_training_matches_the_unswapped_model(tmp_path, kind):
+    """Our SE-ResNeXt (the conv + BN + ReLU and SE tail ops, forward and backward) under FSDP:
+    parameters sharded, gathered for each unit's forward and backward, gradients reduce-
+    scattered; BN buffers stay per rank, unsharded, as without the swap."""
+    out = tmp_path / "result.pt"
+    mp.spawn(_fsdp_worker, args=(str(tmp_path / "store"), str(out), kind), nprocs=WORLD,
+             join=True)
+    result = torch.load(out)
+    assert result["ops"] == ["resnext_kernels::batchnorm_train_backward_sums",
+                             "resnext_kernels::grouped_conv_bn_relu_train",
+                             "resnext_kernels::grouped_conv_bn_train_backward",
+                             "resnext_kernels::squeeze_excite",
+                             "resnext_kernels::squeeze_excite_backward"], result["ops"]
+    if kind == "fsdp2":
+        assert result["sharded"] == ["DTensor", "DTensor"]
+    original, swapped = result["states"]
+    assert list(original) == list(swapped)
+    for k in original:
+        a, b = original[k], swapped[k]
+        if k.endswith("num_batches_tracked"):
+            assert a.item() == b.item() == STEPS, k
+            continue
+        span = max(1.0, a.abs().max().item())
+        torch.testing.assert_close(b / span, a / span, **tolerance(torch.float32), msg=k)
+    torch.manual_seed(0)
+    initial = _narrow_seresnext().state_dict()
+    assert not torch.allclose(original["fc.weight"], initial["fc.weight"])  # it trained
+    assert not torch.allclose(swapped["layer1.0.conv2.weight"],
+                              initial["layer1.0.conv2.weight"])

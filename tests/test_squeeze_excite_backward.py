@@ -67,6 +67,28 @@ def test_gradients_match_float64(backend_device, poison_outputs, dtype, channels
                     dtype)
 
 
+@pytest.mark.parametrize("relu", [False, True], ids=["no-relu", "relu"])
+def test_the_residual_is_saved_only_for_the_relu(relu):
+    """Without the tail's ReLU the backward needs no residual values (its gradient is
+    grad_out's, in the residual's memory format), so autograd does not keep it alive."""
+    u, w1, b1, w2, b2, res = [t.requires_grad_() if t is not None else None for t in make_case(
+        2, 24, 3, 4, 8, torch.float32, "cpu", True, 140, residual=True)]
+    res = res.detach().contiguous().requires_grad_()  # NCHW, u channels_last
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = rk.squeeze_excite(u, w1, b1, w2, b2, residual=res, relu=relu,
+                                backend="reference")
+    assert any(t is res for t in saved) == relu
+    grad = torch.randn(out.shape, generator=seeded(141)).contiguous(
+        memory_format=torch.channels_last)
+    got = torch.autograd.grad(out, [u, w1, res], grad)
+    exp = expected((u, w1, b1, w2, b2, res), relu, grad)
+    assert got[2].is_contiguous()
+    for g, e in zip(got, (exp[0], exp[1], exp[5])):
+        span = e.abs().max()
+        torch.testing.assert_close(g.double() / span, e / span, **tolerance(torch.float32))
+
+
 @pytest.mark.parametrize("wanted", [("u",), ("w1", "b2"), ("residual",), ("w2",)],
                          ids=lambda w: "+".join(w))
 def test_only_the_wanted_gradients(backend_device, poison_outputs, wanted):
