@@ -67,6 +67,43 @@ def test_gradients_match_float64(backend_device, poison_outputs, dtype, channels
                     dtype)
 
 
+def _unflat_view(t, kind, fill):
+    """t's values in a view whose (H, W) plane is not flat (stride(2) != W * stride(3)): the
+    left columns of a wider image, or every second row of a taller one; the rest `fill`."""
+    N, C, H, W = t.shape
+    if kind == "columns":
+        big = torch.full((N, C, H, W + 3), fill, dtype=t.dtype, device=t.device)
+        view = big[..., :W]
+    else:  # channels_last, every second row
+        big = torch.full((N, 2 * H, W, C), fill, dtype=t.dtype, device=t.device)
+        view = big.permute(0, 3, 1, 2)[:, :, ::2]
+    view.copy_(t)
+    assert view.stride(2) != W * view.stride(3) and torch.equal(view, t)
+    return view
+
+
+@pytest.mark.parametrize("kind", ["columns", "rows"])
+def test_planes_that_are_not_flat(backend_device, poison_outputs, kind):
+    """u, the residual and grad_out as views whose pixel planes are not flat: the kernels'
+    general (h, w) addressing, forward and backward (flat planes, NCHW and channels_last, take
+    plane_offset's one-multiply path in every other test)."""
+    backend, device = backend_device
+    case = list(make_case(2, 40, 5, 6, 12, torch.float16, device, kind == "rows", 170,
+                          residual=True))
+    grad = torch.randn(case[0].shape, generator=seeded(171)).half().to(device)
+    unflat = [_unflat_view(case[0], kind, float("nan")), *case[1:5],
+              _unflat_view(case[5], kind, float("nan"))]
+    out = rk.squeeze_excite(*unflat[:5], residual=unflat[5], relu=True, backend=backend)
+    torch.testing.assert_close(out.double().cpu(), reference(*case, relu=True),
+                               **tolerance(torch.float16))
+    got = gradients(backend, unflat, True, _unflat_view(grad, kind, float("nan")))
+    exp = expected(case, True, grad)
+    for name, g, e in zip(NAMES, got, exp):
+        span = e.abs().max()
+        torch.testing.assert_close(g.double().cpu() / span, e / span,
+                                   **tolerance(torch.float16), msg=name)
+
+
 @pytest.mark.parametrize("relu", [False, True], ids=["no-relu", "relu"])
 def test_the_residual_is_saved_only_for_the_relu(relu):
     """Without the tail's ReLU the backward needs no residual values (its gradient is

@@ -26,6 +26,7 @@ def _se_squeeze_kernel(
     C, HW, W,  # sizes (HW = H * W)
     sun, suc, suh, suw,  # u element strides
     inv_hw,  # 1 / HW
+    FLAT_HW: tl.constexpr,  # suh == W * suw (plane_offset)
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -35,9 +36,9 @@ def _se_squeeze_kernel(
     acc = tl.zeros((BLOCK_HW, BLOCK_C), dtype=tl.float32)
     for hw0 in range(0, HW, BLOCK_HW):
         offs_hw = hw0 + tl.arange(0, BLOCK_HW)
-        hw_off = (offs_hw // W).to(tl.int64) * suh + (offs_hw % W).to(tl.int64) * suw
         tile = tl.load(
-            u_ptr + n * sun + hw_off[:, None] + offs_c[None, :].to(tl.int64) * suc,
+            u_ptr + n * sun + plane_offset(offs_hw, W, suh, suw, FLAT_HW)
+            + offs_c[None, :].to(tl.int64) * suc,
             mask=(offs_hw < HW)[:, None] & c_ok[None, :],
             other=0.0,
         )
@@ -119,19 +120,37 @@ def _se_fc_kernel(
 
 
 @triton.jit
-def pixel_tile(C, HW, W, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+def pixel_tile(C, HW, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     """The [BLOCK_HW, BLOCK_C] tile of a program of an elementwise pass over [N, C, H, W]:
-    (n, offs_c, c_ok, mask, c, h, w), the last three 64-bit index columns/rows. Axis 0 walks
-    (n, hw block) pairs: it is the only grid axis allowed more than 65535 programs."""
+    (n, offs_c, c_ok, mask, c, offs_hw); c the 64-bit channel row, offs_hw the flat pixel
+    indices h * W + w (plane_offset makes them offsets). Axis 0 walks (n, hw block) pairs: it
+    is the only grid axis allowed more than 65535 programs."""
     hw_blocks = tl.cdiv(HW, BLOCK_HW)
     n = (tl.program_id(0) // hw_blocks).to(tl.int64)
     offs_hw = (tl.program_id(0) % hw_blocks) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < C
     mask = (offs_hw < HW)[:, None] & c_ok[None, :]
-    h = (offs_hw // W).to(tl.int64)[:, None]
-    w = (offs_hw % W).to(tl.int64)[:, None]
-    return n, offs_c, c_ok, mask, offs_c.to(tl.int64)[None, :], h, w
+    return n, offs_c, c_ok, mask, offs_c.to(tl.int64)[None, :], offs_hw
+
+
+@triton.jit
+def plane_offset(offs_hw, W, sh, sw, FLAT_HW: tl.constexpr):
+    """The [BLOCK_HW, 1] 64-bit element offsets of flat pixel indices offs_hw (h * W + w) in a
+    plane of strides (sh, sw). FLAT_HW (sh == W * sw, which NCHW and channels_last tensors
+    both meet: flat_hw): hw * sw, one multiply, and with sw == 1 (NCHW) contiguous along the
+    tile's pixels; else h and w apart, a division and a remainder by W per element."""
+    if FLAT_HW:
+        off = offs_hw.to(tl.int64) * sw
+    else:
+        off = (offs_hw // W).to(tl.int64) * sh + (offs_hw % W).to(tl.int64) * sw
+    return off[:, None]
+
+
+def flat_hw(*tensors):
+    """plane_offset's FLAT_HW for kernels over these [N, C, H, W] tensors: each one's plane
+    has stride(2) == W * stride(3) (or a single row)."""
+    return all(t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3) for t in tensors)
 
 
 @triton.jit
@@ -146,20 +165,23 @@ def _se_scale_kernel(
     son, soc, soh, sow,  # out element strides
     HAS_RESIDUAL: tl.constexpr,
     APPLY_RELU: tl.constexpr,
+    FLAT_HW: tl.constexpr,  # every tensor's plane flat (plane_offset)
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    n, offs_c, c_ok, mask, c, h, w = pixel_tile(C, HW, W, BLOCK_HW, BLOCK_C)
-    u = tl.load(u_ptr + n * sun + c * suc + h * suh + w * suw, mask=mask, other=0.0)
+    n, offs_c, c_ok, mask, c, offs_hw = pixel_tile(C, HW, BLOCK_HW, BLOCK_C)
+    u = tl.load(u_ptr + n * sun + c * suc + plane_offset(offs_hw, W, suh, suw, FLAT_HW),
+                mask=mask, other=0.0)
     gate = tl.load(gate_ptr + n * C + offs_c, mask=c_ok, other=0.0)
     out = u.to(tl.float32) * gate[None, :]
     if HAS_RESIDUAL:
-        r = tl.load(res_ptr + n * srn + c * src + h * srh + w * srw, mask=mask, other=0.0)
+        r = tl.load(res_ptr + n * srn + c * src + plane_offset(offs_hw, W, srh, srw, FLAT_HW),
+                    mask=mask, other=0.0)
         out += r.to(tl.float32)
     if APPLY_RELU:
         out = tl.where(out < 0.0, 0.0, out)
-    tl.store(out_ptr + n * son + c * soc + h * soh + w * sow, out.to(out_ptr.dtype.element_ty),
-             mask=mask)
+    tl.store(out_ptr + n * son + c * soc + plane_offset(offs_hw, W, soh, sow, FLAT_HW),
+             out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # The excite's tiles: 16 images per program (tl.dot needs 16 at least) x 16 hidden units (the
@@ -217,7 +239,8 @@ def gate(u, w1, b1, w2, b2, pooled, gate_out, hidden_parts, hidden=None):
     HW = H * W
     block_hw, block_c = elementwise_blocks(u)
     _se_squeeze_kernel[(N, triton.cdiv(C, block_c))](
-        u, pooled, C, HW, W, *u.stride(), 1.0 / HW, BLOCK_HW=block_hw, BLOCK_C=block_c,
+        u, pooled, C, HW, W, *u.stride(), 1.0 / HW, FLAT_HW=flat_hw(u), BLOCK_HW=block_hw,
+        BLOCK_C=block_c,
     )
     # hidden: partial sums of W1 pooled over each FC_SPLIT_K channels
     fc(hidden_parts, pooled, w1, N, R, C, k_split=FC_SPLIT_K, block_j=FC_BLOCK_J_HIDDEN)
@@ -248,6 +271,6 @@ def squeeze_excite(u, w1, b1, w2, b2, residual, relu):
         _se_scale_kernel[(N * triton.cdiv(HW, block_hw), triton.cdiv(C, block_c))](
             u, gate_nc, res, out, C, HW, W, *u.stride(), *res.stride(), *out.stride(),
             HAS_RESIDUAL=residual is not None, APPLY_RELU=bool(relu),
-            BLOCK_HW=block_hw, BLOCK_C=block_c,
+            FLAT_HW=flat_hw(u, res, out), BLOCK_HW=block_hw, BLOCK_C=block_c,
         )
     return out

@@ -34,8 +34,10 @@ from .squeeze_excite import (
     elementwise_blocks,
     fc,
     fc_splits,
+    flat_hw,
     gate,
     pixel_tile,
+    plane_offset,
 )
 
 
@@ -72,6 +74,7 @@ def _se_gate_grad_kernel(
     APPLY_RELU: tl.constexpr,
     STORE_G: tl.constexpr,
     ROUNDS_TO_ZERO: tl.constexpr,  # the largest z the output's dtype rounds to 0
+    FLAT_HW: tl.constexpr,  # every tensor's plane flat (plane_offset)
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -84,17 +87,18 @@ def _se_gate_grad_kernel(
     for hw0 in range(0, HW, BLOCK_HW):
         offs_hw = hw0 + tl.arange(0, BLOCK_HW)
         mask = (offs_hw < HW)[:, None] & c_ok[None, :]
-        h = (offs_hw // W).to(tl.int64)[:, None]
-        w = (offs_hw % W).to(tl.int64)[:, None]
-        go = tl.load(go_ptr + n * sgn + c * sgc + h * sgh + w * sgw, mask=mask, other=0.0)
-        u = tl.load(u_ptr + n * sun + c * suc + h * suh + w * suw, mask=mask, other=0.0)
+        go = tl.load(go_ptr + n * sgn + c * sgc + plane_offset(offs_hw, W, sgh, sgw, FLAT_HW),
+                     mask=mask, other=0.0)
+        u = tl.load(u_ptr + n * sun + c * suc + plane_offset(offs_hw, W, suh, suw, FLAT_HW),
+                    mask=mask, other=0.0)
         r = go
         if HAS_RESIDUAL and APPLY_RELU:
-            r = tl.load(res_ptr + n * srn + c * src + h * srh + w * srw, mask=mask, other=0.0)
+            r = tl.load(res_ptr + n * srn + c * src
+                        + plane_offset(offs_hw, W, srh, srw, FLAT_HW), mask=mask, other=0.0)
         g = _tail_gradient(go, u, r, s[None, :], HAS_RESIDUAL, APPLY_RELU, ROUNDS_TO_ZERO)
         acc += g * u.to(tl.float32)
         if STORE_G:
-            tl.store(g_ptr + n * stn + c * stc + h * sth + w * stw,
+            tl.store(g_ptr + n * stn + c * stc + plane_offset(offs_hw, W, sth, stw, FLAT_HW),
                      g.to(g_ptr.dtype.element_ty), mask=mask)
     d_s = tl.sum(acc, axis=0)
     tl.store(d_a2_ptr + n * C + offs_c, d_s * s * (1.0 - s), mask=c_ok)
@@ -118,26 +122,30 @@ def _se_input_grad_kernel(
     HAS_RESIDUAL: tl.constexpr,
     APPLY_RELU: tl.constexpr,
     ROUNDS_TO_ZERO: tl.constexpr,  # the largest z the output's dtype rounds to 0
+    FLAT_HW: tl.constexpr,  # every tensor's plane flat (plane_offset)
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    n, offs_c, c_ok, mask, c, h, w = pixel_tile(C, HW, W, BLOCK_HW, BLOCK_C)
+    n, offs_c, c_ok, mask, c, offs_hw = pixel_tile(C, HW, BLOCK_HW, BLOCK_C)
     s = tl.load(gate_ptr + n * C + offs_c, mask=c_ok, other=0.0)[None, :]
-    go = tl.load(go_ptr + n * sgn + c * sgc + h * sgh + w * sgw, mask=mask, other=0.0)
+    go = tl.load(go_ptr + n * sgn + c * sgc + plane_offset(offs_hw, W, sgh, sgw, FLAT_HW),
+                 mask=mask, other=0.0)
     if G_WRITTEN:
         g = go.to(tl.float32)
     else:
         u = go
         r = go
         if APPLY_RELU:
-            u = tl.load(u_ptr + n * sun + c * suc + h * suh + w * suw, mask=mask, other=0.0)
+            u = tl.load(u_ptr + n * sun + c * suc
+                        + plane_offset(offs_hw, W, suh, suw, FLAT_HW), mask=mask, other=0.0)
             if HAS_RESIDUAL:
-                r = tl.load(res_ptr + n * srn + c * src + h * srh + w * srw, mask=mask,
+                r = tl.load(res_ptr + n * srn + c * src
+                            + plane_offset(offs_hw, W, srh, srw, FLAT_HW), mask=mask,
                             other=0.0)
         g = _tail_gradient(go, u, r, s, HAS_RESIDUAL, APPLY_RELU, ROUNDS_TO_ZERO)
     d_pooled = tl.load(d_pooled_ptr + n * C + offs_c, mask=c_ok, other=0.0)[None, :]
     grad_u = g * s + d_pooled * inv_hw
-    tl.store(grad_u_ptr + n * sxn + c * sxc + h * sxh + w * sxw,
+    tl.store(grad_u_ptr + n * sxn + c * sxc + plane_offset(offs_hw, W, sxh, sxw, FLAT_HW),
              grad_u.to(grad_u_ptr.dtype.element_ty), mask=mask)
 
 
@@ -193,7 +201,8 @@ def squeeze_excite_backward(grad_out, u, w1, b1, w2, b2, residual, relu, need_u,
             grad_out, u, res, s, d_a2, g_out, C, HW, W, *grad_out.stride(), *u.stride(),
             *res.stride(), *g_out.stride(),
             HAS_RESIDUAL=residual is not None, APPLY_RELU=apply_relu, STORE_G=store_g,
-            ROUNDS_TO_ZERO=ROUNDS_TO_ZERO[u.dtype], BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=GATE_GRAD_WARPS,
+            ROUNDS_TO_ZERO=ROUNDS_TO_ZERO[u.dtype], FLAT_HW=flat_hw(grad_out, u, res, g_out),
+            BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=GATE_GRAD_WARPS,
         )
         if need_u or need_fc:
             # d_a1[n, r] = (sum_c d_a2[n, c] W2[c, r]) where h[n, r] > 0: x = d_a2, w = W2^T
@@ -208,7 +217,8 @@ def squeeze_excite_backward(grad_out, u, w1, b1, w2, b2, residual, relu, need_u,
                 go, u, res, s, d_pooled, grad_u, C, HW, W, *go.stride(), *u.stride(),
                 *res.stride(), *grad_u.stride(), 1.0 / HW,
                 G_WRITTEN=store_g, HAS_RESIDUAL=residual is not None, APPLY_RELU=apply_relu,
-                ROUNDS_TO_ZERO=ROUNDS_TO_ZERO[u.dtype], BLOCK_HW=block_hw, BLOCK_C=block_c,
+                ROUNDS_TO_ZERO=ROUNDS_TO_ZERO[u.dtype],
+                FLAT_HW=flat_hw(go, u, res, grad_u), BLOCK_HW=block_hw, BLOCK_C=block_c,
             )
         if need_fc:
             grad_w1, grad_b1, grad_w2, grad_b2 = fc_grads
