@@ -19,7 +19,7 @@
 //
 // CUDA_EMULATOR_SCHEDULE=completer_first: the thread that completes a block barrier runs until
 // it next waits (or finishes) before the others leave the barrier, the schedule that showed the
-// single-object flaw; the racecheck tests run under it.
+// single-object flaw; the race self-tests (plain_or, race_after_barrier) run under it.
 #include <algorithm>
 #include <condition_variable>
 #include <cstdio>

@@ -221,9 +221,11 @@ def _backward(ctx, grad_out):
     u, w1, b1, w2, b2, residual = ctx.saved_tensors
     need = ctx.needs_input_grad
     need_fc = any(need[1:5])
-    grad_u, grad_w1, grad_b1, grad_w2, grad_b2, grad_res = OPS.squeeze_excite_backward(
-        grad_out, u, w1, b1, w2, b2, residual, ctx.relu, need[0], need_fc,
-        need[5] and residual is not None, ctx.backend)
+    grad_u = grad_w1 = grad_b1 = grad_w2 = grad_b2 = grad_res = None
+    if need[0] or need_fc or (need[5] and residual is not None):
+        grad_u, grad_w1, grad_b1, grad_w2, grad_b2, grad_res = OPS.squeeze_excite_backward(
+            grad_out, u, w1, b1, w2, b2, residual, ctx.relu, need[0], need_fc,
+            need[5] and residual is not None, ctx.backend)
     if not ctx.relu and ctx.has_residual and need[5]:
         # out = u * s + residual; in the residual's memory format, as the op's own is
         grad_res = grad_out.contiguous(memory_format=ctx.residual_format)
