@@ -14,6 +14,7 @@ scheduling (so not every race), the hardware's WMMA rounding order, and 64-bit o
 that need them.
 """
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -82,6 +83,16 @@ def build(sanitizer: str = "memcheck") -> Path:
     if binary.exists():
         return binary
     out_dir.mkdir(parents=True, exist_ok=True)
+    # one build per variant at a time: test processes that start together (pytest -n) would
+    # otherwise write the same object files and rename each other's harness.tmp away
+    with open(out_dir / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not binary.exists():  # (built by the process that held the lock before)
+            _compile_harness(cxx, flags, sanitizer, out_dir, binary)
+    return binary
+
+
+def _compile_harness(cxx, flags, sanitizer, out_dir, binary):
     jobs = []
     for src in SOURCES:
         obj = out_dir / (src.name + ".o")
@@ -96,7 +107,6 @@ def build(sanitizer: str = "memcheck") -> Path:
     subprocess.run([cxx, *LINK_FLAGS[sanitizer], "-pthread",
                     *[str(obj) for obj, _ in jobs], "-o", str(tmp)], check=True)
     tmp.rename(binary)
-    return binary
 
 
 def _storage_span(t: torch.Tensor) -> torch.Tensor:

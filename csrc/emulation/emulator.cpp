@@ -97,8 +97,16 @@ namespace {
 std::mutex g_attr_mutex;
 std::map<const void*, size_t> g_max_smem;
 
+// TSan's sync objects of one barrier, one per generation parity. A thread that leaves
+// generation k late must not acquire what faster threads already released at generation k + 1;
+// no thread can reach k + 2 before every thread has left k, so two objects keep them apart.
+struct BarrierOrdering {
+  char object[2] = {};
+  char* of(uint64_t generation) { return &object[generation & 1]; }
+};
+
 struct Warp {
-  char ordering[2] = {};  // TSan's sync objects of this warp's barriers, by generation parity
+  BarrierOrdering ordering;  // of this warp's barriers
   int lanes = 32;    // threads in this warp
   int arrived = 0;   // lanes waiting at the current warp barrier
   int exited = 0;    // lanes that finished the kernel for the current block
@@ -112,7 +120,7 @@ struct Warp {
 // Everything about the grid being run; one mutex guards it all (the emulator is about
 // correctness, not speed).
 struct GridState {
-  char ordering[2] = {};  // TSan's sync objects of the block barriers, by generation parity
+  BarrierOrdering ordering;  // of the block barriers
   std::mutex mutex;
   std::condition_variable cv;
   int threads = 0;
@@ -186,7 +194,7 @@ void arrive_block(Arrival kind) {
   char* ordering;
   {
     EMULATOR_BOOKKEEPING;  // the generation cannot change before this thread arrives
-    ordering = &t_grid->ordering[t_grid->generation & 1];
+    ordering = t_grid->ordering.of(t_grid->generation);
   }
   HAPPENS_BEFORE(ordering);
   arrive_block_hidden(kind);
@@ -352,7 +360,7 @@ void sync_warp() {
   {
     EMULATOR_BOOKKEEPING;  // the generation cannot change before this lane arrives
     Warp& w = t_grid->warps[t_linear / 32];
-    ordering = &w.ordering[w.generation & 1];
+    ordering = w.ordering.of(w.generation);
   }
   HAPPENS_BEFORE(ordering);
   sync_warp_hidden();

@@ -207,7 +207,7 @@ def _setup_context(ctx, inputs, output):
     # nothing else depends on it): not saving it lets autograd free a shortcut tensor early
     ctx.save_for_backward(u, w1, b1, w2, b2, residual if relu else None)
     ctx.relu = relu
-    ctx.has_residual = residual is not None
+    # None when the op had no residual: the backward tells the two cases apart by it
     ctx.residual_format = suggest_memory_format(residual) if residual is not None else None
     # the backend the forward ran ("auto" resolved as _run resolves it, the measured table
     # first): its backward recomputes the same gate, so the tail's mask is the forward's
@@ -226,7 +226,8 @@ def _backward(ctx, grad_out):
         grad_u, grad_w1, grad_b1, grad_w2, grad_b2, grad_res = OPS.squeeze_excite_backward(
             grad_out, u, w1, b1, w2, b2, residual, ctx.relu, need[0], need_fc,
             need[5] and residual is not None, ctx.backend)
-    if not ctx.relu and ctx.has_residual and need[5]:
+    has_residual = ctx.residual_format is not None
+    if not ctx.relu and has_residual and need[5]:
         # out = u * s + residual; in the residual's memory format, as the op's own is
         grad_res = grad_out.contiguous(memory_format=ctx.residual_format)
     grads = [grad_u if need[0] else None]
@@ -234,7 +235,7 @@ def _backward(ctx, grad_out):
                                 (need[3], grad_w2, w2), (need[4], grad_b2, b2)):
         grads.append(grad.reshape(param.shape).to(param.dtype)
                      if wanted and param is not None else None)
-    grads.append(grad_res if need[5] and ctx.has_residual else None)
+    grads.append(grad_res if need[5] and has_residual else None)
     return (*grads, None, None)
 
 
