@@ -144,7 +144,8 @@ SE_LAYOUTS = ("nhwc", "nchw")
 #     fixed config in channels_last, v2 at the reference config in NCHW) and every backward
 #     kernel path (one fixed configuration each); train-mode BatchNorm's (fusedtrain_cases,
 #     batch 128 and 1): the conv that stores its statistics partials (at its fixed config: it
-#     is not autotuned), every BN kernel, dgrad and wgrad with grad_z in their prologue; the
+#     is not autotuned), every BN kernel, dgrad and wgrad of a written grad_z and with grad_z
+#     formed in their prologue (both choices of RESNEXT_KERNELS_TRITON_BN_GRAD_Z); the
 #     SE-ResNeXt tail's backward (se_train_cases: batch 128 and 1, fp16 and bf16).
 def _reference_config():
     c = max(conv._GPU_CONFIGS, key=lambda c: (c.kwargs["BLOCK_M"] / c.num_warps, -c.num_warps,
@@ -370,13 +371,15 @@ def train_launches(*shape):
     return launch
 
 
-def fusedtrain_launches(*shape):
+def fusedtrain_launches(*shape, grad_z="both"):
     """Train-mode BatchNorm's calls of one conv (replace_modules(fuse_training=True)), on meta
-    tensors: the conv with its statistics epilogue, the reduction, the normalize; the BN
-    backward's sums, their reduction and grad_z's coefficients; dgrad and wgrad forming grad_z
-    in their prologue (the backward kernels chosen); grad_z written out (for aten's conv
-    backward) (backends/triton/train.py)."""
+    tensors, with the backend's own dgrad and wgrad kernels: the conv with its statistics
+    epilogue, the reduction, the normalize; the BN backward's sums, their reduction and
+    grad_z's coefficients; then, as bn_train.BN_GRAD_Z_ENV chooses, grad_z written and dgrad
+    and wgrad of it ("written"), or dgrad and wgrad forming grad_z in their prologue
+    ("prologue"), or ("both") the two (backends/triton/train.py)."""
     x, w, bn, conv_args, torch_dtype, xfmt = _conv_operands(*shape)
+    choices = bn_train.BN_GRAD_Z_CHOICES if grad_z == "both" else (grad_z,)
 
     def launch():
         y, mask, z, mean, var = bn_train.grouped_conv_bn_relu_train(x, w, bn, bn, 1e-5,
@@ -384,10 +387,11 @@ def fusedtrain_launches(*shape):
         grad_y = meta(y.shape, torch_dtype, xfmt)
         _, _, coef = bn_train.batchnorm_train_backward_sums(grad_y, mask, z, mean, var, bn,
                                                             1e-5)
-        with mock.patch.dict(os.environ, {TRITON_BACKWARD_ENV: "kernels"}):
-            bn_train.grouped_conv_bn_train_backward(grad_y, mask, z, coef, x, w, *conv_args,
-                                                    True, True)
-        bn_kernels.grad_z(grad_y, mask, z, coef)
+        for choice in choices:
+            with mock.patch.dict(os.environ, {TRITON_BACKWARD_ENV: "kernels",
+                                              bn_train.BN_GRAD_Z_ENV: choice}):
+                bn_train.grouped_conv_bn_train_backward(grad_y, mask, z, coef, x, w,
+                                                        *conv_args, True, True)
     return launch
 
 
@@ -634,8 +638,9 @@ def path_label(path):
     if kernel.startswith("bn_"):
         flags = "".join(f" {name.lower()}" for name in ("HAS_MASK", "APPLY_RELU", "INDEX_64")
                         if c.get(name))
+        run = f" run{c['PIXEL_RUN']}" if c.get("PIXEL_RUN", 1) > 1 else ""  # NCHW pixel runs
         return (f"{kernel} {arch} {path['signature']['z_ptr'][1:]} M{c['BLOCK_M']} "
-                f"C{c['BLOCK_C']}{flags}")
+                f"C{c['BLOCK_C']}{flags}{run}")
     if kernel == "se_fc":  # the excite's launches (hidden, gate) and the backward's FCs
         flags = "".join(f" {name.lower()}" for name in ("IN_RELU", "STORE_IN", "SIGMOID",
                                                          "RELU_GRAD") if c.get(name))

@@ -19,11 +19,16 @@ OPS = torch.ops.resnext_kernels
 BACKWARD_ENVS = ("RESNEXT_KERNELS_CUDA_BACKWARD", "RESNEXT_KERNELS_TRITON_BACKWARD")
 
 
-@pytest.fixture
-def backward_kernels(monkeypatch):
-    """The cuda and triton backends run their own dgrad and wgrad kernels (not aten's)."""
+@pytest.fixture(params=["grad_z_written", "grad_z_prologue"])
+def backward_kernels(monkeypatch, request, backend_device):
+    """The cuda and triton backends run their own dgrad and wgrad kernels (not aten's); the
+    triton backend's take train-mode BN's grad_z written, or form it in their prologue (a
+    choice the other backends do not have: their prologue variant is skipped)."""
+    if request.param == "grad_z_prologue" and backend_device[0] != "triton":
+        pytest.skip("RESNEXT_KERNELS_TRITON_BN_GRAD_Z is the triton backend's")
     for env in BACKWARD_ENVS:
         monkeypatch.setenv(env, "kernels")
+    monkeypatch.setenv("RESNEXT_KERNELS_TRITON_BN_GRAD_Z", request.param.split("_")[-1])
 
 
 def make_case(cpg, groups, dtype, device, channels_last, seed, N=2, H=7, W=9):

@@ -1,10 +1,11 @@
 """The Triton backend's train-mode BatchNorm kernels (backends/triton/channel_stats.py,
-batchnorm_train.py, the conv epilogue's statistics, grad_z in the dgrad/wgrad prologue): the
-partials are the statistics of what the conv stored, every row of them written, whatever the
-tile; the fixed-order reduction against float64 at one, two and three levels; non-finite values
-as F.batch_norm treats them; eps; the backward's select keeps a blocked NaN gradient out;
-grad_z is written only where aten's conv backward needs it. The op-level comparisons with float64
-autograd are in test_grouped_conv_bn_relu_train.py.
+batchnorm_train.py, the conv epilogue's statistics, grad_z written or formed in the dgrad/wgrad
+prologue): the partials are the statistics of what the conv stored, every row of them written,
+whatever the tile; the fixed-order reduction against float64 at one, two and three levels;
+non-finite values as F.batch_norm treats them; eps; the backward's select keeps a blocked NaN
+gradient out; grad_z is written unless the prologue forms it (RESNEXT_KERNELS_TRITON_BN_GRAD_Z);
+the NCHW pixel-run hints promise only what holds; a z with gaps. The op-level comparisons with
+float64 autograd are in test_grouped_conv_bn_relu_train.py.
 
 On the CPU these run through the Triton interpreter; on a GPU the compiled kernels (gpu-marked)."""
 
@@ -177,10 +178,10 @@ def test_non_finite_input_as_batch_norm(device, poison_outputs, cpg, channels_la
                                    **tolerance(torch.float16))
 
 
-def _train_forward(device, cpg, dtype, channels_last, seed, N):
-    """A Triton train-mode forward (groups 4, 5x6 pixels, unit stride) on fresh random inputs;
+def _train_forward(device, cpg, dtype, channels_last, seed, N, H=5, W=6):
+    """A Triton train-mode forward (groups 4, H x W pixels, unit stride) on fresh random inputs;
     returns (x, w, gamma, y, mask, z, mean, var)."""
-    x, w = conv_case(cpg, 4, dtype, device, channels_last, seed, N=N, H=5, W=6)
+    x, w = conv_case(cpg, 4, dtype, device, channels_last, seed, N=N, H=H, W=W)
     C = w.shape[0]
     gamma = torch.rand(C, generator=seeded(seed + 1)).to(device) + 0.5
     beta = torch.randn(C, generator=seeded(seed + 2)).to(device)
@@ -189,15 +190,17 @@ def _train_forward(device, cpg, dtype, channels_last, seed, N):
     return x, w, gamma, y, mask, z, mean, var
 
 
-@pytest.mark.parametrize("backward", ["kernels", "aten"])
+@pytest.mark.parametrize("backward, grad_z", [("kernels", "written"), ("kernels", "prologue"),
+                                              ("aten", "written")])
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_backward_keeps_a_blocked_nan_gradient_out(device, poison_outputs, monkeypatch,
-                                                   backward, channels_last):
+                                                   backward, grad_z, channels_last):
     """grad_y NaN where the ReLU blocked it: gp is a select, so grad_gamma, grad_beta, the
-    coefficients and grad_z (written out, and formed in the dgrad and wgrad prologue: both
-    backward choices) stay finite and equal the torch-op version's
+    coefficients and grad_z (written out for the kernels or aten's, and formed in the dgrad
+    and wgrad prologue) stay finite and equal the torch-op version's
     (backends/batchnorm_train.py)."""
     monkeypatch.setenv("RESNEXT_KERNELS_TRITON_BACKWARD", backward)
+    monkeypatch.setenv(train.BN_GRAD_Z_ENV, grad_z)
     x, w, gamma, y, mask, z, mean, var = _train_forward(device, 8, torch.float32,
                                                         channels_last, 4500, N=3)
     grad_y = torch.randn(y.shape, generator=seeded(4503)).to(device)
@@ -225,13 +228,18 @@ def test_backward_keeps_a_blocked_nan_gradient_out(device, poison_outputs, monke
             torch.testing.assert_close(g, e, **tolerance(torch.float32))
 
 
+@pytest.mark.parametrize("grad_z", ["written", "prologue", ""])
 @pytest.mark.parametrize("backward", ["kernels", "aten", "dgrad"])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_grad_z_is_written_only_for_aten(device, monkeypatch, backward, channels_last):
-    """With this backend's dgrad and wgrad kernels chosen, grad_z is formed in their prologue
-    and never written; where aten's runs for either, grad_z is written once for both. The
-    gradients agree either way (float64 comparisons: test_grouped_conv_bn_relu_train.py)."""
+def test_grad_z_is_written_unless_the_kernels_form_it(device, monkeypatch, grad_z, backward,
+                                                      channels_last):
+    """grad_z is written once for the gradients wanted (the default, "" too), except where
+    this backend's kernels run every one of them (dgrad and wgrad, or with "dgrad" grad_x
+    alone) and RESNEXT_KERNELS_TRITON_BN_GRAD_Z=prologue: then they form it in their prologue
+    and it is never written; with no gradient wanted nothing runs. The gradients agree either
+    way (float64 comparisons: test_grouped_conv_bn_relu_train.py)."""
     monkeypatch.setenv("RESNEXT_KERNELS_TRITON_BACKWARD", backward)
+    monkeypatch.setenv(train.BN_GRAD_Z_ENV, grad_z)
     x, w, gamma, y, mask, z, mean, var = _train_forward(device, 4, torch.float16,
                                                         channels_last, 4600, N=2)
     grad_y = torch.randn(y.shape, generator=seeded(4603)).to(torch.float16).to(device)
@@ -242,16 +250,39 @@ def test_grad_z_is_written_only_for_aten(device, monkeypatch, backward, channels
     real_grad_z = bn_kernels.grad_z
     monkeypatch.setattr(bn_kernels, "grad_z",
                         lambda *args: written.append(1) or real_grad_z(*args))
-    grads = train.grouped_conv_bn_train_backward(grad_y, mask, z, coef, x, w, (1, 1), (1, 1),
-                                                 (1, 1), 4, True, True)
-    assert len(written) == (0 if backward == "kernels" else 1)
-    exp = torch_ops_version.conv_backward_on_grad_z(
-        reference.grouped_conv_dgrad, reference.grouped_conv_wgrad, grad_y, mask, z, coef, x, w,
-        (1, 1), (1, 1), (1, 1), 4, True, True)
-    for g, e in zip(grads, exp):
-        span = e.abs().max().float()
-        torch.testing.assert_close(g.float() / span, e.float() / span,
-                                   **tolerance(torch.float16))
+    for need_x, need_weight in ((True, True), (True, False), (False, True), (False, False)):
+        written.clear()
+        grads = train.grouped_conv_bn_train_backward(grad_y, mask, z, coef, x, w, (1, 1),
+                                                     (1, 1), (1, 1), 4, need_x, need_weight)
+        # the prologue where the kernels run every gradient wanted ("dgrad": grad_x's only);
+        # nothing at all where no gradient is wanted
+        kernels_run_all = backward == "kernels" or (backward == "dgrad" and not need_weight)
+        formed = grad_z == "prologue" and kernels_run_all
+        assert len(written) == (0 if formed or not (need_x or need_weight) else 1)
+        exp = torch_ops_version.conv_backward_on_grad_z(
+            reference.grouped_conv_dgrad, reference.grouped_conv_wgrad, grad_y, mask, z, coef,
+            x, w, (1, 1), (1, 1), (1, 1), 4, need_x, need_weight)
+        for g, e, need in zip(grads, exp, (need_x, need_weight)):
+            if not need:
+                assert g.numel() == 0
+                continue
+            span = e.abs().max().float()
+            torch.testing.assert_close(g.float() / span, e.float() / span,
+                                       **tolerance(torch.float16))
+
+
+def test_an_unknown_grad_z_choice_is_refused(device, monkeypatch):
+    """A misspelt RESNEXT_KERNELS_TRITON_BN_GRAD_Z is an error naming the variable and the
+    choices, whatever the backward choice (not a silent fallback)."""
+    x, w, gamma, y, mask, z, mean, var = _train_forward(device, 4, torch.float32, True, 4650,
+                                                        N=1)
+    _, _, coef = bn_kernels.backward_sums(torch.ones_like(y), mask, z, mean, var, gamma, 1e-5)
+    for backward in ("kernels", "aten"):
+        monkeypatch.setenv("RESNEXT_KERNELS_TRITON_BACKWARD", backward)
+        monkeypatch.setenv(train.BN_GRAD_Z_ENV, "prolog")
+        with pytest.raises(ValueError, match="RESNEXT_KERNELS_TRITON_BN_GRAD_Z.*'prologue'"):
+            train.grouped_conv_bn_train_backward(torch.ones_like(y), mask, z, coef, x, w,
+                                                 (1, 1), (1, 1), (1, 1), 4, True, True)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
@@ -277,3 +308,95 @@ def test_eps_and_a_channel_of_tiny_variance(device, poison_outputs, channels_las
     exp = torch_ops_version.backward_sums(grad_y, mask, z, mean, var, gamma, eps)
     for a, b, name in zip(got, exp, ("grad_gamma", "grad_beta", "coefficients")):
         torch.testing.assert_close(a, b, **tolerance(torch.float32), msg=name)
+
+
+@pytest.mark.parametrize("grad_z", ["written", "prologue"])
+def test_a_z_with_gaps_is_read_where_it_lies(device, monkeypatch, grad_z):
+    """z a view with gaps (every second column of a wider tensor): grad_z and the gradients
+    equal those of a packed z, written or formed in the prologue (the launchers allocate
+    grad_y's copy and grad_z with empty_like(z), which packs)."""
+    monkeypatch.setenv("RESNEXT_KERNELS_TRITON_BACKWARD", "kernels")
+    monkeypatch.setenv(train.BN_GRAD_Z_ENV, grad_z)
+    x, w, gamma, y, mask, z, mean, var = _train_forward(device, 4, torch.float32, False, 4660,
+                                                        N=2)
+    wide = torch.full((*z.shape[:3], 2 * z.shape[3]), float("nan"), device=device)
+    wide[..., ::2] = z
+    gappy = wide[..., ::2]
+    assert gappy.stride() != z.stride() and torch.equal(gappy, z)
+    grad_y = torch.randn(y.shape, generator=seeded(4663)).to(device)
+    _, _, coef = bn_kernels.backward_sums(grad_y, mask, z, mean, var, gamma, 1e-5)
+    torch.testing.assert_close(bn_kernels.grad_z(grad_y, mask, gappy, coef),
+                               bn_kernels.grad_z(grad_y, mask, z, coef), rtol=0, atol=0)
+    got = train.grouped_conv_bn_train_backward(grad_y, mask, gappy, coef, x, w, (1, 1), (1, 1),
+                                               (1, 1), 4, True, True)
+    exp = train.grouped_conv_bn_train_backward(grad_y, mask, z, coef, x, w, (1, 1), (1, 1),
+                                               (1, 1), 4, True, True)
+    for g, e in zip(got, exp):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_nchw_runs_of_eight_pixels(device, poison_outputs, dtype):
+    """8 x 8 pixels in NCHW (the 56² and 28² layers' case: runs of 8, 16-byte loads on a GPU):
+    y and the mask, the sums and coefficients and grad_z equal the torch-op version's."""
+    x, w, gamma, y, mask, z, mean, var = _train_forward(device, 8, dtype, False, 4670, N=2,
+                                                        H=8, W=8)
+    assert bn_kernels._pixel_run([z]) == 8
+    beta = torch.randn(z.shape[1], generator=seeded(4672)).to(device)
+    y_exp = torch.relu((z.float() - mean[:, None, None]) / torch.sqrt(var[:, None, None] + 1e-5)
+                       * gamma[:, None, None] + beta[:, None, None]).to(dtype)
+    got_y, got_mask = bn_kernels.normalize(z, mean, var, gamma, beta, 1e-5, True)
+    torch.testing.assert_close(got_y, y_exp, **tolerance(dtype))
+    assert torch.equal(got_mask, relu_mask.from_output(got_y))
+    grad_y = torch.randn(y.shape, generator=seeded(4673)).to(dtype).to(device)
+    got = bn_kernels.backward_sums(grad_y, got_mask, z, mean, var, gamma, 1e-5)
+    exp = torch_ops_version.backward_sums(grad_y, got_mask, z, mean, var, gamma, 1e-5)
+    for g, e in zip(got, exp):
+        torch.testing.assert_close(g, e, **tolerance(torch.float32))
+    torch.testing.assert_close(bn_kernels.grad_z(grad_y, got_mask, z, exp[2]),
+                               torch_ops_version.grad_z(grad_y, got_mask, z, exp[2]),
+                               **tolerance(dtype))
+
+
+def _strided(shape, strides):
+    return torch.empty(2000).as_strided(shape, strides)
+
+
+@pytest.mark.parametrize("tensors, run", [
+    ([torch.empty(2, 3, 8, 8)], 8),  # NCHW, 64 pixels per image (as 56², 28²)
+    ([torch.empty(2, 3, 14, 14)], 4),  # 196 pixels
+    ([torch.empty(2, 3, 7, 7)], 1),  # 49
+    ([torch.empty(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)], 1),
+    ([torch.empty(2, 3, 8, 8), torch.empty(2, 3, 8, 8).contiguous(
+        memory_format=torch.channels_last)], 1),  # every tensor of the launch must qualify
+    ([_strided((2, 3, 4, 4), (52, 16, 4, 1))], 4),  # an image stride of 52
+    ([_strided((2, 3, 4, 4), (50, 16, 4, 1))], 2),
+    ([_strided((1, 3, 4, 4), (49, 16, 4, 1))], 1),  # one image: its stride counts too (the
+    ([_strided((2, 3, 4, 4), (56, 18, 4, 1))], 2),  # masked lanes past it); a channel stride
+    ([_strided((2, 1, 4, 4), (56, 17, 4, 1))], 1),  # of 18; one channel
+    ([torch.empty(2, 3, 8, 16)[..., :8]], 1),  # a column slice: rows 16 apart
+    ([torch.empty(2, 3, 16, 8)[:, :, ::2]], 1),  # every second row
+    ([_strided((2, 3, 1, 8), (24, 8, 99, 1))], 8),  # one row: its stride never counts
+    ([_strided((2, 3, 8, 1), (24, 8, 1, 99))], 8),  # one column
+])
+def test_pixel_runs_promise_only_what_holds(tensors, run):
+    """The NCHW hint (batchnorm_train._tile_offsets): where _pixel_run allows runs of r > 1
+    pixels, n * sn + hw is every pixel's true offset, each run of r pixels from a multiple of
+    r is contiguous and starts at a multiple of r elements, and so does every channel's
+    offset. The interpreter ignores hints, so this host-side check is what stands between a
+    wrong promise and wrong loads on a GPU."""
+    assert bn_kernels._pixel_run(tensors) == run
+    for t in tensors:
+        N, _, H, W = t.shape
+        m = torch.arange(N * H * W)
+        n, hw = m // (H * W), m % (H * W)
+        true = n * t.stride(0) + (hw // W) * t.stride(2) + (hw % W) * t.stride(3)
+        if run == 1:
+            continue
+        assert torch.equal(n * t.stride(0) + hw, true)
+        runs = true.reshape(-1, run)
+        assert torch.equal(runs - runs[:, :1], torch.arange(run).expand_as(runs))
+        # run starts, and channel offsets, multiples of run: also one image and one channel
+        # further (the masked lanes of a last tile)
+        assert (runs[:, 0] % run == 0).all() and t.stride(0) % run == 0
+        assert (torch.arange(t.shape[1] + 1) * t.stride(1) % run == 0).all()

@@ -16,12 +16,12 @@ updates the running statistics as nn.BatchNorm2d does.
             need_weight, backend) -> (grad_x, grad_weight)
         the conv's backward of grad_z (an empty tensor for a gradient not wanted).
 
-The first op's backward is the second, then the third. Where a backend's dgrad and wgrad
-kernels run (RESNEXT_KERNELS_*_BACKWARD, read on every call as for the eval-mode op), the
-triton backend forms grad_z in their prologue from grad_y, the mask, z and the coefficients
-(grad_z is never written); otherwise grad_z is made once and the backend's dgrad and wgrad of
-the plain conv take it. No aten convolution in the triton and cuda backends with their
-kernels chosen.
+The first op's backward is the second, then the third. grad_z is made once and the chosen
+dgrad and wgrad of the plain conv take it (aten's, or the backend's own kernels with
+RESNEXT_KERNELS_*_BACKWARD, read on every call as for the eval-mode op); the triton backend's
+kernels form grad_z in their prologue from grad_y, the mask, z and the coefficients instead
+(never writing it) with RESNEXT_KERNELS_TRITON_BN_GRAD_Z=prologue (backends/triton/train.py).
+No aten convolution in the triton and cuda backends with their kernels chosen.
 
 `update_running_stats` is the finalize: running_mean and running_var move toward the batch's
 mean and unbiased variance by `momentum`, the update of F.batch_norm(training=True) (to

@@ -25,6 +25,7 @@ addressed through its strides; offsets are 32-bit unless a tensor spans 2^31 ele
 import torch
 import triton
 import triton.language as tl
+from torch._prims_common import suggest_memory_format
 
 from ._device import on_device
 from .grouped_conv_bn_relu import (
@@ -361,12 +362,23 @@ def wgrad_splits(M, tiles, block_m, target=None):
     return per_split, triton.cdiv(M, per_split)
 
 
+def packed(z):
+    """z itself where it is packed (contiguous or channels_last), else a packed copy in its
+    memory format: the launchers that address z, grad_y and grad_z with one set of strides
+    allocate the others with empty_like(z), which keeps a packed tensor's strides but packs a
+    view with gaps (every second column, say), whose strides would address past their end."""
+    if z.is_contiguous() or z.is_contiguous(memory_format=torch.channels_last):
+        return z
+    return z.contiguous(memory_format=suggest_memory_format(z))
+
+
 def _bn_train_operands(grad_y, bn_train):
     """(grad_y, z, coefficients) for a BN_TRAIN launch: grad_y in z's strides (the kernels
     address both with grad_y's), or stand-ins (grad_y twice and nothing) without one."""
     if bn_train is None:
         return grad_y, grad_y, grad_y
     z, coef = bn_train
+    z = packed(z)
     if grad_y.stride() != z.stride():
         grad_y = torch.empty_like(z).copy_(grad_y)
     return grad_y, z, coef
