@@ -258,23 +258,36 @@ def cuda_profile(archs, layouts=("nhwc", "nchw"), batches=(128, 1), dtypes=("fp1
 
 # ----------------------------------------------------------------------------------- Triton
 def triton_calls(shape, batch, layout, dtype):
-    """(name, phase, the launcher call) of one Triton call, and of its training call (the
-    masked forward, dgrad, wgrad: triton_aot_check.train_launches) for fp16 convs in nhwc and
-    nchw at the first batch."""
+    """(name, phase, the launcher call) of one Triton call, and for fp16 in nhwc and nchw at
+    batch 128 its training calls:
+    - a conv's "train" (eval-mode BN: the masked forward, dgrad, wgrad:
+      triton_aot_check.train_launches), "train_bn" (train-mode BN's forward and backward on
+      the backend's dgrad and wgrad kernels, grad_z written once: fusedtrain_launches) and
+      "train_bn_prologue" (the same with grad_z formed in dgrad's and wgrad's prologue);
+    - an SE tail's "train": its forward, then its backward (autocast's fp32 FC weights)."""
     import triton_aot_check as tac
 
+    training = dtype == "fp16" and batch == 128 and layout in ("nhwc", "nchw")
     if shape["op"] == "conv":
-        yield (layer_name(shape, batch, layout, dtype), "inference",
-               tac.conv_launch(shape["C"], shape["H"], shape["W"], shape["C"], shape["groups"],
-                               shape["stride"], batch, dtype, layout))
-        if dtype == "fp16" and batch == 128 and layout in ("nhwc", "nchw"):
-            yield (layer_name(shape, batch, layout, dtype) + " train", "train",
-                   tac.train_launches(shape["C"], shape["H"], shape["W"], shape["C"],
-                                      shape["groups"], shape["stride"], batch, dtype, layout))
+        conv_shape = (shape["C"], shape["H"], shape["W"], shape["C"], shape["groups"],
+                      shape["stride"], batch, dtype, layout)
+        name = layer_name(shape, batch, layout, dtype)
+        yield name, "inference", tac.conv_launch(*conv_shape)
+        if training:
+            yield name + " train", "train", tac.train_launches(*conv_shape)
+            for grad_z in ("written", "prologue"):
+                phase = "train_bn" + ("_prologue" if grad_z == "prologue" else "")
+                yield (f"{name} {phase}", phase,
+                       tac.fusedtrain_launches(*conv_shape, grad_z=grad_z))
     else:
-        yield (layer_name(shape, batch, layout, op_dtype("se", dtype)), "inference",
-               tac.se_launch(shape["C"], shape["H"], shape["W"], shape["R"], batch,
-                             op_dtype("se", dtype), "fp32", layout))
+        se_shape = (shape["C"], shape["H"], shape["W"], shape["R"], batch,
+                    op_dtype("se", dtype), "fp32", layout)
+        name = layer_name(shape, batch, layout, op_dtype("se", dtype))
+        forward = tac.se_launch(*se_shape)
+        yield name, "inference", forward
+        if training:
+            backward = tac.se_train_launch(*se_shape)
+            yield name + " train", "train", lambda: (forward(), backward())
 
 
 def triton_profile(archs, layouts=("nhwc", "nhwc,w-nchw", "nchw"), batches=(128, 1),

@@ -245,12 +245,18 @@ def triton_layer(row, triton_kernels, shape):
     model = []
     x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
     splits = None  # a training call's wgrad splits (its grid's first axis), for the sum
+    partial_rows = None  # rows of fp32 [2, rows, C] partials the next stats_reduce reads
+    se_backward_fcs = None  # the SE backward's FC launches seen so far (after its gate grad)
     for i, launch in enumerate(row["launches"]):
         info = launch["sm_90"]
         k = triton_kernels[info["kernel_id"]]
         sass, c = k.get("sass") or {}, info.get("constexprs") or {}
         programs, warps = launch["blocks"], k["num_warps"]
-        body = sass.get("hot_loop") or sass
+        # the hot loop, unless it moves no memory: a kernel without a loop of its own has only
+        # the branch to itself that ptxas puts after its exit, and then the whole kernel is
+        # what a program runs
+        hot = sass.get("hot_loop")
+        body = hot if hot and memory_instructions(hot.get("mix", {})) else sass
         mix = body.get("mix", {})
         per_warp = sum(wavefronts_per_instruction(cat, n) for cat, n in mix.items())
         instr = sum(mix.values())
@@ -261,6 +267,19 @@ def triton_layer(row, triton_kernels, shape):
             grid = [splits or 1, 1, 1] if kind == "conv_wgrad_sum" else launch["grid"]
             model.append(triton_backward_launch(kind, mix, c, grid, warps, info["waves"],
                                                 shape, x_bytes, elem))
+        elif kind in TRAIN_BN_KERNELS:
+            dram, partial_rows = train_bn_bytes(kind, c, launch["grid"], shape, x_bytes, elem,
+                                                partial_rows)
+            model.append(streaming_launch(dram, mix, programs, warps, info["waves"]))
+        elif kind in ("se_gate_grad", "se_input_grad"):
+            if kind == "se_gate_grad":
+                se_backward_fcs = 0
+            model.append(streaming_launch(se_backward_bytes(kind, c, x_bytes), mix, programs,
+                                          warps, info["waves"]))
+        elif kind == "se_fc" and se_backward_fcs is not None:
+            model.append(se_backward_fc_launch(se_backward_fcs, c, launch["grid"], instr, warps,
+                                               info["waves"], shape))
+            se_backward_fcs += 1
         elif launch["kernel"].startswith("conv_v3"):
             model.append(triton_conv_v3_launch(sass, c, programs, warps, info["waves"], shape,
                                                x_bytes, elem))
@@ -314,9 +333,116 @@ def triton_layer(row, triton_kernels, shape):
                 warp_instructions=max(requests, programs * warps) * max(
                     1.0, instr / max(1, memory_instructions(mix))),
                 waves=info["waves"]))
-        if c.get("WRITE_MASK"):  # a training forward: its ReLU mask, 1 bit per output
+        if c.get("WRITE_MASK") and kind.startswith("conv"):  # a training forward: its ReLU
+            # mask, 1 bit per output
             model[-1]["dram_bytes"] += output_bytes(shape, x_bytes) / elem / 8
+        if c.get("WRITE_STATS"):  # train-mode BN's forward: fp32 (mean, M2) per 32 pixels
+            partial_rows = math.ceil(output_pixels(shape) / stats_rows())
+            model[-1]["dram_bytes"] += 2 * partial_rows * shape["C"] * 4
     return model
+
+
+def stats_rows():
+    """Pixels per row of the conv's statistics partials (backends/triton/channel_stats.py)."""
+    return importlib.import_module("resnext_kernels.backends.triton.channel_stats").STATS_ROWS
+
+
+def output_pixels(shape):
+    H_out = (shape["H"] - 1) // shape["stride"] + 1
+    W_out = (shape["W"] - 1) // shape["stride"] + 1
+    return BATCH * H_out * W_out
+
+
+def streaming_launch(dram, mix, programs, warps, waves):
+    """A kernel that streams its bytes once (elementwise, reductions): DRAM and L2 = its
+    compulsory bytes; L1 wavefronts and instructions from those bytes in warp-wide requests of
+    the width its loads move them at (bytes-weighted over the load instructions of its hot
+    loop, or of the whole kernel where it has no loop), times the instructions per memory
+    instruction."""
+    loads = {}  # width in bytes: load instructions of that width
+    for cat, n in mix.items():
+        if cat.startswith(("global_load_", "cp_async_")):
+            width = int(cat.rsplit("_", 1)[1][:-1])
+            loads[width] = loads.get(width, 0) + n
+    moved = sum(width * n for width, n in loads.items())
+    width = sum(width * width * n for width, n in loads.items()) / moved if moved else 4
+    requests = dram / (32 * width)
+    return dict(dram_bytes=dram, l2_bytes=dram,
+                l1_wavefronts=requests * max(1.0, 32 * width / tm.L1_WAVEFRONT_BYTES),
+                warp_instructions=max(requests, programs * warps) * max(
+                    1.0, sum(mix.values()) / max(1, memory_instructions(mix))),
+                waves=waves)
+
+
+# train-mode BatchNorm's kernels besides the conv (backends/triton/batchnorm_train.py,
+# channel_stats.py)
+TRAIN_BN_KERNELS = ("stats_reduce", "bn_normalize", "bn_backward_sums", "bn_coefficients",
+                    "bn_grad_z")
+
+
+def train_bn_bytes(kind, c, grid, shape, x_bytes, elem, partial_rows):
+    """(compulsory bytes of one train-mode BN launch, the partials' rows after it). y is the
+    conv's output size (z, y, grad_y, grad_z alike), the mask 1 bit per output.
+    - stats_reduce: reads its fp32 [2, rows, C] partials, writes [2, programs, C] (or the two
+      [C] results when FINAL); its programs' rows are what a next level reads;
+    - bn_normalize: reads z, writes y and the mask;
+    - bn_backward_sums: reads grad_y, the mask and z, writes fp32 [2, tiles, C] partials;
+    - bn_coefficients: reads 5 fp32 [C] vectors, writes [4, C];
+    - bn_grad_z: reads grad_y, the mask and z, writes grad_z."""
+    C = shape["C"]
+    y = output_bytes(shape, x_bytes)
+    mask = y / elem / 8
+    if kind == "stats_reduce":
+        out_rows = 1 if c["FINAL"] else grid[1]
+        return 2 * (partial_rows + out_rows) * C * 4, out_rows
+    if kind == "bn_normalize":
+        return 2 * y + (mask if c["WRITE_MASK"] else 0), partial_rows
+    if kind == "bn_backward_sums":
+        return 2 * y + (mask if c["HAS_MASK"] else 0) + 2 * grid[0] * C * 4, grid[0]
+    if kind == "bn_coefficients":
+        return 9 * C * 4, partial_rows
+    return 3 * y + (mask if c["HAS_MASK"] else 0), partial_rows  # bn_grad_z
+
+
+def se_backward_bytes(kind, c, x_bytes):
+    """Compulsory bytes of the SE backward's elementwise kernels
+    (backends/triton/squeeze_excite_backward.py), x_bytes one [N, C, H, W] tensor:
+    - se_gate_grad: reads grad_out and u, the residual where the tail's ReLU needs it (the
+      mask), writes g (the residual's gradient) when STORE_G;
+    - se_input_grad: reads g where it was written, else grad_out, u and the residual for the
+      mask again; writes grad_u."""
+    if kind == "se_gate_grad":
+        return x_bytes * (2 + (c["HAS_RESIDUAL"] and c["APPLY_RELU"]) + c["STORE_G"])
+    if c["G_WRITTEN"]:
+        return 2 * x_bytes
+    return x_bytes * (2 + c["APPLY_RELU"] * (1 + c["HAS_RESIDUAL"]))
+
+
+def se_backward_fc_dims(shape):
+    """(I, J, K) of the SE backward's FC launches in launch order, out[I, J] = x[I, K] w[J, K]
+    (squeeze_excite_backward.py; N the images, C the channels, R the hidden width): d_a1 =
+    (d_a2 W2) masked, d_pooled = d_a1 W1, grad_W1 = d_a1^T pooled, grad_b1 = the sums of d_a1,
+    grad_W2 = d_a2^T h, grad_b2 = the sums of d_a2."""
+    N, C, R = BATCH, shape["C"], shape["R"]
+    return [(N, R, C), (N, C, R), (R, C, N), (R, 1, N), (C, R, N), (C, 1, N)]
+
+
+def se_backward_fc_launch(index, c, grid, instr, warps, waves, shape):
+    """One FC launch of the SE backward: its fp32 operands and output once from DRAM; per
+    program ceil(K / BLOCK_K) steps, each a BLOCK_I x BLOCK_K tile of x and a BLOCK_J x BLOCK_K
+    tile of w from L2. The grid is checked against the dimensions assumed for its place."""
+    I, J, K = se_backward_fc_dims(shape)[index]
+    expected = [math.ceil(I / c["BLOCK_I"]), math.ceil(J / c["BLOCK_J"])]
+    if list(grid[:2]) != expected:
+        raise RuntimeError(f"SE backward FC launch {index}: grid {grid}, expected {expected} "
+                           f"for (I, J, K) = {(I, J, K)}: the launch order changed?")
+    programs = math.prod(grid)
+    steps = math.ceil(K / c["BLOCK_K"])
+    tile_bytes = (c["BLOCK_I"] + c["BLOCK_J"]) * c["BLOCK_K"] * 4
+    return dict(dram_bytes=(I * K + J * K + I * J) * 4,
+                l2_bytes=programs * steps * tile_bytes,
+                l1_wavefronts=programs * steps * tile_bytes / tm.L1_WAVEFRONT_BYTES,
+                warp_instructions=programs * steps * instr * warps, waves=waves)
 
 
 TRITON_BACKWARD = ("conv_dgrad", "conv_wgrad", "conv_wgrad_sum")
@@ -340,7 +466,9 @@ def triton_backward_launch(kind, mix, c, grid, warps, waves, shape, x_bytes, ele
     - wgrad_sum: the partial sums read once, in split order (a DRAM pass)."""
     cpg, programs = shape["cpg"], math.prod(grid)
     y_bytes = output_bytes(shape, x_bytes)
-    mask_bytes = y_bytes / elem / 8
+    # (no mask where the gradient is a written grad_z: HAS_MASK false)
+    mask_elem = 1 if c.get("HAS_MASK", True) else 0
+    mask_bytes = mask_elem * y_bytes / elem / 8
     per_warp = sum(wavefronts_per_instruction(cat, n) for cat, n in mix.items())
     instr = sum(mix.values())
     partial_bytes = grid[0] * shape["C"] * cpg * 9 * 4 if kind != "conv_dgrad" else 0
@@ -351,16 +479,18 @@ def triton_backward_launch(kind, mix, c, grid, warps, waves, shape, x_bytes, ele
                     l1_wavefronts=partial_bytes / tm.L1_WAVEFRONT_BYTES,
                     warp_instructions=shape["C"] * trips * instr * warps, waves=waves)
     bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
+    # train-mode BN (BN_TRAIN): grad_z formed in the prologue, so z is read with grad_y
+    z_elem, z_bytes = (elem, y_bytes) if c.get("BN_TRAIN") else (0, 0)
     if kind == "conv_dgrad":
         span = (math.ceil(bn / cpg) * cpg) if bn >= cpg else cpg
         trips = 9 * math.ceil(span / bk)
-        step_bytes = bm * bk * (elem + 1) + bk * bn * elem
-        dram = y_bytes + mask_bytes + x_bytes
+        step_bytes = bm * bk * (elem + mask_elem + z_elem) + bk * bn * elem
+        dram = y_bytes + mask_bytes + x_bytes + z_bytes
     else:
         M = y_bytes // (shape["C"] * elem)  # output pixels
         trips = math.ceil(M / grid[0] / bm)
-        step_bytes = bm * bn * (elem + 1) + bm * bk * elem
-        dram = y_bytes + mask_bytes + x_bytes + partial_bytes
+        step_bytes = bm * bn * (elem + mask_elem + z_elem) + bm * bk * elem
+        dram = y_bytes + mask_bytes + x_bytes + partial_bytes + z_bytes
     operand = step_bytes / tm.L1_WAVEFRONT_BYTES if mix.get("hgmma") else 0
     return dict(dram_bytes=dram, l2_bytes=programs * trips * step_bytes,
                 l1_wavefronts=programs * trips * (per_warp * warps + operand),
@@ -373,6 +503,24 @@ def train_floor_bytes(shape, elem):
     x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
     y_bytes = output_bytes(shape, x_bytes)
     return 3 * x_bytes + 2 * y_bytes + 2 * y_bytes / elem / 8
+
+
+def train_bn_floor_bytes(shape, elem):
+    """A train-mode BatchNorm step's bytes for one fused layer, as the "write z" design moves
+    them (docs/KERNELS.md, train-mode BatchNorm v0): the forward reads x, writes z, reads it
+    and writes y and the mask; the backward reads grad_y, the mask and z twice (the sums, then
+    grad_z) and writes grad_z, dgrad reads it and writes grad_x, wgrad reads it and x."""
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
+    y_bytes = output_bytes(shape, x_bytes)
+    mask = y_bytes / elem / 8
+    return (x_bytes + 3 * y_bytes + mask) + (7 * y_bytes + 2 * mask + 2 * x_bytes)
+
+
+def se_train_floor_bytes(shape, elem):
+    """An SE tail's training step (relu(u * gate + residual)): the forward reads u and the
+    residual and writes the output (the SE's 3-pass floor); the backward reads grad_out, u and
+    the residual (its mask) and writes the gradients of u and of the residual."""
+    return 8 * BATCH * shape["C"] * shape["H"] * shape["W"] * elem
 
 
 def cudnn_eager_train_traffic(shape, elem):
@@ -639,9 +787,15 @@ def build(blocks: int):
                                                               dtype):
                 model = triton_layer(row, triton_kernels, shape)
                 label = row["launches"][0]["kernel"]
-                if row.get("phase") == "train":  # the masked forward, dgrad, wgrad, the sum
-                    entries.append(("triton_train", row["layout"], model,
-                                    dict(floor_bytes=train_floor_bytes(shape, elem)), label,
+                if row.get("phase") in ("train", "train_bn", "train_bn_prologue"):
+                    # conv, train: the masked forward, dgrad, wgrad, the sum; conv, train_bn
+                    # (_prologue): train-mode BN's forward and backward; se, train: the tail's
+                    # forward and backward
+                    floor = (se_train_floor_bytes if shape["op"] == "se" else
+                             train_bn_floor_bytes if row["phase"].startswith("train_bn") else
+                             train_floor_bytes)(shape, elem)
+                    entries.append((f"triton_{row['phase']}", row["layout"], model,
+                                    dict(floor_bytes=floor), label,
                                     [l["kernel"] for l in row["launches"]]))
                     continue
                 extra = {}
@@ -679,7 +833,7 @@ def build(blocks: int):
             candidates = [layout]
             if backend != "triton" and layout == "nhwc":
                 candidates.append("nhwc,w-nchw")
-            if backend.endswith("_train"):  # (no training measurement is read yet)
+            if "_train" in backend:  # (no training measurement is read yet)
                 candidates = []
             found = [c for c in candidates
                      if (shape["model"], shape["layer"], backend, c, dtype) in measured
@@ -745,7 +899,20 @@ def markdown(report):
         "wgrad's partial sums on tensor cores (v3's bands) at stride 1 and 2 channels_last, "
         "else the direct kernel, and the finalize); "
         "cudnn_eager_train: "
-        "the traffic of conv + BN + ReLU and their autograd in eager (a lower bound).",
+        "the traffic of conv + BN + ReLU and their autograd in eager (a lower bound). "
+        "triton_train_bn: a training step with train-mode BatchNorm on the Triton backend "
+        "(the conv with its statistics epilogue, their reduction, normalize + ReLU + mask; the "
+        "BN backward's sums, their reduction, grad_z's coefficients, grad_z written; dgrad and "
+        "wgrad of it, and wgrad's sum: RESNEXT_KERNELS_TRITON_BACKWARD=kernels; floor: the "
+        "\"write z\" design's bytes, docs/KERNELS.md); triton_train_bn_prologue: the same with "
+        "grad_z formed in dgrad's and wgrad's prologue, never written "
+        "(RESNEXT_KERNELS_TRITON_BN_GRAD_Z=prologue). SE rows, triton_train: the "
+        "tail's forward and its backward (the gate again, the gate gradient, the FC gradients, "
+        "the input gradient; fp32 FC weights as under autocast; floor: u and the residual read "
+        "and the output written, then grad_out, u and the residual read and both gradients "
+        "written). The model of these elementwise and reduction kernels: their compulsory "
+        "bytes in requests of the width their loads move them at, so a scattered (uncoalesced) "
+        "access is not seen.",
         "",
         "| layer | backend | dtype | layout | ld sect/req | st sect/req | sh wf/req | sh confl | "
         "L2→SM/in | pred us H100 | % floor H100 | bound | per kernel (H100) | pred us H200 | "

@@ -243,3 +243,141 @@ def test_other_dtypes_cover_every_cpg_stride_class_and_se_stage():
     assert len(pairs) == len(every) + len(chosen)
     assert compiled_profile.op_dtype("se", "fp32/tf32") == "fp32"
     assert compiled_profile.op_dtype("conv", "fp32/tf32") == "fp32/tf32"
+
+
+RESNEXT50_LAYER2_0 = dict(op="conv", C=256, H=56, W=56, cpg=8, stride=2)  # y: 128 x 256 x 28²
+
+
+def test_streaming_kernels_move_their_bytes_at_their_loads_width():
+    """The elementwise model: requests of the width the loads move the bytes at, weighted by
+    bytes (16-byte tensor loads beside a few 4-byte parameter loads stay near 16 bytes; 2-byte
+    loads make 8 times the requests and, with as many other instructions per memory
+    instruction, 8 times the instructions)."""
+    wide = kernel_profile.streaming_launch(
+        2**20, {"global_load_16B": 8, "global_load_4B": 2, "int": 20}, programs=1, warps=1,
+        waves=10)
+    narrow = kernel_profile.streaming_launch(
+        2**20, {"global_load_2B": 64, "global_load_4B": 2, "int": 132}, programs=1, warps=1,
+        waves=10)
+    assert wide["dram_bytes"] == narrow["dram_bytes"] == wide["l2_bytes"] == 2**20
+    width = (8 * 256 + 2 * 16) / (8 * 16 + 2 * 4)
+    assert wide["warp_instructions"] == pytest.approx(2**20 / (32 * width) * 3)
+    assert narrow["warp_instructions"] / wide["warp_instructions"] == pytest.approx(
+        width / ((64 * 4 + 2 * 16) / (64 * 2 + 2 * 4)), rel=1e-9)
+    assert narrow["warp_instructions"] > 6 * wide["warp_instructions"]
+
+
+def test_train_bn_bytes_follow_the_tensors_each_kernel_reads_and_writes():
+    """Per launch: z, y, grad_y alike (the conv's output), the mask 1 bit per output, fp32
+    partials [2, rows, C]; the rows each reduction reads are those the previous launch wrote."""
+    shape, elem = RESNEXT50_LAYER2_0, 2
+    x = 128 * 256 * 56 * 56 * elem
+    y, mask = x // 4, x // 4 / elem / 8
+    b = kernel_profile.train_bn_bytes
+    assert b("bn_normalize", dict(WRITE_MASK=True), [1568, 4], shape, x, elem, 3136) == (
+        2 * y + mask, 3136)
+    assert b("bn_backward_sums", dict(HAS_MASK=True), [1568, 4], shape, x, elem, None) == (
+        2 * y + mask + 2 * 1568 * 256 * 4, 1568)
+    assert b("stats_reduce", dict(FINAL=False), [4, 49], shape, x, elem, 3136) == (
+        2 * (3136 + 49) * 256 * 4, 49)
+    assert b("stats_reduce", dict(FINAL=True), [4, 1], shape, x, elem, 49) == (
+        2 * (49 + 1) * 256 * 4, 1)
+    assert b("bn_grad_z", dict(HAS_MASK=True), [1568, 4], shape, x, elem, 1) == (
+        3 * y + mask, 1)
+    # the step's floor: the "write z" design, 10.13 GB over resnext50's grouped layers
+    assert kernel_profile.train_bn_floor_bytes(shape, elem) == pytest.approx(
+        3 * x + 10 * y + 3 * mask)
+
+
+def test_se_backward_bytes_and_its_fc_launches_in_order():
+    se = dict(op="se", C=256, H=56, W=56, R=16)
+    u = 128 * 256 * 56 * 56 * 2
+    b = kernel_profile.se_backward_bytes
+    full = dict(HAS_RESIDUAL=True, APPLY_RELU=True, STORE_G=True)
+    assert b("se_gate_grad", full, u) == 4 * u  # grad_out, u, the residual; g written
+    assert b("se_gate_grad", dict(full, HAS_RESIDUAL=False, STORE_G=False), u) == 2 * u
+    assert b("se_input_grad", dict(G_WRITTEN=True), u) == 2 * u  # g read, grad_u written
+    assert b("se_input_grad", dict(G_WRITTEN=False, APPLY_RELU=True, HAS_RESIDUAL=True),
+             u) == 4 * u
+    assert kernel_profile.se_train_floor_bytes(se, 2) == 8 * u
+    c = dict(BLOCK_I=16, BLOCK_J=32, BLOCK_K=16)
+    launch = kernel_profile.se_backward_fc_launch(1, c, [8, 8, 1], instr=10, warps=4,
+                                                  waves=0.1, shape=se)  # d_pooled: N x C
+    assert launch["dram_bytes"] == (128 * 16 + 256 * 16 + 128 * 256) * 4
+    assert launch["l2_bytes"] == 64 * 1 * (16 + 32) * 16 * 4  # 64 programs, one K step each
+    with pytest.raises(RuntimeError, match="launch order changed"):
+        kernel_profile.se_backward_fc_launch(2, c, [8, 8, 1], instr=10, warps=4, waves=0.1,
+                                             shape=se)  # grad_W1 is R x C: grid [1, 8]
+
+
+def _row(launches):
+    """A compiled-profile row and its kernel table from (label, grid, constexprs, mix)."""
+    row, kernels = dict(dtype="fp16", launches=[]), {}
+    for i, (label, grid, c, mix) in enumerate(launches):
+        kernels[f"k{i}"] = dict(sass=dict(mix=mix), num_warps=4)
+        row["launches"].append(dict(kernel=label, grid=grid, blocks=grid[0] * grid[1],
+                                    sm_90=dict(kernel_id=f"k{i}", constexprs=c, waves=2.0)))
+    return row, kernels
+
+
+def test_triton_layer_passes_the_partials_rows_along_a_train_bn_step():
+    """The statistics' rows: written by the conv (ceil(M / 32) of them), read by the first
+    reduction, whose programs' rows the final one reads; the backward's sums write one row per
+    tile, read the same way. A written grad_z is read by dgrad without a mask; the normalize's
+    mask is counted once (not again as a conv's)."""
+    shape = dict(RESNEXT50_LAYER2_0)
+    x = 128 * 256 * 56 * 56 * 2
+    y, mask, C = x // 4, x // 4 / 16, 256
+    mix = {"global_load_16B": 4, "int": 8}
+    conv = dict(BLOCK_N=16, BLOCK_K=16, BLOCK_M=64, WRITE_STATS=True)
+    row, kernels = _row([
+        ("conv sm_90 fp16 stats", [1568, 16], conv, mix),
+        ("stats_reduce sm_90 welford", [4, 98], dict(FINAL=False), mix),
+        ("stats_reduce sm_90 welford final", [4, 1], dict(FINAL=True), mix),
+        ("bn_normalize sm_90 fp16", [1568, 4], dict(WRITE_MASK=True), mix),
+        ("bn_backward_sums sm_90 fp16", [1568, 4], dict(HAS_MASK=True), mix),
+        ("stats_reduce sm_90 sum", [4, 25], dict(FINAL=False), mix),
+        ("stats_reduce sm_90 sum final", [4, 1], dict(FINAL=True), mix),
+        ("bn_grad_z sm_90 fp16", [1568, 4], dict(HAS_MASK=True), mix),
+        ("conv_dgrad sm_90 fp16 nomask", [1568, 16],
+         dict(BLOCK_N=16, BLOCK_K=16, BLOCK_M=64, HAS_MASK=False), mix),
+    ])
+    dram = [m["dram_bytes"] for m in kernel_profile.triton_layer(row, kernels, shape)]
+    rows = 128 * 28 * 28 // 32  # 3136
+    assert dram[0] == pytest.approx(x + y + 2 * rows * C * 4)
+    assert dram[1:3] == [2 * (rows + 98) * C * 4, 2 * (98 + 1) * C * 4]
+    assert dram[3] == 2 * y + mask
+    assert dram[4] == 2 * y + mask + 2 * 1568 * C * 4
+    assert dram[5:7] == [2 * (1568 + 25) * C * 4, 2 * (25 + 1) * C * 4]
+    assert dram[7] == 3 * y + mask
+    assert dram[8] == y + x  # grad_z read (no mask), grad_x written
+
+
+def test_triton_layer_models_the_se_backward_fcs_in_launch_order():
+    """An SE training row: the forward's and the recomputed gate's FC launches by the forward
+    model, the six after the gate gradient by the backward's dimensions (their grids checked:
+    one out of place raises), with the input gradient between the second and the third."""
+    se = dict(op="se", C=256, H=56, W=56, R=16)
+    mix = {"global_load_16B": 4, "int": 8}
+    fc = dict(BLOCK_I=16, BLOCK_J=16, BLOCK_K=64, SIGMOID=False)
+    gate = dict(BLOCK_I=16, BLOCK_J=64, BLOCK_K=16, SIGMOID=True)
+    wide = dict(BLOCK_I=16, BLOCK_J=32, BLOCK_K=16)
+    tail = dict(HAS_RESIDUAL=True, APPLY_RELU=True)
+    forward = [("se_squeeze sm_90", [128, 4], {}, mix), ("se_fc sm_90", [8, 1, 1], fc, mix),
+               ("se_fc sm_90 sigmoid", [8, 4, 1], gate, mix)]
+    backward = [("se_gate_grad sm_90", [128, 4], dict(tail, STORE_G=True), mix),
+                ("se_fc sm_90 relu_grad", [8, 1, 1], fc, mix),
+                ("se_fc sm_90", [8, 8, 1], wide, mix),
+                ("se_input_grad sm_90", [6272, 4], dict(G_WRITTEN=True), mix),
+                ("se_fc sm_90", [1, 8, 1], wide, mix), ("se_fc sm_90", [1, 1, 1], fc, mix),
+                ("se_fc sm_90", [16, 1, 1], wide, mix), ("se_fc sm_90", [16, 1, 1], fc, mix)]
+    row, kernels = _row(forward + [("se_scale sm_90", [128, 4], tail, mix)]
+                        + forward + backward)
+    model = kernel_profile.triton_layer(row, kernels, se)
+    u = 128 * 256 * 56 * 56 * 2
+    assert [m["dram_bytes"] for m in model][7:11] == [
+        4 * u, (128 * 256 + 16 * 256 + 128 * 16) * 4, (128 * 16 + 256 * 16 + 128 * 256) * 4,
+        2 * u]
+    row, kernels = _row(forward + backward[:4] + backward[5:])  # d_pooled's launch missing
+    with pytest.raises(RuntimeError, match="launch order changed"):
+        kernel_profile.triton_layer(row, kernels, se)
