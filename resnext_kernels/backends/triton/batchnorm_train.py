@@ -29,7 +29,7 @@ import triton.language as tl
 from ... import relu_mask
 from ._device import on_device
 from .channel_stats import reduce_partials
-from .grouped_conv_backward import _gradient_before_conv, _masked_gradient, packed
+from .grouped_conv_backward import _bn_train_operands, _gradient_before_conv, _masked_gradient
 from .grouped_conv_bn_relu import INDEX_32_LIMIT, _interpreted, _max_offset
 from .relu_mask import store_relu_mask
 
@@ -69,9 +69,10 @@ def _tile_offsets(n, ho, wo, hw, offs_c, sn, sc, sh, sw, PIXEL_RUN: tl.constexpr
     sw). PIXEL_RUN > 1 (the launcher's _pixel_run checked it for every tensor of the launch:
     an image's pixels contiguous, sw == 1 and sh == W_out; H_out * W_out, sn and sc multiples
     of PIXEL_RUN, for one image or one channel too, so that the promise holds on the masked
-    lanes past the last pixel or channel as well): pixel n * sn + hw, and each run of PIXEL_RUN pixels from a multiple of
-    PIXEL_RUN (tiles start at multiples of BLOCK_M) is contiguous, never crosses an image and
-    starts at a multiple of PIXEL_RUN elements, as is every channel's offset. The hints say so
+    lanes past the last pixel or channel as well): pixel n * sn + hw, and each run of
+    PIXEL_RUN pixels from a multiple of PIXEL_RUN (tiles start at multiples of BLOCK_M) is
+    contiguous, never crosses an image and starts at a multiple of PIXEL_RUN elements, as is
+    every channel's offset. The hints say so
     to the compiler, which can then lay a warp's lanes along the pixels and load PIXEL_RUN
     elements each; it cannot see that through `% W_out`, and an NCHW tile's load would put
     each lane in another channel's plane. (The interpreter ignores hints: a wrong promise would
@@ -297,12 +298,11 @@ def grad_z(grad_y, mask, z, coef):
     """grad_z in z's dtype and memory format, written out (one pass over grad_y, the mask and
     z)."""
     C, M = z.shape[1], relu_mask.pixels(z)
-    z = packed(z)  # (grad_z and grad_y's copy are empty_like(z), addressed with z's strides)
+    # z packed, grad_y in its strides: the kernel addresses the three with one set of strides
+    grad_y, z, coef = _bn_train_operands(grad_y, (z, coef))
     gz = torch.empty_like(z)
     if M == 0:
         return gz
-    if grad_y.stride() != z.stride():  # (the kernel addresses the three with one set)
-        grad_y = torch.empty_like(z).copy_(grad_y)
     has_mask = mask.shape[0] > 0
     meta = _meta(grad_y, z, gz, mask)
     with on_device(z):
