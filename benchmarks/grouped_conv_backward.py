@@ -1,5 +1,8 @@
-"""Per-layer training benchmark: the backward of grouped 3x3 conv + BN (eval) + ReLU, and forward +
-backward, on every grouped-conv shape of ResNeXt models.
+"""Per-layer training benchmark: the backward of grouped 3x3 conv + BN + ReLU, and forward +
+backward, on every grouped-conv shape of ResNeXt models. BN in eval mode (--bn eval, the
+default: fine-tuning with frozen BN, the folded op) or in train mode (--bn train: batch
+statistics, the train-mode op resnext_kernels.grouped_conv_bn_relu_train; running statistics
+updated as nn.BatchNorm2d does, on each provider's own copy).
 
 Providers (each checked against float64 autograd before it is timed):
   cudnn_eager      nn.Conv2d(groups) + nn.BatchNorm2d (eval) + nn.ReLU in eager: cuDNN's
@@ -14,6 +17,11 @@ Providers (each checked against float64 autograd before it is timed):
   cuda_kernels     cuda with RESNEXT_KERNELS_CUDA_BACKWARD=kernels: its own backward kernels
                    (dgrad and wgrad on v3's machinery where they apply, else direct)
   cuda_dgrad       cuda with RESNEXT_KERNELS_CUDA_BACKWARD=dgrad: its dgrad kernels, aten's wgrad
+  triton_kernels_prologue   --bn train only: triton_kernels with grad_z formed in dgrad's and
+                   wgrad's prologue (RESNEXT_KERNELS_TRITON_BN_GRAD_Z=prologue), never written
+In train mode every provider's leaves are x, the conv weight, BN's weight and bias, and all four
+gradients are checked (in eval mode the op's leaves are the folded scale and shift: x and the
+weight are checked).
 Phases:
   backward         torch.autograd.grad of a saved forward (retain_graph): the backward alone
   fwd+bwd          the forward and its backward, as a training step runs them
@@ -22,13 +30,17 @@ queued, host us per call; no CUDA-graph timing here. kernels (fwd+bwd rows, on a
 device time of each kernel one step launches, the longest first, from the profiler: where a
 provider's time goes (dgrad, wgrad, the mask's passes). floor_ms: the bytes a fused backward must
 move (grad_y, the mask and x read, grad_x written; fwd+bwd adds the forward's x read and y and
-mask written) at the copy bandwidth measured here. speedup_vs_cudnn_eager: same phase, layout.
+mask written) at the copy bandwidth measured here; in train mode the "write z" design's bytes
+(docs/KERNELS.md, train-mode BatchNorm v0; scripts/kernel_profile.py train_bn_floor_bytes):
+the backward 7 y + 2 x + 2 masks, fwd+bwd adds x + 3 y + a mask. speedup_vs_cudnn_eager: same
+phase, layout and BN mode.
 
   python benchmarks/grouped_conv_backward.py --quick
   python benchmarks/grouped_conv_backward.py --models resnext50_32x4d --batch 128 --dtypes fp16
 """
 
 import argparse
+import copy
 import os
 import sys
 
@@ -45,14 +57,18 @@ from resnext_kernels import backends  # noqa: E402
 from resnext_kernels.models.shapes import grouped_conv_shapes  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PROVIDERS = ["cudnn_eager", "reference", "triton", "triton_kernels", "cuda", "cuda_kernels",
-             "cuda_dgrad"]
+PROVIDERS = ["cudnn_eager", "reference", "triton", "triton_kernels", "triton_kernels_prologue",
+             "cuda", "cuda_kernels", "cuda_dgrad"]
 # providers that are a backend run with environment settings: (backend, {variable: value})
 VARIANTS = {"triton_kernels": ("triton", {"RESNEXT_KERNELS_TRITON_BACKWARD": "kernels"}),
+            "triton_kernels_prologue": ("triton", {"RESNEXT_KERNELS_TRITON_BACKWARD": "kernels",
+                                                   "RESNEXT_KERNELS_TRITON_BN_GRAD_Z": "prologue"}),
             "cuda_kernels": ("cuda", {"RESNEXT_KERNELS_CUDA_BACKWARD": "kernels"}),
             "cuda_dgrad": ("cuda", {"RESNEXT_KERNELS_CUDA_BACKWARD": "dgrad"})}
+TRAIN_ONLY = {"triton_kernels_prologue"}  # (its setting means nothing with eval-mode BN)
 CPU_PROVIDERS = ["cudnn_eager", "reference"]
 PHASES = ["backward", "fwd+bwd"]
+BN_MODES = ["eval", "train"]
 # relative to max |float64 gradient|, per gradient
 TOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 8e-2}
 
@@ -60,10 +76,21 @@ TOL = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 8e-2}
 class Provider:
     """forward(x) -> y, and the leaves whose gradients a backward computes (x first)."""
 
-    def __init__(self, name, conv, bn, device):
+    def __init__(self, name, conv, bn, device, bn_mode="eval"):
         self.name = name
         backend, self.env = VARIANTS.get(name, (name, {}))
-        if name == "cudnn_eager":
+        if bn_mode == "train":  # its own BN (running statistics it may update), in train mode
+            bn = copy.deepcopy(bn).train()
+            self.params = [conv.weight, bn.weight, bn.bias]
+            if name == "cudnn_eager":
+                relu = nn.ReLU(inplace=True)
+                self.forward = lambda x: relu(bn(conv(x)))
+            else:
+                self.forward = lambda x: rk.grouped_conv_bn_relu_train(
+                    x, conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                    momentum=bn.momentum, eps=bn.eps, stride=conv.stride, groups=conv.groups,
+                    backend=backend)
+        elif name == "cudnn_eager":
             relu = nn.ReLU(inplace=True)
             self.params = [conv.weight, bn.weight, bn.bias]
             self.forward = lambda x: relu(bn(conv(x)))
@@ -97,28 +124,35 @@ def available(name, device):
     return None if ok else reason
 
 
-def reference_grads(x, y, grad_y, conv, bn):
-    """float64 autograd of conv + BN (eval) + ReLU, the ReLU decided by y (the provider's output:
-    near 0 the two forwards may decide differently, and either is right): [x, w, gamma, beta]."""
+def reference_grads(x, y, grad_y, conv, bn, bn_mode="eval"):
+    """float64 autograd of conv + BN + ReLU, the ReLU decided by y (the provider's output: near 0
+    the two forwards may decide differently, and either is right): [x, w, gamma, beta]. BN in
+    eval mode (the running statistics) or train mode (the batch's)."""
     xr = x.detach().double().requires_grad_()
     wr = conv.weight.detach().double().requires_grad_()
     gamma = bn.weight.detach().double().requires_grad_()
     beta = bn.bias.detach().double().requires_grad_()
-    pre = F.batch_norm(F.conv2d(xr, wr, None, conv.stride, conv.padding, 1, conv.groups),
-                       bn.running_mean.double(), bn.running_var.double(), gamma, beta, False, 0.0,
-                       bn.eps)
+    z = F.conv2d(xr, wr, None, conv.stride, conv.padding, 1, conv.groups)
+    if bn_mode == "train":
+        pre = F.batch_norm(z, None, None, gamma, beta, True, 0.0, bn.eps)
+    else:
+        pre = F.batch_norm(z, bn.running_mean.double(), bn.running_var.double(), gamma, beta,
+                           False, 0.0, bn.eps)
     pre = pre * torch.logical_not(y.detach() <= 0).double()
     return torch.autograd.grad(pre, [xr, wr, gamma, beta], grad_y.double())
 
 
-def check(provider, x, grad_y, conv, bn):
-    """The largest error, relative to max |float64 gradient|, of grad x and grad weight (the
-    per-channel gradients are of different leaves in the two kinds of provider: not compared)."""
+def check(provider, x, grad_y, conv, bn, bn_mode="eval"):
+    """The largest error, relative to max |float64 gradient|, of grad x and grad weight, and in
+    train mode of BN's weight and bias too (in eval mode the op's per-channel leaves are the
+    folded scale and shift, not cuDNN eager's: not compared)."""
     x = x.detach().requires_grad_()
     y = provider.forward(x)
     got = provider.grads(x, y, grad_y, retain=False)
-    ref = reference_grads(x, y, grad_y, conv, bn)
-    return max(common.relative_error(g.double(), r) for g, r in zip(got[:2], ref[:2]))
+    ref = reference_grads(x, y, grad_y, conv, bn, bn_mode)
+    compared = 4 if bn_mode == "train" else 2
+    return max(common.relative_error(g.double(), r)
+               for g, r in zip(got[:compared], ref[:compared]))
 
 
 class Cases(common.CaseCache):
@@ -141,41 +175,52 @@ class Cases(common.CaseCache):
             sets.append((x.to(dtype).contiguous(memory_format=fmt).requires_grad_(),
                          grad_y.to(dtype).contiguous(memory_format=fmt)))
         backward_bytes = 2 * in_bytes + out_bytes + mask_bytes
+        # train mode, the "write z" design: the backward reads grad_y, the mask and z twice,
+        # writes grad_z, dgrad reads it and writes grad_x, wgrad reads it and x; the forward
+        # reads x, writes z, reads it and writes y and the mask
+        train_backward = 7 * out_bytes + 2 * in_bytes + 2 * mask_bytes
+        train_forward = in_bytes + 3 * out_bytes + mask_bytes
         gbs = self.bandwidth_gbs() * 1e9
         return dict(conv=conv, bn=bn, inputs=sets,
-                    floor_ms={"backward": backward_bytes / gbs * 1e3,
-                              "fwd+bwd": (backward_bytes + in_bytes + out_bytes + mask_bytes)
-                              / gbs * 1e3})
+                    floor_ms={("eval", "backward"): backward_bytes / gbs * 1e3,
+                              ("eval", "fwd+bwd"): (backward_bytes + in_bytes + out_bytes
+                                                    + mask_bytes) / gbs * 1e3,
+                              ("train", "backward"): train_backward / gbs * 1e3,
+                              ("train", "fwd+bwd"): (train_backward + train_forward) / gbs
+                              * 1e3})
 
 
-def plan(shapes, dtypes, layouts, providers, phases, batch):
+def plan(shapes, dtypes, layouts, providers, phases, batch, bn_modes=("eval",)):
     rows = []
     for si, (model, layer, C_in, H, W, C_out, groups, stride, count) in enumerate(shapes):
         for dtype in dtypes:
             for layout in layouts:
-                for phase in phases:
-                    for provider in providers:
-                        row = dict(model=model, layer=layer, blocks=count, C=C_in, H=H, W=W,
-                                   C_out=C_out, groups=groups, cpg=C_in // groups,
-                                   stride=stride, batch=batch,
-                                   dtype=str(dtype).replace("torch.", ""), layout=layout,
-                                   phase=phase, provider=provider)
-                        rows.append((row, (si, dtype, layout, phase, provider)))
+                for bn_mode in bn_modes:
+                    for phase in phases:
+                        for provider in providers:
+                            if provider in TRAIN_ONLY and bn_mode != "train":
+                                continue
+                            row = dict(model=model, layer=layer, blocks=count, C=C_in, H=H,
+                                       W=W, C_out=C_out, groups=groups, cpg=C_in // groups,
+                                       stride=stride, batch=batch,
+                                       dtype=str(dtype).replace("torch.", ""), layout=layout,
+                                       bn=bn_mode, phase=phase, provider=provider)
+                            rows.append((row, (si, dtype, layout, bn_mode, phase, provider)))
     return rows
 
 
 def run_row(row, job, cases, device, args):
-    si, dtype, layout, phase, name = job
+    si, dtype, layout, bn_mode, phase, name = job
     try:
         case = cases.get(si, dtype, layout)
-        row.update(floor_ms=case["floor_ms"][phase], n_sets=len(case["inputs"]))
+        row.update(floor_ms=case["floor_ms"][bn_mode, phase], n_sets=len(case["inputs"]))
         reason = available(name, device)
         if reason is not None:
             row["status"] = f"unavailable: {reason}"
             return
-        provider = Provider(name, case["conv"], case["bn"], device)
+        provider = Provider(name, case["conv"], case["bn"], device, bn_mode)
         x0, g0 = case["inputs"][0]
-        err = check(provider, x0, g0, case["conv"], case["bn"])
+        err = check(provider, x0, g0, case["conv"], case["bn"], bn_mode)
         row["max_rel_err"] = err
         if not err <= TOL[dtype]:
             row["status"] = f"wrong: max rel err {err:.2e}"
@@ -236,7 +281,7 @@ def kernel_breakdown(fn, args):
 def add_speedups(rows):
     def key(r):
         return (r["model"], r["layer"], r["C"], r["H"], r["stride"], r["groups"], r["dtype"],
-                r["layout"], r["phase"])
+                r["layout"], r.get("bn", "eval"), r["phase"])
 
     eager = {key(r): r["p50_ms"] for r in rows
              if r.get("status") == "ok" and r["provider"] == "cudnn_eager"}
@@ -248,7 +293,8 @@ def add_speedups(rows):
 COLUMNS = [
     ("model", "model", "{}"), ("layer", "layer", "{}"), ("C", "C", "{}"), ("H", "H", "{}"),
     ("cpg", "cpg", "{}"), ("stride", "s", "{}"), ("dtype", "dtype", "{}"),
-    ("layout", "layout", "{}"), ("phase", "phase", "{}"), ("provider", "provider", "{}"),
+    ("layout", "layout", "{}"), ("bn", "bn", "{}"), ("phase", "phase", "{}"),
+    ("provider", "provider", "{}"),
     ("p50_ms", "dev ms", "{:.4f}"), ("host_us_per_call", "host us", "{:.0f}"),
     ("pct_of_floor", "% floor", "{:.0f}"), ("speedup_vs_cudnn_eager", "x eager", "{:.2f}"),
     ("max_rel_err", "err", "{:.1e}"), ("status", "status", "{}"),
@@ -265,6 +311,8 @@ def main(argv=None):
     p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES))
     p.add_argument("--layouts", nargs="+", choices=["nhwc", "nchw"])
     p.add_argument("--phases", nargs="+", choices=PHASES)
+    p.add_argument("--bn", nargs="+", choices=BN_MODES, default=["eval"],
+                   help="BatchNorm's mode: eval (folded, the default), train (batch statistics)")
     p.add_argument("--providers", nargs="+", choices=PROVIDERS)
     p.add_argument("--shape", help="a custom shape C,H,W,groups,stride")
     p.add_argument("--reps", type=int, default=20, help="timed samples per row (default 20)")
@@ -301,7 +349,7 @@ def main(argv=None):
         common.write_results(prefix, env, rows, args.out)
 
     torch.backends.cudnn.benchmark = True
-    jobs = plan(shapes, dtypes, layouts, providers, args.phases or PHASES, batch)
+    jobs = plan(shapes, dtypes, layouts, providers, args.phases or PHASES, batch, args.bn)
     with common.sigterm_as_interrupt():
         interrupted = common.run_rows(
             jobs, lambda row, job: run_row(row, job, cases, device, args), budget,

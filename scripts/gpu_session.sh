@@ -40,6 +40,13 @@
 #                       (its SE tail fused in training too), batch 64, channels_last
 #                       fp16: eager, replace_modules(fuse_training=True) (train-mode BN op,
 #                       backend auto), and replace_modules without it (an estimate: not yet run)
+#   train-bn-bench 120  grouped_conv_backward.py --bn train: forward+backward of each grouped
+#                       layer with train-mode BatchNorm (batch statistics), resnext50_32x4d,
+#                       batch 128, fp16, channels_last: cuDNN eager (conv + BN(train) + ReLU),
+#                       triton and cuda (aten's backward), triton_kernels (grad_z written),
+#                       triton_kernels_prologue (grad_z formed in dgrad's and wgrad's prologue),
+#                       cuda_kernels; each row with its kernels' device times (an estimate:
+#                       not yet run; 42 rows)
 #
 # One call runs the next steps not yet done on this machine that fit in its --budget (default
 # 540 s, for a 600 s call), each under its own timeout, and skips the rest: call it again on the
@@ -76,9 +83,11 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 
 DRY=0; BUDGET=540; UNPACK=""; STEPS=()
-ALL_STEPS=(gpu-tests bench host sanitize ncu se-models max-autotune train-bench train-models)
+ALL_STEPS=(gpu-tests bench host sanitize ncu se-models max-autotune train-bench train-models
+           train-bn-bench)
 declare -A PLANNED=([build]=120 [gpu-tests]=240 [bench]=220 [host]=60 [sanitize]=130 [ncu]=170
-                    [se-models]=150 [max-autotune]=240 [train-bench]=200 [train-models]=120)
+                    [se-models]=150 [max-autotune]=240 [train-bench]=200 [train-models]=120
+                    [train-bn-bench]=120)
 usage() { sed -n '2,60p' "$0"; echo "usage: $0 [--dry-run] [--budget SECONDS] [STEP...] | --unpack DIR"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -414,6 +423,20 @@ step_train_models() {
            --modes eager_cl_fp16 fusedtrain_cl_fp16 fused_cl_fp16)
   fi
   run_logged "$1" "$LOGDIR/train-models.log" $PY "$REPO/benchmarks/models.py" "${args[@]}"
+}
+
+step_train_bn_bench() {
+  log "training with train-mode BatchNorm, layer by layer: the fused kernels against cuDNN eager"
+  local args=(--out "$STAGE/benchmarks/results" --time-budget $(( $1 - 20 )) --bn train
+              --phases fwd+bwd)
+  if [ "$DRY" = 1 ]; then
+    args+=(--batch 1 --dtypes fp32 --layouts nhwc --shape 64,8,8,16,1 --reps 2)
+  else
+    args+=(--batch 128 --models resnext50_32x4d --dtypes fp16 --layouts nhwc --reps 10
+           --providers cudnn_eager triton triton_kernels triton_kernels_prologue cuda
+           cuda_kernels)
+  fi
+  run_logged "$1" "$LOGDIR/train-bn-bench.log" $PY "$REPO/benchmarks/grouped_conv_backward.py" "${args[@]}"
 }
 
 # --- the plan ---------------------------------------------------------------------------------

@@ -132,6 +132,32 @@ def test_backward_benchmark_custom_shape(tmp_path, keep_cudnn_benchmark):
     assert floors["fwd+bwd"] > floors["backward"] > 0
 
 
+def test_backward_benchmark_train_mode_batchnorm(tmp_path, keep_cudnn_benchmark):
+    """--bn train: BatchNorm with batch statistics (cuDNN eager's nn.BatchNorm2d in train mode,
+    the train-mode op for ours), all four gradients checked against float64; the "write z"
+    floors; the prologue provider only in train mode; speed-ups within a BN mode."""
+    bw = load_script("grouped_conv_backward")
+    assert bw.main(["--shape", "32,7,7,8,1", "--reps", "2", "--out", str(tmp_path),
+                    "--layouts", "nchw", "--dtypes", "fp32", "--bn", "eval", "train"]) == 0
+    data, _ = load_outputs(tmp_path, "grouped_conv_backward")
+    rows = data["rows"]
+    assert {(r["bn"], r["phase"], r["provider"]) for r in rows} == {
+        (bn, phase, p) for bn in ("eval", "train") for phase in ("backward", "fwd+bwd")
+        for p in ("cudnn_eager", "reference")}
+    for r in rows:
+        assert r["status"] == "ok" and r["max_rel_err"] < 1e-3, r
+        assert r["speedup_vs_cudnn_eager"] > 0
+    floor = {(r["bn"], r["phase"]): r["floor_ms"] for r in rows}
+    # the same layer (C_in = C_out, stride 1: in = out bytes, the mask 1/32 of fp32's)
+    unit = floor["eval", "backward"] / (3 + 1 / 32)
+    assert floor["train", "backward"] == pytest.approx(unit * (9 + 2 / 32))
+    assert floor["train", "fwd+bwd"] == pytest.approx(unit * (13 + 3 / 32))
+    jobs = bw.plan([("m", "l", 32, 7, 7, 32, 4, 1, 1)], [torch.float32], ["nhwc"],
+                   ["triton_kernels_prologue", "cudnn_eager"], ["fwd+bwd"], 1, ["eval", "train"])
+    assert [(row["bn"], row["provider"]) for row, _ in jobs] == [
+        ("eval", "cudnn_eager"), ("train", "triton_kernels_prologue"), ("train", "cudnn_eager")]
+
+
 def test_backward_benchmark_kernel_summary():
     """The fwd+bwd rows' kernel breakdown (GPU only): the longest first, names cut, the rest
     counted as others; on the CPU the profiler part records why it has nothing, never raises."""
