@@ -460,9 +460,10 @@ def triton_backward_launch(kind, mix, c, grid, warps, waves, shape, x_bytes, ele
     element (8 pixels share a byte; each loads it).
     - dgrad: per program 9 taps x the output-channel span of its groups in BLOCK_K steps; per
       step a [BLOCK_M, BLOCK_K] tile of grad_y and of mask bytes, [BLOCK_K, BLOCK_N] weights.
-    - wgrad: per program (pixel split, channel tile, tap) its split's pixels in BLOCK_M steps;
-      per step [BLOCK_M, BLOCK_N] of grad_y and mask bytes, [BLOCK_M, BLOCK_K] of x; its fp32
-      partial sums written once.
+    - wgrad: per program (pixel split, channel tile, tap, or kernel row where TAP_SLOTS > 1:
+      v2) its split's pixels in BLOCK_M steps; per step [BLOCK_M, BLOCK_N] of grad_y and mask
+      bytes, [BLOCK_M, BLOCK_K] of x per tap (KW of them for a row); its fp32 partial sums
+      written once.
     - wgrad_sum: the partial sums read once, in split order (a DRAM pass)."""
     cpg, programs = shape["cpg"], math.prod(grid)
     y_bytes = output_bytes(shape, x_bytes)
@@ -489,7 +490,8 @@ def triton_backward_launch(kind, mix, c, grid, warps, waves, shape, x_bytes, ele
     else:
         M = y_bytes // (shape["C"] * elem)  # output pixels
         trips = math.ceil(M / grid[0] / bm)
-        step_bytes = bm * bn * (elem + mask_elem + z_elem) + bm * bk * elem
+        taps = c["KW"] if c.get("TAP_SLOTS", 1) > 1 else 1  # x tiles per step
+        step_bytes = bm * bn * (elem + mask_elem + z_elem) + taps * bm * bk * elem
         dram = y_bytes + mask_bytes + x_bytes + partial_bytes + z_bytes
     operand = step_bytes / tm.L1_WAVEFRONT_BYTES if mix.get("hgmma") else 0
     return dict(dram_bytes=dram, l2_bytes=programs * trips * step_bytes,

@@ -627,7 +627,8 @@ def path_label(path):
         return (f"{kernel} {arch} {path['signature']['w_ptr' if kernel == 'conv_dgrad' else 'x_ptr'][1:]} "
                 f"N{c['BLOCK_N']} K{c['BLOCK_K']} M{c['BLOCK_M']} w{o['num_warps']}"
                 + ("" if c["HAS_MASK"] else " nomask") + (" i64" if c["INDEX_64"] else "")
-                + (" bn" if c["BN_TRAIN"] else ""))
+                + (" bn" if c["BN_TRAIN"] else "")
+                + (f" taps{c['TAP_SLOTS']}" if c.get("TAP_SLOTS", 1) > 1 else ""))
     if kernel == "conv_wgrad_sum":
         return f"{kernel} {arch} {path['signature']['gw_ptr'][1:]} R{c['BLOCK_R']}"
     if kernel == "stats_reduce":

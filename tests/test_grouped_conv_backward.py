@@ -14,6 +14,7 @@ import resnext_kernels as rk
 from conftest import channels_last_if, seeded, tolerance
 from resnext_kernels import relu_mask
 from resnext_kernels.backends.triton_plan import v3_enabled
+from test_triton_v3 import device  # noqa: F401  (the fixture: cpu, and cuda where it runs)
 
 OPS = torch.ops.resnext_kernels
 
@@ -311,6 +312,53 @@ def test_wgrad_is_deterministic_over_splits(backend_device, monkeypatch, groups)
         monkeypatch.setattr(bw, "WGRAD_TARGET_PROGRAMS", 1)  # one split
         for a, b in zip(first, wgrad()):
             torch.testing.assert_close(a.float(), b.float(), atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("cpg, groups, stride, channels_last", [
+    (1, 16, 1, True), (3, 6, 2, False), (4, 8, 1, False), (8, 4, 2, True), (24, 2, 1, True),
+    (24, 4, 1, False), (48, 3, 2, True),  # tiles whose channel span takes 2 and 3 K chunks
+    (64, 1, 2, False)])
+def test_wgrad_tap_rows_equal_a_program_per_tap(device, monkeypatch, cpg, groups, stride,
+                                                channels_last):
+    """Triton wgrad v2 (a program per kernel row, its taps side by side) and v1 (a program per
+    tap) sum the same products: the same gradients, to the dot's rounding, in every tile."""
+    from resnext_kernels.backends.triton import grouped_conv_backward as bw
+    small = dict(N=1, H=5, W=6) if cpg >= 24 else dict(N=2, H=7, W=5)
+    x, w, scale, shift = make_case(cpg, groups, torch.float32, device, channels_last, 2100 + cpg,
+                                   **small)
+    y, mask = OPS.grouped_conv_bn_relu_masked(x, w, scale, shift, [stride] * 2, [1, 1], [1, 1],
+                                              groups, True, "triton")
+    grad_y = torch.randn(y.shape, generator=seeded(2101)).to(device)
+
+    def wgrad():
+        return OPS.grouped_conv_wgrad(grad_y, mask, x, w, scale, [stride] * 2, [1, 1], [1, 1],
+                                      groups, "triton")
+
+    assert bw.wgrad_tap_slots(3) == 4
+    rows = wgrad()
+    monkeypatch.setattr(bw, "WGRAD_TAP_ROWS", False)
+    assert bw.wgrad_tap_slots(3) == 1
+    for a, b in zip(rows, wgrad()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("C_out, block_n, cpg_out, cpg_in, expected", [
+    (128, 16, 4, 4, 16),  # tiles of 4 whole groups: channels 0, 16, 32, ...
+    (48, 16, 3, 3, 1),  # 0, 15, 30: a tile starts inside a group's span
+    (96, 32, 24, 24, 8),  # 0, 24, 48, 96
+    (64, 16, 4, 2, 8),  # cpg_in < cpg_out: 0, 8, 16, 24
+    (16, 16, 16, 16, 16),  # one tile, first channel 0
+    (2048, 64, 64, 64, 16)])  # capped at 16
+def test_first_channel_alignment_divides_every_tile(C_out, block_n, cpg_out, cpg_in, expected):
+    """The alignment wgrad promises the compiler (tl.multiple_of) divides every tile's first
+    input channel: a promise that does not hold would load from the wrong addresses on a GPU,
+    and the interpreter ignores it, so it is checked here."""
+    from resnext_kernels.backends.triton import grouped_conv_backward as bw
+    align = bw.first_channel_alignment(C_out, block_n, cpg_out, cpg_in)
+    assert align == expected
+    firsts = [(t * block_n // cpg_out) * cpg_in for t in range(-(-C_out // block_n))]
+    assert all(f % align == 0 for f in firsts)
+    assert align == 16 or any(f % (2 * align) for f in firsts), "the largest such power of two"
 
 
 class _OpsCalled:

@@ -267,6 +267,26 @@ def test_streaming_kernels_move_their_bytes_at_their_loads_width():
     assert narrow["warp_instructions"] > 6 * wide["warp_instructions"]
 
 
+def test_wgrad_tap_rows_read_kw_x_tiles_per_step_in_a_third_of_the_programs():
+    """Triton wgrad v2 (TAP_SLOTS > 1: a program per kernel row) against v1 (a program per
+    tap) on the same splits: a step reads one gradient tile and KW x tiles, the grid has KH
+    instead of KH * KW programs per tile, and the compulsory bytes are the same."""
+    shape = dict(C=128, H=56, W=56, cpg=4, stride=1)
+    elem, x_bytes = 2, kernel_profile.BATCH * 128 * 56 * 56 * 2
+    mix = {"global_load_16B": 2, "int": 30}
+    per_tap = dict(BLOCK_M=64, BLOCK_N=16, BLOCK_K=16, KW=3, HAS_MASK=True)
+    row = dict(per_tap, TAP_SLOTS=4)
+    v1 = kernel_profile.triton_backward_launch("conv_wgrad", mix, per_tap, [28, 8, 9], 4, 2,
+                                               shape, x_bytes, elem)
+    v2 = kernel_profile.triton_backward_launch("conv_wgrad", mix, row, [28, 8, 3], 4, 2, shape,
+                                               x_bytes, elem)
+    assert v1["dram_bytes"] == v2["dram_bytes"]
+    step_v1 = 64 * 16 * (elem + 1) + 64 * 16 * elem
+    step_v2 = 64 * 16 * (elem + 1) + 3 * 64 * 16 * elem
+    assert v2["l2_bytes"] / v1["l2_bytes"] == pytest.approx(step_v2 / (3 * step_v1))
+    assert v2["warp_instructions"] == pytest.approx(v1["warp_instructions"] / 3)
+
+
 def test_train_bn_bytes_follow_the_tensors_each_kernel_reads_and_writes():
     """Per launch: z, y, grad_y alike (the conv's output), the mask 1 bit per output, fp32
     partials [2, rows, C]; the rows each reduction reads are those the previous launch wrote."""

@@ -22,6 +22,8 @@ addressed through its strides; offsets are 32-bit unless a tensor spans 2^31 ele
 (INDEX_64). This is the first version: correct everywhere, not yet tuned (docs/KERNELS.md).
 """
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -218,15 +220,27 @@ def _wgrad_partial_kernel(
     BLOCK_M: tl.constexpr,  # output pixels per step
     BLOCK_N: tl.constexpr,  # output channels per program
     BLOCK_K: tl.constexpr,  # input channels per program
+    # taps per program: 1 (a program per tap) or a power of two >= KW (a program per kernel
+    # row: its KW taps side by side in the K dimension, the slots past KW masked off), so the
+    # gradient tile, its mask and the pixel indices are loaded and decoded once per row
+    TAP_SLOTS: tl.constexpr,
+    CI_ALIGN: tl.constexpr,  # a power of two that divides every tile's first input channel
 ):
     split = tl.program_id(0)
-    tap = tl.program_id(2) // k_chunks
     k_chunk = tl.program_id(2) % k_chunks
-    kh = tap // KW
-    kw = tap % KW
+    if TAP_SLOTS == 1:
+        tap = tl.program_id(2) // k_chunks
+        kh = tap // KW
+        kw0 = tap % KW
+    else:
+        kh = tl.program_id(2) // k_chunks
+        kw0 = 0
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     arange_m = tl.arange(0, BLOCK_M)
-    arange_k = tl.arange(0, BLOCK_K)
+    # the K dimension: TAP_SLOTS slots of BLOCK_K input channels; slot s is tap (kh, kw0 + s)
+    arange_j = tl.arange(0, TAP_SLOTS * BLOCK_K)
+    slot = arange_j // BLOCK_K
+    arange_k = arange_j % BLOCK_K
     m_start = split * pixels_per_split
     if INDEX_64:
         offs_n = offs_n.to(tl.int64)
@@ -243,12 +257,13 @@ def _wgrad_partial_kernel(
     n_ok = offs_n < C_out
     group_of_n = offs_n // cpg_out
     co_last = tl.minimum(co0 + BLOCK_N, C_out) - 1
-    ci_lo = (co0 // cpg_out) * cpg_in
+    ci_lo = tl.multiple_of((co0 // cpg_out) * cpg_in, CI_ALIGN)  # (wide loads of x)
     ci_hi = (co_last // cpg_out + 1) * cpg_in
     offs_k = ci_lo + k_chunk * BLOCK_K + arange_k
-    k_ok = offs_k < ci_hi
+    kw = kw0 + slot
+    k_ok = (offs_k < ci_hi) & (kw < KW)
 
-    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((TAP_SLOTS * BLOCK_K, BLOCK_N), dtype=tl.float32)
     shift_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for m0 in range(m_start, m_end, BLOCK_M):
         offs_m = m0 + arange_m
@@ -262,10 +277,11 @@ def _wgrad_partial_kernel(
                                   BN_TRAIN)
         shift_acc += tl.sum(g.to(tl.float32), axis=0)
         hi = ho * stride_h - pad_h + kh * dil_h
-        wi = wo * stride_w - pad_w + kw * dil_w
-        pos_ok = m_ok & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-        x_tile = tl.load(x_ptr + (n * sxn + hi * sxh + wi * sxw)[:, None] + offs_k[None, :] * sxc,
-                         mask=pos_ok[:, None] & k_ok[None, :], other=0.0)
+        row_ok = m_ok & (hi >= 0) & (hi < H)
+        wi = (wo * stride_w - pad_w)[:, None] + (kw * dil_w)[None, :]  # [BLOCK_M, slots * K]
+        pos_ok = row_ok[:, None] & (wi >= 0) & (wi < W)
+        x_tile = tl.load(x_ptr + (n * sxn + hi * sxh)[:, None] + wi * sxw + offs_k[None, :] * sxc,
+                         mask=pos_ok & k_ok[None, :], other=0.0)
         if DOT_IN_FP32:
             acc = tl.dot(tl.trans(x_tile.to(tl.float32)), g.to(tl.float32), acc,
                          input_precision=DOT_PRECISION)
@@ -273,16 +289,16 @@ def _wgrad_partial_kernel(
             acc = tl.dot(tl.trans(x_tile), g, acc)
 
     # keep the entries that pair an input and an output channel of one group:
-    # part_w[split, co, ci - group * cpg_in, tap]
+    # part_w[split, co, ci - group * cpg_in, tap], slot s of the row being tap kh * KW + kw0 + s
     taps = KH * KW
     same_group = (offs_k // cpg_in)[:, None] == group_of_n[None, :]
     ci_local = offs_k[:, None] - group_of_n[None, :] * cpg_in
     split_w = part_w_ptr + split * (C_out * cpg_in * taps)
     if INDEX_64:
         split_w = part_w_ptr + split.to(tl.int64) * (C_out * cpg_in * taps)
-    tl.store(split_w + offs_n[None, :] * (cpg_in * taps) + ci_local * taps + tap, acc,
-             mask=same_group & k_ok[:, None] & n_ok[None, :])
-    if tl.program_id(2) == 0:  # every (tap, chunk) program summed the same gp; one stores it
+    tl.store(split_w + offs_n[None, :] * (cpg_in * taps) + ci_local * taps
+             + (kh * KW + kw)[:, None], acc, mask=same_group & k_ok[:, None] & n_ok[None, :])
+    if tl.program_id(2) == 0:  # every (tap row, chunk) program summed the same gp; one stores it
         tl.store(part_shift_ptr + split * C_out + offs_n, shift_acc, mask=n_ok)
 
 
@@ -337,6 +353,10 @@ _GPU_BLOCK_M = 64
 # wgrad: how many programs the pixel splits aim for in all (more splits: more parallelism, more
 # partial sums to add). A function of the shape only, so the sums' order never changes.
 WGRAD_TARGET_PROGRAMS = 2048
+# wgrad: a program per kernel row (its KW taps side by side) rather than per tap, so the
+# gradient tile, its mask and the pixel indices are loaded and decoded once for KW taps
+# (docs/KERNELS.md, wgrad v2). False: v1's program per tap (kept to compare and to test).
+WGRAD_TAP_ROWS = True
 _FINALIZE_BLOCK_R = 64
 
 
@@ -351,6 +371,25 @@ def _launch_options(t, block_n=16, block_k=16, bn_train=False):
         return {}
     wide = max(block_n, block_k) >= 64 or bn_train
     return dict(num_warps=8 if wide else 4, num_stages=2)
+
+
+def wgrad_tap_slots(KW, block_n=16, bn_train=False):
+    """Taps per wgrad program: the kernel row's KW in a power-of-two slot count, or 1: with
+    grad_z formed in the prologue (bn_train) a 64-wide tile's row (a 256 x 64 accumulator, the
+    z tile and the coefficients) took 252-255 registers on sm_90 and spilled 96-128 bytes in
+    NCHW (scripts/triton_aot_check.py), so such tiles keep a program per tap."""
+    if not WGRAD_TAP_ROWS or (bn_train and block_n >= 64):
+        return 1
+    return triton.next_power_of_2(KW)
+
+
+def first_channel_alignment(C_out, block_n, cpg_out, cpg_in, cap=16):
+    """The largest power of two (at most cap) dividing the first input channel of every
+    output-channel tile: (t * block_n // cpg_out) * cpg_in, promised to the compiler so that
+    x's channels_last rows load 16 bytes at a time."""
+    firsts = [(t * block_n // cpg_out) * cpg_in for t in range(triton.cdiv(C_out, block_n))]
+    common = math.gcd(*firsts) or cap  # (one tile: its first channel is 0)
+    return min(cap, common & -common)
 
 
 def wgrad_splits(M, tiles, block_m, target=None):
@@ -451,6 +490,10 @@ def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation
     k_chunks = triton.cdiv(k_span, block_k)
     block_m = _block_m(x)
     taps = KH * KW
+    tap_slots = wgrad_tap_slots(KW, block_n, bn_train is not None)
+    tap_programs = KH if tap_slots > 1 else taps  # programs per (split, tile, chunk)
+    # the splits as for a program per tap, whatever tap_slots: the same partial sums to add
+    # (more splits would add their bytes: at 7x7 they outweigh x), KW times fewer programs
     tiles = triton.cdiv(C_out, block_n) * taps * k_chunks
     if M == 0:
         per_split, splits = 1, 0
@@ -462,13 +505,14 @@ def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation
     scale32 = scale.to(torch.float32).contiguous()
     with on_device(x):
         if splits:
-            _wgrad_partial_kernel[(splits, triton.cdiv(C_out, block_n), taps * k_chunks)](
+            _wgrad_partial_kernel[(splits, triton.cdiv(C_out, block_n), tap_programs * k_chunks)](
                 x, grad_y, mask if has_mask else grad_y, z, coef, part_w, part_shift,
                 N, C_in, H, W, C_out, H_out, W_out, cpg_in, cpg_out,
                 stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
                 *x.stride(), *grad_y.stride(), per_split, k_chunks,
                 KH=KH, KW=KW, HAS_MASK=has_mask, BN_TRAIN=bn_train is not None,
-                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, TAP_SLOTS=tap_slots,
+                CI_ALIGN=first_channel_alignment(C_out, block_n, cpg_out, cpg_in),
                 INDEX_64=max(_max_offset(t) for t in (x, grad_y, mask, part_w)) > INDEX_32_LIMIT,
                 **_dot_meta(x, _interpreted(x)),
                 **_launch_options(x, block_n, block_k, bn_train is not None),
