@@ -316,8 +316,8 @@ def test_wgrad_is_deterministic_over_splits(backend_device, monkeypatch, groups)
 
 @pytest.mark.parametrize("cpg, groups, stride, channels_last", [
     (1, 16, 1, True), (3, 6, 2, False), (4, 8, 1, False), (8, 4, 2, True), (24, 2, 1, True),
-    (24, 4, 1, False), (48, 3, 2, True),  # tiles whose channel span takes 2 and 3 K chunks
-    (64, 1, 2, False)])
+    (24, 4, 1, True), (48, 3, 2, True),  # tiles whose channel span takes 2 and 3 K chunks
+    (64, 1, 2, True)])  # (NCHW with tiles of 32 and more keeps a program per tap)
 def test_wgrad_tap_rows_equal_a_program_per_tap(device, monkeypatch, cpg, groups, stride,
                                                 channels_last):
     """Triton wgrad v2 (a program per kernel row, its taps side by side) and v1 (a program per
@@ -335,6 +335,7 @@ def test_wgrad_tap_rows_equal_a_program_per_tap(device, monkeypatch, cpg, groups
                                       groups, "triton")
 
     assert bw.wgrad_tap_slots(3) == 4
+    assert bw.wgrad_tap_slots(3, 32, channels_last=False) == 1
     rows = wgrad()
     monkeypatch.setattr(bw, "WGRAD_TAP_ROWS", False)
     assert bw.wgrad_tap_slots(3) == 1

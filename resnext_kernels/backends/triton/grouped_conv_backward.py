@@ -373,12 +373,15 @@ def _launch_options(t, block_n=16, block_k=16, bn_train=False):
     return dict(num_warps=8 if wide else 4, num_stages=2)
 
 
-def wgrad_tap_slots(KW, block_n=16, bn_train=False):
-    """Taps per wgrad program: the kernel row's KW in a power-of-two slot count, or 1: with
-    grad_z formed in the prologue (bn_train) a 64-wide tile's row (a 256 x 64 accumulator, the
-    z tile and the coefficients) took 252-255 registers on sm_90 and spilled 96-128 bytes in
-    NCHW (scripts/triton_aot_check.py), so such tiles keep a program per tap."""
-    if not WGRAD_TAP_ROWS or (bn_train and block_n >= 64):
+def wgrad_tap_slots(KW, block_n=16, bn_train=False, channels_last=True):
+    """Taps per wgrad program: the kernel row's KW in a power-of-two slot count, or 1 where a
+    row's registers spill on sm_90 (scripts/triton_aot_check.py), which then keeps a program
+    per tap:
+    - NCHW x with 32- and 64-wide tiles: Triton 3.9 spilled 500-2100 bytes (3.6 did not);
+    - grad_z formed in the prologue (bn_train) with 64-wide tiles: a 256 x 64 accumulator, the
+      z tile and the coefficients took 252-255 registers and spilled 96-128 bytes in NCHW."""
+    if (not WGRAD_TAP_ROWS or (bn_train and block_n >= 64)
+            or (not channels_last and block_n >= 32)):
         return 1
     return triton.next_power_of_2(KW)
 
@@ -490,7 +493,8 @@ def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation
     k_chunks = triton.cdiv(k_span, block_k)
     block_m = _block_m(x)
     taps = KH * KW
-    tap_slots = wgrad_tap_slots(KW, block_n, bn_train is not None)
+    # (channels_last: x's channels contiguous, so a row's x tile loads along them)
+    tap_slots = wgrad_tap_slots(KW, block_n, bn_train is not None, x.stride(1) == 1)
     tap_programs = KH if tap_slots > 1 else taps  # programs per (split, tile, chunk)
     # the splits as for a program per tap, whatever tap_slots: the same partial sums to add
     # (more splits would add their bytes: at 7x7 they outweigh x), KW times fewer programs
