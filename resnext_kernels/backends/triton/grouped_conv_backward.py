@@ -19,9 +19,11 @@ wgrad needs no such path: its packed entries pair channels of different groups a
 
 The mask bits are read per element (a byte holds 8 pixels of one channel). Every tensor is
 addressed through its strides; offsets are 32-bit unless a tensor spans 2^31 elements
-(INDEX_64). This is the first version: correct everywhere, not yet tuned (docs/KERNELS.md).
+(INDEX_64). dgrad is the first version; wgrad is v2 (a program per kernel row,
+WGRAD_TAP_ROWS): correct everywhere, not yet tuned on a GPU (docs/KERNELS.md).
 """
 
+import functools
 import math
 
 import torch
@@ -386,6 +388,7 @@ def wgrad_tap_slots(KW, block_n=16, bn_train=False, channels_last=True):
     return triton.next_power_of_2(KW)
 
 
+@functools.lru_cache(maxsize=256)  # (per call on the host path: a shape's answer is fixed)
 def first_channel_alignment(C_out, block_n, cpg_out, cpg_in, cap=16):
     """The largest power of two (at most cap) dividing the first input channel of every
     output-channel tile: (t * block_n // cpg_out) * cpg_in, promised to the compiler so that
