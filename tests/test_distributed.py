@@ -31,6 +31,19 @@ def _narrow_seresnext():
     return narrow_seresnext()
 
 
+def _exit_cleanly():
+    """Ends a worker that finished its work, skipping the interpreter's teardown: under torch
+    2.15 a gloo process group's threads sometimes abort the process at exit ("terminate called
+    without an active exception", SIGABRT), which mp.spawn reports as a failure although the
+    results were already written. Only the success path comes here; an exception still
+    propagates to mp.spawn with its traceback."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _train(model, x, target):
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=3e-5, momentum=0.9)
@@ -60,6 +73,7 @@ def _worker(rank, store_path, out_path):
             torch.save(states, out_path)
     finally:
         dist.destroy_process_group()
+    _exit_cleanly()
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -151,6 +165,7 @@ def _fsdp_worker(rank, store_path, out_path, kind):
                        out_path)
     finally:
         dist.destroy_process_group()
+    _exit_cleanly()
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
