@@ -448,6 +448,16 @@ def se_backward_fc_launch(index, c, grid, instr, warps, waves, shape):
 TRITON_BACKWARD = ("conv_dgrad", "conv_wgrad", "conv_wgrad_sum")
 
 
+def dgrad_taps_per_program(stride, kernel=3, pad=1, dil=1):
+    """The taps a Triton dgrad program runs, averaged over its stride classes (dgrad v2: a
+    program takes pixels of one class (hi % stride, wi % stride) and skips the taps that never
+    reach it): 9 at stride 1; at stride 2 a class runs 1, 2, 2 or 4, 2.25 on average. The
+    classes' programs are equally many (each sized to the largest class)."""
+    per_class = [sum((r + pad - k * dil) % stride == 0 for k in range(kernel))
+                 for r in range(stride)]
+    return (sum(per_class) / stride) ** 2
+
+
 def output_bytes(shape, x_bytes):
     H_out = (shape["H"] - 1) // shape["stride"] + 1
     return x_bytes * H_out * H_out // (shape["H"] * shape["W"])
@@ -458,8 +468,9 @@ def triton_backward_launch(kind, mix, c, grid, warps, waves, shape, x_bytes, ele
     v2's conv is: the hot loop's instructions and L1 wavefronts x its trips x the programs, and
     every trip's tiles from L2 (no reuse in L1: an upper bound). The mask is read a byte per
     element (8 pixels share a byte; each loads it).
-    - dgrad: per program 9 taps x the output-channel span of its groups in BLOCK_K steps; per
-      step a [BLOCK_M, BLOCK_K] tile of grad_y and of mask bytes, [BLOCK_K, BLOCK_N] weights.
+    - dgrad: per program the taps that reach its stride class (dgrad_taps_per_program) x the
+      output-channel span of its groups in BLOCK_K steps; per step a [BLOCK_M, BLOCK_K] tile of
+      grad_y and of mask bytes, [BLOCK_K, BLOCK_N] weights.
     - wgrad: per program (pixel split, channel tile, tap, or kernel row where TAP_SLOTS > 1:
       v2) its split's pixels in BLOCK_M steps; per step [BLOCK_M, BLOCK_N] of grad_y and mask
       bytes, [BLOCK_M, BLOCK_K] of x per tap (KW of them for a row); its fp32 partial sums
@@ -484,7 +495,7 @@ def triton_backward_launch(kind, mix, c, grid, warps, waves, shape, x_bytes, ele
     z_elem, z_bytes = (elem, y_bytes) if c.get("BN_TRAIN") else (0, 0)
     if kind == "conv_dgrad":
         span = (math.ceil(bn / cpg) * cpg) if bn >= cpg else cpg
-        trips = 9 * math.ceil(span / bk)
+        trips = dgrad_taps_per_program(shape["stride"]) * math.ceil(span / bk)
         step_bytes = bm * bk * (elem + mask_elem + z_elem) + bk * bn * elem
         dram = y_bytes + mask_bytes + x_bytes + z_bytes
     else:

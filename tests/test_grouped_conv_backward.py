@@ -136,6 +136,83 @@ def test_gradients_different_cpg_in_out(backend_device):
     run_case(backend, device, 4, 4, torch.float32, True, 1400, cpg_out=8, stride=2)
 
 
+# dgrad's stride classes (Triton: a program per class of input pixels, the taps that never
+# reach a class skipped): (kernel, stride, padding, dilation, H, W), each with a class that
+# some taps miss, odd sizes whose last class row or column falls outside the input, and a 1x1
+# kernel at stride 2 whose odd rows and columns receive no tap at all (their grad_x is 0)
+STRIDE_CLASS_GEOMETRIES = [
+    ((3, 3), (2, 2), (1, 1), (1, 1), 9, 8),
+    ((3, 3), (2, 1), (1, 1), (1, 1), 7, 6),
+    ((3, 3), (3, 3), (0, 1), (1, 1), 10, 7),
+    ((1, 1), (2, 2), (0, 0), (1, 1), 7, 6),
+    ((5, 3), (2, 3), (2, 1), (1, 2), 9, 11),
+    ((3, 3), (3, 3), (1, 1), (1, 1), 5, 2),  # (W < stride: class column 2 lies outside)
+]
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation,H,W", STRIDE_CLASS_GEOMETRIES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dgrad_every_stride_class(backend_device, poison_outputs, monkeypatch, kernel, stride,
+                                  padding, dilation, H, W, channels_last):
+    """grad_x of the dgrad op, with and without the ReLU mask, against float64 autograd of the
+    conv with the scale folded in, into a NaN-poisoned output: every input pixel written,
+    including those no tap reaches. channels_last cases take the 64-bit offsets path."""
+    backend, device = backend_device
+    if channels_last:
+        from resnext_kernels.backends.triton import grouped_conv_backward as conv_bw
+
+        monkeypatch.setattr(conv_bw, "INDEX_32_LIMIT", 0)
+    cpg, groups = 4, 2
+    g = seeded(1500 + 7 * H + W)
+    x = channels_last_if(torch.randn(2, cpg * groups, H, W, generator=g), channels_last)
+    w = torch.randn(cpg * groups, cpg, *kernel, generator=g) / (3.0 * cpg**0.5)
+    scale = torch.rand(cpg * groups, generator=g) + 0.5
+    y_shape = F.conv2d(x, w, None, stride, padding, dilation, groups).shape
+    grad_y = channels_last_if(torch.randn(y_shape, generator=g), channels_last)
+    keep = torch.rand(y_shape, generator=g) > 0.3  # the ReLU passed these
+    mask = relu_mask.pack(keep.to(device))
+    for m, gp in ((mask, grad_y * keep), (mask[:0], grad_y)):
+        poison_outputs(x.numel() * 4, device)
+        got = OPS.grouped_conv_dgrad(grad_y.to(device), m, w.to(device), scale.to(device),
+                                     list(x.shape), list(stride), list(padding), list(dilation),
+                                     groups, channels_last, backend)
+        xr = x.double().requires_grad_()
+        (exp,) = torch.autograd.grad(
+            F.conv2d(xr, w.double() * scale.double().view(-1, 1, 1, 1), None, stride, padding,
+                     dilation, groups), xr, gp.double())
+        assert got.is_contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        torch.testing.assert_close(got.double().cpu(), exp, **tolerance(torch.float32))
+        if kernel == (1, 1):  # the classes no tap reaches: zeros, written
+            assert (got[:, :, 1::2].cpu() == 0).all() and (got[:, :, :, 1::2].cpu() == 0).all()
+
+
+@pytest.mark.parametrize("stride,classes", [((1, 1), 1), ((2, 2), 4), ((2, 1), 2)])
+def test_dgrad_grid_has_a_program_block_per_stride_class(monkeypatch, stride, classes):
+    """Triton dgrad's launcher: stride_h * stride_w programs per block of BLOCK_M pixels of a
+    class (each class cdiv(H, stride_h) x cdiv(W, stride_w) pixels per image), as the kernel
+    decodes its program id and as the GPU-free profile models the launch."""
+    from resnext_kernels.backends.triton import grouped_conv_backward as conv_bw
+
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return lambda *args, **meta: None
+
+    monkeypatch.setattr(conv_bw, "_dgrad_kernel", Recorder())
+    N, C, H, W = 2, 8, 9, 7
+    w = torch.randn(C, 4, 3, 3)
+    H_out, W_out = (H - 1) // stride[0] + 1, (W - 1) // stride[1] + 1
+    grad_y = torch.randn(N, C, H_out, W_out)
+    conv_bw.grouped_conv_dgrad(grad_y, torch.empty(0, C, dtype=torch.uint8), w, torch.ones(C),
+                               [N, C, H, W], stride, [1, 1], [1, 1], 2, False)
+    block_m = conv_bw._block_m(grad_y)
+    class_pixels = N * -(-H // stride[0]) * -(-W // stride[1])
+    assert grids == [(classes * -(-class_pixels // block_m), 1)]
+
+
 def test_batch_one_and_zero(backend_device):
     backend, device = backend_device
     run_case(backend, device, 4, 4, torch.float32, True, 1500, N=1)
@@ -230,6 +307,30 @@ def test_nan_gradient_stays_in_its_group(backend_device):
     others[[1, 7]] = False
     assert torch.isfinite(gx.reshape(2, 8, 4, 7, 9)[:, others]).all()
     assert torch.isfinite(gx[1, 4:8]).all() and torch.isfinite(gx[0, 28:32]).all()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nan_gradient_stays_in_its_group_at_stride_2(backend_device, channels_last):
+    """As above at stride 2, where Triton's dgrad programs take one stride class each and its
+    exact recompute of a NaN tile must skip the same taps: grad_x equals float64 autograd's,
+    NaN for NaN."""
+    backend, device = backend_device
+    skip_if_aten_on_gpu(backend, device)
+    x, w, scale, _ = make_case(4, 8, torch.float16, device, channels_last, 1950, H=8, W=7)
+    y_shape = (2, 32, 4, 4)
+    grad_y = channels_last_if(torch.randn(y_shape, generator=seeded(1951)), channels_last)
+    grad_y[0, 5, 1, 2] = float("nan")  # group 1
+    grad_y[1, 30, 0, 3] = float("inf")  # group 7
+    got = OPS.grouped_conv_dgrad(grad_y.half().to(device), torch.empty(0, 32, dtype=torch.uint8,
+                                                                       device=device),
+                                 w, scale, list(x.shape), [2, 2], [1, 1], [1, 1], 8,
+                                 channels_last, backend).cpu()
+    xr = x.cpu().double().requires_grad_()
+    wr = w.cpu().double() * scale.cpu().double().view(-1, 1, 1, 1)
+    (exp,) = torch.autograd.grad(F.conv2d(xr, wr, None, 2, 1, 1, 8), xr,
+                                 grad_y.half().double())
+    assert exp.isnan().any() and exp.isinf().any()
+    torch.testing.assert_close(got.double(), exp, **tolerance(torch.float16), equal_nan=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

@@ -3,6 +3,7 @@ throughput model's arithmetic and the regression guard (scripts/sass_mix.py,
 compiled_profile.py, throughput_model.py, kernel_profile.py). The access profiler itself is
 tested in test_access_profile.py; the whole report runs in CI (.ci/run, --check)."""
 
+import math
 import sys
 from pathlib import Path
 
@@ -285,6 +286,27 @@ def test_wgrad_tap_rows_read_kw_x_tiles_per_step_in_a_third_of_the_programs():
     step_v2 = 64 * 16 * (elem + 1) + 3 * 64 * 16 * elem
     assert v2["l2_bytes"] / v1["l2_bytes"] == pytest.approx(step_v2 / (3 * step_v1))
     assert v2["warp_instructions"] == pytest.approx(v1["warp_instructions"] / 3)
+
+
+@pytest.mark.parametrize("stride,taps", [(1, 9), (2, 2.25), (3, 1)])
+def test_dgrad_programs_run_the_taps_that_reach_their_stride_class(stride, taps):
+    """Triton dgrad v2: a program's pixels share a stride class and it runs only the taps that
+    reach the class (3x3, padding 1: at stride 2 the classes run 1, 2, 2 and 4 taps), so the
+    model's steps per program are those taps x the channel steps, on the launcher's grid of
+    stride^2 classes' programs (checked against the launcher itself in
+    test_grouped_conv_backward.test_dgrad_grid_has_a_program_block_per_stride_class)."""
+    assert kernel_profile.dgrad_taps_per_program(stride) == pytest.approx(taps)
+    per_class = [[k for k in range(3) if (r + 1 - k) % stride == 0] for r in range(stride)]
+    assert sum(len(a) * len(b) for a in per_class for b in per_class) / stride**2 == taps
+    shape = dict(C=256, H=56, W=56, cpg=8, stride=stride)
+    elem, x_bytes = 2, kernel_profile.BATCH * 256 * 56 * 56 * 2
+    mix = {"global_load_16B": 2, "int": 30}
+    c = dict(BLOCK_M=64, BLOCK_N=16, BLOCK_K=16, HAS_MASK=True)
+    grid = [stride**2 * 100, 16, 1]
+    launch = kernel_profile.triton_backward_launch("conv_dgrad", mix, c, grid, 4, 2, shape,
+                                                   x_bytes, elem)
+    # (a 16-channel tile holds 2 groups of 8: one 16-wide channel step per tap)
+    assert launch["warp_instructions"] == pytest.approx(math.prod(grid) * taps * 32 * 4)
 
 
 def test_train_bn_bytes_follow_the_tensors_each_kernel_reads_and_writes():

@@ -19,8 +19,9 @@ wgrad needs no such path: its packed entries pair channels of different groups a
 
 The mask bits are read per element (a byte holds 8 pixels of one channel). Every tensor is
 addressed through its strides; offsets are 32-bit unless a tensor spans 2^31 elements
-(INDEX_64). dgrad is the first version; wgrad is v2 (a program per kernel row,
-WGRAD_TAP_ROWS): correct everywhere, not yet tuned on a GPU (docs/KERNELS.md).
+(INDEX_64). dgrad is v2 (a program per block of one stride class's pixels, the taps that
+never reach the class skipped), wgrad is v2 (a program per kernel row, WGRAD_TAP_ROWS): correct
+everywhere, not yet tuned on a GPU (docs/KERNELS.md).
 """
 
 import functools
@@ -78,18 +79,26 @@ def _gradient_before_conv(gy_ptr, mask_ptr, z_ptr, coef_ptr, gy_off, m_out, offs
 
 
 @triton.jit
-def _output_pixel_of_tap(n, hi, wi, m_ok, kh, kw, H_out, W_out, stride_h, stride_w, pad_h,
-                         pad_w, dil_h, dil_w, sgn, sgh, sgw):
-    """The output pixel (oh, ow) whose tap (kh, kw) read input pixel (n, hi, wi), if any:
-    (whether there is one, its flat index n*H_out*W_out + ..., its offset in grad_y)."""
-    th = hi + pad_h - kh * dil_h
-    tw = wi + pad_w - kw * dil_w
-    th = tl.where(th >= 0, th, -stride_h)  # (negative: no output pixel; keep % positive)
-    tw = tl.where(tw >= 0, tw, -stride_w)
-    oh = th // stride_h
-    ow = tw // stride_w
-    ok = (m_ok & (th >= 0) & (tw >= 0) & (th % stride_h == 0) & (tw % stride_w == 0)
-          & (oh < H_out) & (ow < W_out))
+def _tap_reaches_class(kh, kw, rh, rw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
+    """Whether tap (kh, kw) reaches an output pixel from the input pixels of stride class
+    (rh, rw), i.e. (hi, wi) = (hh * stride_h + rh, ww * stride_w + rw) (scalars: the same for
+    every pixel of the class), and if so the output pixel's shift: the forward's tap read input
+    row oh * stride_h - pad_h + kh * dil_h, so hi came from oh = hh + dh / stride_h with
+    dh = rh + pad_h - kh * dil_h when that division is exact. (% of a negative dh is 0 exactly
+    when it divides, whichever sign convention; the exact division then rounds no way.)"""
+    dh = rh + pad_h - kh * dil_h
+    dw = rw + pad_w - kw * dil_w
+    reaches = (dh % stride_h == 0) & (dw % stride_w == 0)
+    return reaches, dh // stride_h, dw // stride_w
+
+
+@triton.jit
+def _output_pixel(hh, ww, n, m_ok, shift_h, shift_w, H_out, W_out, sgn, sgh, sgw):
+    """The output pixels (hh + shift_h, ww + shift_w) of image n that a reaching tap takes the
+    gradient from: (inside the output, flat index n*H_out*W_out + ..., offset in grad_y)."""
+    oh = hh + shift_h
+    ow = ww + shift_w
+    ok = m_ok & (oh >= 0) & (ow >= 0) & (oh < H_out) & (ow < W_out)
     return ok, (n * H_out + oh) * W_out + ow, n * sgn + oh * sgh + ow * sgw
 
 
@@ -106,6 +115,8 @@ def _dgrad_kernel(
     C_out, H_out, W_out,  # output sizes
     cpg_in, cpg_out,  # channels per group
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,  # the forward's conv geometry
+    Hc, Wc,  # a stride class's rows and columns: cdiv(H, stride_h), cdiv(W, stride_w)
+    class_pixels,  # N * Hc * Wc (from the host: 64-bit where it needs to be)
     sgn, sgc, sgh, sgw,  # grad_y element strides
     swo, swi, swh, sww,  # weight element strides
     sxn, sxc, sxh, sxw,  # grad_x element strides
@@ -118,21 +129,32 @@ def _dgrad_kernel(
     BLOCK_N: tl.constexpr,  # input channels per program
     BLOCK_K: tl.constexpr,  # output channels per reduction step
 ):
+    # The input pixels by stride class (rh, rw) = (hi % stride_h, wi % stride_w): a class's
+    # pixels receive the same taps (at stride 2 and 3x3, 1, 2 or 4 of the 9), so a program
+    # takes BLOCK_M pixels of one class and skips the taps that never reach them (docs/
+    # KERNELS.md, "Triton dgrad v2"). The classes of a pixel block are neighbouring programs,
+    # so the grad_y rows they share are read from L2 together. At stride 1: one class, every
+    # tap.
+    classes = stride_h * stride_w
     pid_m = tl.program_id(0)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cls = pid_m % classes
+    rh = cls // stride_w
+    rw = cls % stride_w
+    block = pid_m // classes
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     arange_k = tl.arange(0, BLOCK_K)
     if INDEX_64:
-        offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+        offs_m = block.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
         offs_n = offs_n.to(tl.int64)
         arange_k = arange_k.to(tl.int64)
-    pixels = N * H * W
-    if INDEX_64:
-        pixels = N.to(tl.int64) * H * W
-    m_ok = offs_m < pixels
-    wi = offs_m % W
-    hi = (offs_m // W) % H
-    n = offs_m // (W * H)
+    ww = offs_m % Wc
+    hh = (offs_m // Wc) % Hc
+    n = offs_m // (Wc * Hc)
+    hi = hh * stride_h + rh
+    wi = ww * stride_w + rw
+    # (a class's last row or column may fall outside an input of odd size)
+    m_ok = (offs_m < class_pixels) & (hi < H) & (wi < W)
 
     # input channels of this tile, and the span of output channels their groups feed
     ci0 = tl.program_id(1) * BLOCK_N
@@ -146,29 +168,31 @@ def _dgrad_kernel(
     for tap in range(KH * KW):
         kh = tap // KW
         kw = tap % KW
-        pos_ok, m_out, g_pix = _output_pixel_of_tap(n, hi, wi, m_ok, kh, kw, H_out, W_out,
-                                                    stride_h, stride_w, pad_h, pad_w, dil_h,
-                                                    dil_w, sgn, sgh, sgw)
-        w_tap = w_ptr + kh * swh + kw * sww
-        for k0 in range(co_lo, co_hi, BLOCK_K):
-            offs_k = k0 + arange_k
-            k_ok = offs_k < co_hi
-            ok = pos_ok[:, None] & k_ok[None, :]
-            g = _gradient_before_conv(gy_ptr, mask_ptr, z_ptr, coef_ptr,
-                                      g_pix[:, None] + offs_k[None, :] * sgc, m_out, offs_k, ok,
-                                      C_out, HAS_MASK, BN_TRAIN)
-            # block-diagonal [BLOCK_K (co), BLOCK_N (ci)]: w[co, ci - group * cpg_in] * scale[co]
-            # where co and ci share a group, zero elsewhere
-            same_group = (offs_k // cpg_out)[:, None] == group_of_n[None, :]
-            w_tile = tl.load(w_tap + offs_k[:, None] * swo
-                             + (offs_n[None, :] - group_of_n[None, :] * cpg_in) * swi,
-                             mask=same_group & k_ok[:, None] & n_ok[None, :], other=0.0)
-            scale = tl.load(scale_ptr + offs_k, mask=k_ok, other=0.0)
-            w_tile = w_tile.to(tl.float32) * scale[:, None]
-            if DOT_IN_FP32:
-                acc = tl.dot(g.to(tl.float32), w_tile, acc, input_precision=DOT_PRECISION)
-            else:
-                acc = tl.dot(g, w_tile.to(g.dtype), acc)
+        reaches, shift_h, shift_w = _tap_reaches_class(kh, kw, rh, rw, stride_h, stride_w,
+                                                       pad_h, pad_w, dil_h, dil_w)
+        if reaches:  # (a skipped tap costs a few scalar instructions)
+            pos_ok, m_out, g_pix = _output_pixel(hh, ww, n, m_ok, shift_h, shift_w, H_out,
+                                                 W_out, sgn, sgh, sgw)
+            w_tap = w_ptr + kh * swh + kw * sww
+            for k0 in range(co_lo, co_hi, BLOCK_K):
+                offs_k = k0 + arange_k
+                k_ok = offs_k < co_hi
+                ok = pos_ok[:, None] & k_ok[None, :]
+                g = _gradient_before_conv(gy_ptr, mask_ptr, z_ptr, coef_ptr,
+                                          g_pix[:, None] + offs_k[None, :] * sgc, m_out, offs_k,
+                                          ok, C_out, HAS_MASK, BN_TRAIN)
+                # block-diagonal [BLOCK_K (co), BLOCK_N (ci)]: w[co, ci - group * cpg_in] *
+                # scale[co] where co and ci share a group, zero elsewhere
+                same_group = (offs_k // cpg_out)[:, None] == group_of_n[None, :]
+                w_tile = tl.load(w_tap + offs_k[:, None] * swo
+                                 + (offs_n[None, :] - group_of_n[None, :] * cpg_in) * swi,
+                                 mask=same_group & k_ok[:, None] & n_ok[None, :], other=0.0)
+                scale = tl.load(scale_ptr + offs_k, mask=k_ok, other=0.0)
+                w_tile = w_tile.to(tl.float32) * scale[:, None]
+                if DOT_IN_FP32:
+                    acc = tl.dot(g.to(tl.float32), w_tile, acc, input_precision=DOT_PRECISION)
+                else:
+                    acc = tl.dot(g, w_tile.to(g.dtype), acc)
 
     if SPANS_GROUPS and tl.max(tl.where(acc != acc, 1, 0)) > 0:
         # a NaN: it may be one group's non-finite gradient times another group's packing zero.
@@ -177,21 +201,23 @@ def _dgrad_kernel(
         for tap in range(KH * KW):
             kh = tap // KW
             kw = tap % KW
-            pos_ok, m_out, g_pix = _output_pixel_of_tap(n, hi, wi, m_ok, kh, kw, H_out, W_out,
-                                                        stride_h, stride_w, pad_h, pad_w, dil_h,
-                                                        dil_w, sgn, sgh, sgw)
-            for co in range(co_lo, co_hi):
-                co_v = tl.zeros((1,), dtype=offs_n.dtype) + co
-                g = _gradient_before_conv(gy_ptr, mask_ptr, z_ptr, coef_ptr,
-                                          g_pix[:, None] + co_v[None, :] * sgc, m_out, co_v,
-                                          pos_ok[:, None], C_out, HAS_MASK, BN_TRAIN)
-                same_group = (co // cpg_out) == group_of_n
-                w_row = tl.load(w_ptr + co * swo + (offs_n - group_of_n * cpg_in) * swi
-                                + kh * swh + kw * sww, mask=same_group & n_ok, other=0.0)
-                w_row = w_row.to(tl.float32) * tl.load(scale_ptr + co)
-                if not DOT_IN_FP32:  # the dot's operand rounding, as on the fast path
-                    w_row = w_row.to(g.dtype).to(tl.float32)
-                acc += tl.where(same_group[None, :], g.to(tl.float32) * w_row[None, :], 0.0)
+            reaches, shift_h, shift_w = _tap_reaches_class(kh, kw, rh, rw, stride_h,
+                                                           stride_w, pad_h, pad_w, dil_h, dil_w)
+            if reaches:
+                pos_ok, m_out, g_pix = _output_pixel(hh, ww, n, m_ok, shift_h, shift_w, H_out,
+                                                     W_out, sgn, sgh, sgw)
+                for co in range(co_lo, co_hi):
+                    co_v = tl.zeros((1,), dtype=offs_n.dtype) + co
+                    g = _gradient_before_conv(gy_ptr, mask_ptr, z_ptr, coef_ptr,
+                                              g_pix[:, None] + co_v[None, :] * sgc, m_out, co_v,
+                                              pos_ok[:, None], C_out, HAS_MASK, BN_TRAIN)
+                    same_group = (co // cpg_out) == group_of_n
+                    w_row = tl.load(w_ptr + co * swo + (offs_n - group_of_n * cpg_in) * swi
+                                    + kh * swh + kw * sww, mask=same_group & n_ok, other=0.0)
+                    w_row = w_row.to(tl.float32) * tl.load(scale_ptr + co)
+                    if not DOT_IN_FP32:  # the dot's operand rounding, as on the fast path
+                        w_row = w_row.to(g.dtype).to(tl.float32)
+                    acc += tl.where(same_group[None, :], g.to(tl.float32) * w_row[None, :], 0.0)
 
     gx_off = (n * sxn + hi * sxh + wi * sxw)[:, None] + offs_n[None, :] * sxc
     tl.store(gx_ptr + gx_off, acc.to(gx_ptr.dtype.element_ty),
@@ -456,7 +482,11 @@ def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding,
         **_dot_meta(grad_y, _interpreted(grad_y)),
         **_launch_options(grad_y, block_n, block_k, bn_train is not None),
     )
-    grid = (triton.cdiv(N * H * W, block_m), triton.cdiv(C_in, block_n))
+    # programs by stride class (the kernel's comment): each class Hc x Wc pixels per image
+    Hc, Wc = triton.cdiv(H, stride[0]), triton.cdiv(W, stride[1])
+    class_pixels = N * Hc * Wc
+    grid = (stride[0] * stride[1] * triton.cdiv(class_pixels, block_m),
+            triton.cdiv(C_in, block_n))
     with on_device(grad_y):
         _dgrad_kernel[grid](
             grad_y, mask if has_mask else grad_y, z, coef, weight,
@@ -464,6 +494,7 @@ def grouped_conv_dgrad(grad_y, mask, weight, scale, input_size, stride, padding,
             grad_x,
             N, C_in, H, W, C_out, H_out, W_out, cpg_in, cpg_out,
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+            Hc, Wc, class_pixels,
             *grad_y.stride(), *weight.stride(), *grad_x.stride(),
             **meta,
         )
