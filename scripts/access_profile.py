@@ -29,9 +29,12 @@ per call, whatever the batch: its bytes are given apart); for SE, of its three k
 """
 
 import argparse
+import hashlib
 import json
 import os
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,6 +124,82 @@ def run_backward_case(binary, case, blocks: int, seed: int = 0):
         cuda_emulator.grouped_conv_wgrad, binary, grad_y, mask, x, w, scale, stride=stride,
         groups=case["groups"], sample_blocks=blocks)
     return dgrad + wgrad, [dgrad_report, wgrad_report]
+
+
+# ------------------------------------------------------------- reusing earlier runs' profiles
+# The Python that runs the emulator and shapes its calls (besides the emulator binary itself,
+# named by the digest of the CUDA and emulator sources: cuda_emulator.build).
+DRIVER_SOURCES = [REPO / "tests" / "cuda_emulator.py", Path(__file__).resolve(),
+                  REPO / "resnext_kernels" / "relu_mask.py"]
+
+
+def inputs_digest(binary) -> str:
+    """The digest of everything an access profile depends on besides its case and block count:
+    the emulator binary's name (cuda_emulator.build names its directory by the digest of the
+    CUDA and emulator sources and of the compile flags), the C++ compiler's version, torch's
+    version (it draws the random inputs) and DRIVER_SOURCES. The same digest, case and block
+    count give the same profile (the tallies are per block, whatever the threads' schedule:
+    tests/test_access_profile.py runs a case twice), so a profile stored under its key can stand
+    in for running the case again."""
+    digest = hashlib.sha256(Path(binary).parent.name.encode())
+    cxx = cuda_emulator.compiler()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True)
+    digest.update(version.stdout.encode())
+    digest.update(torch.__version__.encode())
+    for path in DRIVER_SOURCES:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def case_key(digest: str, kind: str, case: dict, blocks: int) -> str:
+    """The key of one profile: `kind` names the function that ran it (run_case or
+    run_backward_case)."""
+    text = json.dumps([digest, kind, case, blocks], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def portable(result):
+    """run_case's or run_backward_case's result as it is stored: through JSON (lists, never
+    tuples), its launches without their per-site tallies, which name sites by code address
+    (different in every run: ASLR) and which the kernel profile does not read."""
+    result = json.loads(json.dumps(result))
+    for launch in result[0]:
+        launch.pop("sites", None)
+    return result
+
+
+class ProfileStore:
+    """Profiles by case_key: those of an earlier run (a JSON file written by save()), reused
+    where the key matches, and those this run makes. Every result is portable(), reused or
+    not, so the two are the same Python values."""
+
+    def __init__(self, binary, path=None):
+        self.digest = inputs_digest(binary)
+        earlier = json.loads(Path(path).read_text()) if path and Path(path).exists() else {}
+        self.earlier = earlier.get("profiles", {})
+        self.profiles, self.reused, self.ran = {}, 0, 0
+        self._lock = threading.Lock()  # get() runs on a thread pool
+
+    def get(self, kind, fn, binary, case, blocks):
+        """The profile of fn(binary, case, blocks) (run_case or run_backward_case, named by
+        `kind`), reused or run."""
+        key = case_key(self.digest, kind, case, blocks)
+        result = self.earlier.get(key)
+        if result is None:
+            result = portable(fn(binary, case, blocks))
+        with self._lock:
+            self.reused += key in self.earlier
+            self.ran += key not in self.earlier
+            self.profiles[key] = result
+        return result
+
+    def save(self, path):
+        """This run's profiles (and only this run's: none of an earlier run's that no longer
+        match)."""
+        Path(path).write_text(json.dumps(
+            {"about": "CUDA emulator access profiles by scripts/access_profile.case_key "
+                      "(scripts/kernel_profile.py reuses a profile whose key matches)",
+             "profiles": self.profiles}, sort_keys=True))
 
 
 KINDS = ("global_load", "global_store", "shared_load", "shared_store", "ldmatrix",

@@ -7,6 +7,7 @@ the time the throughput model predicts from it, next to what a GPU measured wher
     python scripts/kernel_profile.py            # writes benchmarks/results/gpu-free-profile.{md,json}
                                                 # and compiled-profile.{md,json}
     python scripts/kernel_profile.py --check    # CI: regenerate and compare with the committed report
+    python scripts/kernel_profile.py --fresh    # ... running every emulator profile (below)
 
 Sources: the CUDA emulator's access profile (scripts/access_profile.py; CUDA kernels only), the
 compiled-code profile of both backends (scripts/compiled_profile.py), the throughput model
@@ -20,6 +21,14 @@ recomputed; one more than 10% worse, or a path missing from either side, fails, 
 commit also updates the committed report (then the two agree). Run it in the environment the
 report was made in (the GPU machine's versions: torch 2.11, Triton 3.6, nvcc 13.0): the Triton
 figures depend on Triton's compiler.
+
+The emulator's access profiles of the CUDA kernels take two thirds of the time (about 15 of 20
+minutes on 2 cores). Each one is saved beside the report
+(benchmarks/results/gpu-free-profile-emulator.json) under a key of everything it depends on:
+the CUDA and emulator sources, the compiler, torch, the Python that drives the emulator, and the
+case (scripts/access_profile.ProfileStore). Both modes reuse a saved profile whose key matches,
+and run the rest. A change to the CUDA kernels therefore reruns all of them, and a change to
+the Triton kernels or the model reruns none. --fresh ignores the saved profiles.
 """
 
 import argparse
@@ -87,12 +96,14 @@ def access_case(shape, layout, dtype):
                 tf32=dtype == "fp32/tf32")
 
 
-def access_profiles(binary, calls, blocks):
-    """{(model, layer, layout, dtype): access_profile.run_case(...)} for every CUDA call, run
+def access_profiles(binary, calls, blocks, store):
+    """{(model, layer, layout, dtype): access_profile.run_case(...)} for every CUDA call, from
+    `store` (an access_profile.ProfileStore) where an earlier run's profile matches, else run
     side by side (each is an emulator process) on every core."""
     def run(call):
         shape, layout, dtype = call
-        return access_profile.run_case(binary, access_case(shape, layout, dtype), blocks)
+        return store.get("run_case", access_profile.run_case, binary,
+                         access_case(shape, layout, dtype), blocks)
 
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
         results = pool.map(run, calls)
@@ -100,13 +111,13 @@ def access_profiles(binary, calls, blocks):
                 for (shape, layout, dtype), result in zip(calls, results)}
 
 
-def backward_profiles(binary, calls, blocks):
+def backward_profiles(binary, calls, blocks, store):
     """{(model, layer, layout): access_profile.run_backward_case(...)} for the CUDA backward of
-    every fp16 conv call, side by side on every core."""
+    every fp16 conv call, from `store` or run side by side on every core."""
     def run(call):
         shape, layout = call
-        return access_profile.run_backward_case(binary, access_case(shape, layout, "fp16"),
-                                                blocks)
+        return store.get("run_backward_case", access_profile.run_backward_case, binary,
+                         access_case(shape, layout, "fp16"), blocks)
 
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
         results = pool.map(run, calls)
@@ -738,9 +749,12 @@ def gpu_key(name):
     return "H200" if name and "H200" in name else "H100 SXM"
 
 
-def build(blocks: int):
-    """(the report, the compiled-code profile it used: sm_90 and sm_80, batch 128 and 1)."""
+def build(blocks: int, earlier_profiles=None):
+    """(the report, the compiled-code profile it used: sm_90 and sm_80, batch 128 and 1, the
+    emulator's access profiles: an access_profile.ProfileStore that reused those of
+    `earlier_profiles` (a file it saved) whose inputs are unchanged)."""
     binary = access_profile.cuda_emulator.build("profile")
+    store = access_profile.ProfileStore(binary, earlier_profiles)
     cuda_kernels, cuda_all = compiled_profile.cuda_profile([90, 80], layouts=("nhwc", "nchw"),
                                                            batches=(BATCH, 1), dtypes=DTYPES)
     triton_kernels, triton_all = compiled_profile.triton_profile([90, 80], batches=(BATCH, 1),
@@ -761,10 +775,10 @@ def build(blocks: int):
     dtype_shapes = list(compiled_profile.dtype_shapes(DTYPES))
     calls = [(shape, layout, compiled_profile.op_dtype(shape["op"], dtype))
              for dtype, shape in dtype_shapes for layout in ("nhwc", "nchw")]
-    profiles = access_profiles(binary, calls, blocks)
+    profiles = access_profiles(binary, calls, blocks, store)
     bw_profiles = backward_profiles(binary, [(shape, layout) for dtype, shape in dtype_shapes
                                              if dtype == "fp16" and shape["op"] == "conv"
-                                             for layout in ("nhwc", "nchw")], blocks)
+                                             for layout in ("nhwc", "nchw")], blocks, store)
     for report_dtype, shape in dtype_shapes:
         dtype = compiled_profile.op_dtype(shape["op"], report_dtype)
         elem = compiled_profile.ELEM_BYTES[dtype]
@@ -862,7 +876,7 @@ def build(blocks: int):
     report = dict(batch=BATCH, dtypes=list(DTYPES), blocks_per_grid=blocks, gpus=list(GPUS),
                   model_constants={g: tm.GPUS[g] for g in GPUS},
                   l1_efficiency=tm.L1_EFFICIENCY, measured_sources=sources, paths=paths)
-    return report, compiled
+    return report, compiled, store
 
 
 def path_id(p):
@@ -1007,8 +1021,16 @@ def main(argv=None):
                    help="compare with the committed report instead of writing it")
     p.add_argument("--out-prefix", default=str(REPORT))
     p.add_argument("--blocks", type=int, default=12)
+    p.add_argument("--fresh", action="store_true",
+                   help="run every emulator profile, reusing none of <out-prefix>-emulator.json")
     args = p.parse_args(argv)
-    report, compiled = build(args.blocks)
+    # the emulator's access profiles of the CUDA kernels (two thirds of the time): those whose
+    # inputs (CUDA and emulator sources, compiler, torch, the case) are unchanged since the
+    # committed report are reused from the file written beside it
+    emulator_profiles = args.out_prefix + "-emulator.json"
+    report, compiled, store = build(args.blocks, None if args.fresh else emulator_profiles)
+    print(f"emulator access profiles: {store.reused} reused from {emulator_profiles}, "
+          f"{store.ran} run")
     if args.check:
         committed = json.loads(Path(args.out_prefix + ".json").read_text())
         problems = check(report, committed)
@@ -1028,6 +1050,7 @@ def main(argv=None):
         return 0
     Path(args.out_prefix + ".json").write_text(json.dumps(report, indent=1))
     Path(args.out_prefix + ".md").write_text(markdown(report))
+    store.save(emulator_profiles)
     # the compiled-code profile beside it: registers, occupancy, waves, instruction mix
     compiled_prefix = str(Path(args.out_prefix).parent / "compiled-profile")
     Path(compiled_prefix + ".md").write_text(compiled.pop("markdown"))

@@ -6,6 +6,8 @@ Runs wherever the emulator builds (a C++ compiler), GPU or not: the profile is a
 """
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,9 @@ from conftest import tolerance
 from test_grouped_conv_bn_relu import make_case, reference
 from test_squeeze_excite import make_case as make_se_case
 from test_squeeze_excite import reference as se_reference
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import access_profile  # noqa: E402
 
 # torch-independent (the kernels run as C++): CI runs these in one of its environments only
 pytestmark = pytest.mark.emulator
@@ -142,3 +147,76 @@ def test_block_sampling_runs_the_first_last_and_evenly_spread_blocks(profiler):
     assert per_request(part["ldmatrix"]) == per_request(full["ldmatrix"])
     assert part["ldmatrix"]["requests"] * full["blocks"] == pytest.approx(
         full["ldmatrix"]["requests"] * 3, rel=0.5)
+
+
+# --- reusing stored profiles (access_profile.ProfileStore; scripts/kernel_profile.py) ---------
+
+# a conv case as scripts/kernel_profile.py makes them (access_case), small: odd sizes, stride 2
+SMALL_CASE = dict(op="conv", model="test", layer="small", C=64, C_out=64, H=9, W=7, groups=16,
+                  cpg=4, stride=2, count=1, dtype="fp16", layout="nhwc", tf32=False)
+
+
+def must_not_run(*args):
+    raise AssertionError("a stored profile's case ran again")
+
+
+@pytest.mark.parametrize("kind", ["run_case", "run_backward_case"])
+def test_a_stored_profile_stands_in_for_running_its_case_again(profiler, tmp_path, kind):
+    """The same case run twice gives the same profile (as stored: without the per-site code
+    addresses, which ASLR moves), so a store of one run's profiles serves the next: the stored
+    one is returned without running, a case that differs (here in its layout) runs."""
+    fn = getattr(access_profile, kind)
+    first = access_profile.ProfileStore(profiler)
+    profile = first.get(kind, fn, profiler, SMALL_CASE, 3)
+    assert (first.ran, first.reused) == (1, 0)
+    assert profile[0] and all("sites" not in launch for launch in profile[0])
+    assert access_profile.portable(fn(profiler, SMALL_CASE, 3)) == profile
+    first.save(tmp_path / "profiles.json")
+
+    second = access_profile.ProfileStore(profiler, tmp_path / "profiles.json")
+    assert second.get(kind, must_not_run, profiler, SMALL_CASE, 3) == profile
+    nchw = dict(SMALL_CASE, layout="nchw")
+    other = second.get(kind, fn, profiler, nchw, 3)
+    assert (second.ran, second.reused) == (1, 1) and other != profile
+    # what a store saves is its own run's: the reused profile and the one it ran
+    second.save(tmp_path / "again.json")
+    third = access_profile.ProfileStore(profiler, tmp_path / "again.json")
+    assert third.get(kind, must_not_run, profiler, nchw, 3) == other
+    assert third.get(kind, must_not_run, profiler, SMALL_CASE, 3) == profile
+
+
+def test_a_stored_profiles_key_covers_every_input(tmp_path, monkeypatch):
+    """A change to any input of a profile changes its key, so no stored profile stands in for
+    one that would come out different: the emulator binary (named by its sources' digest),
+    the C++ compiler's version, torch's version, the Python that drives the emulator, and the
+    case, its block count and the function that runs it."""
+    binary = tmp_path / "profile-0123456789abcdef" / "harness"
+    driver = tmp_path / "driver.py"
+    driver.write_text("version 1")
+    monkeypatch.setattr(access_profile, "DRIVER_SOURCES", [driver])
+    base = access_profile.inputs_digest(binary)
+    assert access_profile.inputs_digest(binary) == base
+    digests = [access_profile.inputs_digest(tmp_path / "profile-fedcba9876543210" / "harness")]
+    driver.write_text("version 2")
+    digests.append(access_profile.inputs_digest(binary))
+    driver.write_text("version 1")
+    with monkeypatch.context() as m:
+        m.setattr(access_profile.torch, "__version__", "0.0.0")
+        digests.append(access_profile.inputs_digest(binary))
+    fake_cxx = tmp_path / "cxx"
+    fake_cxx.write_text("#!/bin/sh\necho 'c++ (fake) 0.1'\n")
+    fake_cxx.chmod(0o755)
+    with monkeypatch.context() as m:
+        m.setenv("CXX", str(fake_cxx))
+        digests.append(access_profile.inputs_digest(binary))
+    assert access_profile.inputs_digest(binary) == base
+    assert len({base, *digests}) == 1 + len(digests)
+
+    key = access_profile.case_key(base, "run_case", SMALL_CASE, 3)
+    keys = [access_profile.case_key(digests[0], "run_case", SMALL_CASE, 3),
+            access_profile.case_key(base, "run_backward_case", SMALL_CASE, 3),
+            access_profile.case_key(base, "run_case", SMALL_CASE, 4),
+            access_profile.case_key(base, "run_case", dict(SMALL_CASE, layout="nchw"), 3),
+            access_profile.case_key(base, "run_case", dict(SMALL_CASE, stride=1), 3)]
+    assert access_profile.case_key(base, "run_case", dict(reversed(SMALL_CASE.items())), 3) == key
+    assert len({key, *keys}) == 1 + len(keys)
