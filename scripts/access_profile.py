@@ -32,7 +32,6 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -127,32 +126,35 @@ def run_backward_case(binary, case, blocks: int, seed: int = 0):
 
 
 # ------------------------------------------------------------- reusing earlier runs' profiles
-# The Python that runs the emulator and shapes its calls (besides the emulator binary itself,
-# named by the digest of the CUDA and emulator sources: cuda_emulator.build).
-DRIVER_SOURCES = [REPO / "tests" / "cuda_emulator.py", Path(__file__).resolve(),
-                  REPO / "resnext_kernels" / "relu_mask.py"]
+def driver_sources():
+    """The Python that runs the emulator and shapes its calls: the files of the modules these
+    runs import (resnext_kernels from wherever it is installed, not necessarily this
+    checkout)."""
+    from resnext_kernels import relu_mask
+
+    return [Path(cuda_emulator.__file__), Path(__file__).resolve(), Path(relu_mask.__file__)]
 
 
 def inputs_digest(binary) -> str:
-    """The digest of everything an access profile depends on besides its case and block count:
-    the emulator binary's name (cuda_emulator.build names its directory by the digest of the
-    CUDA and emulator sources and of the compile flags), the C++ compiler's version, torch's
-    version (it draws the random inputs) and DRIVER_SOURCES. The same digest, case and block
-    count give the same profile (the tallies are per block, whatever the threads' schedule:
-    tests/test_access_profile.py runs a case twice), so a profile stored under its key can stand
-    in for running the case again."""
-    digest = hashlib.sha256(Path(binary).parent.name.encode())
-    cxx = cuda_emulator.compiler()
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True)
-    digest.update(version.stdout.encode())
-    digest.update(torch.__version__.encode())
-    for path in DRIVER_SOURCES:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    """The digest of everything an access profile depends on besides its case, its block count
+    and the function that runs it: the emulator binary's name (cuda_emulator.build_digest: the
+    C++ sources, the compiler's version and the build flags, whatever the checkout's path),
+    torch's version (it draws the random inputs), driver_sources() and any CUDA_EMULATOR_
+    variable in the environment the emulator inherits. The same digest, case, block count and
+    function give the same profile (the tallies are per block, whatever the threads' schedule:
+    tests/test_access_profile.py runs a case twice), so a profile stored under its key can
+    stand in for running the case again."""
+    digest = hashlib.sha256(Path(binary).parent.name.encode() + b"\0")
+    digest.update(torch.__version__.encode() + b"\0")
+    for path in driver_sources():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    emulator_env = sorted((k, v) for k, v in os.environ.items() if k.startswith("CUDA_EMULATOR_"))
+    digest.update(json.dumps(emulator_env).encode())
     return digest.hexdigest()
 
 
 def case_key(digest: str, kind: str, case: dict, blocks: int) -> str:
-    """The key of one profile: `kind` names the function that ran it (run_case or
+    """The key of one profile: `kind` is the name of the function that runs it (run_case or
     run_backward_case)."""
     text = json.dumps([digest, kind, case, blocks], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -180,10 +182,10 @@ class ProfileStore:
         self.profiles, self.reused, self.ran = {}, 0, 0
         self._lock = threading.Lock()  # get() runs on a thread pool
 
-    def get(self, kind, fn, binary, case, blocks):
-        """The profile of fn(binary, case, blocks) (run_case or run_backward_case, named by
-        `kind`), reused or run."""
-        key = case_key(self.digest, kind, case, blocks)
+    def get(self, fn, binary, case, blocks):
+        """The profile of fn(binary, case, blocks) (run_case or run_backward_case), reused or
+        run."""
+        key = case_key(self.digest, fn.__name__, case, blocks)
         result = self.earlier.get(key)
         if result is None:
             result = portable(fn(binary, case, blocks))
@@ -199,7 +201,7 @@ class ProfileStore:
         Path(path).write_text(json.dumps(
             {"about": "CUDA emulator access profiles by scripts/access_profile.case_key "
                       "(scripts/kernel_profile.py reuses a profile whose key matches)",
-             "profiles": self.profiles}, sort_keys=True))
+             "profiles": self.profiles}, sort_keys=True, indent=1) + "\n")
 
 
 KINDS = ("global_load", "global_store", "shared_load", "shared_store", "ldmatrix",

@@ -25,10 +25,12 @@ figures depend on Triton's compiler.
 The emulator's access profiles of the CUDA kernels take two thirds of the time (about 15 of 20
 minutes on 2 cores). Each one is saved beside the report
 (benchmarks/results/gpu-free-profile-emulator.json) under a key of everything it depends on:
-the CUDA and emulator sources, the compiler, torch, the Python that drives the emulator, and the
-case (scripts/access_profile.ProfileStore). Both modes reuse a saved profile whose key matches,
-and run the rest. A change to the CUDA kernels therefore reruns all of them, and a change to
-the Triton kernels or the model reruns none. --fresh ignores the saved profiles.
+the CUDA and emulator sources by content (the same key in any checkout), the compiler's
+version, the build flags, torch's version, the Python that drives the emulator, CUDA_EMULATOR_
+variables, and the case (scripts/access_profile.inputs_digest, ProfileStore). Both modes reuse
+a saved profile whose key matches, and run the rest. A change to the CUDA kernels therefore
+reruns all of them, and a change to the Triton kernels or the model reruns none. --fresh
+ignores the saved profiles.
 """
 
 import argparse
@@ -102,8 +104,8 @@ def access_profiles(binary, calls, blocks, store):
     side by side (each is an emulator process) on every core."""
     def run(call):
         shape, layout, dtype = call
-        return store.get("run_case", access_profile.run_case, binary,
-                         access_case(shape, layout, dtype), blocks)
+        return store.get(access_profile.run_case, binary, access_case(shape, layout, dtype),
+                         blocks)
 
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
         results = pool.map(run, calls)
@@ -116,7 +118,7 @@ def backward_profiles(binary, calls, blocks, store):
     every fp16 conv call, from `store` or run side by side on every core."""
     def run(call):
         shape, layout = call
-        return store.get("run_backward_case", access_profile.run_backward_case, binary,
+        return store.get(access_profile.run_backward_case, binary,
                          access_case(shape, layout, "fp16"), blocks)
 
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:

@@ -15,6 +15,7 @@ that need them.
 """
 
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -68,17 +69,43 @@ def compiler():
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 
+@functools.lru_cache(maxsize=None)
+def compiler_version(cxx: str) -> str:
+    return subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+# Every file of these kinds under csrc/emulation and csrc/kernels is an input of a build, not
+# only those SOURCES and HEADERS list: a nested or differently named include counts too.
+BUILD_INPUT_SUFFIXES = {".c", ".cc", ".cpp", ".cu", ".h", ".hh", ".hpp", ".cuh", ".inc", ".inl"}
+
+
+def build_digest(sanitizer: str, repo: Path = REPO, cxx: str = None) -> str:
+    """The digest that names a build's directory: the relative path and contents of every C/C++
+    file under csrc/emulation and csrc/kernels of `repo`, the compiler's version, and the
+    compile, instrumentation and link flags of `sanitizer`'s build, with the checkout's own
+    path replaced by a placeholder. The same sources give the same digest in every checkout
+    (scripts/access_profile.py keys the profiles it stores by it)."""
+    digest = hashlib.sha256()
+    for sub in ("emulation", "kernels"):
+        base = repo / "csrc" / sub
+        for path in sorted(p for p in base.rglob("*") if p.suffix in BUILD_INPUT_SUFFIXES):
+            digest.update(path.relative_to(repo).as_posix().encode() + b"\0"
+                          + path.read_bytes() + b"\0")
+    flags = [*FLAGS, *SANITIZERS[sanitizer], "|", *PROFILE_INSTRUMENTATION,
+             *sorted(PROFILED_SOURCES), "|", *LINK_FLAGS[sanitizer]]
+    digest.update(" ".join(flags).replace(str(REPO), "<repo>").encode())
+    digest.update(compiler_version(cxx or compiler()).encode())
+    return digest.hexdigest()
+
+
 def build(sanitizer: str = "memcheck") -> Path:
     """The harness binary for the current sources, compiled if it is not there yet."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler (set CXX or install g++)")
     flags = [*FLAGS, *SANITIZERS[sanitizer]]
-    digest = hashlib.sha256()
-    for path in SOURCES + HEADERS:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    digest.update(" ".join([cxx, *flags]).encode())
-    out_dir = REPO / "build" / "cuda_emulator" / f"{sanitizer}-{digest.hexdigest()[:16]}"
+    out_dir = REPO / "build" / "cuda_emulator" / f"{sanitizer}-{build_digest(sanitizer)[:16]}"
     binary = out_dir / "harness"
     if binary.exists():
         return binary

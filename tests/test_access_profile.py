@@ -5,7 +5,9 @@ still computing the right numbers in the profile build.
 Runs wherever the emulator builds (a C++ compiler), GPU or not: the profile is a CPU tool.
 """
 
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -156,44 +158,99 @@ SMALL_CASE = dict(op="conv", model="test", layer="small", C=64, C_out=64, H=9, W
                   cpg=4, stride=2, count=1, dtype="fp16", layout="nhwc", tf32=False)
 
 
-def must_not_run(*args):
-    raise AssertionError("a stored profile's case ran again")
+def stored_only(fn):
+    """A stand-in for fn (run_case or run_backward_case, whose name is the profile's kind) that
+    fails if it runs."""
+    def run(*args):
+        raise AssertionError(f"a stored profile's case ran again ({fn.__name__})")
+    run.__name__ = fn.__name__
+    return run
 
 
 @pytest.mark.parametrize("kind", ["run_case", "run_backward_case"])
 def test_a_stored_profile_stands_in_for_running_its_case_again(profiler, tmp_path, kind):
     """The same case run twice gives the same profile (as stored: without the per-site code
     addresses, which ASLR moves), so a store of one run's profiles serves the next: the stored
-    one is returned without running, a case that differs (here in its layout) runs."""
+    one is returned without running, a case that differs (here in its layout) runs, and a
+    store saves only its own run's profiles."""
     fn = getattr(access_profile, kind)
     first = access_profile.ProfileStore(profiler)
-    profile = first.get(kind, fn, profiler, SMALL_CASE, 3)
+    profile = first.get(fn, profiler, SMALL_CASE, 3)
     assert (first.ran, first.reused) == (1, 0)
     assert profile[0] and all("sites" not in launch for launch in profile[0])
     assert access_profile.portable(fn(profiler, SMALL_CASE, 3)) == profile
     first.save(tmp_path / "profiles.json")
 
     second = access_profile.ProfileStore(profiler, tmp_path / "profiles.json")
-    assert second.get(kind, must_not_run, profiler, SMALL_CASE, 3) == profile
+    assert second.get(stored_only(fn), profiler, SMALL_CASE, 3) == profile
     nchw = dict(SMALL_CASE, layout="nchw")
-    other = second.get(kind, fn, profiler, nchw, 3)
+    other = second.get(fn, profiler, nchw, 3)
     assert (second.ran, second.reused) == (1, 1) and other != profile
-    # what a store saves is its own run's: the reused profile and the one it ran
     second.save(tmp_path / "again.json")
     third = access_profile.ProfileStore(profiler, tmp_path / "again.json")
-    assert third.get(kind, must_not_run, profiler, nchw, 3) == other
-    assert third.get(kind, must_not_run, profiler, SMALL_CASE, 3) == profile
+    assert third.get(stored_only(fn), profiler, nchw, 3) == other
+    assert third.get(stored_only(fn), profiler, SMALL_CASE, 3) == profile
+    # the other kind of profile of the same case is not the stored one
+    other_kind = (access_profile.run_backward_case if kind == "run_case" else
+                  access_profile.run_case)
+    with pytest.raises(AssertionError, match="ran again"):
+        third.get(stored_only(other_kind), profiler, SMALL_CASE, 3)
+    # only what this store's run used is saved: not the first run's profiles it never asked for
+    third.save(tmp_path / "third.json")
+    saved = json.loads((tmp_path / "third.json").read_text())["profiles"]
+    assert len(saved) == 2
 
 
-def test_a_stored_profiles_key_covers_every_input(tmp_path, monkeypatch):
+def copy_sources(root):
+    for sub in ("emulation", "kernels"):
+        shutil.copytree(cuda_emulator.REPO / "csrc" / sub, root / "csrc" / sub)
+    return root
+
+
+def test_the_build_digest_is_the_sources_not_the_checkouts_path(profiler, tmp_path,
+                                                                monkeypatch):
+    """cuda_emulator.build_digest names a build's directory and so keys the stored profiles:
+    the same in two checkouts (CI tests a copy of the sources in a temporary directory), and
+    different when a source, a nested include, the compiler's version or a build's flags
+    differ."""
+    a, b = copy_sources(tmp_path / "a"), copy_sources(tmp_path / "b")
+    base = cuda_emulator.build_digest("profile", a)
+    assert cuda_emulator.build_digest("profile", b) == base
+    assert cuda_emulator.build_digest("profile") == base  # this checkout
+    changed = []
+    source = b / "csrc" / "kernels" / "grouped_conv_dgrad_v3.cu"
+    source.write_text(source.read_text() + "\n// a comment\n")
+    changed.append(cuda_emulator.build_digest("profile", b))
+    nested = copy_sources(tmp_path / "c") / "csrc" / "kernels" / "detail" / "tile.cuh"
+    nested.parent.mkdir()
+    nested.write_text("#pragma once\n")
+    changed.append(cuda_emulator.build_digest("profile", tmp_path / "c"))
+    fake_cxx = tmp_path / "cxx"
+    fake_cxx.write_text("#!/bin/sh\necho 'c++ (fake) 0.1'\n")
+    fake_cxx.chmod(0o755)
+    changed.append(cuda_emulator.build_digest("profile", a, str(fake_cxx)))
+    changed.append(cuda_emulator.build_digest("memcheck", a))
+    monkeypatch.setattr(cuda_emulator, "PROFILE_INSTRUMENTATION", ["-fsanitize=address"])
+    changed.append(cuda_emulator.build_digest("profile", a))
+    assert len({base, *changed}) == 1 + len(changed)
+    assert profiler.parent.name == f"profile-{base[:16]}"
+
+
+def test_a_stored_profiles_key_covers_every_input(profiler, tmp_path, monkeypatch):
     """A change to any input of a profile changes its key, so no stored profile stands in for
-    one that would come out different: the emulator binary (named by its sources' digest),
-    the C++ compiler's version, torch's version, the Python that drives the emulator, and the
-    case, its block count and the function that runs it."""
+    one that would come out different: the emulator binary (named by build_digest), torch's
+    version, the Python that drives the emulator (the modules actually imported), an emulator
+    variable in the environment, and the case, its block count and the function that runs
+    it."""
+    from resnext_kernels import relu_mask
+
+    drivers = {p.resolve() for p in access_profile.driver_sources()}
+    assert {Path(m.__file__).resolve() for m in (cuda_emulator, access_profile, relu_mask)} <= drivers
     binary = tmp_path / "profile-0123456789abcdef" / "harness"
     driver = tmp_path / "driver.py"
     driver.write_text("version 1")
-    monkeypatch.setattr(access_profile, "DRIVER_SOURCES", [driver])
+    monkeypatch.setattr(access_profile, "driver_sources", lambda: [driver])
+    monkeypatch.delenv("CUDA_EMULATOR_SCHEDULE", raising=False)
     base = access_profile.inputs_digest(binary)
     assert access_profile.inputs_digest(binary) == base
     digests = [access_profile.inputs_digest(tmp_path / "profile-fedcba9876543210" / "harness")]
@@ -203,11 +260,8 @@ def test_a_stored_profiles_key_covers_every_input(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(access_profile.torch, "__version__", "0.0.0")
         digests.append(access_profile.inputs_digest(binary))
-    fake_cxx = tmp_path / "cxx"
-    fake_cxx.write_text("#!/bin/sh\necho 'c++ (fake) 0.1'\n")
-    fake_cxx.chmod(0o755)
     with monkeypatch.context() as m:
-        m.setenv("CXX", str(fake_cxx))
+        m.setenv("CUDA_EMULATOR_SCHEDULE", "completer_first")
         digests.append(access_profile.inputs_digest(binary))
     assert access_profile.inputs_digest(binary) == base
     assert len({base, *digests}) == 1 + len(digests)
