@@ -1026,9 +1026,7 @@ def main(argv=None):
     p.add_argument("--fresh", action="store_true",
                    help="run every emulator profile, reusing none of <out-prefix>-emulator.json")
     args = p.parse_args(argv)
-    # the emulator's access profiles of the CUDA kernels (two thirds of the time): those whose
-    # inputs (CUDA and emulator sources, compiler, torch, the case) are unchanged since the
-    # committed report are reused from the file written beside it
+    # the emulator's access profiles: reused where their inputs are unchanged (docstring)
     emulator_profiles = args.out_prefix + "-emulator.json"
     report, compiled, store = build(args.blocks, None if args.fresh else emulator_profiles)
     print(f"emulator access profiles: {store.reused} reused from {emulator_profiles}, "

@@ -31,11 +31,6 @@ SOURCES = [
     *sorted((REPO / "csrc" / "emulation").glob("*.cpp")),
     *sorted((REPO / "csrc" / "kernels").glob("*.cu")),
 ]
-HEADERS = [
-    *sorted((REPO / "csrc" / "emulation").glob("*.h")),
-    *sorted((REPO / "csrc" / "kernels").glob("*.h")),
-    *sorted((REPO / "csrc" / "kernels").glob("*.cuh")),
-]
 FLAGS = [
     "-std=c++17", "-O1", "-g", "-pthread", "-fno-strict-aliasing",
     "-DRESNEXT_KERNELS_EMULATION", "-D__CUDA_ARCH__=900",  # the sm_90 code paths
@@ -76,7 +71,7 @@ def compiler_version(cxx: str) -> str:
 
 
 # Every file of these kinds under csrc/emulation and csrc/kernels is an input of a build, not
-# only those SOURCES and HEADERS list: a nested or differently named include counts too.
+# only the SOURCES it compiles: the headers they include, nested or not, count too.
 BUILD_INPUT_SUFFIXES = {".c", ".cc", ".cpp", ".cu", ".h", ".hh", ".hpp", ".cuh", ".inc", ".inl"}
 
 
@@ -105,7 +100,8 @@ def build(sanitizer: str = "memcheck") -> Path:
     if cxx is None:
         raise RuntimeError("no C++ compiler (set CXX or install g++)")
     flags = [*FLAGS, *SANITIZERS[sanitizer]]
-    out_dir = REPO / "build" / "cuda_emulator" / f"{sanitizer}-{build_digest(sanitizer)[:16]}"
+    digest = build_digest(sanitizer, cxx=cxx)
+    out_dir = REPO / "build" / "cuda_emulator" / f"{sanitizer}-{digest[:16]}"
     binary = out_dir / "harness"
     if binary.exists():
         return binary
