@@ -118,17 +118,25 @@ DTYPES = {"fp16": ("float16", False), "bf16": ("bfloat16", False), "fp32/tf32": 
 ELEM_BYTES = {"fp16": 2, "bf16": 2, "fp32/tf32": 4, "fp32": 4}
 
 
-def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None):
-    """The kernel of each launch of a call, in launch order."""
+def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None, gated=False):
+    """The kernel of each launch of a call, in launch order (gated: v3's conv with its input
+    gated in the loader, dgrad's)."""
     t = CUDA_TYPES[dtype]
     if op == "dgrad" and path_report == "path v3":
-        # the gradient selected (in 16-byte chunks: launch_shapes's grad_y is
-        # channels_last like grad_x, which v3 needs), the scaled, flipped weights, then v3's forward
-        # of them at stride 1
-        return [f"dgrad_select_kernel<{t}, true>", f"dgrad_fold_flip_weights_kernel<{t}>",
+        # the scaled, flipped weights, then v3's forward of them at stride 1 on the gradient
+        # gated by the mask in its loader (launch_shapes's grad_y is channels_last like grad_x:
+        # 16-byte chunks, so no select pass)
+        return [f"dgrad_fold_flip_weights_kernel<{t}>",
+                *cuda_launch_kernels("conv", "path v3 block_channels 0", dtype, 1, cpg,
+                                     gated=True)]
+    if op == "dgrad" and path_report == "path v3_select":
+        # grad_y without 16-byte chunks: the select pass writes gs, then v3 reads it ungated
+        return [f"dgrad_select_kernel<{t}>", f"dgrad_fold_flip_weights_kernel<{t}>",
                 *cuda_launch_kernels("conv", "path v3 block_channels 0", dtype, 1, cpg)]
-    if op == "dgrad":
+    if op == "dgrad" and path_report == "path direct":
         return [f"grouped_conv_dgrad_kernel<{t}>"]
+    if op == "dgrad":
+        raise ValueError(f"no launch sequence for dgrad's {path_report!r}")
     if op == "wgrad" and path_report.startswith("path v3"):
         return [f"grouped_conv_wgrad_v3_kernel<{t}, {cpg}, {stride}>",
                 f"grouped_conv_wgrad_finalize_kernel<{t}>"]
@@ -141,12 +149,13 @@ def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None):
         return [f"se_squeeze{chunked}_kernel<{t}>", "se_fc_kernel<false>", "se_fc_kernel<true>",
                 f"se_scale{chunked}_kernel<{t}>"]
     m = re.search(r"path (\w+) block_channels (\d+)", path_report)
+    gate = "true" if gated else "false"
     if m.group(1) == "v3" and cpg >= 32:
         return [f"pack_weight_rows_kernel<{t}, {cpg}>",
-                f"grouped_conv_bn_relu_v3_wide_kernel<{t}, {cpg}, {stride}>"]
+                f"grouped_conv_bn_relu_v3_wide_kernel<{t}, {cpg}, {stride}, {gate}>"]
     if m.group(1) == "v3":
         return [f"pack_b_fragments_kernel<{t}, {cpg}>",
-                f"grouped_conv_bn_relu_v3_kernel<{t}, {cpg}, {stride}>"]
+                f"grouped_conv_bn_relu_v3_kernel<{t}, {cpg}, {stride}, {gate}>"]
     if m.group(1) == "wmma":
         bc = m.group(2)
         return [f"repack_weights_kernel<{t}, {bc}>",

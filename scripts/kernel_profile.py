@@ -137,8 +137,8 @@ def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
     """The model launches of the CUDA backward of one fp16 layer at batch BATCH, from its access
     profile at batch 1 (backward_profiles), scaled per launch by the work's growth: dgrad's
     launches by their blocks (the direct kernel: a thread per grad_x element; on v3
-    (csrc/kernels/grouped_conv_dgrad_v3.cu): the gradient's select pass, the scaled, flipped
-    weights, v3's weight packing and its forward of the prepared gradient), wgrad's partial
+    (csrc/kernels/grouped_conv_dgrad_v3.cu): the scaled, flipped weights, v3's weight packing
+    and its forward of the gradient, gated by the mask in its loader), wgrad's partial
     sums (direct, or v3's: csrc/kernels/grouped_conv_wgrad_v3.cu) by the pixels (BATCH: each
     block sums its split of the pixels; the splits differ between batch 1 and BATCH, the total
     work does not) and the finalize by the splits (it reads every split's partial sums)."""
@@ -152,7 +152,8 @@ def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
     y_bytes = output_bytes(shape, x_bytes)
     mask_bytes = y_bytes / elem / 8
     w_bytes = 9 * shape["C"] * shape["cpg"] * elem
-    # dgrad on v3's gs: the output's grid at stride 1, the input's at stride 2 (spread out)
+    # dgrad on v3 after a select pass (not at these shapes: grad_y is channels_last): gs, the
+    # output's grid at stride 1, the input's at stride 2 (spread out)
     gs_bytes = x_bytes if shape["stride"] == 2 else y_bytes
     splits, splits_b1 = wgrad_splits(plan["b128"]["reports"][1]), wgrad_splits(reports[1])
     partial_bytes = splits * shape["C"] * (9 * shape["cpg"] + 1) * 4
@@ -169,6 +170,8 @@ def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
             return grow, y_bytes + mask_bytes + gs_bytes
         if name.startswith(("dgrad_fold_flip", "pack_")):    # the weights, re-laid out
             return grow, 2 * w_bytes
+        if name.startswith("grouped_conv_bn_relu_v3") and name.endswith("true>"):
+            return grow, y_bytes + mask_bytes + x_bytes + w_bytes  # grad_y, mask -> grad_x
         if name.startswith("grouped_conv_bn_relu_v3"):        # gs -> grad_x
             return grow, gs_bytes + x_bytes + w_bytes
         raise ValueError(f"no traffic model for the backward's launch {name}")

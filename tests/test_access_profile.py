@@ -86,6 +86,15 @@ def test_16_byte_accesses_are_served_per_quarter_warp(profiler):
     assert per_request(p["global_load"], "sectors") == 8  # 256 bytes, 16-byte lanes
 
 
+def test_st_shared_16_is_one_request_of_16_bytes_per_lane(profiler):
+    """ptx::st_shared_16 of words selected one by one (wgrad v3's gradient tile, v3's gated
+    loader): one request, as the GPU's STS.128, where the host compiler's own stores of such a
+    uint4 were smaller and more."""
+    p = selftest_profile(profiler, "profile_shared_store16")
+    assert p["shared_store"]["requests"] == 1 and p["shared_store"]["wavefronts"] == 2
+    assert p["shared_store"]["bytes"] == 256
+
+
 @pytest.mark.parametrize("ldm, wavefronts", [(16, 8), (24, 4)])
 def test_ldmatrix_rows_32_bytes_apart_conflict_and_padding_fixes_it(profiler, ldm, wavefronts):
     p = selftest_profile(profiler, f"profile_ldmatrix_ldm{ldm}")

@@ -74,6 +74,8 @@ def test_emulator_runs_a_correct_kernel(emulator):
     ("ptx_gemm_f16_half_warp_mma", "different warp-collective matrix instructions"),
     ("misaligned_vector_store", "st.global.v4: destination not 16-byte aligned"),
     ("misaligned_vector_load", "ld.global.v4: source not 16-byte aligned"),
+    ("misaligned_shared_store", "st.shared.v4: destination not 16-byte aligned"),
+    ("global_shared_store", "st.shared.v4: the destination is not inside the block's shared memory"),
     # a register layout the kernel gets wrong gives wrong numbers, as on a GPU
     ("ptx_gemm_bf16_swapped_fragment", "wrong 183 of 256"),
 ])

@@ -231,6 +231,18 @@ def test_racecheck_backward(racecheck, cpg, stride, channels_last, dtype):
     check(got, reference(*case, groups, s), dtype)
 
 
+@pytest.mark.parametrize("cpg", [8, 32])
+def test_racecheck_dgrad_v3_gated(racecheck, cpg):
+    """dgrad on v3 at stride 2 with the gradient gated in its loader: each thread's register
+    stores into the band before the barrier, the mainloop's reads after it (the narrow kernel,
+    and the wide one whose weight copies are in flight meanwhile)."""
+    groups = 64 // cpg
+    case = make_case(cpg, groups, torch.float16, True, 850 + cpg, N=1, H=6, W=5, stride=(2, 2))
+    grad_x, report = dgrad(racecheck, case, groups, stride=(2, 2))
+    assert report == "path v3"
+    check_grad_x(grad_x, reference(*case, groups, (2, 2))[0], torch.float16)
+
+
 # ---- dgrad on v3 (csrc/kernels/grouped_conv_dgrad_v3.cu): stride 1 and 2, channels_last
 # fp16/bf16, C a multiple of 64. The workspace (gs, flipped weights, v3's constants) starts as
 # NaN bytes.
@@ -262,20 +274,56 @@ def test_dgrad_v3_every_cpg_class(emulator, cpg, stride, dtype):
     check_grad_x(grad_x, reference(*case, groups, s)[0], dtype)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
-def test_dgrad_v3_grad_y_any_layout_batch_one(emulator, relu):
-    """grad_y read through its strides where it has no 16-byte chunks: NCHW, and channels_last
-    starting 4 elements (8 bytes) past an aligned base, as a view can; and in chunks where it
-    is channels_last and aligned. Batch 1, 128 channels (two v3 tiles), odd sizes; with and
-    without the ReLU's mask."""
-    grad_y, mask, x, w, scale = make_case(8, 16, torch.float16, True, 1600, N=1, H=3, W=9,
-                                          relu=relu)
-    ref = reference(grad_y, mask, x, w, scale, 16)[0]
-    for layout, lead in ((grad_y.contiguous(), 0), (grad_y, 4), (grad_y, 0)):
-        grad_x, report = dgrad(emulator, (layout, mask, x, w, scale), 16,
+def test_dgrad_v3_grad_y_any_layout_batch_one(emulator, relu, stride):
+    """grad_y read through its strides by the select pass where it has no 16-byte chunks
+    ("v3_select"): NCHW, and channels_last starting 4 elements (8 bytes) past an aligned base,
+    as a view can; and gated in v3's loader where it is channels_last and aligned ("v3").
+    Batch 1, 128 channels (two v3 tiles, so the loader's mask offset per tile), odd sizes; with
+    and without the ReLU's mask; both strides."""
+    s = (stride, stride)
+    grad_y, mask, x, w, scale = make_case(8, 16, torch.float16, True, 1600 + stride, N=1,
+                                          H=3 * stride, W=9, relu=relu, stride=s)
+    ref = reference(grad_y, mask, x, w, scale, 16, s)[0]
+    for layout, lead, path in ((grad_y.contiguous(), 0, "v3_select"), (grad_y, 4, "v3_select"),
+                               (grad_y, 0, "v3")):
+        grad_x, report = dgrad(emulator, (layout, mask, x, w, scale), 16, stride=s,
                                grad_y_lead_elems=lead)
-        assert report == "path v3"
+        assert report == f"path {path}"
         check_grad_x(grad_x, ref, torch.float16)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("cpg", [8, 32])
+def test_dgrad_v3_gated_bands_and_rounds(emulator, cpg, stride):
+    """The gated loader over two bands of a 20 x 20 grid (the second starts at an odd staged row:
+    at stride 2 between the spread gradients) and, at stride 1, more of the gradient's chunks
+    than one round of loads (12 x 22 staged pixels), with 128 channels (two tiles: the mask's
+    channel offset per tile), the narrow and the wide kernel."""
+    groups = 128 // cpg
+    s = (stride, stride)
+    case = make_case(cpg, groups, torch.float16, True, 1650 + cpg + stride, N=1, H=20, W=20,
+                     stride=s)
+    grad_x, report = dgrad(emulator, case, groups, stride=s)
+    assert report == "path v3"
+    check_grad_x(grad_x, reference(*case, groups, s)[0], torch.float16)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dgrad_v3_gated_channel_slice_of_grad_y(emulator, stride):
+    """grad_y a channel slice of a wider channels_last tensor (192 channels per pixel): 16-byte
+    chunks, so gated in the loader, through its pixel strides rather than C."""
+    s = (stride, stride)
+    grad_y, mask, x, w, scale = make_case(16, 8, torch.float16, True, 1660 + stride, N=2, H=6,
+                                          W=7, stride=s)
+    wide = torch.randn(grad_y.shape[0], 192, *grad_y.shape[2:], generator=seeded(1670)).half()
+    wide = wide.contiguous(memory_format=torch.channels_last)
+    wide[:, 64:] = grad_y
+    view = wide[:, 64:]
+    grad_x, report = dgrad(emulator, (view, mask, x, w, scale), 8, stride=s)
+    assert report == "path v3"
+    check_grad_x(grad_x, reference(grad_y, mask, x, w, scale, 8, s)[0], torch.float16)
 
 
 def test_dgrad_v3_matches_the_direct_kernel_and_batch_zero(emulator):

@@ -106,6 +106,14 @@ void st_global_16(void* global_dst, const uint32_t* words) {
   std::memcpy(global_dst, words, 16);
 }
 
+void st_shared_16(void* shared_dst, const uint32_t* words) {
+  if (reinterpret_cast<uintptr_t>(shared_dst) % 16 != 0) {
+    fatal("st.shared.v4: destination not 16-byte aligned");
+  }
+  check_shared(shared_dst, 16, "st.shared.v4: the destination is not inside the block's shared memory");
+  std::memcpy(shared_dst, words, 16);
+}
+
 void cp_async_commit() {
   t_committed.push_back(std::move(t_open));
   t_open.clear();

@@ -34,6 +34,8 @@ void end_block_thread();               // the emulator's check at the end of a t
 // ld.global.nc.v4.b32 {words[0..3]}, [src] and st.global.v4.b32 [dst], {words[0..3]}
 void ld_global_16(uint32_t* words, const void* global_src);
 void st_global_16(void* global_dst, const uint32_t* words);
+// st.shared.v4.b32 [dst], {words[0..3]}
+void st_shared_16(void* shared_dst, const uint32_t* words);
 
 // ldmatrix.sync.aligned.m8n8.x{matrices}[.trans].shared.b16: `row` is this lane's row address
 // (lanes 8i..8i+7 give the rows of matrix i); regs[i] receives this lane's share of matrix i.

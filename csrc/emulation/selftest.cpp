@@ -2,6 +2,7 @@
 // tests/test_cuda_emulated.py checks, so a green emulated run means something.
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -106,9 +107,34 @@ __global__ void profile_vector16_kernel(const uint4* in, uint4* out) {
   out[threadIdx.x] = buf[threadIdx.x ^ 1];
 }
 
+// The same shared store through st.shared.v4 of four words, each selected on its own (the
+// pattern the host compiler split into smaller stores from a plain uint4 assignment): one
+// request of 16 bytes per lane, as on the GPU.
+__global__ void profile_shared_store16_kernel(const uint4* in, uint4* out, unsigned keep) {
+  unsigned char* buf = resnext_kernels::dynamic_shared_memory();
+  const uint4 v = in[threadIdx.x];
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  uint32_t kept[4];
+  for (int h = 0; h < 4; ++h) kept[h] = ((keep >> h) & 1) ? w[h] : 0u;
+  resnext_kernels::ptx::st_shared_16(buf + 16 * threadIdx.x,
+                                     make_uint4(kept[0], kept[1], kept[2], kept[3]));
+  __syncthreads();
+  out[threadIdx.x] = reinterpret_cast<const uint4*>(buf)[threadIdx.x ^ 1];
+}
+
 // A 16-byte store, or load, 8 bytes off its alignment (st/ld.global.v4 need 16).
 __global__ void misaligned_vector_store_kernel(float* out) {
   resnext_kernels::ptx::st_global_16(out + 2 + 4 * threadIdx.x, make_uint4(1, 2, 3, 4));
+}
+// A 16-byte shared store 8 bytes off its alignment, and one to global memory (st.shared.v4).
+__global__ void misaligned_shared_store_kernel(float* out) {
+  unsigned char* tile = resnext_kernels::dynamic_shared_memory();
+  resnext_kernels::ptx::st_shared_16(tile + 8 + 16 * threadIdx.x, make_uint4(1, 2, 3, 4));
+  __syncthreads();
+  out[threadIdx.x] = static_cast<float>(tile[16 * threadIdx.x + 8]);
+}
+__global__ void global_shared_store_kernel(float* out) {
+  resnext_kernels::ptx::st_shared_16(out + 4 * threadIdx.x, make_uint4(1, 2, 3, 4));
 }
 __global__ void misaligned_vector_load_kernel(const float* in, float* out) {
   out[threadIdx.x] = static_cast<float>(
@@ -304,6 +330,12 @@ int run_selftest(const std::string& name) {
   } else if (name == "misaligned_vector_store") {
     err = resnext_kernels::launch_kernel(misaligned_vector_store_kernel, dim3(1), dim3(4), 0,
                                          nullptr, out);
+  } else if (name == "misaligned_shared_store") {
+    err = resnext_kernels::launch_kernel(misaligned_shared_store_kernel, dim3(1), dim3(4), 128,
+                                         nullptr, out);
+  } else if (name == "global_shared_store") {
+    err = resnext_kernels::launch_kernel(global_shared_store_kernel, dim3(1), dim3(4), 0,
+                                         nullptr, out);
   } else if (name == "misaligned_vector_load") {
     err = resnext_kernels::launch_kernel(misaligned_vector_load_kernel, dim3(1), dim3(4), 0,
                                          nullptr, in, out);
@@ -336,6 +368,21 @@ int run_selftest(const std::string& name) {
     // in and out hold 16 uint4 each: 16 threads (half a warp, so a request is 256 bytes)
     err = resnext_kernels::launch_kernel(profile_vector16_kernel, dim3(1), dim3(16), 16 * 16, nullptr,
                                          reinterpret_cast<const uint4*>(wide), reinterpret_cast<uint4*>(out));
+  } else if (name == "profile_shared_store16") {
+    err = resnext_kernels::launch_kernel(profile_shared_store16_kernel, dim3(1), dim3(16), 16 * 16,
+                                         nullptr, reinterpret_cast<const uint4*>(wide),
+                                         reinterpret_cast<uint4*>(out), 0x5u);
+    // words 0 and 2 kept: out[i] holds lane i ^ 1's words 0, 2 (wide[4 (i ^ 1) + 0, 2])
+    for (int i = 0; i < 16 && err == cudaSuccess; ++i) {
+      const uint32_t* o = reinterpret_cast<const uint32_t*>(out) + 4 * i;
+      const float* src = wide + 4 * (i ^ 1);
+      uint32_t want[4];
+      std::memcpy(want, src, sizeof want);
+      if (o[0] != want[0] || o[1] != 0u || o[2] != want[2] || o[3] != 0u) {
+        std::fprintf(stderr, "profile_shared_store16: wrong words at lane %d\n", i);
+        return 1;
+      }
+    }
   } else if (name == "profile_ldmatrix_ldm16" || name == "profile_ldmatrix_ldm24") {
     const int ldm = name == "profile_ldmatrix_ldm16" ? 16 : 24;
     err = resnext_kernels::launch_kernel(profile_ldmatrix_kernel, dim3(1), dim3(32),

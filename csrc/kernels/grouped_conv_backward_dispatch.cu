@@ -10,7 +10,8 @@ GroupedConvDgradPlan plan_grouped_conv_dgrad(const GroupedConvBackwardParams& p,
                                              int device_major, bool allow_v3) {
   GroupedConvDgradPlan plan;
   if (allow_v3 && grouped_conv_dgrad_v3_applies(p, dtype, device_major)) {
-    plan.path = GroupedConvDgradPath::kV3;
+    plan.path = grouped_conv_dgrad_v3_selects(p) ? GroupedConvDgradPath::kV3Select
+                                                 : GroupedConvDgradPath::kV3;
     plan.workspace_bytes = grouped_conv_dgrad_v3_workspace_bytes(p, dtype);
   }
   return plan;
@@ -20,7 +21,9 @@ cudaError_t launch_grouped_conv_dgrad(const GroupedConvBackwardParams& p, DType 
                                       const GroupedConvDgradPlan& plan, void* workspace,
                                       cudaStream_t stream) {
   switch (plan.path) {
-    case GroupedConvDgradPath::kV3: return launch_grouped_conv_dgrad_v3(p, dtype, workspace, stream);
+    case GroupedConvDgradPath::kV3:
+    case GroupedConvDgradPath::kV3Select:
+      return launch_grouped_conv_dgrad_v3(p, dtype, workspace, stream);
     case GroupedConvDgradPath::kDirect: return launch_grouped_conv_dgrad_direct(p, dtype, stream);
   }
   return cudaErrorInvalidValue;
@@ -30,6 +33,7 @@ const char* grouped_conv_dgrad_path_name(GroupedConvDgradPath path) {
   switch (path) {
     case GroupedConvDgradPath::kDirect: return "direct";
     case GroupedConvDgradPath::kV3: return "v3";
+    case GroupedConvDgradPath::kV3Select: return "v3_select";
   }
   return "unknown";
 }

@@ -8,20 +8,21 @@
 // input's grid: gs[2 ho, 2 wo] = the gradient of output pixel (ho, wo), zeros between
 // (2 ho - 1 + kh = h is h + 1 - kh = 2 ho), and the conv is at stride 1 on that grid: 4x the
 // MMAs of the 9 taps that land on real gradients, but one kernel for both strides, and the
-// inserted zeros cost bytes only in gs. Two small launches prepare that forward's operands in
-// the workspace, then v3 runs it unchanged (its swizzled bands, mma.sync, NaN kept in its
-// group, 16-byte stores):
-//   1. gs, channels_last and dense, in grad_y's dtype: 16-byte chunks of 8 channels, the mask
-//      bits of the chunk read as one 8-byte word; a select, so gs is grad_y's values exactly
-//      (and 0 at stride 2's inserted pixels).
-//   2. the scaled, transposed, flipped weights [C_in, C_out / groups, 3, 3], w * scale rounded
-//      to the dtype after the fp32 product, as the reference backend folds them (so gs cannot
-//      overflow where the reference stays finite, and an inf scale makes NaN of a blocked
-//      pixel's 0 as aten's sums do); and v3's epilogue constants (scale 1, shift 0: y = 1 *
-//      acc + 0 is acc exactly).
-// Traffic beyond v3's own: grad_y and the mask read, gs written, once (about 2 bytes per gs
-// byte at stride 1; at stride 2 gs is x's size, 4x grad_y's); the mask applied in v3's A-load
-// would save it (docs/KERNELS.md, issue 15).
+// inserted zeros cost nothing in memory: gs is never written. v3's loader forms it as it stages
+// the band (GatedInput: grad_y's 16-byte chunks and the mask's 8 bytes of those channels, a
+// select, so gs is grad_y's values exactly, 0 where the ReLU blocked and at stride 2's inserted
+// pixels). One small launch prepares the rest of v3's operands in the workspace:
+//   the scaled, transposed, flipped weights [C_in, C_out / groups, 3, 3], w * scale rounded
+//   to the dtype after the fp32 product, as the reference backend folds them (so gs cannot
+//   overflow where the reference stays finite, and an inf scale makes NaN of a blocked
+//   pixel's 0 as aten's sums do); and v3's epilogue constants (scale 1, shift 0: y = 1 *
+//   acc + 0 is acc exactly).
+// Then v3 runs (its swizzled bands, mma.sync, NaN kept in its group, 16-byte stores). Traffic:
+// grad_y and the mask read once (L2 serves the halo rows and the neighbouring channel tiles),
+// grad_x written once.
+// Where grad_y has no 16-byte channel chunks (NCHW, or a view off the 16-byte grid) a select
+// pass writes gs, dense channels_last, to the workspace first and v3 reads it as a plain input
+// ("v3_select": grad_y and the mask read, gs written and read again; at stride 2 gs is x's size).
 //
 // One difference from aten at stride 2: with a non-finite folded weight (an inf BN scale or
 // weight), the inserted zeros multiply it too, so grad_x is NaN at every pixel the weight's
@@ -47,8 +48,16 @@ int64_t element_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
 // Where the parts of the workspace start (byte offsets), and its size.
 struct DgradV3Workspace {
-  int64_t gs = 0, weights = 0, ones = 0, zeros = 0, v3 = 0, bytes = 0;
+  int64_t gs = 0, weights = 0, ones = 0, zeros = 0, v3 = 0, bytes = 0;  // gs: v3_select only
 };
+
+// grad_y in 16-byte chunks of 8 channels (channels_last, every pixel's channels on the 16-byte
+// grid): v3's loader then reads it directly (the gated input); otherwise the select pass.
+bool chunked_grad_y(const GroupedConvBackwardParams& p) {
+  return reinterpret_cast<uintptr_t>(p.grad_y) % 16 == 0 && p.grad_y_stride[1] == 1 &&
+         p.grad_y_stride[0] % 8 == 0 && p.grad_y_stride[2] % 8 == 0 &&
+         p.grad_y_stride[3] % 8 == 0;
+}
 
 // gs's grid: the output's at stride 1, the input's at stride 2 (the gradients spread out).
 __host__ __device__ inline int64_t gs_rows(const GroupedConvBackwardParams& p) {
@@ -59,8 +68,9 @@ __host__ __device__ inline int64_t gs_cols(const GroupedConvBackwardParams& p) {
 }
 
 // The forward v3 runs: gs (C_out channels, gs_rows x gs_cols) to grad_x (C_in channels, H x W),
-// at stride 1.
-// Pointers into the workspace are filled in by the caller (null: planning only).
+// at stride 1. gs is grad_y gated by the mask in v3's loader where grad_y is chunked (gs ==
+// nullptr), else the select pass's output in the workspace. Pointers into the workspace are
+// filled in by the caller (null: planning only).
 GroupedConvParams forward_of_dgrad(const GroupedConvBackwardParams& p, const void* gs,
                                    const void* weights, const float* ones, const float* zeros) {
   GroupedConvParams q{};
@@ -74,11 +84,22 @@ GroupedConvParams forward_of_dgrad(const GroupedConvBackwardParams& p, const voi
   q.C_out = p.C_in; q.H_out = p.H; q.W_out = p.W;
   q.groups = p.groups; q.KH = p.KH; q.KW = p.KW;
   q.stride_h = 1; q.stride_w = 1; q.pad_h = 1; q.pad_w = 1; q.dil_h = 1; q.dil_w = 1;
-  // gs: dense channels_last [N, Hg, Wg, C_out]
-  q.x_stride[0] = Hg * Wg * p.C_out;
-  q.x_stride[1] = 1;
-  q.x_stride[2] = Wg * p.C_out;
-  q.x_stride[3] = p.C_out;
+  if (chunked_grad_y(p)) {
+    // grad_y itself, on the output's grid; the loader spreads it at stride 2
+    q.x = p.grad_y;
+    std::memcpy(q.x_stride, p.grad_y_stride, sizeof q.x_stride);
+    q.gated_x.on = true;
+    q.gated_x.mask = p.relu_mask;
+    q.gated_x.src_H = p.H_out;
+    q.gated_x.src_W = p.W_out;
+    q.gated_x.spread_shift = p.stride_h == 2 ? 1 : 0;
+  } else {
+    // gs: dense channels_last [N, Hg, Wg, C_out]
+    q.x_stride[0] = Hg * Wg * p.C_out;
+    q.x_stride[1] = 1;
+    q.x_stride[2] = Wg * p.C_out;
+    q.x_stride[3] = p.C_out;
+  }
   // the weights: dense [C_in, C_out / groups, 3, 3]
   const int64_t cpg_out = p.C_out / p.groups;
   q.w_stride[0] = cpg_out * p.KH * p.KW;
@@ -97,7 +118,7 @@ DgradV3Workspace workspace_layout(const GroupedConvBackwardParams& p, DType dtyp
   DgradV3Workspace ws;
   const int64_t elem = element_bytes(dtype);
   ws.gs = 0;
-  ws.weights = round_up(p.N * gs_rows(p) * gs_cols(p) * p.C_out * elem);
+  ws.weights = chunked_grad_y(p) ? 0 : round_up(p.N * gs_rows(p) * gs_cols(p) * p.C_out * elem);
   ws.ones = ws.weights + round_up(p.C_in * (p.C_out / p.groups) * p.KH * p.KW * elem);
   ws.zeros = ws.ones + round_up(p.C_in * static_cast<int64_t>(sizeof(float)));
   ws.v3 = ws.zeros + round_up(p.C_in * static_cast<int64_t>(sizeof(float)));
@@ -106,13 +127,13 @@ DgradV3Workspace workspace_layout(const GroupedConvBackwardParams& p, DType dtyp
   return ws;
 }
 
-// 1. gs[m, co] = passed(m, co) ? grad_y[m, co] : 0, a thread per 8 channels of
-// one pixel of gs, channels fastest: neighbouring threads read and write neighbouring 16-byte
-// chunks. At stride 1 gs's pixel is output pixel m (flat (n, ho, wo)); at stride 2 gs pixel
-// (n, h, w) is output pixel (n, h / 2, w / 2) where h and w are even, else 0. The mask's 8 bytes of a chunk (byte row m / 8, channels co..co+7)
-// are one aligned 8-byte load, shared by the 8 pixels of that row. grad_y is read through its
-// strides, or as 16-byte chunks where it is channels_last with aligned pixels (kChunkedGradY).
-template <typename scalar_t, bool kChunkedGradY>
+// v3_select only (grad_y not chunked): gs[m, co] = passed(m, co) ? grad_y[m, co] : 0, a thread
+// per 8 channels of one pixel of gs, channels fastest: neighbouring threads write neighbouring
+// 16-byte chunks. At stride 1 gs's pixel is output pixel m (flat (n, ho, wo)); at stride 2 gs
+// pixel (n, h, w) is output pixel (n, h / 2, w / 2) where h and w are even, else 0. The mask's 8
+// bytes of a chunk (byte row m / 8, channels co..co+7) are one aligned 8-byte load, shared by the
+// 8 pixels of that row. grad_y is read through its strides.
+template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     dgrad_select_kernel(GroupedConvBackwardParams p, scalar_t* __restrict__ gs) {
   using Cvt = Convert<scalar_t>;
@@ -138,11 +159,7 @@ __global__ void __launch_bounds__(kThreads)
     const scalar_t* g = grad_y + n * p.grad_y_stride[0] + co * p.grad_y_stride[1] +
                         ho * p.grad_y_stride[2] + wo * p.grad_y_stride[3];
     Pack<scalar_t> in;
-    if constexpr (kChunkedGradY) {
-      in = load_pack(g);
-    } else {
-      for (int j = 0; j < kVec; ++j) in.v[j] = g[j * p.grad_y_stride[1]];
-    }
+    for (int j = 0; j < kVec; ++j) in.v[j] = g[j * p.grad_y_stride[1]];
     uint64_t mask_bytes = ~uint64_t{0};  // no ReLU: every gradient passes
     if (p.relu_mask != nullptr) {
       mask_bytes = *reinterpret_cast<const uint64_t*>(p.relu_mask + (m >> 3) * p.C_out + co);
@@ -160,7 +177,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// 2. weights[c, k, kh, kw] = round(w[co, c - g * cpg_in, KH - 1 - kh, KW - 1 - kw] * scale[co]),
+// weights[c, k, kh, kw] = round(w[co, c - g * cpg_in, KH - 1 - kh, KW - 1 - kw] * scale[co]),
 // co = g * cpg_out + k, for c in group g, a thread per element; the first C_in threads also
 // write v3's scale (1) and shift (0).
 template <typename scalar_t>
@@ -188,30 +205,23 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-bool chunked_grad_y(const GroupedConvBackwardParams& p, DType dtype) {
-  const int64_t vec = 16 / element_bytes(dtype);
-  return reinterpret_cast<uintptr_t>(p.grad_y) % 16 == 0 && p.grad_y_stride[1] == 1 &&
-         p.grad_y_stride[0] % vec == 0 && p.grad_y_stride[2] % vec == 0 &&
-         p.grad_y_stride[3] % vec == 0;
-}
-
 template <typename scalar_t>
 cudaError_t launch_typed(const GroupedConvBackwardParams& p, DType dtype,
                          unsigned char* workspace, cudaStream_t stream) {
   const DgradV3Workspace ws = workspace_layout(p, dtype);
-  scalar_t* gs = reinterpret_cast<scalar_t*>(workspace + ws.gs);
   scalar_t* weights = reinterpret_cast<scalar_t*>(workspace + ws.weights);
   float* ones = reinterpret_cast<float*>(workspace + ws.ones);
   float* zeros = reinterpret_cast<float*>(workspace + ws.zeros);
 
-  const int64_t chunks = p.N * gs_rows(p) * gs_cols(p) * (p.C_out / Pack<scalar_t>::kSize);
-  cudaError_t err =
-      chunked_grad_y(p, dtype)
-          ? launch_kernel(dgrad_select_kernel<scalar_t, true>,
-                          grid_stride_grid(chunks, kThreads), dim3(kThreads), 0, stream, p, gs)
-          : launch_kernel(dgrad_select_kernel<scalar_t, false>,
-                          grid_stride_grid(chunks, kThreads), dim3(kThreads), 0, stream, p, gs);
-  if (err != cudaSuccess) return err;
+  scalar_t* gs = nullptr;  // the gated input: v3's loader reads grad_y
+  cudaError_t err = cudaSuccess;
+  if (!chunked_grad_y(p)) {
+    gs = reinterpret_cast<scalar_t*>(workspace + ws.gs);
+    const int64_t chunks = p.N * gs_rows(p) * gs_cols(p) * (p.C_out / Pack<scalar_t>::kSize);
+    err = launch_kernel(dgrad_select_kernel<scalar_t>, grid_stride_grid(chunks, kThreads),
+                        dim3(kThreads), 0, stream, p, gs);
+    if (err != cudaSuccess) return err;
+  }
   const int64_t elements = p.C_in * (p.C_out / p.groups) * p.KH * p.KW;
   err = launch_kernel(dgrad_fold_flip_weights_kernel<scalar_t>,
                       grid_stride_grid(elements, kThreads), dim3(kThreads), 0, stream, p,
@@ -235,11 +245,15 @@ bool grouped_conv_dgrad_v3_applies(const GroupedConvBackwardParams& p, DType dty
   if (p.groups <= 0 || p.C_out % 8 != 0) return false;  // (v3 asks more: 64-channel tiles)
   // the mask's chunk of 8 bytes is one 8-byte load
   if (reinterpret_cast<uintptr_t>(p.relu_mask) % 8 != 0) return false;
-  // v3 checks gs's pointer for 16-byte alignment: plan with an aligned stand-in (the workspace
-  // is checked at launch)
+  // v3 checks its input's pointer for 16-byte alignment: grad_y where it reads it, else gs,
+  // which the plan stands in for with an aligned pointer (the workspace is checked at launch)
   alignas(16) static const unsigned char aligned_stand_in[16] = {};
   const GroupedConvParams q = forward_of_dgrad(p, aligned_stand_in, nullptr, nullptr, nullptr);
   return grouped_conv_v3_applies(q, dtype, device_major);
+}
+
+bool grouped_conv_dgrad_v3_selects(const GroupedConvBackwardParams& p) {
+  return !chunked_grad_y(p);
 }
 
 int64_t grouped_conv_dgrad_v3_workspace_bytes(const GroupedConvBackwardParams& p, DType dtype) {

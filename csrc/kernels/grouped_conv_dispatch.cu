@@ -25,6 +25,8 @@ namespace {
 
 cudaError_t launch_planned(const GroupedConvParams& p, DType dtype, const GroupedConvPlan& plan,
                            void* workspace, cudaStream_t stream) {
+  // only v3's loader forms a gated input: the other kernels would read x as it is
+  if (p.gated_x.on && plan.path != GroupedConvPath::kV3) return cudaErrorInvalidValue;
   switch (plan.path) {
     case GroupedConvPath::kV3: return launch_grouped_conv_bn_relu_v3(p, dtype, workspace, stream);
     case GroupedConvPath::kWmma:

@@ -7,7 +7,9 @@
 //  1. Loader: the band's input rows with their halo go to shared memory with 16-byte cp.async
 //     copies; padding is the copies' zero fill. Pixel q's 8 chunks of 16 bytes are stored
 //     swizzled (SwizzledPixels), so the 8 rows of an ldmatrix, pixels `stride` apart, fall in 8
-//     distinct bank quads.
+//     distinct bank quads. A gated input (GatedInput, kGated: dgrad's gradient, selected by the
+//     ReLU mask and at stride 2 spread on the input's grid) is formed on the way, through
+//     registers (v3::load_gated_halo_rows), into the same tile.
 //  2. Mainloop: warp w owns one MMA channel group ("super-group", SG channels: a group at cpg 8
 //     and 16, two groups of 4 at cpg 4) and walks the band's pixels 16 at a time. A comes
 //     from ldmatrix with one row address per lane: the tap shift and the stride cost nothing.
@@ -44,6 +46,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kPackThreads = 256;
 constexpr int kMaxBandPixels = 256;                 // output pixels per CTA (16 m16 tiles)
+constexpr int kGatedLoadsInFlight = 4;              // chunks a thread loads before storing any
 // Within every sm_80+ part's per-block limit (99 KB on sm_86/89). Not an occupancy promise: a
 // band near the cap leaves one CTA per SM on sm_86/89 (100 KB per SM) and on sm_80 above ~81 KB.
 constexpr size_t kMaxSmemBytes = 99 * 1024;
@@ -183,18 +186,26 @@ __device__ __forceinline__ WorkUnit work_unit(const GroupedConvParams& p, const 
   return u;
 }
 
-// Loader: the unit's input rows oh0*S - 1 ... with their halo columns, 16-byte cp.async copies
-// into the swizzled tile (zeros outside the image); the caller commits and waits.
-template <typename T, int kShift>
-__device__ __forceinline__ void load_band_async(const GroupedConvParams& p, const Band& band,
-                                                const WorkUnit& u, int stride,
-                                                SwizzledPixels<kShift> in_tile) {
-  const T* x_n = static_cast<const T*>(p.x) + u.n * p.x_stride[0] +
-                 static_cast<int64_t>(u.ct) * kTileC;
-  v3::load_halo_rows_async<kThreads>(x_n, p.x_stride, p.H, p.W,
-                                     u.oh0 * stride - static_cast<int>(p.pad_h),
-                                     static_cast<int>(p.pad_w), u.in_rows, band.in_cols, p.x,
-                                     in_tile);
+// Loader: the unit's input rows oh0*S - 1 ... with their halo columns into the swizzled tile
+// (zeros outside the image). kGated = false: 16-byte cp.async copies, the caller commits and
+// waits; kGated = true: p.gated_x's input through registers, stored when this returns (the
+// caller still waits for its other copies and synchronises).
+template <typename T, bool kGated, int kShift>
+__device__ __forceinline__ void load_band(const GroupedConvParams& p, const Band& band,
+                                          const WorkUnit& u, int stride,
+                                          SwizzledPixels<kShift> in_tile) {
+  const int64_t c0 = static_cast<int64_t>(u.ct) * kTileC;
+  const T* x_n = static_cast<const T*>(p.x) + u.n * p.x_stride[0] + c0;
+  const int ih0 = u.oh0 * stride - static_cast<int>(p.pad_h);
+  if constexpr (kGated) {
+    const uint8_t* mask_tile = p.gated_x.mask != nullptr ? p.gated_x.mask + c0 : nullptr;
+    v3::load_gated_halo_rows<kThreads, kGatedLoadsInFlight>(
+        p.gated_x, x_n, p.x_stride, mask_tile, p.C_in, u.n, p.H, p.W, ih0,
+        static_cast<int>(p.pad_w), u.in_rows, band.in_cols, in_tile);
+  } else {
+    v3::load_halo_rows_async<kThreads>(x_n, p.x_stride, p.H, p.W, ih0, static_cast<int>(p.pad_w),
+                                       u.in_rows, band.in_cols, p.x, in_tile);
+  }
 }
 
 // Epilogue, one lane's pair of channels (c, c + 1 of the tile) of one output pixel: scale,
@@ -291,7 +302,7 @@ __device__ __forceinline__ void load_scale_shift(const GroupedConvParams& p, int
   shift = float2{p.shift[c], p.shift[c + 1]};
 }
 
-template <typename T, int kCpg, int kStride>
+template <typename T, int kCpg, int kStride, bool kGated>
 __global__ void __launch_bounds__(kThreads)
     grouped_conv_bn_relu_v3_kernel(GroupedConvParams p,
                                    const uint32_t* __restrict__ packed,  // pack_b_fragments
@@ -311,9 +322,12 @@ __global__ void __launch_bounds__(kThreads)
   const SwizzledPixels<kShift> in_tile{smem};
   const SwizzledPixels<0> out_tile{smem + band.out_offset};
 
-  // 1. The input band and its halo.
-  load_band_async<T>(p, band, u, kStride, in_tile);
-  ptx::cp_async_commit();
+  // 1. The input band and its halo: copies in flight while the B fragments load; a gated
+  // input after them (its loads are the thread's own: B's go first).
+  if constexpr (!kGated) {
+    load_band<T, false>(p, band, u, kStride, in_tile);
+    ptx::cp_async_commit();
+  }
 
   // B fragments of this warp's MMA group, for the whole CTA (overlaps the copies in flight).
   const int sg = warp % Class::kSuperGroups;
@@ -336,6 +350,7 @@ __global__ void __launch_bounds__(kThreads)
                      shift[j]);
   }
 
+  if constexpr (kGated) load_band<T, true>(p, band, u, kStride, in_tile);
   ptx::cp_async_wait<0>();
   __syncthreads();
 
@@ -472,7 +487,7 @@ __device__ __forceinline__ void wide_mainloop(float (&acc)[kM][4][4], const int 
   }
 }
 
-template <typename T, int kCpg, int kStride>
+template <typename T, int kCpg, int kStride, bool kGated>
 __global__ void __launch_bounds__(kThreads)
     grouped_conv_bn_relu_v3_wide_kernel(GroupedConvParams p,
                                         const T* __restrict__ w_rows,  // pack_weight_rows
@@ -491,8 +506,9 @@ __global__ void __launch_bounds__(kThreads)
   const SwizzledPixels<0> out_tile{smem + band.out_offset};
   unsigned char* w_s = smem + band.w_offset;  // [64 output channels][kPitch]
 
-  // 1. The input band and the tile's weights (one contiguous block), in one group of copies.
-  load_band_async<T>(p, band, u, kStride, in_tile);
+  // 1. The input band and the tile's weights (one contiguous block), in one group of copies;
+  // a gated input through registers while the weights' copies are in flight.
+  if constexpr (!kGated) load_band<T, false>(p, band, u, kStride, in_tile);
   {
     const unsigned char* src =
         reinterpret_cast<const unsigned char*>(w_rows + static_cast<int64_t>(u.ct) * kTileC * kPitch);
@@ -501,6 +517,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   ptx::cp_async_commit();
+  if constexpr (kGated) load_band<T, true>(p, band, u, kStride, in_tile);
 
   // Warp w: output channels nb*32 .. nb*32 + 31 of the tile (nb = w % 2), m16 tiles w/2, +4, ...
   const int nb = warp % 2;
@@ -585,7 +602,7 @@ cudaError_t launch_bands(void (*kernel)(GroupedConvParams, const W*, Band, int, 
                        static_cast<int>(bands));
 }
 
-template <typename T, int kCpg, int kStride>
+template <typename T, int kCpg, int kStride, bool kGated>
 cudaError_t launch_class(const GroupedConvParams& p, const Band& band, void* workspace,
                          cudaStream_t stream) {
   using Class = V3Class<kCpg>;
@@ -595,11 +612,11 @@ cudaError_t launch_class(const GroupedConvParams& p, const Band& band, void* wor
                                         grid_stride_grid(words, kPackThreads, 4096),
                                         dim3(kPackThreads), 0, stream, p, packed);
   if (err != cudaSuccess) return err;
-  return launch_bands(grouped_conv_bn_relu_v3_kernel<T, kCpg, kStride>, p, band,
+  return launch_bands(grouped_conv_bn_relu_v3_kernel<T, kCpg, kStride, kGated>, p, band,
                       static_cast<const uint32_t*>(packed), stream);
 }
 
-template <typename T, int kCpg, int kStride>
+template <typename T, int kCpg, int kStride, bool kGated>
 cudaError_t launch_wide(const GroupedConvParams& p, const Band& band, void* workspace,
                         cudaStream_t stream) {
   T* w_rows = static_cast<T*>(workspace);
@@ -608,7 +625,7 @@ cudaError_t launch_wide(const GroupedConvParams& p, const Band& band, void* work
       grid_stride_grid(p.C_out * wide_weight_pitch(kCpg), kPackThreads, 4096),
       dim3(kPackThreads), 0, stream, p, w_rows);
   if (err != cudaSuccess) return err;
-  return launch_bands(grouped_conv_bn_relu_v3_wide_kernel<T, kCpg, kStride>, p, band,
+  return launch_bands(grouped_conv_bn_relu_v3_wide_kernel<T, kCpg, kStride, kGated>, p, band,
                       static_cast<const T*>(w_rows), stream);
 }
 
@@ -616,26 +633,48 @@ template <typename T>
 cudaError_t launch_typed(const GroupedConvParams& p, const Band& band, void* workspace,
                          cudaStream_t stream) {
   const int64_t cpg = p.C_in / p.groups;
+  if (p.gated_x.on) {  // dgrad's conv: stride 1 only (gated_input_ok)
+    switch (cpg) {
+      case 4: return launch_class<T, 4, 1, true>(p, band, workspace, stream);
+      case 8: return launch_class<T, 8, 1, true>(p, band, workspace, stream);
+      case 16: return launch_class<T, 16, 1, true>(p, band, workspace, stream);
+      case 32: return launch_wide<T, 32, 1, true>(p, band, workspace, stream);
+      case 64: return launch_wide<T, 64, 1, true>(p, band, workspace, stream);
+    }
+    return cudaErrorInvalidValue;
+  }
   const bool s2 = p.stride_h == 2;
   switch (cpg) {
-    case 4: return s2 ? launch_class<T, 4, 2>(p, band, workspace, stream)
-                      : launch_class<T, 4, 1>(p, band, workspace, stream);
-    case 8: return s2 ? launch_class<T, 8, 2>(p, band, workspace, stream)
-                      : launch_class<T, 8, 1>(p, band, workspace, stream);
-    case 16: return s2 ? launch_class<T, 16, 2>(p, band, workspace, stream)
-                       : launch_class<T, 16, 1>(p, band, workspace, stream);
-    case 32: return s2 ? launch_wide<T, 32, 2>(p, band, workspace, stream)
-                       : launch_wide<T, 32, 1>(p, band, workspace, stream);
-    case 64: return s2 ? launch_wide<T, 64, 2>(p, band, workspace, stream)
-                       : launch_wide<T, 64, 1>(p, band, workspace, stream);
+    case 4: return s2 ? launch_class<T, 4, 2, false>(p, band, workspace, stream)
+                      : launch_class<T, 4, 1, false>(p, band, workspace, stream);
+    case 8: return s2 ? launch_class<T, 8, 2, false>(p, band, workspace, stream)
+                      : launch_class<T, 8, 1, false>(p, band, workspace, stream);
+    case 16: return s2 ? launch_class<T, 16, 2, false>(p, band, workspace, stream)
+                       : launch_class<T, 16, 1, false>(p, band, workspace, stream);
+    case 32: return s2 ? launch_wide<T, 32, 2, false>(p, band, workspace, stream)
+                       : launch_wide<T, 32, 1, false>(p, band, workspace, stream);
+    case 64: return s2 ? launch_wide<T, 64, 2, false>(p, band, workspace, stream)
+                       : launch_wide<T, 64, 1, false>(p, band, workspace, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 }  // namespace
 
+// A gated input (GatedInput) as the loader reads it: stride 1 (the kernels are built for no
+// other), a spread of 1 or 2 whose source grid covers the conv's (every staged pixel's source
+// pixel exists), the mask's 8-byte words aligned.
+static bool gated_input_ok(const GroupedConvParams& p) {
+  const GatedInput& g = p.gated_x;
+  if (!g.on) return true;
+  if (p.stride_h != 1 || p.stride_w != 1 || g.spread_shift < 0 || g.spread_shift > 1) return false;
+  const int64_t s = int64_t{1} << g.spread_shift;
+  if (g.src_H != (p.H + s - 1) / s || g.src_W != (p.W + s - 1) / s) return false;
+  return reinterpret_cast<uintptr_t>(g.mask) % 8 == 0;
+}
+
 bool grouped_conv_v3_applies(const GroupedConvParams& p, DType dtype, int device_major) {
-  if (!v3::takes_conv(p, dtype, device_major)) return false;
+  if (!v3::takes_conv(p, dtype, device_major) || !gated_input_ok(p)) return false;
   if (!channels_last_aligned16(p.x, p.x_stride) || !channels_last_aligned16(p.y, p.y_stride)) {
     return false;
   }
@@ -654,7 +693,7 @@ int64_t grouped_conv_v3_workspace_bytes(const GroupedConvParams& p) {
 cudaError_t launch_grouped_conv_bn_relu_v3(const GroupedConvParams& p, DType dtype,
                                            void* workspace, cudaStream_t stream) {
   if (p.N * p.C_out * p.H_out * p.W_out == 0) return cudaSuccess;
-  if (!aligned16(workspace)) return cudaErrorInvalidValue;
+  if (!aligned16(workspace) || !gated_input_ok(p)) return cudaErrorInvalidValue;
   const Band band = plan_band(p);
   if (band.rows == 0) return cudaErrorInvalidValue;
   switch (dtype) {

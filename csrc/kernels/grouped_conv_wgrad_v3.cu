@@ -9,8 +9,9 @@
 //  1. Loader: the band's input rows and halo by 16-byte cp.async copies into a swizzled tile
 //     (v3's loader: padding is the zero fill), and the band's gradient gp: grad_y read as
 //     16-byte chunks, selected by the mask's bits (a blocked NaN stays out), stored swizzled;
-//     each thread issues up to 4 chunks' loads before it stores any (one round trip for a
-//     band of 128 pixels). And a table of each band pixel's input pixel at tap (0, 0) (-1 past
+//     each thread issues 2 chunks' loads (raw: the chunk and its mask word) before it uses
+//     any (two round trips for a band of 128 pixels; 4 in flight spilled on sm_80, where the
+//     accumulators already hold most of the 128 registers two CTAs per SM leave). And a table of each band pixel's input pixel at tap (0, 0) (-1 past
 //     the band), so the mainloop divides nothing. x's tile is keyed by output pixel
 //     (OutputKeyedPixels), so an ldmatrix of 8 pixels that wrap to the next output row has no
 //     bank conflict.
@@ -53,7 +54,7 @@ constexpr int kChunks = kTileC / 8;                // 16-byte chunks per pixel
 constexpr int kMaxBandPixels = 128;                // output pixels per work unit
 constexpr size_t kMaxSmemBytes = 99 * 1024;        // as v3's: every sm_80+ part's block limit
 constexpr int64_t kTargetCtas = 2 * 132;           // one wave of two CTAs per SM on an H100
-constexpr int kLoadsInFlight = 4;                  // gp chunks a thread loads before storing any
+constexpr int kLoadsInFlight = 2;                  // gp chunks a thread loads before using any
 constexpr int kTapsPerHalf = 5;                    // taps 0-4, then 5-8
 
 // Per channels-per-group class: the 16-channel input blocks of a group, and CTAs per tile.
@@ -138,7 +139,6 @@ __global__ void __launch_bounds__(kThreads, 2)
                                  float* __restrict__ partials) {  // [splits][C][9 cpg + 1]
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using Class = WgradClass<kCpg>;
-  using Cvt = Convert<T>;
   constexpr int kShift = kStride == 2 ? 1 : 0;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -200,23 +200,27 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int64_t co = static_cast<int64_t>(ct) * kTileC + my_chunk * 8;
     const int gp_chunks = k_steps * 16 * kChunks;
     for (int i0 = threadIdx.x; i0 < gp_chunks; i0 += kLoadsInFlight * kThreads) {
-      // first every load of up to kLoadsInFlight chunks, then the selects and stores
-      Pack<T> in[kLoadsInFlight] = {};
-      uint64_t mask_bytes[kLoadsInFlight];
+      // first every load of up to kLoadsInFlight chunks, raw (so none waits for another: a
+      // shift or an unpack of a loaded value inside this loop made each load's first use
+      // follow it, one load in flight), then the selects and stores
+      uint4 raw[kLoadsInFlight];
+      uint64_t mask_word[kLoadsInFlight];  // byte j: channel co + j; bit m % 8: pixel m's
 #pragma unroll
       for (int r = 0; r < kLoadsInFlight; ++r) {
         const int q = (i0 + r * kThreads) / kChunks;  // (i0 + r * kThreads) % kChunks == my_chunk
-        mask_bytes[r] = ~uint64_t{0};  // no ReLU (or no pixel): every gradient passes
+        raw[r] = make_uint4(0u, 0u, 0u, 0u);
+        mask_word[r] = ~uint64_t{0};  // no ReLU: every gradient passes
         if (q < band_pixels) {
           const int orow = q / W_out, ocol = q - orow * W_out;
-          in[r] = load_pack(grad_y + n * p.grad_y_stride[0] + (oh0 + orow) * p.grad_y_stride[2] +
-                            ocol * p.grad_y_stride[3] + co);
+          raw[r] = ptx::ld_global_nc_16(grad_y + n * p.grad_y_stride[0] +
+                                        (oh0 + orow) * p.grad_y_stride[2] +
+                                        ocol * p.grad_y_stride[3] + co);
           const int64_t m = m_unit + q;
           if (p.relu_mask != nullptr) {
-            // byte j is channel co + j; bit m % 8 of each is this pixel's
-            mask_bytes[r] = *reinterpret_cast<const uint64_t*>(p.relu_mask + (m >> 3) * p.C_out + co)
-                            >> (m & 7);
+            mask_word[r] = *reinterpret_cast<const uint64_t*>(p.relu_mask + (m >> 3) * p.C_out + co);
           }
+        } else {
+          mask_word[r] = 0;  // the last k16 step's pixels past the band: 0
         }
       }
 #pragma unroll
@@ -224,15 +228,18 @@ __global__ void __launch_bounds__(kThreads, 2)
         const int i = i0 + r * kThreads;
         if (i >= gp_chunks) break;
         const int q = i / kChunks;
-        Pack<T> out;
+        // a select, not a product: a NaN gradient the ReLU blocked stays out
+        // bit 8 j: channel co + j (the shift recomputed here: a register fewer per load)
+        const uint64_t passes = mask_word[r] >> ((m_unit + q) & 7);
+        uint32_t words[4] = {raw[r].x, raw[r].y, raw[r].z, raw[r].w};
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          // a select, not a product: a NaN gradient the ReLU blocked stays out; the last k16
-          // step's pixels past the band are 0
-          const bool passed = q < band_pixels && ((mask_bytes[r] >> (8 * j)) & 1);
-          out.v[j] = passed ? in[r].v[j] : Cvt::from_float(0.f);
+        for (int h = 0; h < 4; ++h) {  // word h: channels 2 h (low half), 2 h + 1 (high half)
+          const uint32_t keep = (((passes >> (16 * h)) & 1) ? 0x0000ffffu : 0u) |
+                                (((passes >> (16 * h + 8)) & 1) ? 0xffff0000u : 0u);
+          words[h] &= keep;
         }
-        *reinterpret_cast<Pack<T>*>(gp_tile.chunk(q, my_chunk)) = out;
+        ptx::st_shared_16(gp_tile.chunk(q, my_chunk),
+                          make_uint4(words[0], words[1], words[2], words[3]));
       }
     }
     // each band pixel's input pixel at tap (0, 0); -1 for the last step's pixels past the band

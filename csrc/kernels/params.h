@@ -10,6 +10,21 @@ namespace resnext_kernels {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
+// An input that v3's loader forms as it stages it (v3 only; dgrad on v3 sets it, every other
+// caller leaves it value-initialised: off). The conv's input pixel (n, c, h, w), on its H x W
+// grid, is x[n, c, h >> spread_shift, w >> spread_shift] where h and w are multiples of
+// 1 << spread_shift and the mask's bit for that pixel of x is set, else 0: the backward's
+// gradient gated by the forward's ReLU (and at stride 2 spread on the input's grid) without a
+// pass that writes it out. x is then channels_last with 16-byte aligned pixels on its own
+// src_H x src_W grid (GroupedConvParams::x_stride its strides).
+struct GatedInput {
+  bool on;
+  const uint8_t* mask;   // relu_mask layout over x's pixels and C_in channels, 8-byte aligned;
+                         // nullptr: every pixel passes
+  int64_t src_H, src_W;  // x's own grid: H = src_H << spread_shift (or one less), likewise W
+  int spread_shift;      // 0, or 1: x's pixel (h, w) sits at (2 h, 2 w), zeros between
+};
+
 // y[n, co, ho, wo] = act(scale[co] * sum_{ci in group(co), kh, kw} x[n, ci, hi, wi] * w[co, ci', kh, kw]
 //                        + shift[co]),  hi = ho * stride_h - pad_h + kh * dil_h (likewise wi).
 // Every tensor is addressed through its element strides (64-bit), so NCHW, channels_last and
@@ -40,6 +55,7 @@ struct GroupedConvParams {
   // its width); 0 (value-initialised) is v3's default, 256. Smaller bands: more, smaller CTAs
   // (more of them per SM) for more halo rows re-read.
   int64_t v3_band_pixels;
+  GatedInput gated_x;  // v3 only: x formed in the loader (off when value-initialised)
 };
 
 // The straightforward direct convolution: one thread per output element, fp32 accumulation.
@@ -142,17 +158,21 @@ cudaError_t launch_grouped_conv_dgrad_direct(const GroupedConvBackwardParams& p,
 // spread on the input's grid, zeros between) with each group's weights scaled, transposed and
 // flipped. Applies where that forward is one v3 takes (fp16/bf16,
 // C_in == C_out a multiple of 64, cpg 4..64, grad_x channels_last with 16-byte aligned pixels,
-// compute capability 8.0+). `workspace` (16-byte aligned) holds gs, the weights, v3's epilogue
-// constants and v3's packed weights.
+// compute capability 8.0+). v3's loader forms gs from grad_y and the mask (GatedInput) where
+// grad_y is channels_last with 16-byte aligned pixels; elsewhere a select pass writes gs first
+// (`selects`). `workspace` (16-byte aligned) holds the weights, v3's epilogue constants, v3's
+// packed weights, and gs where it is written.
 bool grouped_conv_dgrad_v3_applies(const GroupedConvBackwardParams& p, DType dtype,
                                    int device_major);
+bool grouped_conv_dgrad_v3_selects(const GroupedConvBackwardParams& p);
 int64_t grouped_conv_dgrad_v3_workspace_bytes(const GroupedConvBackwardParams& p, DType dtype);
 cudaError_t launch_grouped_conv_dgrad_v3(const GroupedConvBackwardParams& p, DType dtype,
                                          void* workspace, cudaStream_t stream);
 
 // Which dgrad kernel runs a call (grouped_conv_backward_dispatch.cu: the one place that
 // decides), and its scratch memory. p.grad_x must be set (v3 checks its layout).
-enum class GroupedConvDgradPath : int { kDirect = 0, kV3 = 1 };
+// kV3Select: v3 after a select pass (grad_y without 16-byte chunks).
+enum class GroupedConvDgradPath : int { kDirect = 0, kV3 = 1, kV3Select = 2 };
 struct GroupedConvDgradPlan {
   GroupedConvDgradPath path = GroupedConvDgradPath::kDirect;
   int64_t workspace_bytes = 0;

@@ -1,8 +1,9 @@
 // The shared-memory band the v3 kernels (grouped_conv_v3.cu, grouped_conv_wgrad_v3.cu) read
 // their operands from: a 64-channel tile of channels_last pixels, one 128-byte row per pixel,
 // swizzled so that the 8 row addresses of an ldmatrix fall in 8 distinct bank quads; and the
-// loader that fills it with an input band and its halo by 16-byte cp.async copies, the zero
-// padding being the copies' zero fill.
+// loaders that fill it with an input band and its halo: by 16-byte cp.async copies, the zero
+// padding being the copies' zero fill; or, for a gated input (GatedInput: the backward's
+// gradient selected by the ReLU mask, spread at stride 2), through registers.
 #pragma once
 
 #include <cstdint>
@@ -103,6 +104,93 @@ __device__ __forceinline__ void load_halo_rows_async(const T* x_tile, const int6
                                                         iw * x_stride[3] + c * 8)
                              : any_aligned;
     ptx::cp_async_16(tile.staged_chunk(q, r, col, c), src, inside);
+  }
+}
+
+// The same rows of a gated input (GatedInput): the conv's grid is H x W, x (x_image: image n's
+// first pixel at the tile's first channel) and the mask (mask_tile: the tile's first channel of
+// the mask, mask_pitch bytes per byte row; nullptr with gate.mask) are on the source grid.
+// Two passes, each thread's stores complete when this returns (the caller synchronises):
+//  1. zeros into every staged chunk that holds no pixel of x: outside the image, and between
+//     the spread pixels (3 of 4 at spread 1). Stores only.
+//  2. x's pixels, through registers, kInFlight chunks at a time: each thread issues the loads of
+//     up to kInFlight chunks (16 bytes of x, and the mask's 8-byte word of those 8 channels),
+//     raw, before it touches any of them, so they are in flight together (a band of up to
+//     kThreads * kInFlight of x's chunks is one round trip: a 128-pixel stride-2 band's are).
+//     Then each chunk's 16-bit lanes are kept where the mask's bit is set, else +0: a select,
+//     not a product, so a NaN the mask blocked stays out.
+// Every chunk a thread moves is chunk threadIdx.x % 8 of its pixel (kThreads is a multiple of
+// 8): one channel offset per thread.
+template <int kThreads, int kInFlight, typename T, typename Tile>
+__device__ __forceinline__ void load_gated_halo_rows(const GatedInput& gate, const T* x_image,
+                                                     const int64_t* x_stride,
+                                                     const uint8_t* mask_tile, int64_t mask_pitch,
+                                                     int64_t n, int64_t H, int64_t W, int ih0,
+                                                     int pad_w, int in_rows, int in_cols,
+                                                     Tile tile) {
+  static_assert(kThreads % 8 == 0, "a thread's chunks share one channel offset");
+  static_assert(sizeof(T) == 2, "16-bit lanes");
+  const int c = threadIdx.x % 8;
+  const int spread = gate.spread_shift, between = (1 << spread) - 1;
+  const int in_chunks = in_rows * in_cols * 8;
+  // 1. the chunks without a pixel of x
+  for (int i = threadIdx.x; i < in_chunks; i += kThreads) {
+    const int q = i / 8, row = q / in_cols, col = q - row * in_cols;
+    const int ih = ih0 + row, iw = col - pad_w;
+    if (!(ih >= 0 && ih < H && iw >= 0 && iw < W && ((ih | iw) & between) == 0)) {
+      ptx::st_shared_16(tile.staged_chunk(q, row, col, c), make_uint4(0u, 0u, 0u, 0u));
+    }
+  }
+  // 2. the staged pixels of x: rows ih_first, + 1 << spread, ... below min(H, ih0 + in_rows);
+  // columns 0, 1 << spread, ... below min(W, in_cols - pad_w)
+  const int step = 1 << spread;
+  const int ih_first = ((ih0 > 0 ? ih0 : 0) + between) & ~between;
+  const int ih_end = H < ih0 + in_rows ? static_cast<int>(H) : ih0 + in_rows;
+  const int iw_end = W < in_cols - pad_w ? static_cast<int>(W) : in_cols - pad_w;
+  const int x_rows = ih_first < ih_end ? (ih_end - 1 - ih_first) / step + 1 : 0;
+  const int x_cols = iw_end > 0 ? (iw_end - 1) / step + 1 : 0;
+  const int x_chunks = x_rows * x_cols * 8;
+  for (int i0 = threadIdx.x; i0 < x_chunks; i0 += kInFlight * kThreads) {
+    uint4 raw[kInFlight];
+    uint64_t mask_word[kInFlight];  // byte j: channel c * 8 + j; bit m % 8 of it: pixel m's
+    int bit[kInFlight];
+#pragma unroll
+    for (int r = 0; r < kInFlight; ++r) {
+      raw[r] = make_uint4(0u, 0u, 0u, 0u);
+      mask_word[r] = 0;
+      bit[r] = 0;
+      const int i = i0 + r * kThreads;
+      if (i < x_chunks) {
+        const int k = i / 8, xr = k / x_cols, xc = k - xr * x_cols;
+        const int64_t hs = (ih_first >> spread) + xr, ws = xc;  // x's pixel
+        raw[r] = ptx::ld_global_nc_16(x_image + hs * x_stride[2] + ws * x_stride[3] + c * 8);
+        mask_word[r] = ~uint64_t{0};
+        if (mask_tile != nullptr) {
+          const int64_t m = (n * gate.src_H + hs) * gate.src_W + ws;  // x's flat pixel
+          mask_word[r] =
+              *reinterpret_cast<const uint64_t*>(mask_tile + (m >> 3) * mask_pitch + c * 8);
+          bit[r] = static_cast<int>(m & 7);
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kInFlight; ++r) {
+      const int i = i0 + r * kThreads;
+      if (i >= x_chunks) break;
+      const int k = i / 8, xr = k / x_cols, xc = k - xr * x_cols;
+      const int row = ih_first + (xr << spread) - ih0, col = (xc << spread) + pad_w;
+      const uint64_t passes = mask_word[r] >> bit[r];  // bit 8 j: channel c * 8 + j
+      uint32_t words[4] = {raw[r].x, raw[r].y, raw[r].z, raw[r].w};
+#pragma unroll
+      for (int h = 0; h < 4; ++h) {  // word h: channels 2 h (low half), 2 h + 1 (high half)
+        const uint32_t keep = (((passes >> (16 * h)) & 1) ? 0x0000ffffu : 0u) |
+                              (((passes >> (16 * h + 8)) & 1) ? 0xffff0000u : 0u);
+        words[h] &= keep;
+      }
+      // (one 16-byte store: st_shared_16, so the emulator's profile counts what the GPU issues)
+      ptx::st_shared_16(tile.staged_chunk(row * in_cols + col, row, col, c),
+                        make_uint4(words[0], words[1], words[2], words[3]));
+    }
   }
 }
 
