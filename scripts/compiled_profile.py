@@ -118,28 +118,46 @@ DTYPES = {"fp16": ("float16", False), "bf16": ("bfloat16", False), "fp32/tf32": 
 ELEM_BYTES = {"fp16": 2, "bf16": 2, "fp32/tf32": 4, "fp32": 4}
 
 
+# csrc/kernels/channels_last_copy.cu: to dense channels_last (pack) and back (unpack)
+CHANNELS_LAST_PACK = "channels_last_copy_kernel<true>"
+CHANNELS_LAST_UNPACK = "channels_last_copy_kernel<false>"
+
+
+def backward_packs(path_report):
+    """The operands a backward call's layout copies move, in launch order, from the harness's
+    report: dgrad "path v3[ pack grad_y][ unpack grad_x]", wgrad "path v3 splits ...[ pack
+    x][ pack grad_y]"."""
+    words = path_report.split()
+    return [words[i + 1] for i, w in enumerate(words) if w in ("pack", "unpack")]
+
+
 def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None, gated=False):
     """The kernel of each launch of a call, in launch order (gated: v3's conv with its input
     gated in the loader, dgrad's)."""
     t = CUDA_TYPES[dtype]
-    if op == "dgrad" and path_report == "path v3":
+    if op == "dgrad" and path_report.startswith("path v3"):
         # the scaled, flipped weights, then v3's forward of them at stride 1 on the gradient
-        # gated by the mask in its loader (launch_shapes's grad_y is channels_last like grad_x:
-        # 16-byte chunks, so no select pass)
-        return [f"dgrad_fold_flip_weights_kernel<{t}>",
-                *cuda_launch_kernels("conv", "path v3 block_channels 0", dtype, 1, cpg,
-                                     gated=True)]
-    if op == "dgrad" and path_report == "path v3_select":
-        # grad_y without 16-byte chunks: the select pass writes gs, then v3 reads it ungated
-        return [f"dgrad_select_kernel<{t}>", f"dgrad_fold_flip_weights_kernel<{t}>",
-                *cuda_launch_kernels("conv", "path v3 block_channels 0", dtype, 1, cpg)]
+        # gated by the mask in its loader; grad_y without 16-byte chunks (NCHW) packed
+        # channels_last first, a grad_x without them written channels_last and unpacked after
+        words = path_report.split()[2:]
+        if " ".join(words) not in ("", "pack grad_y", "unpack grad_x",
+                                   "pack grad_y unpack grad_x"):
+            raise ValueError(f"no launch sequence for dgrad's {path_report!r}")
+        return ([CHANNELS_LAST_PACK] * ("pack" in words)
+                + [f"dgrad_fold_flip_weights_kernel<{t}>",
+                   *cuda_launch_kernels("conv", "path v3 block_channels 0", dtype, 1, cpg,
+                                        gated=True)]
+                + [CHANNELS_LAST_UNPACK] * ("unpack" in words))
     if op == "dgrad" and path_report == "path direct":
         return [f"grouped_conv_dgrad_kernel<{t}>"]
     if op == "dgrad":
         raise ValueError(f"no launch sequence for dgrad's {path_report!r}")
     if op == "wgrad" and path_report.startswith("path v3"):
-        return [f"grouped_conv_wgrad_v3_kernel<{t}, {cpg}, {stride}>",
-                f"grouped_conv_wgrad_finalize_kernel<{t}>"]
+        # x's and grad_y's packed copies where they have no 16-byte chunks, in that order
+        packs = len(backward_packs(path_report))
+        return [CHANNELS_LAST_PACK] * packs + [
+            f"grouped_conv_wgrad_v3_kernel<{t}, {cpg}, {stride}>",
+            f"grouped_conv_wgrad_finalize_kernel<{t}>"]
     if op == "wgrad":
         return [f"grouped_conv_wgrad_partial_kernel<{t}>", f"grouped_conv_wgrad_finalize_kernel<{t}>"]
     if op == "se":

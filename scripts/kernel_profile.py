@@ -133,10 +133,20 @@ def wgrad_splits(report):
     return int(words[words.index("splits") + 1])
 
 
+def layout_copy_bytes(reports, x_bytes, y_bytes):
+    """The DRAM bytes of each layout copy of a backward call, in launch order, from its dgrad
+    and wgrad reports (NCHW: grad_y packed and grad_x unpacked around dgrad's v3, x and grad_y
+    packed before wgrad's): the operand read once and written once."""
+    operand_bytes = {"grad_y": y_bytes, "grad_x": x_bytes, "x": x_bytes}
+    return [2 * operand_bytes[operand] for report in reports
+            for operand in compiled_profile.backward_packs(report)]
+
+
 def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
     """The model launches of the CUDA backward of one fp16 layer at batch BATCH, from its access
     profile at batch 1 (backward_profiles), scaled per launch by the work's growth: dgrad's
-    launches by their blocks (the direct kernel: a thread per grad_x element; on v3
+    launches by their blocks (the layout copies of NCHW operands: the operand read and written
+    once; the direct kernel: a thread per grad_x element; on v3
     (csrc/kernels/grouped_conv_dgrad_v3.cu): the scaled, flipped weights, v3's weight packing
     and its forward of the gradient, gated by the mask in its loader), wgrad's partial
     sums (direct, or v3's: csrc/kernels/grouped_conv_wgrad_v3.cu) by the pixels (BATCH: each
@@ -152,10 +162,8 @@ def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
     y_bytes = output_bytes(shape, x_bytes)
     mask_bytes = y_bytes / elem / 8
     w_bytes = 9 * shape["C"] * shape["cpg"] * elem
-    # dgrad on v3 after a select pass (not at these shapes: grad_y is channels_last): gs, the
-    # output's grid at stride 1, the input's at stride 2 (spread out)
-    gs_bytes = x_bytes if shape["stride"] == 2 else y_bytes
     splits, splits_b1 = wgrad_splits(plan["b128"]["reports"][1]), wgrad_splits(reports[1])
+    copies = iter(layout_copy_bytes(plan["b128"]["reports"], x_bytes, y_bytes))
     partial_bytes = splits * shape["C"] * (9 * shape["cpg"] + 1) * 4
 
     def growth_and_dram(i, name):
@@ -166,14 +174,12 @@ def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
         grow = b128[i]["blocks"] / max(1, b1[i]["blocks"])
         if name.startswith("grouped_conv_dgrad_kernel"):      # grad_y, mask -> grad_x
             return grow, y_bytes + mask_bytes + x_bytes + w_bytes
-        if name.startswith("dgrad_select"):                   # grad_y, mask -> gs
-            return grow, y_bytes + mask_bytes + gs_bytes
+        if name.startswith("channels_last_copy"):             # an operand, re-laid out
+            return grow, next(copies)
         if name.startswith(("dgrad_fold_flip", "pack_")):    # the weights, re-laid out
             return grow, 2 * w_bytes
         if name.startswith("grouped_conv_bn_relu_v3") and name.endswith("true>"):
             return grow, y_bytes + mask_bytes + x_bytes + w_bytes  # grad_y, mask -> grad_x
-        if name.startswith("grouped_conv_bn_relu_v3"):        # gs -> grad_x
-            return grow, gs_bytes + x_bytes + w_bytes
         raise ValueError(f"no traffic model for the backward's launch {name}")
 
     model = []
@@ -927,9 +933,9 @@ def markdown(report):
         "grad_x written); cuda_train: the same step on the CUDA backend (its forward with the "
         "mask: v3 writes it in its epilogue, the other paths read it back from y in a kernel; "
         "dgrad: v3's forward of the masked gradient (at stride 2 spread on the input's grid) "
-        "with scaled, flipped weights at stride 1 and 2 channels_last, else the direct kernel; "
-        "wgrad's partial sums on tensor cores (v3's bands) at stride 1 and 2 channels_last, "
-        "else the direct kernel, and the finalize); "
+        "with scaled, flipped weights at stride 1 and 2; wgrad's partial sums on tensor cores "
+        "(v3's bands) at stride 1 and 2, and the finalize; in nchw grad_y and x packed "
+        "channels_last into the workspace before them and grad_x unpacked after, a pass each); "
         "cudnn_eager_train: "
         "the traffic of conv + BN + ReLU and their autograd in eager (a lower bound). "
         "triton_train_bn: a training step with train-mode BatchNorm on the Triton backend "

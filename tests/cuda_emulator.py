@@ -308,6 +308,37 @@ def grouped_conv_wgrad(binary, grad_y, mask, x, weight, scale, *, stride=1, padd
         return grads, report.strip()
 
 
+def channels_last_copy(binary, src, to_channels_last, dst=None, dense_lead_bytes=0,
+                       max_blocks=0):
+    """Runs launch_channels_last_copy. to_channels_last: src ([N, C, H, W], any strides) is
+    copied into a dense channels_last tensor (poisoned with NaN), which is returned; else src
+    (dense channels_last) into `dst` (a tensor of src's shape and any strides, poisoned by the
+    caller), in place: the whole storage span dst addresses is written back, so a caller sees
+    what the kernel did to the elements between dst's (dst is returned). dense_lead_bytes
+    places the dense side that many bytes past an aligned base; max_blocks caps the grid (each
+    block then walks several tiles; 0: the launcher's cap)."""
+    if to_channels_last:
+        dst = torch.full(src.shape, float("nan"), dtype=src.dtype).contiguous(
+            memory_format=torch.channels_last)
+    strided = src if to_channels_last else dst
+    with tempfile.TemporaryDirectory(prefix="emu_layout_") as tmp:
+        d = Path(tmp)
+        _write(d, "src", src)
+        _write(d, "dst", dst)
+        N, C, H, W = src.shape
+        _write_params(d, dict(N=N, C=C, H=H, W=W, strided=strided.stride(),
+                              to_channels_last=to_channels_last,
+                              dense_lead_bytes=dense_lead_bytes, max_blocks=max_blocks))
+        _run(binary, "channels_last_copy", d)
+        if to_channels_last:
+            return _read_like(d, "dst", dst)
+        span = _storage_span(dst)
+        data = bytearray((d / "dst.bin").read_bytes())
+        if span.numel():
+            span.copy_(torch.frombuffer(data, dtype=torch.uint8).view(dst.dtype))
+        return dst
+
+
 def squeeze_excite(binary, u, w1, b1, w2, b2, residual=None, relu=False, with_path=False):
     """Runs the CUDA SE launches like the torch glue does. Returns out, or (out, path) with
     with_path: the harness's report, "path chunked" (16-byte chunks) or "path elementwise"."""

@@ -160,6 +160,44 @@ def test_block_sampling_runs_the_first_last_and_evenly_spread_blocks(profiler):
         full["ldmatrix"]["requests"] * 3, rel=0.5)
 
 
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_backwards_launches_are_the_ones_the_profile_names(profiler, layout, stride):
+    """compiled_profile.cuda_launch_kernels names every launch the harness makes for a backward
+    call, in order (the profile zips names with launches: one missing would shift every name
+    after it), at both strides and layouts (NCHW: the layout copies around v3)."""
+    import compiled_profile
+
+    for op in ("dgrad", "wgrad"):
+        report, launches = cuda_emulator.launch_shapes(
+            profiler, op, N=2, C=128, H=9, W=7, dtype=torch.float16,
+            channels_last=layout == "nhwc", groups=32, stride=stride)
+        names = compiled_profile.cuda_launch_kernels(op, report, "fp16", stride, 4)
+        assert len(names) == len(launches), (report, names, launches)
+        copies = [n for n in names if n.startswith("channels_last_copy")]
+        assert len(copies) == (0 if layout == "nhwc" else 2), (report, names)
+
+
+def test_the_layout_copy_is_coalesced_and_free_of_bank_conflicts(profiler):
+    """channels_last_copy.cu's tile: on the NCHW side a warp's 32 lanes read 32 consecutive
+    2-byte pixels (2 sectors: 64 bytes of 64 used where the tile is 32-byte aligned), on the
+    dense side 16-byte chunks (4 sectors per 8 lanes' 128-byte pixel); the shared tile's 32-bit
+    words are conflict-free both ways."""
+    values = torch.randn(1, 64, 8, 32).to(torch.float16)  # 256 pixels: 8 whole tiles
+    for to_channels_last in (True, False):
+        src = values if to_channels_last else values.contiguous(memory_format=torch.channels_last)
+        dst = None if to_channels_last else torch.empty_like(values)
+        _, launches = cuda_emulator.profile_launches(
+            cuda_emulator.channels_last_copy, profiler, src, to_channels_last, dst=dst)
+        (copy,) = launches
+        strided = copy["global_load" if to_channels_last else "global_store"]
+        dense = copy["global_store" if to_channels_last else "global_load"]
+        assert per_request(strided, "sectors") == 2
+        assert per_request(dense, "sectors") == 16  # 32 lanes x 16 bytes = 512 bytes
+        for kind in ("shared_load", "shared_store"):
+            assert per_request(copy[kind]) == 1, (kind, copy[kind])
+
+
 # --- reusing stored profiles (access_profile.ProfileStore; scripts/kernel_profile.py) ---------
 
 # a conv case as scripts/kernel_profile.py makes them (access_case), small: odd sizes, stride 2

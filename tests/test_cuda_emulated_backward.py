@@ -7,6 +7,8 @@ wgrad workspace start as NaN. On a GPU the same kernels run for real in
 test_grouped_conv_backward.py (backend "cuda").
 """
 
+import re
+
 import pytest
 import torch
 
@@ -57,10 +59,12 @@ def reference(grad_y, mask, x, w, scale, groups, stride=(1, 1), dilation=(1, 1),
 
 
 def run_both(binary, grad_y, mask, x, w, scale, *, groups, stride=(1, 1), dilation=(1, 1),
-             padding=None, splits=None):
+             padding=None, splits=None, allow_v3=True):
+    """dgrad and wgrad on the direct kernels (cases v3 does not take, or allow_v3=False)."""
     padding = padding or dilation
     channels_last = torch._prims_common.suggest_memory_format(x) == torch.channels_last
-    conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                allow_v3=allow_v3)
     grad_x, report = cuda_emulator.grouped_conv_dgrad(
         binary, grad_y, mask, w, scale, list(x.shape), channels_last=channels_last, **conv)
     assert report == "path direct"
@@ -224,10 +228,11 @@ def test_non_finite_where_aten_puts_it(emulator, channels_last):
     (64, 2, False, torch.bfloat16),   # 576 elements: three 256-thread blocks per channel
 ])
 def test_racecheck_backward(racecheck, cpg, stride, channels_last, dtype):
+    """The direct kernels (v3 would take the second case: kept off it)."""
     groups = 2 if cpg == 64 else 4
     s = (stride, stride)
     case = make_case(cpg, groups, dtype, channels_last, 800 + cpg, N=1, H=5, W=4, stride=s)
-    got, _ = run_both(racecheck, *case, stride=s, groups=groups, splits=2)
+    got, _ = run_both(racecheck, *case, stride=s, groups=groups, splits=2, allow_v3=False)
     check(got, reference(*case, groups, s), dtype)
 
 
@@ -277,17 +282,18 @@ def test_dgrad_v3_every_cpg_class(emulator, cpg, stride, dtype):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
 def test_dgrad_v3_grad_y_any_layout_batch_one(emulator, relu, stride):
-    """grad_y read through its strides by the select pass where it has no 16-byte chunks
-    ("v3_select"): NCHW, and channels_last starting 4 elements (8 bytes) past an aligned base,
-    as a view can; and gated in v3's loader where it is channels_last and aligned ("v3").
+    """grad_y packed into the workspace (channels_last_copy.cu) where it has no 16-byte chunks
+    ("pack grad_y"): NCHW, and channels_last starting 4 elements (8 bytes) past an aligned base,
+    as a view can; read directly where it is channels_last and aligned; gated in v3's loader
+    either way.
     Batch 1, 128 channels (two v3 tiles, so the loader's mask offset per tile), odd sizes; with
     and without the ReLU's mask; both strides."""
     s = (stride, stride)
     grad_y, mask, x, w, scale = make_case(8, 16, torch.float16, True, 1600 + stride, N=1,
                                           H=3 * stride, W=9, relu=relu, stride=s)
     ref = reference(grad_y, mask, x, w, scale, 16, s)[0]
-    for layout, lead, path in ((grad_y.contiguous(), 0, "v3_select"), (grad_y, 4, "v3_select"),
-                               (grad_y, 0, "v3")):
+    for layout, lead, path in ((grad_y.contiguous(), 0, "v3 pack grad_y"),
+                               (grad_y, 4, "v3 pack grad_y"), (grad_y, 0, "v3")):
         grad_x, report = dgrad(emulator, (layout, mask, x, w, scale), 16, stride=s,
                                grad_y_lead_elems=lead)
         assert report == f"path {path}"
@@ -338,16 +344,14 @@ def test_dgrad_v3_matches_the_direct_kernel_and_batch_zero(emulator):
     assert grad_x.shape == (0, 64, 4, 4)
 
 
-@pytest.mark.parametrize("change", ["stride21", "nchw", "fp32", "channels48", "dilation2",
-                                    "sm75", "cpg_in_out"])
+@pytest.mark.parametrize("change", ["stride21", "fp32", "channels48", "dilation2", "sm75",
+                                    "cpg_in_out"])
 def test_dgrad_v3_only_where_it_applies(emulator, change):
     """Everything v3's forward does not take runs the direct kernel, and is right there."""
     cpg, groups, dtype, layout = 8, 8, torch.float16, True
     conv = dict(stride=(1, 1), dilation=(1, 1))
     if change == "stride21":
         conv["stride"] = (2, 1)
-    if change == "nchw":
-        layout = False
     if change == "fp32":
         dtype = torch.float32
     if change == "channels48":
@@ -362,6 +366,41 @@ def test_dgrad_v3_only_where_it_applies(emulator, change):
         padding=conv["dilation"], device_major=7 if change == "sm75" else 9, **conv)
     assert report == "path direct"
     check_grad_x(grad_x, reference(*case, groups, **conv)[0], dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("cpg", [4, 16, 64])
+def test_dgrad_v3_nchw(emulator, cpg, stride, dtype):
+    """An NCHW training step's dgrad on v3: grad_y packed channels_last into the workspace, v3's
+    grad_x written there and unpacked into the NCHW grad_x (both layout copies; the workspace
+    starts as NaN bytes); odd sizes (5 x 7 pixels: the copies' 32-pixel tiles end mid-row), two
+    images, and grad_y channels_last with an NCHW grad_x (the unpack only)."""
+    groups = 64 // cpg
+    s = (stride, stride)
+    case = make_case(cpg, groups, dtype, False, 1750 + cpg + stride, N=2, H=5, W=7, stride=s)
+    grad_y, mask, x, w, scale = case
+    ref = reference(*case, groups, s)[0]
+    for gy, path in ((grad_y, "v3 pack grad_y unpack grad_x"),
+                     (grad_y.contiguous(memory_format=torch.channels_last), "v3 unpack grad_x")):
+        grad_x, report = cuda_emulator.grouped_conv_dgrad(
+            emulator, gy, mask, w, scale, list(x.shape), groups=groups, channels_last=False,
+            stride=s)
+        assert report == f"path {path}"
+        assert grad_x.is_contiguous()
+        check_grad_x(grad_x, ref, dtype)
+
+
+def test_dgrad_v3_nchw_bands_do_not_share_the_workspace(emulator):
+    """Stride 1, NCHW, 17 x 17 pixels: two of v3's bands per image, so a block writing its band
+    of the staged grad_x while another reads its halo rows from the packed grad_y would clobber
+    them if the two parts of the workspace overlapped."""
+    case = make_case(16, 4, torch.float16, False, 1760, N=1, H=17, W=17)
+    grad_y, mask, x, w, scale = case
+    grad_x, report = cuda_emulator.grouped_conv_dgrad(
+        emulator, grad_y, mask, w, scale, list(x.shape), groups=4, channels_last=False)
+    assert report == "path v3 pack grad_y unpack grad_x"
+    check_grad_x(grad_x, reference(*case, 4)[0], torch.float16)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -475,8 +514,8 @@ def test_wgrad_v3_batch_one_and_zero(emulator, relu):
         assert torch.equal(t.float(), torch.zeros_like(t.float()))
 
 
-@pytest.mark.parametrize("change", ["nchw_x", "nchw_grad_y", "fp32", "channels48", "stride21",
-                                    "dilation2", "sm75", "cpg_in_out"])
+@pytest.mark.parametrize("change", ["fp32", "channels48", "stride21", "dilation2", "sm75",
+                                    "cpg_in_out"])
 def test_wgrad_v3_only_where_it_applies(emulator, change):
     """Everything wgrad v3 does not take runs the direct kernel, and is right there."""
     cpg, groups, dtype = 8, 8, torch.float16
@@ -492,15 +531,36 @@ def test_wgrad_v3_only_where_it_applies(emulator, change):
     cpg_out = 16 if change == "cpg_in_out" else None
     grad_y, mask, x, w, scale = make_case(cpg, groups, dtype, True, 2400, N=1, H=5, W=6,
                                           cpg_out=cpg_out, **conv)
-    if change == "nchw_x":
-        x = x.contiguous()
-    if change == "nchw_grad_y":
-        grad_y = grad_y.contiguous()
     got, report = cuda_emulator.grouped_conv_wgrad(
         emulator, grad_y, mask, x, w, scale, groups=groups, padding=conv["dilation"],
         device_major=7 if change == "sm75" else 9, **conv)
     assert report.startswith("path direct"), report
     check_wgrad(got, reference(grad_y, mask, x, w, scale, groups, **conv), dtype)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("cpg", [4, 32])
+def test_wgrad_v3_packs_operands_without_chunks(emulator, cpg, stride):
+    """x and grad_y without 16-byte channel chunks are packed channels_last into the workspace
+    (after the partial sums; the workspace starts as NaN) before v3: NCHW x and grad_y (an
+    NCHW training step), each alone, and x as a strided view (a width slice of a wider NCHW
+    tensor). Odd sizes: the copies' 32-pixel tiles end mid-row."""
+    groups = 64 // cpg
+    s = (stride, stride)
+    grad_y, mask, x, w, scale = make_case(cpg, groups, torch.float16, True, 2450 + cpg + stride,
+                                          N=2, H=5, W=7, stride=s)
+    ref = reference(grad_y, mask, x, w, scale, groups, s)
+    wide = torch.randn(2, 64, 5, 10, generator=seeded(2460)).to(torch.float16)
+    wide[..., 2:9] = x
+    x_view = wide[..., 2:9]
+    for xs, gy, packs in ((x.contiguous(), grad_y.contiguous(), " pack x pack grad_y"),
+                          (x.contiguous(), grad_y, " pack x"),
+                          (x, grad_y.contiguous(), " pack grad_y"),
+                          (x_view, grad_y, " pack x")):
+        got, report = wgrad(emulator, (gy, mask, xs, w, scale), groups, stride=s)
+        assert re.fullmatch(r"path v3 splits \d+ threads \d+ element_chunks \d+" + packs,
+                            report), report
+        check_wgrad(got, ref, torch.float16)
 
 
 @pytest.mark.parametrize("cpg", [4, 32])
@@ -552,3 +612,68 @@ def test_wgrad_v3_rows_wider_than_a_band_and_more_splits_than_units(emulator):
         got, report = wgrad(emulator, case, 8, splits=splits)
         assert report.startswith("path v3"), report
         check_wgrad(got, ref, torch.float16)
+
+
+# ---- the layout copies around the backward's v3 paths (csrc/kernels/channels_last_copy.cu):
+# a tensor of any strides <-> its dense channels_last copy, 16-bit elements moved as bits.
+
+def random_bits(shape, dtype, seed):
+    """Every 16-bit pattern equally likely: NaNs with payloads, infinities, -0, subnormals."""
+    bits = torch.randint(-2**15, 2**15, shape, generator=seeded(seed), dtype=torch.int32)
+    return bits.to(torch.int16).view(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("C, max_blocks", [(8, 0), (72, 0), (136, 0), (72, 4)])
+def test_channels_last_copy_both_ways_any_strides(emulator, C, max_blocks, dtype):
+    """Packed from NCHW, from a strided view (every other column of a channel slice of a wider
+    tensor) and from channels_last; unpacked into NCHW and into such a view, whose untouched
+    elements keep their poison. C 8 (a tile of one chunk), 72 and 136 (a partial second and
+    third channel tile); 2 images of 5 x 13 pixels (three 32-pixel tiles, the last of one
+    pixel, ending mid-row); a grid of a block per tile, and of 4 blocks for the 12 tiles of C
+    72 (each walks 3: the loop, and the tile reused after the barrier). Bitwise."""
+    shape = (2, C, 5, 13)
+    values = random_bits(shape, dtype, 2700 + C)
+    wide = random_bits((2, C + 16, 5, 26), dtype, 2701 + C)
+    view = wide[:, 8:C + 8, :, ::2]
+    view.copy_(values)
+    for src in (values, view, values.contiguous(memory_format=torch.channels_last)):
+        packed = cuda_emulator.channels_last_copy(emulator, src, True, max_blocks=max_blocks)
+        assert packed.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(packed.view(torch.int16), values.view(torch.int16))
+    dense = values.contiguous(memory_format=torch.channels_last)
+    nchw = torch.full(shape, float("nan"), dtype=dtype)
+    cuda_emulator.channels_last_copy(emulator, dense, False, dst=nchw, max_blocks=max_blocks)
+    assert torch.equal(nchw.view(torch.int16), values.view(torch.int16))
+    poison = random_bits(wide.shape, dtype, 2702 + C)
+    before = poison.clone()
+    target = poison[:, 8:C + 8, :, ::2]
+    cuda_emulator.channels_last_copy(emulator, dense, False, dst=target, max_blocks=max_blocks)
+    assert torch.equal(target.view(torch.int16), values.view(torch.int16))
+    outside = torch.ones(wide.shape, dtype=torch.bool)
+    outside[:, 8:C + 8, :, ::2] = False  # only the view's elements were written
+    assert torch.equal(poison.view(torch.int16)[outside], before.view(torch.int16)[outside])
+
+
+def test_channels_last_copy_refuses_what_it_cannot_copy(emulator):
+    """C not a multiple of 8 (no whole 16-byte chunks), and a dense side off the 16-byte grid:
+    the launch fails with an error, nothing is written."""
+    values = random_bits((1, 12, 3, 3), torch.float16, 2800)
+    with pytest.raises(cuda_emulator.EmulatorError, match="launch failed"):
+        cuda_emulator.channels_last_copy(emulator, values, True)
+    values = random_bits((1, 16, 3, 3), torch.float16, 2801)
+    with pytest.raises(cuda_emulator.EmulatorError, match="launch failed"):
+        cuda_emulator.channels_last_copy(emulator, values, True, dense_lead_bytes=8)
+
+
+@pytest.mark.parametrize("max_blocks", [0, 5])
+def test_racecheck_channels_last_copy(racecheck, max_blocks):
+    """The tile is written by one thread mapping and read by another: the barrier between
+    them; and with 5 blocks for 12 tiles, the barrier before a block's next tile rewrites it
+    (the emulator runs a block's threads side by side, its blocks one after another)."""
+    values = random_bits((2, 72, 5, 13), torch.float16, 2900)
+    packed = cuda_emulator.channels_last_copy(racecheck, values, True, max_blocks=max_blocks)
+    assert torch.equal(packed.view(torch.int16), values.view(torch.int16))
+    got = torch.full(values.shape, float("nan"), dtype=torch.float16)
+    cuda_emulator.channels_last_copy(racecheck, packed, False, dst=got, max_blocks=max_blocks)
+    assert torch.equal(got.view(torch.int16), values.view(torch.int16))

@@ -423,3 +423,19 @@ def test_triton_layer_models_the_se_backward_fcs_in_launch_order():
     row, kernels = _row(forward + backward[:4] + backward[5:])  # d_pooled's launch missing
     with pytest.raises(RuntimeError, match="launch order changed"):
         kernel_profile.triton_layer(row, kernels, se)
+
+
+def test_layout_copies_move_their_operand_once_each_way_in_launch_order():
+    """NCHW's backward on v3: dgrad packs grad_y and unpacks grad_x, wgrad packs x and grad_y
+    (the harness's reports name them in launch order); channels_last copies nothing."""
+    reports = ["path v3 pack grad_y unpack grad_x",
+               "path v3 splits 3 threads 32 element_chunks 1 pack x pack grad_y"]
+    assert kernel_profile.layout_copy_bytes(reports, x_bytes=4, y_bytes=1) == [2, 8, 8, 2]
+    assert kernel_profile.layout_copy_bytes(["path v3", "path v3 splits 3 threads 32 "
+                                             "element_chunks 1"], 4, 1) == []
+    names = compiled_profile.cuda_launch_kernels("dgrad", reports[0], "fp16", 2, 8)
+    assert names[0] == names[-1].replace("false", "true") == compiled_profile.CHANNELS_LAST_PACK
+    assert compiled_profile.cuda_launch_kernels("wgrad", reports[1], "fp16", 2, 8)[:2] == [
+        compiled_profile.CHANNELS_LAST_PACK] * 2
+    with pytest.raises(ValueError, match="no launch sequence"):
+        compiled_profile.cuda_launch_kernels("dgrad", "path v3 select", "fp16", 1, 8)

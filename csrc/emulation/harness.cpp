@@ -196,7 +196,9 @@ int run_grouped_conv_dgrad(const std::string& dir) {
       resnext_kernels::launch_grouped_conv_dgrad(p, dtype, plan, workspace.data(), nullptr);
   if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
   save(dir, "grad_x", grad_x);
-  std::printf("path %s\n", resnext_kernels::grouped_conv_dgrad_path_name(plan.path));
+  // "path v3[ pack grad_y][ unpack grad_x]": the layout copies around v3
+  std::printf("path %s%s%s\n", resnext_kernels::grouped_conv_dgrad_path_name(plan.path),
+              plan.pack_grad_y ? " pack grad_y" : "", plan.unpack_grad_x ? " unpack grad_x" : "");
   return 0;
 }
 
@@ -221,7 +223,7 @@ int run_grouped_conv_wgrad(const std::string& dir) {
       !prm.has("allow_v3") || prm.get("allow_v3") != 0);
   if (prm.has("splits")) {
     plan.splits = prm.get("splits");
-    plan.workspace_bytes = resnext_kernels::grouped_conv_wgrad_partials_bytes(p, plan.splits);
+    plan.workspace_bytes = resnext_kernels::grouped_conv_wgrad_workspace_bytes(p, plan, dtype);
   }
   Buffer workspace = scratch(static_cast<size_t>(plan.workspace_bytes));
   const cudaError_t err =
@@ -230,10 +232,36 @@ int run_grouped_conv_wgrad(const std::string& dir) {
   save(dir, "grad_w", grad_w);
   save(dir, "grad_scale", grad_scale);
   save(dir, "grad_shift", grad_shift);
-  std::printf("path %s splits %lld threads %d element_chunks %lld\n",
+  // "...[ pack x][ pack grad_y]": the layout copies before v3
+  std::printf("path %s splits %lld threads %d element_chunks %lld%s%s\n",
               resnext_kernels::grouped_conv_wgrad_path_name(plan.path),
               static_cast<long long>(plan.splits), plan.threads,
-              static_cast<long long>(plan.element_chunks));
+              static_cast<long long>(plan.element_chunks), plan.pack_x ? " pack x" : "",
+              plan.pack_grad_y ? " pack grad_y" : "");
+  return 0;
+}
+
+// launch_channels_last_copy: "to_channels_last" 1 copies src ([N, C, H, W] with "strided" element
+// strides) to dst, dense channels_last; 0 copies src (dense channels_last) to dst (strided).
+// ("dense_lead_bytes": the dense side starts that many bytes past its aligned base; "max_blocks":
+// the grid's cap, so that blocks walk several tiles.)
+int run_channels_last_copy(const std::string& dir) {
+  Params prm{read_params(dir)};
+  const bool to_channels_last = prm.get("to_channels_last") != 0;
+  const size_t lead = prm.has("dense_lead_bytes") ? static_cast<size_t>(prm.get("dense_lead_bytes")) : 0;
+  Buffer src = load(dir, "src", to_channels_last ? 0 : lead);
+  Buffer dst = load(dir, "dst", to_channels_last ? lead : 0);
+  resnext_kernels::ChannelsLastCopyParams p{};
+  p.src = src.data();
+  p.dst = dst.data();
+  p.N = prm.get("N"); p.C = prm.get("C"); p.H = prm.get("H"); p.W = prm.get("W");
+  prm.strides("strided", p.strided);
+  p.to_channels_last = to_channels_last;
+  p.max_blocks = prm.has("max_blocks") ? prm.get("max_blocks") : 0;
+  const cudaError_t err = resnext_kernels::launch_channels_last_copy(p, nullptr);
+  if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
+  save(dir, "dst", dst);
+  std::printf("copied\n");
   return 0;
 }
 
@@ -292,6 +320,7 @@ int main(int argc, char** argv) {
   if (op == "squeeze_excite") return run_squeeze_excite(argv[2]);
   if (op == "grouped_conv_dgrad") return run_grouped_conv_dgrad(argv[2]);
   if (op == "grouped_conv_wgrad") return run_grouped_conv_wgrad(argv[2]);
+  if (op == "channels_last_copy") return run_channels_last_copy(argv[2]);
   if (op == "selftest") return run_selftest(argv[2]);
   die("unknown op " + op);
 }

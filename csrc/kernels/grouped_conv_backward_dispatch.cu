@@ -2,7 +2,10 @@
 // prepared gradient where the forward's geometry allows it (grouped_conv_dgrad_v3.cu), wgrad's
 // partial sums on v3's tensor-core machinery (grouped_conv_wgrad_v3.cu) where it applies; the
 // direct kernels (grouped_conv_backward.cu) otherwise. wgrad's finalize is shared.
+#include <cstdint>
+
 #include "kernels/params.h"
+#include "kernels/swizzled_band.cuh"
 
 namespace resnext_kernels {
 
@@ -10,8 +13,9 @@ GroupedConvDgradPlan plan_grouped_conv_dgrad(const GroupedConvBackwardParams& p,
                                              int device_major, bool allow_v3) {
   GroupedConvDgradPlan plan;
   if (allow_v3 && grouped_conv_dgrad_v3_applies(p, dtype, device_major)) {
-    plan.path = grouped_conv_dgrad_v3_selects(p) ? GroupedConvDgradPath::kV3Select
-                                                 : GroupedConvDgradPath::kV3;
+    plan.path = GroupedConvDgradPath::kV3;
+    plan.pack_grad_y = grouped_conv_dgrad_v3_packs_grad_y(p);
+    plan.unpack_grad_x = grouped_conv_dgrad_v3_unpacks_grad_x(p);
     plan.workspace_bytes = grouped_conv_dgrad_v3_workspace_bytes(p, dtype);
   }
   return plan;
@@ -21,9 +25,7 @@ cudaError_t launch_grouped_conv_dgrad(const GroupedConvBackwardParams& p, DType 
                                       const GroupedConvDgradPlan& plan, void* workspace,
                                       cudaStream_t stream) {
   switch (plan.path) {
-    case GroupedConvDgradPath::kV3:
-    case GroupedConvDgradPath::kV3Select:
-      return launch_grouped_conv_dgrad_v3(p, dtype, workspace, stream);
+    case GroupedConvDgradPath::kV3: return launch_grouped_conv_dgrad_v3(p, dtype, workspace, stream);
     case GroupedConvDgradPath::kDirect: return launch_grouped_conv_dgrad_direct(p, dtype, stream);
   }
   return cudaErrorInvalidValue;
@@ -33,33 +35,125 @@ const char* grouped_conv_dgrad_path_name(GroupedConvDgradPath path) {
   switch (path) {
     case GroupedConvDgradPath::kDirect: return "direct";
     case GroupedConvDgradPath::kV3: return "v3";
-    case GroupedConvDgradPath::kV3Select: return "v3_select";
   }
   return "unknown";
 }
 
+namespace {
+
+constexpr int64_t kAlign = 256;  // every workspace part starts on a 256-byte boundary
+
+int64_t round_up(int64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+void dense_channels_last_strides(int64_t C, int64_t H, int64_t W, int64_t* stride) {
+  stride[0] = H * W * C;
+  stride[1] = 1;
+  stride[2] = W * C;
+  stride[3] = C;
+}
+
+// Where wgrad's workspace parts start (bytes): the partial sums, then x's and grad_y's packed
+// copies where the plan packs them.
+struct WgradWorkspace {
+  int64_t packed_x = 0, packed_grad_y = 0, bytes = 0;
+};
+
+WgradWorkspace wgrad_workspace(const GroupedConvBackwardParams& p,
+                               const GroupedConvWgradPlan& plan, DType dtype) {
+  const int64_t elem = dtype == DType::kFloat32 ? 4 : 2;
+  WgradWorkspace ws;
+  ws.packed_x = round_up(grouped_conv_wgrad_partials_bytes(p, plan.splits));
+  ws.packed_grad_y = ws.packed_x + (plan.pack_x ? round_up(p.N * p.H * p.W * p.C_in * elem) : 0);
+  ws.bytes = ws.packed_grad_y +
+             (plan.pack_grad_y ? round_up(p.N * p.H_out * p.W_out * p.C_out * elem) : 0);
+  return ws;
+}
+
+// p with x and grad_y replaced by their packed copies where `plan` packs them (dense
+// channels_last at `packed_x`, `packed_grad_y`).
+GroupedConvBackwardParams with_packed_operands(const GroupedConvBackwardParams& p,
+                                               const GroupedConvWgradPlan& plan,
+                                               const void* packed_x, const void* packed_grad_y) {
+  GroupedConvBackwardParams q = p;
+  if (plan.pack_x) {
+    q.x = packed_x;
+    dense_channels_last_strides(p.C_in, p.H, p.W, q.x_stride);
+  }
+  if (plan.pack_grad_y) {
+    q.grad_y = packed_grad_y;
+    dense_channels_last_strides(p.C_out, p.H_out, p.W_out, q.grad_y_stride);
+  }
+  return q;
+}
+
+// One operand (x or grad_y, [N, C, H, W] with `stride`) packed dense channels_last into `dst`.
+cudaError_t pack(const void* src, const int64_t* stride, int64_t N, int64_t C, int64_t H,
+                 int64_t W, void* dst, cudaStream_t stream) {
+  ChannelsLastCopyParams copy{src, dst, N, C, H, W, {}, true, 0};
+  for (int i = 0; i < 4; ++i) copy.strided[i] = stride[i];
+  return launch_channels_last_copy(copy, stream);
+}
+
+}  // namespace
+
 GroupedConvWgradPlan plan_grouped_conv_wgrad(const GroupedConvBackwardParams& p, DType dtype,
                                              int device_major, bool allow_v3) {
-  if (allow_v3 && grouped_conv_wgrad_v3_applies(p, dtype, device_major)) {
+  if (allow_v3) {
     GroupedConvWgradPlan plan;
     plan.path = GroupedConvWgradPath::kV3;
-    plan.splits = grouped_conv_wgrad_v3_splits(p);
-    plan.workspace_bytes = grouped_conv_wgrad_partials_bytes(p, plan.splits);
-    return plan;
+    // wgrad v3 reads 16-byte chunks of 8 channels: an operand without them is packed
+    plan.pack_x = !v3::channels_last_aligned16(p.x, p.x_stride);
+    plan.pack_grad_y = !v3::channels_last_aligned16(p.grad_y, p.grad_y_stride);
+    // the packed copies' layout, with an aligned stand-in for the workspace (checked at launch)
+    alignas(16) static const unsigned char aligned_stand_in[16] = {};
+    const GroupedConvBackwardParams q =
+        with_packed_operands(p, plan, aligned_stand_in, aligned_stand_in);
+    if (grouped_conv_wgrad_v3_applies(q, dtype, device_major)) {
+      plan.splits = grouped_conv_wgrad_v3_splits(q);
+      plan.workspace_bytes = grouped_conv_wgrad_workspace_bytes(p, plan, dtype);
+      return plan;
+    }
   }
-  return plan_grouped_conv_wgrad_direct(p);
+  GroupedConvWgradPlan plan = plan_grouped_conv_wgrad_direct(p);
+  plan.workspace_bytes = grouped_conv_wgrad_workspace_bytes(p, plan, dtype);
+  return plan;
+}
+
+int64_t grouped_conv_wgrad_workspace_bytes(const GroupedConvBackwardParams& p,
+                                           const GroupedConvWgradPlan& plan, DType dtype) {
+  return wgrad_workspace(p, plan, dtype).bytes;
 }
 
 cudaError_t launch_grouped_conv_wgrad(const GroupedConvBackwardParams& p, DType dtype,
                                       const GroupedConvWgradPlan& plan, void* workspace,
                                       cudaStream_t stream) {
   if (p.C_out == 0) return cudaSuccess;
-  float* partials = static_cast<float*>(workspace);
+  if (reinterpret_cast<uintptr_t>(workspace) % 16 != 0) return cudaErrorInvalidValue;
+  unsigned char* base = static_cast<unsigned char*>(workspace);
+  float* partials = reinterpret_cast<float*>(base);
   cudaError_t err = cudaErrorInvalidValue;
   switch (plan.path) {
-    case GroupedConvWgradPath::kV3:
-      err = launch_grouped_conv_wgrad_v3_partials(p, dtype, plan.splits, partials, stream);
+    case GroupedConvWgradPath::kV3: {
+      const WgradWorkspace ws = wgrad_workspace(p, plan, dtype);
+      const GroupedConvBackwardParams q =
+          with_packed_operands(p, plan, base + ws.packed_x, base + ws.packed_grad_y);
+      // a plan made for other tensors must not send unchunked operands to v3
+      if (!v3::channels_last_aligned16(q.x, q.x_stride) ||
+          !v3::channels_last_aligned16(q.grad_y, q.grad_y_stride)) {
+        return cudaErrorInvalidValue;
+      }
+      if (plan.pack_x) {
+        err = pack(p.x, p.x_stride, p.N, p.C_in, p.H, p.W, base + ws.packed_x, stream);
+        if (err != cudaSuccess) return err;
+      }
+      if (plan.pack_grad_y) {
+        err = pack(p.grad_y, p.grad_y_stride, p.N, p.C_out, p.H_out, p.W_out,
+                   base + ws.packed_grad_y, stream);
+        if (err != cudaSuccess) return err;
+      }
+      err = launch_grouped_conv_wgrad_v3_partials(q, dtype, plan.splits, partials, stream);
       break;
+    }
     case GroupedConvWgradPath::kDirect:
       err = launch_grouped_conv_wgrad_direct_partials(p, dtype, plan, partials, stream);
       break;

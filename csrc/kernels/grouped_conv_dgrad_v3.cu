@@ -20,9 +20,12 @@
 // Then v3 runs (its swizzled bands, mma.sync, NaN kept in its group, 16-byte stores). Traffic:
 // grad_y and the mask read once (L2 serves the halo rows and the neighbouring channel tiles),
 // grad_x written once.
-// Where grad_y has no 16-byte channel chunks (NCHW, or a view off the 16-byte grid) a select
-// pass writes gs, dense channels_last, to the workspace first and v3 reads it as a plain input
-// ("v3_select": grad_y and the mask read, gs written and read again; at stride 2 gs is x's size).
+// Where grad_y has no 16-byte channel chunks (NCHW, or a view off the 16-byte grid) it is packed
+// into the workspace, dense channels_last, first (channels_last_copy.cu: grad_y read and written
+// once more), and v3's loader gates the packed copy. Where grad_x is not channels_last with
+// 16-byte chunks (NCHW), v3 writes it dense channels_last into the workspace and one more pass
+// unpacks it into grad_x's layout. (A select pass used to write gs for such a grad_y: at stride 2
+// that is x's size written and read again, 4x the packed grad_y.)
 //
 // One difference from aten at stride 2: with a non-finite folded weight (an inf BN scale or
 // weight), the inserted zeros multiply it too, so grad_x is NaN at every pixel the weight's
@@ -34,7 +37,7 @@
 #include "kernels/dtype_traits.cuh"
 #include "kernels/launch.cuh"
 #include "kernels/params.h"
-#include "kernels/vector_access.cuh"
+#include "kernels/swizzled_band.cuh"
 
 namespace resnext_kernels {
 namespace {
@@ -46,67 +49,73 @@ int64_t round_up(int64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign;
 
 int64_t element_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
-// Where the parts of the workspace start (byte offsets), and its size.
+// Where the parts of the workspace start (byte offsets), and its size. packed_grad_y and
+// staged_grad_x only where grad_y, grad_x have no 16-byte channel chunks.
 struct DgradV3Workspace {
-  int64_t gs = 0, weights = 0, ones = 0, zeros = 0, v3 = 0, bytes = 0;  // gs: v3_select only
+  int64_t packed_grad_y = 0, staged_grad_x = 0, weights = 0, ones = 0, zeros = 0, v3 = 0;
+  int64_t bytes = 0;
 };
 
-// grad_y in 16-byte chunks of 8 channels (channels_last, every pixel's channels on the 16-byte
-// grid): v3's loader then reads it directly (the gated input); otherwise the select pass.
-bool chunked_grad_y(const GroupedConvBackwardParams& p) {
-  return reinterpret_cast<uintptr_t>(p.grad_y) % 16 == 0 && p.grad_y_stride[1] == 1 &&
-         p.grad_y_stride[0] % 8 == 0 && p.grad_y_stride[2] % 8 == 0 &&
-         p.grad_y_stride[3] % 8 == 0;
+// v3 reads and writes 16-byte chunks of 8 channels (channels innermost, every pixel's channels
+// on the 16-byte grid): an operand without them goes through the workspace.
+bool packs_grad_y(const GroupedConvBackwardParams& p) {
+  return !v3::channels_last_aligned16(p.grad_y, p.grad_y_stride);
+}
+bool unpacks_grad_x(const GroupedConvBackwardParams& p) {
+  return !v3::channels_last_aligned16(p.grad_x, p.grad_x_stride);
 }
 
 // gs's grid: the output's at stride 1, the input's at stride 2 (the gradients spread out).
-__host__ __device__ inline int64_t gs_rows(const GroupedConvBackwardParams& p) {
-  return p.stride_h == 2 ? p.H : p.H_out;
-}
-__host__ __device__ inline int64_t gs_cols(const GroupedConvBackwardParams& p) {
-  return p.stride_w == 2 ? p.W : p.W_out;
+int64_t gs_rows(const GroupedConvBackwardParams& p) { return p.stride_h == 2 ? p.H : p.H_out; }
+int64_t gs_cols(const GroupedConvBackwardParams& p) { return p.stride_w == 2 ? p.W : p.W_out; }
+
+// The element strides of a dense channels_last [N, C, H, W].
+void dense_channels_last_strides(int64_t C, int64_t H, int64_t W, int64_t* stride) {
+  stride[0] = H * W * C;
+  stride[1] = 1;
+  stride[2] = W * C;
+  stride[3] = C;
 }
 
 // The forward v3 runs: gs (C_out channels, gs_rows x gs_cols) to grad_x (C_in channels, H x W),
-// at stride 1. gs is grad_y gated by the mask in v3's loader where grad_y is chunked (gs ==
-// nullptr), else the select pass's output in the workspace. Pointers into the workspace are
-// filled in by the caller (null: planning only).
-GroupedConvParams forward_of_dgrad(const GroupedConvBackwardParams& p, const void* gs,
-                                   const void* weights, const float* ones, const float* zeros) {
+// at stride 1, gs being grad_y (`grad_y`: p.grad_y, or its packed copy, dense channels_last)
+// gated by the mask in v3's loader (GatedInput: on the output's grid, spread at stride 2).
+// `grad_x`: p.grad_x, or the staging buffer v3 writes dense channels_last. Pointers into the
+// workspace are filled in by the caller (stand-ins: planning only).
+GroupedConvParams forward_of_dgrad(const GroupedConvBackwardParams& p, const void* grad_y,
+                                   void* grad_x, const void* weights, const float* ones,
+                                   const float* zeros) {
   GroupedConvParams q{};
-  q.x = gs;
+  q.x = grad_y;
   q.w = weights;
   q.scale = ones;
   q.shift = zeros;
-  q.y = p.grad_x;
-  const int64_t Hg = gs_rows(p), Wg = gs_cols(p);
-  q.N = p.N; q.C_in = p.C_out; q.H = Hg; q.W = Wg;
+  q.y = grad_x;
+  q.N = p.N; q.C_in = p.C_out; q.H = gs_rows(p); q.W = gs_cols(p);
   q.C_out = p.C_in; q.H_out = p.H; q.W_out = p.W;
   q.groups = p.groups; q.KH = p.KH; q.KW = p.KW;
   q.stride_h = 1; q.stride_w = 1; q.pad_h = 1; q.pad_w = 1; q.dil_h = 1; q.dil_w = 1;
-  if (chunked_grad_y(p)) {
-    // grad_y itself, on the output's grid; the loader spreads it at stride 2
-    q.x = p.grad_y;
-    std::memcpy(q.x_stride, p.grad_y_stride, sizeof q.x_stride);
-    q.gated_x.on = true;
-    q.gated_x.mask = p.relu_mask;
-    q.gated_x.src_H = p.H_out;
-    q.gated_x.src_W = p.W_out;
-    q.gated_x.spread_shift = p.stride_h == 2 ? 1 : 0;
+  if (packs_grad_y(p)) {
+    dense_channels_last_strides(p.C_out, p.H_out, p.W_out, q.x_stride);
   } else {
-    // gs: dense channels_last [N, Hg, Wg, C_out]
-    q.x_stride[0] = Hg * Wg * p.C_out;
-    q.x_stride[1] = 1;
-    q.x_stride[2] = Wg * p.C_out;
-    q.x_stride[3] = p.C_out;
+    std::memcpy(q.x_stride, p.grad_y_stride, sizeof q.x_stride);
   }
+  q.gated_x.on = true;
+  q.gated_x.mask = p.relu_mask;
+  q.gated_x.src_H = p.H_out;
+  q.gated_x.src_W = p.W_out;
+  q.gated_x.spread_shift = p.stride_h == 2 ? 1 : 0;
   // the weights: dense [C_in, C_out / groups, 3, 3]
   const int64_t cpg_out = p.C_out / p.groups;
   q.w_stride[0] = cpg_out * p.KH * p.KW;
   q.w_stride[1] = p.KH * p.KW;
   q.w_stride[2] = p.KW;
   q.w_stride[3] = 1;
-  std::memcpy(q.y_stride, p.grad_x_stride, sizeof q.y_stride);
+  if (unpacks_grad_x(p)) {
+    dense_channels_last_strides(p.C_in, p.H, p.W, q.y_stride);
+  } else {
+    std::memcpy(q.y_stride, p.grad_x_stride, sizeof q.y_stride);
+  }
   q.relu = false;
   q.y_channels_last = true;
   q.relu_mask = nullptr;
@@ -117,64 +126,19 @@ GroupedConvParams forward_of_dgrad(const GroupedConvBackwardParams& p, const voi
 DgradV3Workspace workspace_layout(const GroupedConvBackwardParams& p, DType dtype) {
   DgradV3Workspace ws;
   const int64_t elem = element_bytes(dtype);
-  ws.gs = 0;
-  ws.weights = chunked_grad_y(p) ? 0 : round_up(p.N * gs_rows(p) * gs_cols(p) * p.C_out * elem);
+  ws.packed_grad_y = 0;
+  ws.staged_grad_x =
+      packs_grad_y(p) ? round_up(p.N * p.H_out * p.W_out * p.C_out * elem) : 0;
+  ws.weights =
+      ws.staged_grad_x + (unpacks_grad_x(p) ? round_up(p.N * p.H * p.W * p.C_in * elem) : 0);
   ws.ones = ws.weights + round_up(p.C_in * (p.C_out / p.groups) * p.KH * p.KW * elem);
   ws.zeros = ws.ones + round_up(p.C_in * static_cast<int64_t>(sizeof(float)));
   ws.v3 = ws.zeros + round_up(p.C_in * static_cast<int64_t>(sizeof(float)));
-  const GroupedConvParams q = forward_of_dgrad(p, nullptr, nullptr, nullptr, nullptr);
+  alignas(16) static unsigned char aligned_stand_in[16] = {};
+  const GroupedConvParams q =
+      forward_of_dgrad(p, aligned_stand_in, aligned_stand_in, nullptr, nullptr, nullptr);
   ws.bytes = ws.v3 + round_up(grouped_conv_v3_workspace_bytes(q));
   return ws;
-}
-
-// v3_select only (grad_y not chunked): gs[m, co] = passed(m, co) ? grad_y[m, co] : 0, a thread
-// per 8 channels of one pixel of gs, channels fastest: neighbouring threads write neighbouring
-// 16-byte chunks. At stride 1 gs's pixel is output pixel m (flat (n, ho, wo)); at stride 2 gs
-// pixel (n, h, w) is output pixel (n, h / 2, w / 2) where h and w are even, else 0. The mask's 8
-// bytes of a chunk (byte row m / 8, channels co..co+7) are one aligned 8-byte load, shared by the
-// 8 pixels of that row. grad_y is read through its strides.
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
-    dgrad_select_kernel(GroupedConvBackwardParams p, scalar_t* __restrict__ gs) {
-  using Cvt = Convert<scalar_t>;
-  constexpr int kVec = Pack<scalar_t>::kSize;  // 8 channels
-  const scalar_t* __restrict__ grad_y = static_cast<const scalar_t*>(p.grad_y);
-  const int64_t chunks = p.C_out / kVec;
-  const int64_t Hg = gs_rows(p), Wg = gs_cols(p);
-  const int64_t sh = p.stride_h, sw = p.stride_w;  // 1 or 2 (grouped_conv_dgrad_v3_applies)
-  const int64_t total = p.N * Hg * Wg * chunks;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t pixel = idx / chunks;  // of gs
-    const int64_t co = (idx - pixel * chunks) * kVec;
-    const int64_t wg = pixel % Wg, hg = (pixel / Wg) % Hg, n = pixel / (Wg * Hg);
-    if (hg % sh != 0 || wg % sw != 0) {  // stride 2: between the output's pixels
-      Pack<scalar_t> zeros;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) zeros.v[j] = Cvt::from_float(0.f);
-      store_pack(gs + pixel * p.C_out + co, zeros);
-      continue;
-    }
-    const int64_t ho = hg / sh, wo = wg / sw, m = (n * p.H_out + ho) * p.W_out + wo;
-    const scalar_t* g = grad_y + n * p.grad_y_stride[0] + co * p.grad_y_stride[1] +
-                        ho * p.grad_y_stride[2] + wo * p.grad_y_stride[3];
-    Pack<scalar_t> in;
-    for (int j = 0; j < kVec; ++j) in.v[j] = g[j * p.grad_y_stride[1]];
-    uint64_t mask_bytes = ~uint64_t{0};  // no ReLU: every gradient passes
-    if (p.relu_mask != nullptr) {
-      mask_bytes = *reinterpret_cast<const uint64_t*>(p.relu_mask + (m >> 3) * p.C_out + co);
-    }
-    const int bit = static_cast<int>(m & 7);
-    const scalar_t zero = Cvt::from_float(0.f);
-    Pack<scalar_t> out;
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      const bool passed = (mask_bytes >> (8 * j + bit)) & 1;  // byte j is channel co + j
-      // a select, not a product: a NaN gradient the ReLU blocked stays out
-      out.v[j] = passed ? in.v[j] : zero;
-    }
-    store_pack(gs + pixel * p.C_out + co, out);
-  }
 }
 
 // weights[c, k, kh, kw] = round(w[co, c - g * cpg_in, KH - 1 - kh, KW - 1 - kw] * scale[co]),
@@ -213,22 +177,28 @@ cudaError_t launch_typed(const GroupedConvBackwardParams& p, DType dtype,
   float* ones = reinterpret_cast<float*>(workspace + ws.ones);
   float* zeros = reinterpret_cast<float*>(workspace + ws.zeros);
 
-  scalar_t* gs = nullptr;  // the gated input: v3's loader reads grad_y
   cudaError_t err = cudaSuccess;
-  if (!chunked_grad_y(p)) {
-    gs = reinterpret_cast<scalar_t*>(workspace + ws.gs);
-    const int64_t chunks = p.N * gs_rows(p) * gs_cols(p) * (p.C_out / Pack<scalar_t>::kSize);
-    err = launch_kernel(dgrad_select_kernel<scalar_t>, grid_stride_grid(chunks, kThreads),
-                        dim3(kThreads), 0, stream, p, gs);
+  const void* grad_y = p.grad_y;
+  if (packs_grad_y(p)) {
+    ChannelsLastCopyParams pack{p.grad_y, workspace + ws.packed_grad_y, p.N, p.C_out, p.H_out,
+                                p.W_out, {}, true, 0};
+    std::memcpy(pack.strided, p.grad_y_stride, sizeof pack.strided);
+    err = launch_channels_last_copy(pack, stream);
     if (err != cudaSuccess) return err;
+    grad_y = pack.dst;
   }
   const int64_t elements = p.C_in * (p.C_out / p.groups) * p.KH * p.KW;
   err = launch_kernel(dgrad_fold_flip_weights_kernel<scalar_t>,
                       grid_stride_grid(elements, kThreads), dim3(kThreads), 0, stream, p,
                       weights, ones, zeros);
   if (err != cudaSuccess) return err;
-  const GroupedConvParams q = forward_of_dgrad(p, gs, weights, ones, zeros);
-  return launch_grouped_conv_bn_relu_v3(q, dtype, workspace + ws.v3, stream);
+  void* grad_x = unpacks_grad_x(p) ? workspace + ws.staged_grad_x : p.grad_x;
+  const GroupedConvParams q = forward_of_dgrad(p, grad_y, grad_x, weights, ones, zeros);
+  err = launch_grouped_conv_bn_relu_v3(q, dtype, workspace + ws.v3, stream);
+  if (err != cudaSuccess || !unpacks_grad_x(p)) return err;
+  ChannelsLastCopyParams unpack{grad_x, p.grad_x, p.N, p.C_in, p.H, p.W, {}, false, 0};
+  std::memcpy(unpack.strided, p.grad_x_stride, sizeof unpack.strided);
+  return launch_channels_last_copy(unpack, stream);
 }
 
 }  // namespace
@@ -245,15 +215,22 @@ bool grouped_conv_dgrad_v3_applies(const GroupedConvBackwardParams& p, DType dty
   if (p.groups <= 0 || p.C_out % 8 != 0) return false;  // (v3 asks more: 64-channel tiles)
   // the mask's chunk of 8 bytes is one 8-byte load
   if (reinterpret_cast<uintptr_t>(p.relu_mask) % 8 != 0) return false;
-  // v3 checks its input's pointer for 16-byte alignment: grad_y where it reads it, else gs,
-  // which the plan stands in for with an aligned pointer (the workspace is checked at launch)
-  alignas(16) static const unsigned char aligned_stand_in[16] = {};
-  const GroupedConvParams q = forward_of_dgrad(p, aligned_stand_in, nullptr, nullptr, nullptr);
+  // v3 checks its operands' pointers for 16-byte alignment: grad_y and grad_x where it reads
+  // and writes them, else their staged copies, which the plan stands in for with an aligned
+  // pointer (the workspace is checked at launch)
+  alignas(16) static unsigned char aligned_stand_in[16] = {};
+  const void* grad_y = packs_grad_y(p) ? aligned_stand_in : p.grad_y;
+  void* grad_x = unpacks_grad_x(p) ? aligned_stand_in : p.grad_x;
+  const GroupedConvParams q = forward_of_dgrad(p, grad_y, grad_x, nullptr, nullptr, nullptr);
   return grouped_conv_v3_applies(q, dtype, device_major);
 }
 
-bool grouped_conv_dgrad_v3_selects(const GroupedConvBackwardParams& p) {
-  return !chunked_grad_y(p);
+bool grouped_conv_dgrad_v3_packs_grad_y(const GroupedConvBackwardParams& p) {
+  return packs_grad_y(p);
+}
+
+bool grouped_conv_dgrad_v3_unpacks_grad_x(const GroupedConvBackwardParams& p) {
+  return unpacks_grad_x(p);
 }
 
 int64_t grouped_conv_dgrad_v3_workspace_bytes(const GroupedConvBackwardParams& p, DType dtype) {

@@ -228,18 +228,9 @@ __global__ void __launch_bounds__(kThreads, 2)
         const int i = i0 + r * kThreads;
         if (i >= gp_chunks) break;
         const int q = i / kChunks;
-        // a select, not a product: a NaN gradient the ReLU blocked stays out
-        // bit 8 j: channel co + j (the shift recomputed here: a register fewer per load)
-        const uint64_t passes = mask_word[r] >> ((m_unit + q) & 7);
-        uint32_t words[4] = {raw[r].x, raw[r].y, raw[r].z, raw[r].w};
-#pragma unroll
-        for (int h = 0; h < 4; ++h) {  // word h: channels 2 h (low half), 2 h + 1 (high half)
-          const uint32_t keep = (((passes >> (16 * h)) & 1) ? 0x0000ffffu : 0u) |
-                                (((passes >> (16 * h + 8)) & 1) ? 0xffff0000u : 0u);
-          words[h] &= keep;
-        }
+        // (the pixel's bit recomputed here: a register fewer per load)
         ptx::st_shared_16(gp_tile.chunk(q, my_chunk),
-                          make_uint4(words[0], words[1], words[2], words[3]));
+                          v3::select_by_mask(raw[r], mask_word[r] >> ((m_unit + q) & 7)));
       }
     }
     // each band pixel's input pixel at tap (0, 0); -1 for the last step's pixels past the band

@@ -147,6 +147,21 @@ struct GroupedConvBackwardParams {
   bool grad_x_channels_last;  // walk grad_x in memory order (c fastest) so stores coalesce
 };
 
+// A copy between a 4-D tensor [N, C, H, W] of any strides and a dense channels_last copy of it
+// (channels_last_copy.cu): 16-bit elements moved as bits, C a multiple of 8, the dense side
+// 16-byte aligned. The backward's v3 paths stage an operand without 16-byte channel chunks
+// (NCHW) through the workspace with it. Returns cudaErrorInvalidValue where it does not apply.
+struct ChannelsLastCopyParams {
+  const void* src;
+  void* dst;
+  int64_t N, C, H, W;
+  int64_t strided[4];     // the strided side's element strides, (n, c, h, w) order
+  bool to_channels_last;  // true: src strided -> dst dense; false: src dense -> dst strided
+  int64_t max_blocks;     // the grid's cap (each block then walks several tiles); 0: 2^20
+};
+bool channels_last_copy_applies(const ChannelsLastCopyParams& p);
+cudaError_t launch_channels_last_copy(const ChannelsLastCopyParams& p, cudaStream_t stream);
+
 // dgrad, direct (grouped_conv_backward.cu): one thread per grad_x element, summing the output
 // channels of its group over the taps that reached it. Any stride, padding, dilation, kernel
 // size, channels per group, layout; fp32 arithmetic. Returns the launch status.
@@ -156,25 +171,29 @@ cudaError_t launch_grouped_conv_dgrad_direct(const GroupedConvBackwardParams& p,
 // dgrad on v3 (grouped_conv_dgrad_v3.cu): where the forward was 3x3, stride 1 or 2, padding 1,
 // dilation 1, grad_x is v3's stride-1 forward of gs = grad_y selected by the mask (at stride 2
 // spread on the input's grid, zeros between) with each group's weights scaled, transposed and
-// flipped. Applies where that forward is one v3 takes (fp16/bf16,
-// C_in == C_out a multiple of 64, cpg 4..64, grad_x channels_last with 16-byte aligned pixels,
-// compute capability 8.0+). v3's loader forms gs from grad_y and the mask (GatedInput) where
-// grad_y is channels_last with 16-byte aligned pixels; elsewhere a select pass writes gs first
-// (`selects`). `workspace` (16-byte aligned) holds the weights, v3's epilogue constants, v3's
-// packed weights, and gs where it is written.
+// flipped; v3's loader forms gs from grad_y and the mask (GatedInput). Applies where that
+// forward is one v3 takes (fp16/bf16, C_in == C_out a multiple of 64, cpg 4..64, compute
+// capability 8.0+) and the mask is 8-byte aligned. v3 reads and writes channels_last 16-byte
+// chunks: a grad_y without them (NCHW, or a view off the 16-byte grid) is packed into the
+// workspace first (`packs_grad_y`), and a grad_x without them is written there and unpacked
+// into its layout after (`unpacks_grad_x`), by launch_channels_last_copy. `workspace` (16-byte
+// aligned) holds the weights, v3's epilogue constants, v3's packed weights and the staged
+// copies.
 bool grouped_conv_dgrad_v3_applies(const GroupedConvBackwardParams& p, DType dtype,
                                    int device_major);
-bool grouped_conv_dgrad_v3_selects(const GroupedConvBackwardParams& p);
+bool grouped_conv_dgrad_v3_packs_grad_y(const GroupedConvBackwardParams& p);
+bool grouped_conv_dgrad_v3_unpacks_grad_x(const GroupedConvBackwardParams& p);
 int64_t grouped_conv_dgrad_v3_workspace_bytes(const GroupedConvBackwardParams& p, DType dtype);
 cudaError_t launch_grouped_conv_dgrad_v3(const GroupedConvBackwardParams& p, DType dtype,
                                          void* workspace, cudaStream_t stream);
 
 // Which dgrad kernel runs a call (grouped_conv_backward_dispatch.cu: the one place that
 // decides), and its scratch memory. p.grad_x must be set (v3 checks its layout).
-// kV3Select: v3 after a select pass (grad_y without 16-byte chunks).
-enum class GroupedConvDgradPath : int { kDirect = 0, kV3 = 1, kV3Select = 2 };
+enum class GroupedConvDgradPath : int { kDirect = 0, kV3 = 1 };
 struct GroupedConvDgradPlan {
   GroupedConvDgradPath path = GroupedConvDgradPath::kDirect;
+  bool pack_grad_y = false;    // v3: grad_y packed channels_last into the workspace first
+  bool unpack_grad_x = false;  // v3: grad_x written to the workspace, then into its layout
   int64_t workspace_bytes = 0;
 };
 const char* grouped_conv_dgrad_path_name(GroupedConvDgradPath path);
@@ -196,21 +215,29 @@ cudaError_t launch_grouped_conv_dgrad(const GroupedConvBackwardParams& p, DType 
 //  - v3 (grouped_conv_wgrad_v3.cu): per work unit (image, band of rows, 64-channel tile), gp and
 //    x's band in swizzled shared memory, mma.sync with the pixels as K; where the forward was
 //    one v3 takes (fp16/bf16, 3x3, stride 1 or 2, padding 1, C_in == C_out a multiple of 64,
-//    cpg 4..64, x and grad_y channels_last with 16-byte aligned pixels, compute capability
-//    8.0+) and the mask is 8-byte aligned. Its ranges are whole work units.
+//    cpg 4..64, compute capability 8.0+) and the mask is 8-byte aligned. Its ranges are whole
+//    work units. It reads x and grad_y in channels_last 16-byte chunks: one without them (NCHW,
+//    or a view off the 16-byte grid) is packed into the workspace first
+//    (launch_channels_last_copy), after the partial sums.
 enum class GroupedConvWgradPath : int { kDirect = 0, kV3 = 1 };
 struct GroupedConvWgradPlan {
   GroupedConvWgradPath path = GroupedConvWgradPath::kDirect;
   int64_t splits = 1;           // pixel ranges
   int threads = 32;             // direct: per block, a power of two, 32..256, an element each
   int64_t element_chunks = 1;   // direct: blocks per output channel (grid.x = C_out * chunks)
-  int64_t workspace_bytes = 0;  // the partial sums (grouped_conv_wgrad_partials_bytes)
+  bool pack_x = false;          // v3: x packed channels_last into the workspace first
+  bool pack_grad_y = false;     // v3: grad_y likewise
+  int64_t workspace_bytes = 0;  // grouped_conv_wgrad_workspace_bytes(p, plan, dtype)
 };
 inline int64_t grouped_conv_wgrad_partials_bytes(const GroupedConvBackwardParams& p,
                                                  int64_t splits) {
   return splits * p.C_out * ((p.C_in / p.groups) * p.KH * p.KW + 1) *
          static_cast<int64_t>(sizeof(float));
 }
+// The partial sums of plan.splits ranges, then the packed copies plan asks for (each on a
+// 256-byte boundary).
+int64_t grouped_conv_wgrad_workspace_bytes(const GroupedConvBackwardParams& p,
+                                           const GroupedConvWgradPlan& plan, DType dtype);
 const char* grouped_conv_wgrad_path_name(GroupedConvWgradPath path);
 // The one place that decides (grouped_conv_backward_dispatch.cu); allow_v3 = false keeps every
 // call on the direct kernel (RESNEXT_KERNELS_CUDA_V3=0).

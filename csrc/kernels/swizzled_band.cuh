@@ -107,6 +107,21 @@ __device__ __forceinline__ void load_halo_rows_async(const T* x_tile, const int6
   }
 }
 
+// A 16-byte chunk of 8 16-bit channels with each channel j kept where bit 8 j of `passes`
+// is set, else +0: a select, not a product, so a NaN gradient the ReLU blocked stays out.
+// `passes` is the mask's 8 bytes of these channels (byte j: channel j) shifted right by the
+// pixel's bit. The gated loader below and wgrad v3's gradient loader share it.
+__device__ __forceinline__ uint4 select_by_mask(uint4 raw, uint64_t passes) {
+  uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int h = 0; h < 4; ++h) {  // word h: channels 2 h (low half), 2 h + 1 (high half)
+    const uint32_t keep = (((passes >> (16 * h)) & 1) ? 0x0000ffffu : 0u) |
+                          (((passes >> (16 * h + 8)) & 1) ? 0xffff0000u : 0u);
+    words[h] &= keep;
+  }
+  return make_uint4(words[0], words[1], words[2], words[3]);
+}
+
 // The same rows of a gated input (GatedInput): the conv's grid is H x W, x (x_image: image n's
 // first pixel at the tile's first channel) and the mask (mask_tile: the tile's first channel of
 // the mask, mask_pitch bytes per byte row; nullptr with gate.mask) are on the source grid.
@@ -179,17 +194,9 @@ __device__ __forceinline__ void load_gated_halo_rows(const GatedInput& gate, con
       if (i >= x_chunks) break;
       const int k = i / 8, xr = k / x_cols, xc = k - xr * x_cols;
       const int row = ih_first + (xr << spread) - ih0, col = (xc << spread) + pad_w;
-      const uint64_t passes = mask_word[r] >> bit[r];  // bit 8 j: channel c * 8 + j
-      uint32_t words[4] = {raw[r].x, raw[r].y, raw[r].z, raw[r].w};
-#pragma unroll
-      for (int h = 0; h < 4; ++h) {  // word h: channels 2 h (low half), 2 h + 1 (high half)
-        const uint32_t keep = (((passes >> (16 * h)) & 1) ? 0x0000ffffu : 0u) |
-                              (((passes >> (16 * h + 8)) & 1) ? 0xffff0000u : 0u);
-        words[h] &= keep;
-      }
       // (one 16-byte store: st_shared_16, so the emulator's profile counts what the GPU issues)
       ptx::st_shared_16(tile.staged_chunk(row * in_cols + col, row, col, c),
-                        make_uint4(words[0], words[1], words[2], words[3]));
+                        select_by_mask(raw[r], mask_word[r] >> bit[r]));
     }
   }
 }
