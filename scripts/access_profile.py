@@ -222,14 +222,27 @@ def _ratio(a, b):
     return None if not b else a / b
 
 
+def conv_launch_index(path, launches):
+    """The index of a conv call's conv kernel among its launches, from the harness's report
+    (`path`): the last, or the one before y's unpack ("... unpack y": NCHW on v3, y written
+    channels_last into the workspace, then copied into its layout)."""
+    return len(launches) - 1 - (" unpack y" in f" {path} ")
+
+
 def summarise(name, path, launches, input_bytes):
     """The figures of a case's kernels. For conv, the conv kernel alone: the weight repack runs
     once per call whatever the batch, so at batch 1 it would weigh 128 times more than in the
-    GPU plan's batch-128 profile (its traffic is reported apart, per call)."""
+    GPU plan's batch-128 profile (its traffic is reported apart, per call); the layout copies
+    around v3 in NCHW (x packed, y unpacked) are neither (their traffic: kernel_profile's
+    model)."""
     totals = {k: {"requests": 0, "cost": 0, "ideal": 0, "bytes_used": 0} for k in KINDS}
     unique = 0
-    repack = launches[:-1] if name.startswith("conv") else []
-    main_launches = launches[-1:] if name.startswith("conv") else launches
+    if name.startswith("conv"):
+        conv = conv_launch_index(path, launches)
+        packs_x = " pack x" in f" {path} "  # (x's pack is the first launch)
+        repack, main_launches = launches[packs_x:conv], [launches[conv]]
+    else:
+        repack, main_launches = [], launches
     for launch in main_launches:
         s = scaled(launch)
         unique += s["block_unique_load_sectors"]

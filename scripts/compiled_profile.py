@@ -123,10 +123,11 @@ CHANNELS_LAST_PACK = "channels_last_copy_kernel<true>"
 CHANNELS_LAST_UNPACK = "channels_last_copy_kernel<false>"
 
 
-def backward_packs(path_report):
-    """The operands a backward call's layout copies move, in launch order, from the harness's
-    report: dgrad "path v3[ pack grad_y][ unpack grad_x]", wgrad "path v3 splits ...[ pack
-    x][ pack grad_y]"."""
+def layout_copies(path_report):
+    """The operands a call's layout copies move, in launch order, from the harness's report:
+    the forward's "path v3 block_channels 0 workspace_bytes B[ pack x][ unpack y]", dgrad's
+    "path v3[ pack grad_y][ unpack grad_x]", wgrad's "path v3 splits ...[ pack x][ pack
+    grad_y]"."""
     words = path_report.split()
     return [words[i + 1] for i, w in enumerate(words) if w in ("pack", "unpack")]
 
@@ -154,7 +155,7 @@ def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None, gated=False):
         raise ValueError(f"no launch sequence for dgrad's {path_report!r}")
     if op == "wgrad" and path_report.startswith("path v3"):
         # x's and grad_y's packed copies where they have no 16-byte chunks, in that order
-        packs = len(backward_packs(path_report))
+        packs = len(layout_copies(path_report))
         return [CHANNELS_LAST_PACK] * packs + [
             f"grouped_conv_wgrad_v3_kernel<{t}, {cpg}, {stride}>",
             f"grouped_conv_wgrad_finalize_kernel<{t}>"]
@@ -168,12 +169,19 @@ def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None, gated=False):
                 f"se_scale{chunked}_kernel<{t}>"]
     m = re.search(r"path (\w+) block_channels (\d+)", path_report)
     gate = "true" if gated else "false"
-    if m.group(1) == "v3" and cpg >= 32:
-        return [f"pack_weight_rows_kernel<{t}, {cpg}>",
-                f"grouped_conv_bn_relu_v3_wide_kernel<{t}, {cpg}, {stride}, {gate}>"]
     if m.group(1) == "v3":
-        return [f"pack_b_fragments_kernel<{t}, {cpg}>",
-                f"grouped_conv_bn_relu_v3_kernel<{t}, {cpg}, {stride}, {gate}>"]
+        # its weights packed, then the conv; an x without 16-byte chunks (NCHW) packed
+        # channels_last first, a y without them written channels_last and unpacked after
+        copies = layout_copies(path_report)
+        if copies not in ([], ["x"], ["y"], ["x", "y"]):
+            raise ValueError(f"no launch sequence for the conv's {path_report!r}")
+        conv = ([f"pack_weight_rows_kernel<{t}, {cpg}>",
+                 f"grouped_conv_bn_relu_v3_wide_kernel<{t}, {cpg}, {stride}, {gate}>"]
+                if cpg >= 32 else
+                [f"pack_b_fragments_kernel<{t}, {cpg}>",
+                 f"grouped_conv_bn_relu_v3_kernel<{t}, {cpg}, {stride}, {gate}>"])
+        return ([CHANNELS_LAST_PACK] * ("x" in copies) + conv
+                + [CHANNELS_LAST_UNPACK] * ("y" in copies))
     if m.group(1) == "wmma":
         bc = m.group(2)
         return [f"repack_weights_kernel<{t}, {bc}>",

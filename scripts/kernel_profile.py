@@ -134,12 +134,12 @@ def wgrad_splits(report):
 
 
 def layout_copy_bytes(reports, x_bytes, y_bytes):
-    """The DRAM bytes of each layout copy of a backward call, in launch order, from its dgrad
-    and wgrad reports (NCHW: grad_y packed and grad_x unpacked around dgrad's v3, x and grad_y
-    packed before wgrad's): the operand read once and written once."""
-    operand_bytes = {"grad_y": y_bytes, "grad_x": x_bytes, "x": x_bytes}
+    """The DRAM bytes of each layout copy of a call, in launch order, from its reports (NCHW:
+    x packed and y unpacked around the forward's v3; grad_y packed and grad_x unpacked around
+    dgrad's v3, x and grad_y packed before wgrad's): the operand read once and written once."""
+    operand_bytes = {"grad_y": y_bytes, "grad_x": x_bytes, "x": x_bytes, "y": y_bytes}
     return [2 * operand_bytes[operand] for report in reports
-            for operand in compiled_profile.backward_packs(report)]
+            for operand in compiled_profile.layout_copies(report)]
 
 
 def cuda_backward_layer(profiled, shape, layout, cuda_kernels, plan):
@@ -208,25 +208,35 @@ def mask_kernel_traffic(shape, elem):
                  warp_instructions=0, waves=None)]
 
 
-def with_epilogue_mask(model, shape, elem):
-    """v3's launches with the mask its epilogue writes: the conv launch (the last) moves the
-    mask's bytes too (the access profile ran without a mask: its staged reads and the merged
-    words are not counted)."""
+def with_epilogue_mask(model, kernels, shape, elem):
+    """v3's launches (`kernels` their names) with the mask its epilogue writes: the conv launch
+    moves the mask's bytes too (the access profile ran without a mask: its staged reads and the
+    merged words are not counted)."""
     x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
     mask_bytes = output_bytes(shape, x_bytes) / elem / 8
-    return model[:-1] + [dict(model[-1], dram_bytes=model[-1]["dram_bytes"] + mask_bytes)]
+    conv = [i for i, k in enumerate(kernels) if k.startswith("grouped_conv_bn_relu_v3")]
+    if len(conv) != 1:
+        raise ValueError(f"no single v3 conv launch among {kernels}")
+    return [dict(m, dram_bytes=m["dram_bytes"] + mask_bytes) if i == conv[0] else m
+            for i, m in enumerate(model)]
 
 
 def cuda_layer(profiled, shape, layout, dtype, cuda_kernels, plan):
     """(model launches, guard figures) of one CUDA call at batch BATCH, from its access profile
     at batch 1 (`profiled`, access_profiles' result) scaled by each launch's blocks at BATCH
-    over its blocks at 1."""
+    over its blocks at 1. A conv's DRAM bytes per launch: the weights' re-layout reads and
+    writes them; the layout copies around v3 (NCHW: x packed, y unpacked) their operand once
+    each way; the conv x, y and the weights."""
     elem = compiled_profile.ELEM_BYTES[dtype]
     launches, input_bytes, path = profiled
     summary = access_profile.summarise(f"{shape['op']} cuda", path, launches, input_bytes)
     b1 = plan["b1"]["launches"]
     b128 = plan["b128"]["launches"]
     x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
+    # the conv's layout copies (NCHW: x packed and y unpacked around v3), in launch order
+    copies = iter(layout_copy_bytes(plan["b128"]["reports"], x_bytes,
+                                    output_bytes(shape, x_bytes))
+                  if shape["op"] == "conv" else [])
     model = []
     for i, launch in enumerate(launches):
         s = access_profile.scaled(launch)
@@ -239,6 +249,7 @@ def cuda_layer(profiled, shape, layout, dtype, cuda_kernels, plan):
             y_bytes = x_bytes * H_out * H_out // (shape["H"] * shape["W"])
             w_bytes = 9 * shape["C"] * shape["cpg"] * elem
             dram = (2 * w_bytes if name.startswith(("repack", "pack_")) else
+                    next(copies) if name.startswith("channels_last_copy") else
                     x_bytes + y_bytes + w_bytes)
         else:
             # squeeze: u; each excite FC: its fp32 weight matrix once; scale: u, residual, out
@@ -810,7 +821,7 @@ def build(blocks: int, earlier_profiles=None):
                 # direct and WMMA paths read it back from y in a kernel), dgrad, wgrad, finalize
                 train = plans[(shape["model"], shape["layer"], layout, dtype, "train")]
                 if path.startswith("path v3"):
-                    forward, mask_kernels = with_epilogue_mask(model, shape, elem), []
+                    forward, mask_kernels = with_epilogue_mask(model, kernels, shape, elem), []
                 else:
                     forward = model + mask_kernel_traffic(shape, elem)
                     mask_kernels = ["relu_mask_from_output_kernel"]
@@ -925,7 +936,9 @@ def markdown(report):
         "Layouts: nhwc = channels_last activations and weights (a converted model); "
         "nhwc,w-nchw = channels_last activations, contiguous weights (the op called directly "
         "on a channels_last input only; every benchmark run before grouped_conv.py recorded "
-        "weight_layout); nchw. cudnn_eager: its memory traffic only (a lower bound). A measured "
+        "weight_layout); nchw (CUDA v3: x packed channels_last into the workspace and y "
+        "unpacked from it, a pass each; the guard figures are of the conv kernel alone). "
+        "cudnn_eager: its memory traffic only (a lower bound). A measured "
         "figure marked † is of nhwc,w-nchw standing in for nhwc (CUDA kernels and cudnn_eager "
         "only, until a run with channels_last weights). triton_train: a training step of the "
         "layer on the Triton backend (the forward that stores the ReLU mask, dgrad, wgrad and "

@@ -40,7 +40,7 @@ def conv_cases():
             for cl in (False, True):
                 for dtype in (torch.float32, torch.float16, torch.bfloat16):
                     yield cpg, stride, cl, dtype, True
-                    if cl and dtype != torch.float32 and cpg in (4, 8, 16, 32, 64):
+                    if dtype != torch.float32 and cpg in (4, 8, 16, 32, 64):
                         yield cpg, stride, cl, dtype, False  # the same call on CUDA v2
 
 
@@ -108,9 +108,9 @@ def main():
     failures = 0
     for backend in args.backends:
         for cpg, stride, cl, dtype, v3 in conv_cases():
-            # C >= 64: cpg 1/4/8 take the packed tensor-core path (v2), and channels_last
-            # fp16/bf16 at cpg 4-64 CUDA v3 (Triton v3 also at cpg 1), or v2 where v3 is off
-            # (read on every call)
+            # C >= 64: cpg 1/4/8 take the packed tensor-core path (v2), and fp16/bf16 at cpg
+            # 4-64 CUDA v3 (NCHW through its layout copies; Triton v3: channels_last, also at
+            # cpg 1), or v2 where v3 is off (read on every call)
             os.environ["RESNEXT_KERNELS_CUDA_V3"] = "1" if v3 else "0"
             os.environ["RESNEXT_KERNELS_TRITON_V3"] = "1" if v3 else "0"
             non_finite = v3 and cl and dtype == torch.float16 and cpg in (4, 32)

@@ -190,7 +190,8 @@ def grouped_conv_bn_relu(binary, x, weight, scale, shift, **kwargs):
     """Runs the CUDA launch path (plan, weight re-layout, kernel) like the torch glue does;
     allow_tf32 stands for torch.backends.cudnn.allow_tf32, which the glue reads; allow_v3=False
     for RESNEXT_KERNELS_CUDA_V3=0 (calls v3 would take run v2); v3_band_pixels for
-    RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS (the report then ends with "v3_band_rows R").
+    RESNEXT_KERNELS_CUDA_V3_BAND_PIXELS (the report then ends with "v3_band_rows R");
+    y_channels_last overrides y's layout, which follows x's as in the glue.
 
     Returns (y, path): path is the harness's report, e.g. "wmma block_channels 16 ...".
     """
@@ -207,12 +208,15 @@ def grouped_conv_bn_relu_masked(binary, x, weight, scale, shift, **kwargs):
 
 def _grouped_conv(binary, x, weight, scale, shift, *, stride=1, padding=1, dilation=1, groups,
                   relu=True, device_major=9, force_direct=False, x_lead_elems=0,
-                  allow_tf32=False, allow_v3=True, v3_band_pixels=None, with_mask):
+                  allow_tf32=False, allow_v3=True, v3_band_pixels=None, y_channels_last=None,
+                  with_mask):
     N, C_in, H, W = x.shape
     C_out, _, KH, KW = weight.shape
     H_out = (H + 2 * padding - dilation * (KH - 1) - 1) // stride + 1
     W_out = (W + 2 * padding - dilation * (KW - 1) - 1) // stride + 1
     memory_format = torch._prims_common.suggest_memory_format(x)
+    if y_channels_last is not None:
+        memory_format = torch.channels_last if y_channels_last else torch.contiguous_format
     y = _poisoned_like_glue((N, C_out, H_out, W_out), x.dtype, memory_format)
     mask_rows = (N * H_out * W_out + 7) // 8 if with_mask and relu else 0
     mask = torch.full((mask_rows, C_out), 0xFF, dtype=torch.uint8)

@@ -162,13 +162,13 @@ def test_block_sampling_runs_the_first_last_and_evenly_spread_blocks(profiler):
 
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_the_backwards_launches_are_the_ones_the_profile_names(profiler, layout, stride):
-    """compiled_profile.cuda_launch_kernels names every launch the harness makes for a backward
-    call, in order (the profile zips names with launches: one missing would shift every name
-    after it), at both strides and layouts (NCHW: the layout copies around v3)."""
+def test_the_launches_are_the_ones_the_profile_names(profiler, layout, stride):
+    """compiled_profile.cuda_launch_kernels names every launch the harness makes for a forward
+    or backward call, in order (the profile zips names with launches: one missing would shift
+    every name after it), at both strides and layouts (NCHW: the layout copies around v3)."""
     import compiled_profile
 
-    for op in ("dgrad", "wgrad"):
+    for op in ("conv", "dgrad", "wgrad"):
         report, launches = cuda_emulator.launch_shapes(
             profiler, op, N=2, C=128, H=9, W=7, dtype=torch.float16,
             channels_last=layout == "nhwc", groups=32, stride=stride)
@@ -176,6 +176,14 @@ def test_the_backwards_launches_are_the_ones_the_profile_names(profiler, layout,
         assert len(names) == len(launches), (report, names, launches)
         copies = [n for n in names if n.startswith("channels_last_copy")]
         assert len(copies) == (0 if layout == "nhwc" else 2), (report, names)
+        # the order too: the one launch with dynamic shared memory is the one named a conv
+        # kernel (v3's band; dgrad's and wgrad's too), and the profile's summary takes it
+        big = [i for i, launch in enumerate(launches) if launch["smem_bytes"] > 0]
+        named = [i for i, n in enumerate(names)
+                 if n.startswith(("grouped_conv_bn_relu_v3", "grouped_conv_wgrad_v3"))]
+        assert big == named and len(big) == 1, (names, launches)
+        if op == "conv":
+            assert access_profile.conv_launch_index(report, launches) == named[0], report
 
 
 def test_the_layout_copy_is_coalesced_and_free_of_bank_conflicts(profiler):

@@ -329,14 +329,7 @@ def test_mask_read_back_from_y_on_the_other_paths(emulator, case):
 
 
 def test_v3_leaves_other_calls_to_v2(emulator):
-    """NCHW, a channels_last x whose pixels are not 16-byte aligned, C not a multiple of 64,
-    cpg 2, fp32: each runs v2 (or the direct kernel), not v3."""
-    x, w, scale, shift, bn = make_case(8, 8, torch.float16, "cpu", False, 12400)
-    conv_and_check(emulator, x, w, scale, shift, bn, groups=8, expect_path="path wmma",
-                   allow_v3=True)
-    x, w, scale, shift, bn = make_case(8, 8, torch.float16, "cpu", True, 12401)
-    conv_and_check(emulator, x, w, scale, shift, bn, groups=8, x_lead_elems=1,
-                   expect_path="path wmma", allow_v3=True)
+    """C not a multiple of 64, cpg 2: v2; fp32: the direct kernel (TF32 off)."""
     x, w, scale, shift, bn = make_case(8, 4, torch.bfloat16, "cpu", True, 12402)
     conv_and_check(emulator, x, w, scale, shift, bn, groups=4, expect_path="path wmma",
                    allow_v3=True)
@@ -348,6 +341,67 @@ def test_v3_leaves_other_calls_to_v2(emulator):
                    allow_v3=True)
 
 
+# --- v3 through the workspace: x and y without 16-byte channel chunks -----------------------
+
+def v3_staged_cases():
+    """(cpg, stride, dtype): every cpg at both strides, the dtypes alternating."""
+    return [(cpg, stride, HALF_TYPES[(i + stride) % 2]) for i, cpg in enumerate(V3_CPG)
+            for stride in (1, 2)]
+
+
+@pytest.mark.parametrize("cpg,stride,dtype", v3_staged_cases(),
+                         ids=[f"cpg{c}-s{s}-{str(d)[6:]}" for c, s, d in v3_staged_cases()])
+def test_v3_stages_nchw_through_the_workspace(emulator, cpg, stride, dtype):
+    """NCHW x and y: x packed dense channels_last into the workspace, v3 writes y there and it
+    is unpacked into NCHW (csrc/kernels/grouped_conv_dispatch.cu). Two 64-channel tiles, odd
+    sizes, y poisoned; the mask v3's epilogue writes is y's own, bit for bit."""
+    groups = 128 // cpg
+    H, W = (7, 9) if stride == 1 else (9, 7)
+    seed = 12700 + cpg * 10 + stride
+    x, w, scale, shift, bn = make_case(cpg, groups, dtype, "cpu", False, seed, N=2, H=H, W=W)
+    _, _, report = check_mask(emulator, x, w, scale, shift, bn, groups=groups, stride=stride,
+                              expect_path="path v3")
+    assert report.endswith(" pack x unpack y"), report
+
+
+@pytest.mark.parametrize("case", ["x-nhwc-y-nchw", "x-nchw-y-nhwc", "x-off-grid", "x-view"])
+def test_v3_stages_only_the_operand_without_chunks(emulator, case):
+    """Each operand is staged on its own: y NCHW behind a channels_last x (unpack only), a
+    channels_last y behind an NCHW x, a channels_last x 2 bytes off the 16-byte grid, and an
+    NCHW view with gaps (every other row and column of a larger x) before a channels_last y:
+    pack only."""
+    channels_last = case in ("x-nhwc-y-nchw", "x-off-grid")
+    x, w, scale, shift, bn = make_case(8, 16, torch.float16, "cpu", channels_last,
+                                       12800 + len(case), N=2, H=10, W=14)
+    kwargs = {}
+    if case == "x-view":
+        x = x[:, :, ::2, 1::2]
+        kwargs["y_channels_last"] = True
+    if case == "x-off-grid":
+        kwargs["x_lead_elems"] = 1
+    if case.endswith("-y-nchw") or case.endswith("-y-nhwc"):
+        kwargs["y_channels_last"] = case.endswith("-y-nhwc")
+    _, report = conv_and_check(emulator, x, w, scale, shift, bn, groups=16,
+                               expect_path="path v3", **kwargs)
+    expected = " unpack y" if case == "x-nhwc-y-nchw" else " pack x"
+    assert report.endswith(expected) and report.count("pack") == 1, report
+
+
+def test_v3_staged_non_finite_inputs_stay_in_their_group(emulator):
+    """The copies move bits: NaN and +-inf reach exactly the outputs they reach in nn.Conv2d."""
+    x, w, scale, shift, bn = make_case(4, 16, torch.bfloat16, "cpu", False, 12900, N=2, H=7,
+                                       W=7)
+    x[0, 5, 3, 3] = float("nan")
+    x[1, 9, 0, 0] = float("-inf")
+    y, report = cuda_emulator.grouped_conv_bn_relu(emulator, x, w, scale, shift, groups=16)
+    assert report.endswith(" pack x unpack y"), report
+    ref = reference(x, w, bn, 1, 1, 1, 16, True)
+    assert torch.equal(y.isnan(), ref.isnan())
+    assert torch.equal(y.isinf(), ref.isinf())
+    finite = ref.isfinite()
+    torch.testing.assert_close(y.double()[finite], ref[finite], **tolerance(torch.bfloat16))
+
+
 PLAN_CASES = [  # (cpg, groups, dtype, channels_last, stride, H, W, x_lead_elems, allow_tf32)
     (4, 16, torch.float16, True, 1, 5, 6, 0, False), (4, 16, torch.float16, True, 1, 5, 6, 1, False),
     (8, 8, torch.bfloat16, True, 2, 5, 6, 0, False), (8, 8, torch.bfloat16, False, 2, 5, 6, 0, False),
@@ -357,6 +411,7 @@ PLAN_CASES = [  # (cpg, groups, dtype, channels_last, stride, H, W, x_lead_elems
     (64, 1, torch.float16, True, 2, 3, 120, 0, False),  # fits without its 75 KB of weights only
     (8, 8, torch.float32, True, 1, 4, 4, 0, True), (8, 8, torch.float32, True, 1, 4, 4, 0, False),
     (3, 4, torch.float16, True, 1, 4, 4, 0, False), (16, 4, torch.bfloat16, True, 2, 3, 600, 0, False),
+    (16, 4, torch.float16, False, 2, 3, 600, 0, False),  # NCHW: the band rule holds staged too
 ]
 
 
@@ -375,8 +430,7 @@ def test_python_mirror_of_the_cuda_planner(emulator, case):
             emulator, x, w, scale, shift, stride=stride, groups=groups, x_lead_elems=lead,
             allow_tf32=tf32, allow_v3=allow_v3)
         expected = cuda_conv_path(x, w, (stride, stride), (1, 1), (1, 1), groups,
-                                  device_major=9, allow_tf32=tf32, allow_v3=allow_v3,
-                                  x_data_ptr=256 + lead * x.element_size())
+                                  device_major=9, allow_tf32=tf32, allow_v3=allow_v3)
         assert report.split()[1] == expected, (report, expected)
 
 
@@ -420,10 +474,11 @@ def test_direct_kernel_non_contiguous(emulator):
     conv_and_check(emulator, x_view, w_view, scale, shift, bn, groups=4, expect_path="path direct")
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("groups", [2, 4], ids=["C32", "C64"])  # C64 fp16: the v3 path
-def test_batch_zero_launches_nothing(emulator, dtype, groups):
-    x, w, scale, shift, bn = make_case(16, groups, dtype, "cpu", True, 9300, N=0)
+def test_batch_zero_launches_nothing(emulator, dtype, groups, channels_last):
+    x, w, scale, shift, bn = make_case(16, groups, dtype, "cpu", channels_last, 9300, N=0)
     y, _ = cuda_emulator.grouped_conv_bn_relu(emulator, x, w, scale, shift, groups=groups)
     assert y.shape == (0, 16 * groups, 7, 9)
 
@@ -619,8 +674,9 @@ def test_racecheck_catches_ldmatrix_of_copies_no_barrier_published(racecheck):
     (16, 1, True, torch.float16, False),    # v3: an m16n8k16 per tap and n-tile
     (32, 2, True, torch.float16, False),    # v3 wide: weights in shared memory
     (64, 1, True, torch.bfloat16, False),   # v3 wide
+    (8, 2, False, torch.float16, False),    # v3 NCHW: the layout copies around it
 ], ids=["cpg4", "cpg8-nchw", "cpg32-s2", "cpg64", "tf32", "direct", "v3-cpg4", "v3-cpg8-s2",
-        "v3-cpg16", "v3-cpg32-s2", "v3-cpg64"])
+        "v3-cpg16", "v3-cpg32-s2", "v3-cpg64", "v3-cpg8-s2-nchw"])
 def test_racecheck_grouped_conv(racecheck, request, cpg, stride, channels_last, dtype, allow_tf32):
     groups = max(1, 16 // cpg) if cpg < 16 else 1
     if request.node.callspec.id.startswith("v3"):

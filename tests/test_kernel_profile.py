@@ -439,3 +439,29 @@ def test_layout_copies_move_their_operand_once_each_way_in_launch_order():
         compiled_profile.CHANNELS_LAST_PACK] * 2
     with pytest.raises(ValueError, match="no launch sequence"):
         compiled_profile.cuda_launch_kernels("dgrad", "path v3 select", "fp16", 1, 8)
+
+
+def test_the_forwards_layout_copies_sit_around_v3():
+    """NCHW's forward on v3: x packed before v3's weight packing and conv, y unpacked after;
+    each copy moves its operand once each way; the epilogue's mask goes on the conv launch,
+    not on the last launch (the unpack)."""
+    report = "path v3 block_channels 0 workspace_bytes 4096 pack x unpack y"
+    assert kernel_profile.layout_copy_bytes([report], x_bytes=4, y_bytes=1) == [8, 2]
+    names = compiled_profile.cuda_launch_kernels("conv", report, "fp16", 2, 8)
+    assert names == [compiled_profile.CHANNELS_LAST_PACK, "pack_b_fragments_kernel<half, 8>",
+                     "grouped_conv_bn_relu_v3_kernel<half, 8, 2, false>",
+                     compiled_profile.CHANNELS_LAST_UNPACK]
+    wide = compiled_profile.cuda_launch_kernels("conv", report.replace(" pack x", ""), "bf16",
+                                                1, 32)
+    assert wide[1:] == ["grouped_conv_bn_relu_v3_wide_kernel<bf16, 32, 1, false>",
+                        compiled_profile.CHANNELS_LAST_UNPACK]
+    with pytest.raises(ValueError, match="no launch sequence"):
+        compiled_profile.cuda_launch_kernels("conv", report + " unpack x", "fp16", 1, 8)
+
+    shape = dict(C=64, H=8, W=8, stride=1)
+    model = [dict(dram_bytes=10.0) for _ in names]
+    masked = kernel_profile.with_epilogue_mask(model, names, shape, 2)
+    mask_bytes = kernel_profile.BATCH * 64 * 8 * 8 / 8
+    assert [m["dram_bytes"] for m in masked] == [10.0, 10.0, 10.0 + mask_bytes, 10.0]
+    with pytest.raises(ValueError, match="no single v3 conv launch"):
+        kernel_profile.with_epilogue_mask(model, names[:1], shape, 2)

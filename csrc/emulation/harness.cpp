@@ -139,9 +139,11 @@ int run_grouped_conv(const std::string& dir) {
   if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
   save(dir, "y", y);
   if (with_mask) save(dir, "mask", mask);
-  std::printf("path %s block_channels %d workspace_bytes %lld",
+  // "...[ pack x][ unpack y]": the layout copies around v3
+  std::printf("path %s block_channels %d workspace_bytes %lld%s%s",
               resnext_kernels::grouped_conv_path_name(plan.path),
-              plan.block_channels, static_cast<long long>(plan.workspace_bytes));
+              plan.block_channels, static_cast<long long>(plan.workspace_bytes),
+              plan.pack_x ? " pack x" : "", plan.unpack_y ? " unpack y" : "");
   // Only when asked, so that the default report (the profiles' key) stays as it is.
   if (prm.has("v3_band_pixels")) {
     std::printf(" v3_band_rows %d", resnext_kernels::grouped_conv_v3_band_rows(p));

@@ -1,7 +1,8 @@
 // Copies between a 4-D tensor of any strides and a dense channels_last copy of it, for 16-bit
-// types with C a multiple of 8: the backward's v3 kernels read and write 16-byte chunks of 8
-// channels, so an NCHW grad_y or x is packed into the workspace before them (pack) and an NCHW
-// grad_x is written from their channels_last result (unpack).
+// types with C a multiple of 8: the v3 kernels read and write 16-byte chunks of 8 channels, so
+// an NCHW operand is packed into the workspace before them (pack: the forward's x, dgrad's and
+// wgrad's grad_y, wgrad's x) and an NCHW result is written from their channels_last one (unpack:
+// the forward's y, dgrad's grad_x).
 //
 // A block moves a tile of 32 pixels (flat h * W + w of one image) x 64 channels through shared
 // memory, 32 rows (pixels) of 33 words, a word holding 2 neighbouring channels:

@@ -41,17 +41,6 @@ const char* grouped_conv_dgrad_path_name(GroupedConvDgradPath path) {
 
 namespace {
 
-constexpr int64_t kAlign = 256;  // every workspace part starts on a 256-byte boundary
-
-int64_t round_up(int64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
-
-void dense_channels_last_strides(int64_t C, int64_t H, int64_t W, int64_t* stride) {
-  stride[0] = H * W * C;
-  stride[1] = 1;
-  stride[2] = W * C;
-  stride[3] = C;
-}
-
 // Where wgrad's workspace parts start (bytes): the partial sums, then x's and grad_y's packed
 // copies where the plan packs them.
 struct WgradWorkspace {
@@ -62,10 +51,11 @@ WgradWorkspace wgrad_workspace(const GroupedConvBackwardParams& p,
                                const GroupedConvWgradPlan& plan, DType dtype) {
   const int64_t elem = dtype == DType::kFloat32 ? 4 : 2;
   WgradWorkspace ws;
-  ws.packed_x = round_up(grouped_conv_wgrad_partials_bytes(p, plan.splits));
-  ws.packed_grad_y = ws.packed_x + (plan.pack_x ? round_up(p.N * p.H * p.W * p.C_in * elem) : 0);
-  ws.bytes = ws.packed_grad_y +
-             (plan.pack_grad_y ? round_up(p.N * p.H_out * p.W_out * p.C_out * elem) : 0);
+  ws.packed_x = workspace_part_bytes(grouped_conv_wgrad_partials_bytes(p, plan.splits));
+  const int64_t x_bytes = p.N * p.C_in * p.H * p.W * elem;
+  const int64_t grad_y_bytes = p.N * p.C_out * p.H_out * p.W_out * elem;
+  ws.packed_grad_y = ws.packed_x + (plan.pack_x ? workspace_part_bytes(x_bytes) : 0);
+  ws.bytes = ws.packed_grad_y + (plan.pack_grad_y ? workspace_part_bytes(grad_y_bytes) : 0);
   return ws;
 }
 
@@ -84,14 +74,6 @@ GroupedConvBackwardParams with_packed_operands(const GroupedConvBackwardParams& 
     dense_channels_last_strides(p.C_out, p.H_out, p.W_out, q.grad_y_stride);
   }
   return q;
-}
-
-// One operand (x or grad_y, [N, C, H, W] with `stride`) packed dense channels_last into `dst`.
-cudaError_t pack(const void* src, const int64_t* stride, int64_t N, int64_t C, int64_t H,
-                 int64_t W, void* dst, cudaStream_t stream) {
-  ChannelsLastCopyParams copy{src, dst, N, C, H, W, {}, true, 0};
-  for (int i = 0; i < 4; ++i) copy.strided[i] = stride[i];
-  return launch_channels_last_copy(copy, stream);
 }
 
 }  // namespace
@@ -143,12 +125,16 @@ cudaError_t launch_grouped_conv_wgrad(const GroupedConvBackwardParams& p, DType 
         return cudaErrorInvalidValue;
       }
       if (plan.pack_x) {
-        err = pack(p.x, p.x_stride, p.N, p.C_in, p.H, p.W, base + ws.packed_x, stream);
+        err = launch_channels_last_copy(
+            channels_last_pack(p.x, p.x_stride, p.N, p.C_in, p.H, p.W, base + ws.packed_x),
+            stream);
         if (err != cudaSuccess) return err;
       }
       if (plan.pack_grad_y) {
-        err = pack(p.grad_y, p.grad_y_stride, p.N, p.C_out, p.H_out, p.W_out,
-                   base + ws.packed_grad_y, stream);
+        err = launch_channels_last_copy(
+            channels_last_pack(p.grad_y, p.grad_y_stride, p.N, p.C_out, p.H_out, p.W_out,
+                               base + ws.packed_grad_y),
+            stream);
         if (err != cudaSuccess) return err;
       }
       err = launch_grouped_conv_wgrad_v3_partials(q, dtype, plan.splits, partials, stream);

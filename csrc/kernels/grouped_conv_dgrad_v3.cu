@@ -43,9 +43,6 @@ namespace resnext_kernels {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kAlign = 256;  // every workspace part starts on a 256-byte boundary
-
-int64_t round_up(int64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 int64_t element_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
@@ -68,14 +65,6 @@ bool unpacks_grad_x(const GroupedConvBackwardParams& p) {
 // gs's grid: the output's at stride 1, the input's at stride 2 (the gradients spread out).
 int64_t gs_rows(const GroupedConvBackwardParams& p) { return p.stride_h == 2 ? p.H : p.H_out; }
 int64_t gs_cols(const GroupedConvBackwardParams& p) { return p.stride_w == 2 ? p.W : p.W_out; }
-
-// The element strides of a dense channels_last [N, C, H, W].
-void dense_channels_last_strides(int64_t C, int64_t H, int64_t W, int64_t* stride) {
-  stride[0] = H * W * C;
-  stride[1] = 1;
-  stride[2] = W * C;
-  stride[3] = C;
-}
 
 // The forward v3 runs: gs (C_out channels, gs_rows x gs_cols) to grad_x (C_in channels, H x W),
 // at stride 1, gs being grad_y (`grad_y`: p.grad_y, or its packed copy, dense channels_last)
@@ -128,16 +117,16 @@ DgradV3Workspace workspace_layout(const GroupedConvBackwardParams& p, DType dtyp
   const int64_t elem = element_bytes(dtype);
   ws.packed_grad_y = 0;
   ws.staged_grad_x =
-      packs_grad_y(p) ? round_up(p.N * p.H_out * p.W_out * p.C_out * elem) : 0;
-  ws.weights =
-      ws.staged_grad_x + (unpacks_grad_x(p) ? round_up(p.N * p.H * p.W * p.C_in * elem) : 0);
-  ws.ones = ws.weights + round_up(p.C_in * (p.C_out / p.groups) * p.KH * p.KW * elem);
-  ws.zeros = ws.ones + round_up(p.C_in * static_cast<int64_t>(sizeof(float)));
-  ws.v3 = ws.zeros + round_up(p.C_in * static_cast<int64_t>(sizeof(float)));
+      packs_grad_y(p) ? workspace_part_bytes(p.N * p.H_out * p.W_out * p.C_out * elem) : 0;
+  const int64_t grad_x_bytes = p.N * p.H * p.W * p.C_in * elem;
+  ws.weights = ws.staged_grad_x + (unpacks_grad_x(p) ? workspace_part_bytes(grad_x_bytes) : 0);
+  ws.ones = ws.weights + workspace_part_bytes(p.C_in * (p.C_out / p.groups) * p.KH * p.KW * elem);
+  ws.zeros = ws.ones + workspace_part_bytes(p.C_in * static_cast<int64_t>(sizeof(float)));
+  ws.v3 = ws.zeros + workspace_part_bytes(p.C_in * static_cast<int64_t>(sizeof(float)));
   alignas(16) static unsigned char aligned_stand_in[16] = {};
   const GroupedConvParams q =
       forward_of_dgrad(p, aligned_stand_in, aligned_stand_in, nullptr, nullptr, nullptr);
-  ws.bytes = ws.v3 + round_up(grouped_conv_v3_workspace_bytes(q));
+  ws.bytes = ws.v3 + workspace_part_bytes(grouped_conv_v3_workspace_bytes(q));
   return ws;
 }
 
@@ -180,12 +169,12 @@ cudaError_t launch_typed(const GroupedConvBackwardParams& p, DType dtype,
   cudaError_t err = cudaSuccess;
   const void* grad_y = p.grad_y;
   if (packs_grad_y(p)) {
-    ChannelsLastCopyParams pack{p.grad_y, workspace + ws.packed_grad_y, p.N, p.C_out, p.H_out,
-                                p.W_out, {}, true, 0};
-    std::memcpy(pack.strided, p.grad_y_stride, sizeof pack.strided);
-    err = launch_channels_last_copy(pack, stream);
+    grad_y = workspace + ws.packed_grad_y;
+    err = launch_channels_last_copy(
+        channels_last_pack(p.grad_y, p.grad_y_stride, p.N, p.C_out, p.H_out, p.W_out,
+                           workspace + ws.packed_grad_y),
+        stream);
     if (err != cudaSuccess) return err;
-    grad_y = pack.dst;
   }
   const int64_t elements = p.C_in * (p.C_out / p.groups) * p.KH * p.KW;
   err = launch_kernel(dgrad_fold_flip_weights_kernel<scalar_t>,
@@ -196,9 +185,8 @@ cudaError_t launch_typed(const GroupedConvBackwardParams& p, DType dtype,
   const GroupedConvParams q = forward_of_dgrad(p, grad_y, grad_x, weights, ones, zeros);
   err = launch_grouped_conv_bn_relu_v3(q, dtype, workspace + ws.v3, stream);
   if (err != cudaSuccess || !unpacks_grad_x(p)) return err;
-  ChannelsLastCopyParams unpack{grad_x, p.grad_x, p.N, p.C_in, p.H, p.W, {}, false, 0};
-  std::memcpy(unpack.strided, p.grad_x_stride, sizeof unpack.strided);
-  return launch_channels_last_copy(unpack, stream);
+  return launch_channels_last_copy(
+      channels_last_unpack(grad_x, p.grad_x, p.grad_x_stride, p.N, p.C_in, p.H, p.W), stream);
 }
 
 }  // namespace

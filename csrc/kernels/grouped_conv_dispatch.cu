@@ -1,17 +1,101 @@
 // Chooses the kernel for a grouped conv + BN + ReLU call and launches it: v3 where it applies
 // (grouped_conv_v3.cu), else the WMMA kernel (grouped_conv_wmma.cu), else the direct kernel.
+// v3 reads and writes channels_last 16-byte chunks; an x or y without them (NCHW) is staged
+// through the workspace by layout copies (channels_last_copy.cu): x read and written once more,
+// y written and read once more. The GPU-free profile predicts that cheaper than the WMMA
+// kernel's NCHW path (docs/KERNELS.md); RESNEXT_KERNELS_CUDA_V3=0 keeps such calls on WMMA.
+#include <cstdint>
+
 #include "kernels/params.h"
+#include "kernels/swizzled_band.cuh"
 
 namespace resnext_kernels {
+namespace {
+
+int64_t element_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
+
+// Where v3's workspace parts start (bytes): its packed weights, then x's packed copy and the
+// staged y where the plan has them.
+struct V3Workspace {
+  int64_t weights = 0, packed_x = 0, staged_y = 0, bytes = 0;
+};
+
+V3Workspace v3_workspace(const GroupedConvParams& p, const GroupedConvPlan& plan, DType dtype) {
+  const int64_t elem = element_bytes(dtype);
+  V3Workspace ws;
+  ws.packed_x = workspace_part_bytes(grouped_conv_v3_workspace_bytes(p));
+  ws.staged_y = ws.packed_x +
+                (plan.pack_x ? workspace_part_bytes(p.N * p.C_in * p.H * p.W * elem) : 0);
+  ws.bytes = ws.staged_y +
+             (plan.unpack_y ? workspace_part_bytes(p.N * p.C_out * p.H_out * p.W_out * elem) : 0);
+  return ws;
+}
+
+// p with x and y replaced by their staged copies where `plan` stages them (dense channels_last
+// at `packed_x`, `staged_y`).
+GroupedConvParams with_staged_operands(const GroupedConvParams& p, const GroupedConvPlan& plan,
+                                       const void* packed_x, void* staged_y) {
+  GroupedConvParams q = p;
+  if (plan.pack_x) {
+    q.x = packed_x;
+    dense_channels_last_strides(p.C_in, p.H, p.W, q.x_stride);
+  }
+  if (plan.unpack_y) {
+    q.y = staged_y;
+    dense_channels_last_strides(p.C_out, p.H_out, p.W_out, q.y_stride);
+    q.y_channels_last = true;
+  }
+  return q;
+}
+
+// The layout copies around v3 (where the plan has them) and v3 itself.
+cudaError_t launch_v3(const GroupedConvParams& p, DType dtype, const GroupedConvPlan& plan,
+                      void* workspace, cudaStream_t stream) {
+  // a gated x is on its own grid (GatedInput): a pack at p.H x p.W would read past it
+  if (plan.pack_x && p.gated_x.on) return cudaErrorInvalidValue;
+  unsigned char* base = static_cast<unsigned char*>(workspace);
+  const V3Workspace ws = v3_workspace(p, plan, dtype);
+  const GroupedConvParams q =
+      with_staged_operands(p, plan, base + ws.packed_x, base + ws.staged_y);
+  // a plan made for other tensors must not send operands without chunks to v3
+  if (!v3::channels_last_aligned16(q.x, q.x_stride) ||
+      !v3::channels_last_aligned16(q.y, q.y_stride)) {
+    return cudaErrorInvalidValue;
+  }
+  if (q.N * q.C_out * q.H_out * q.W_out == 0) return cudaSuccess;
+  cudaError_t err = cudaSuccess;
+  if (plan.pack_x) {
+    err = launch_channels_last_copy(
+        channels_last_pack(p.x, p.x_stride, p.N, p.C_in, p.H, p.W, base + ws.packed_x), stream);
+    if (err != cudaSuccess) return err;
+  }
+  err = launch_grouped_conv_bn_relu_v3(q, dtype, base + ws.weights, stream);
+  if (err != cudaSuccess || !plan.unpack_y) return err;
+  return launch_channels_last_copy(channels_last_unpack(base + ws.staged_y, p.y, p.y_stride, p.N,
+                                                        p.C_out, p.H_out, p.W_out),
+                                   stream);
+}
+
+}  // namespace
 
 GroupedConvPlan plan_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtype,
                                           int device_major, bool allow_tf32, bool allow_v3) {
-  GroupedConvPlan plan;
-  if (allow_v3 && grouped_conv_v3_applies(p, dtype, device_major)) {
+  if (allow_v3) {
+    GroupedConvPlan plan;
     plan.path = GroupedConvPath::kV3;
-    plan.workspace_bytes = grouped_conv_v3_workspace_bytes(p);
-    return plan;
+    // a gated x is on its own grid (GatedInput): dgrad stages it, this plan never does
+    plan.pack_x = !p.gated_x.on && !v3::channels_last_aligned16(p.x, p.x_stride);
+    plan.unpack_y = !v3::channels_last_aligned16(p.y, p.y_stride);
+    // the staged copies' layout, with an aligned stand-in for the workspace (checked at launch)
+    alignas(16) static unsigned char aligned_stand_in[16] = {};
+    const GroupedConvParams q =
+        with_staged_operands(p, plan, aligned_stand_in, aligned_stand_in);
+    if (grouped_conv_v3_applies(q, dtype, device_major)) {
+      plan.workspace_bytes = v3_workspace(p, plan, dtype).bytes;
+      return plan;
+    }
   }
+  GroupedConvPlan plan;
   const int block_channels = grouped_conv_wmma_block_channels(p, dtype, device_major, allow_tf32);
   if (block_channels > 0) {
     plan.path = GroupedConvPath::kWmma;
@@ -28,7 +112,7 @@ cudaError_t launch_planned(const GroupedConvParams& p, DType dtype, const Groupe
   // only v3's loader forms a gated input: the other kernels would read x as it is
   if (p.gated_x.on && plan.path != GroupedConvPath::kV3) return cudaErrorInvalidValue;
   switch (plan.path) {
-    case GroupedConvPath::kV3: return launch_grouped_conv_bn_relu_v3(p, dtype, workspace, stream);
+    case GroupedConvPath::kV3: return launch_v3(p, dtype, plan, workspace, stream);
     case GroupedConvPath::kWmma:
       return launch_grouped_conv_bn_relu_wmma(p, dtype, plan.block_channels, workspace, stream);
     case GroupedConvPath::kDirect: return launch_grouped_conv_bn_relu_direct(p, dtype, stream);

@@ -10,6 +10,57 @@ namespace resnext_kernels {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
+// --- Staging through the workspace ---------------------------------------------------------
+// The v3 kernels read and write channels_last 16-byte chunks of 8 channels; an operand without
+// them (NCHW, or a view off the 16-byte grid) goes through the caller's workspace as a dense
+// channels_last copy: the forward's x and y (grouped_conv_dispatch.cu), dgrad's grad_y and
+// grad_x (grouped_conv_dgrad_v3.cu), wgrad's x and grad_y (grouped_conv_backward_dispatch.cu).
+
+// Every part of a workspace starts on a 256-byte boundary: the size a part takes.
+constexpr int64_t kWorkspacePartAlign = 256;
+inline int64_t workspace_part_bytes(int64_t bytes) {
+  return (bytes + kWorkspacePartAlign - 1) / kWorkspacePartAlign * kWorkspacePartAlign;
+}
+
+// The element strides, (n, c, h, w) order, of a dense channels_last [N, C, H, W].
+inline void dense_channels_last_strides(int64_t C, int64_t H, int64_t W, int64_t* stride) {
+  stride[0] = H * W * C;
+  stride[1] = 1;
+  stride[2] = W * C;
+  stride[3] = C;
+}
+
+// A copy between a 4-D tensor [N, C, H, W] of any strides and a dense channels_last copy of it
+// (channels_last_copy.cu): 16-bit elements moved as bits, C a multiple of 8, the dense side
+// 16-byte aligned. Returns cudaErrorInvalidValue where it does not apply.
+struct ChannelsLastCopyParams {
+  const void* src;
+  void* dst;
+  int64_t N, C, H, W;
+  int64_t strided[4];     // the strided side's element strides, (n, c, h, w) order
+  bool to_channels_last;  // true: src strided -> dst dense; false: src dense -> dst strided
+  int64_t max_blocks;     // the grid's cap (each block then walks several tiles); 0: 2^20
+};
+bool channels_last_copy_applies(const ChannelsLastCopyParams& p);
+cudaError_t launch_channels_last_copy(const ChannelsLastCopyParams& p, cudaStream_t stream);
+
+// The pack of `strided` (strides `stride`) into the dense channels_last `dense`, and the unpack
+// of `dense` into `strided`.
+inline ChannelsLastCopyParams channels_last_pack(const void* strided, const int64_t* stride,
+                                                 int64_t N, int64_t C, int64_t H, int64_t W,
+                                                 void* dense) {
+  ChannelsLastCopyParams p{strided, dense, N, C, H, W, {}, true, 0};
+  for (int i = 0; i < 4; ++i) p.strided[i] = stride[i];
+  return p;
+}
+inline ChannelsLastCopyParams channels_last_unpack(const void* dense, void* strided,
+                                                   const int64_t* stride, int64_t N, int64_t C,
+                                                   int64_t H, int64_t W) {
+  ChannelsLastCopyParams p{dense, strided, N, C, H, W, {}, false, 0};
+  for (int i = 0; i < 4; ++i) p.strided[i] = stride[i];
+  return p;
+}
+
 // An input that v3's loader forms as it stages it (v3 only; dgrad on v3 sets it, every other
 // caller leaves it value-initialised: off). The conv's input pixel (n, c, h, w), on its H x W
 // grid, is x[n, c, h >> spread_shift, w >> spread_shift] where h and w are multiples of
@@ -78,7 +129,8 @@ cudaError_t launch_grouped_conv_bn_relu_wmma(const GroupedConvParams& p, DType d
                                              cudaStream_t stream);
 
 // v3 (grouped_conv_v3.cu): mma.sync on a swizzled shared-memory band of the input, B in
-// registers. fp16/bf16, x and y channels_last with 16-byte aligned pixels, 3x3, stride 1 or 2,
+// registers. fp16/bf16, x and y channels_last with 16-byte aligned pixels (the dispatcher
+// stages others through its workspace), 3x3, stride 1 or 2,
 // padding 1, dilation 1, C_in == C_out a multiple of 64, 4, 8, 16, 32 or 64 channels per group,
 // compute capability 8.0+. The launch first packs the weights into `workspace`
 // (grouped_conv_v3_workspace_bytes): in the order the kernel's lanes hold them (cpg <= 16), or
@@ -95,12 +147,19 @@ cudaError_t launch_grouped_conv_bn_relu_v3(const GroupedConvParams& p, DType dty
 cudaError_t launch_relu_mask_from_output(const GroupedConvParams& p, DType dtype,
                                          cudaStream_t stream);
 
-// Which kernel runs a call, and the scratch memory it needs: the one place that decides.
+// Which kernel runs a call, and the scratch memory it needs: the one place that decides
+// (grouped_conv_dispatch.cu). v3 takes x and y without 16-byte channel chunks (NCHW, or a view
+// off the 16-byte grid) through the workspace: x packed dense channels_last first, y written
+// there dense channels_last and unpacked into its layout after (launch_channels_last_copy);
+// its epilogue's mask does not depend on y's layout. (Not for a gated x: dgrad stages its own.)
 enum class GroupedConvPath : int { kDirect = 0, kWmma = 1, kV3 = 2 };
 struct GroupedConvPlan {
   GroupedConvPath path = GroupedConvPath::kDirect;
   int block_channels = 0;       // WMMA channel slab width
-  int64_t workspace_bytes = 0;  // for the re-laid-out weights
+  bool pack_x = false;          // v3: x packed channels_last into the workspace first
+  bool unpack_y = false;        // v3: y written to the workspace, then into its layout
+  int64_t workspace_bytes = 0;  // the re-laid-out weights; v3: then the staged x and y (a
+                                // plan is for its call's tensors: sizes, layouts, pointers)
 };
 const char* grouped_conv_path_name(GroupedConvPath path);
 // allow_tf32: fp32 may multiply in TF32 (torch.backends.cudnn.allow_tf32); otherwise fp32 runs
@@ -147,20 +206,6 @@ struct GroupedConvBackwardParams {
   bool grad_x_channels_last;  // walk grad_x in memory order (c fastest) so stores coalesce
 };
 
-// A copy between a 4-D tensor [N, C, H, W] of any strides and a dense channels_last copy of it
-// (channels_last_copy.cu): 16-bit elements moved as bits, C a multiple of 8, the dense side
-// 16-byte aligned. The backward's v3 paths stage an operand without 16-byte channel chunks
-// (NCHW) through the workspace with it. Returns cudaErrorInvalidValue where it does not apply.
-struct ChannelsLastCopyParams {
-  const void* src;
-  void* dst;
-  int64_t N, C, H, W;
-  int64_t strided[4];     // the strided side's element strides, (n, c, h, w) order
-  bool to_channels_last;  // true: src strided -> dst dense; false: src dense -> dst strided
-  int64_t max_blocks;     // the grid's cap (each block then walks several tiles); 0: 2^20
-};
-bool channels_last_copy_applies(const ChannelsLastCopyParams& p);
-cudaError_t launch_channels_last_copy(const ChannelsLastCopyParams& p, cudaStream_t stream);
 
 // dgrad, direct (grouped_conv_backward.cu): one thread per grad_x element, summing the output
 // channels of its group over the taps that reached it. Any stride, padding, dilation, kernel

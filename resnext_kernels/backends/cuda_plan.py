@@ -16,11 +16,6 @@ V3_MAX_BAND_PIXELS = 256
 V3_MAX_SMEM_BYTES = 99 * 1024
 
 
-def _channels_last_aligned16(t: torch.Tensor, data_ptr: int) -> bool:
-    s = t.stride()
-    return data_ptr % 16 == 0 and s[1] == 1 and s[0] % 8 == 0 and s[2] % 8 == 0 and s[3] % 8 == 0
-
-
 def _v3_band_fits(H_out, W_out, stride, cpg) -> bool:
     in_cols = (W_out - 1) * stride + 3
     weight_bytes = V3_TILE_CHANNELS * (9 * cpg + 8) * 2 if cpg >= 32 else 0
@@ -41,24 +36,22 @@ def _shape_ok(x, weight, stride, padding, dilation, groups):
 
 
 def cuda_conv_path(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups, *,
-                   device_major: int, allow_tf32: bool, allow_v3=None,
-                   x_data_ptr=None, y_channels_last_aligned=True) -> str:
+                   device_major: int, allow_tf32: bool, allow_v3=None) -> str:
     """The kernel the cuda backend runs for this call. allow_v3 defaults to the environment
-    (RESNEXT_KERNELS_CUDA_V3=0 sends v3's calls to v2); y is the glue's fresh output, aligned."""
+    (RESNEXT_KERNELS_CUDA_V3=0 sends v3's calls to v2). v3 takes any layout and alignment of x
+    and y: those without its 16-byte channel chunks (NCHW) go through the workspace by layout
+    copies (csrc/kernels/grouped_conv_dispatch.cu)."""
     if allow_v3 is None:
         allow_v3 = os.environ.get("RESNEXT_KERNELS_CUDA_V3", "1") != "0"
-    x_ptr = x.data_ptr() if x_data_ptr is None else x_data_ptr
     N, C, H, W = x.shape
     shape_ok = _shape_ok(x, weight, stride, padding, dilation, groups)
     if device_major < 8 or not shape_ok:
         return "direct"
     cpg = C // groups
     H_out, W_out = (H - 1) // stride[0] + 1, (W - 1) // stride[1] + 1
-    y_channels_last = torch._prims_common.suggest_memory_format(x) == torch.channels_last
     if (allow_v3 and x.dtype in HALF_TYPES and C % V3_TILE_CHANNELS == 0
             and cpg in (4, 8, 16, 32, 64)
-            and H <= 1 << 20 and W <= 1 << 20 and _channels_last_aligned16(x, x_ptr)
-            and y_channels_last and y_channels_last_aligned
+            and H <= 1 << 20 and W <= 1 << 20
             and _v3_band_fits(H_out, W_out, stride[0], cpg)):
         return "v3"
     if x.dtype == torch.float32 and not allow_tf32:
