@@ -17,7 +17,9 @@ from conftest import channels_last_if, seeded, tolerance
 from resnext_kernels import relu_mask
 from test_cuda_emulated import emulator, racecheck  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.emulator
+# (emulator_backward: CI runs this file in its other environment, beside the tests that are
+# not the emulator's, so that its two halves take about as long)
+pytestmark = [pytest.mark.emulator, pytest.mark.emulator_backward]
 
 
 def make_case(cpg, groups, dtype, channels_last, seed, *, N=2, H=7, W=6, stride=(1, 1),
