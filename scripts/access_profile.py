@@ -42,6 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "scripts"))
+import compiled_profile  # noqa: E402  (it does not import this module)
 import cuda_emulator  # noqa: E402
 import ncu_cases  # noqa: E402
 
@@ -100,11 +101,11 @@ def run_case(binary, case, blocks: int, seed: int = 0):
 def run_backward_case(binary, case, blocks: int, seed: int = 0):
     """(launches, reports) of the CUDA backward of one conv case at batch 1: dgrad's launches
     (the direct kernel, or on v3: the scaled, flipped weights, v3's packing and its forward of
-    the gradient gated by the mask in its loader; in NCHW grad_y packed channels_last before
-    and grad_x unpacked after), then wgrad's (in NCHW x and grad_y packed; the partial sums,
-    the finalize), with a random ReLU mask; reports: the harness's path lines of dgrad ("path
-    direct" or "path v3[ pack grad_y][ unpack grad_x]") and wgrad (which names its pixel splits
-    and packs)."""
+    the gradient gated by the mask in its loader; in NCHW grad_y packed channels_last before,
+    grad_x written by channel planes), then wgrad's (in NCHW x and grad_y packed; the partial
+    sums, the finalize), with a random ReLU mask; reports: the harness's path lines of dgrad
+    ("path direct" or "path v3[ pack grad_y]") and wgrad (which names its pixel splits and
+    packs)."""
     from resnext_kernels import relu_mask
 
     g = torch.Generator().manual_seed(seed)
@@ -222,25 +223,17 @@ def _ratio(a, b):
     return None if not b else a / b
 
 
-def conv_launch_index(path, launches):
-    """The index of a conv call's conv kernel among its launches, from the harness's report
-    (`path`): the last, or the one before y's unpack ("... unpack y": NCHW on v3, y written
-    channels_last into the workspace, then copied into its layout)."""
-    return len(launches) - 1 - (" unpack y" in f" {path} ")
-
-
 def summarise(name, path, launches, input_bytes):
-    """The figures of a case's kernels. For conv, the conv kernel alone: the weight repack runs
-    once per call whatever the batch, so at batch 1 it would weigh 128 times more than in the
-    GPU plan's batch-128 profile (its traffic is reported apart, per call); the layout copies
-    around v3 in NCHW (x packed, y unpacked) are neither (their traffic: kernel_profile's
-    model)."""
+    """The figures of a case's kernels. For conv, the conv kernel alone (the last launch): the
+    weight repack runs once per call whatever the batch, so at batch 1 it would weigh 128 times
+    more than in the GPU plan's batch-128 profile (its traffic is reported apart, per call); x's
+    layout copy before v3 (`path` "... pack x": an x with neither 16-byte channel chunks nor
+    contiguous rows) is neither (its traffic: kernel_profile's model)."""
     totals = {k: {"requests": 0, "cost": 0, "ideal": 0, "bytes_used": 0} for k in KINDS}
     unique = 0
     if name.startswith("conv"):
-        conv = conv_launch_index(path, launches)
-        packs_x = " pack x" in f" {path} "  # (x's pack is the first launch)
-        repack, main_launches = launches[packs_x:conv], [launches[conv]]
+        copies = len(compiled_profile.layout_copies(path))  # before the weights' repack
+        repack, main_launches = launches[copies:-1], [launches[-1]]
     else:
         repack, main_launches = [], launches
     for launch in main_launches:

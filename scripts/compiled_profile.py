@@ -118,18 +118,19 @@ DTYPES = {"fp16": ("float16", False), "bf16": ("bfloat16", False), "fp32/tf32": 
 ELEM_BYTES = {"fp16": 2, "bf16": 2, "fp32/tf32": 4, "fp32": 4}
 
 
-# csrc/kernels/channels_last_copy.cu: to dense channels_last (pack) and back (unpack)
-CHANNELS_LAST_PACK = "channels_last_copy_kernel<true>"
-CHANNELS_LAST_UNPACK = "channels_last_copy_kernel<false>"
+# csrc/kernels/channels_last_copy.cu: to dense channels_last (a pack)
+CHANNELS_LAST_PACK = "channels_last_copy_kernel"
 
 
 def layout_copies(path_report):
     """The operands a call's layout copies move, in launch order, from the harness's report:
-    the forward's "path v3 block_channels 0 workspace_bytes B[ pack x][ unpack y]", dgrad's
-    "path v3[ pack grad_y][ unpack grad_x]", wgrad's "path v3 splits ...[ pack x][ pack
+    the forward's "path v3 block_channels 0 workspace_bytes B[ pack x]", dgrad's
+    "path v3[ pack grad_y]", wgrad's "path v3 splits ...[ pack x][ pack
     grad_y]"."""
     words = path_report.split()
-    return [words[i + 1] for i, w in enumerate(words) if w in ("pack", "unpack")]
+    if "unpack" in words:  # (v3 writes every output itself: no report names an unpack)
+        raise ValueError(f"no launch sequence for an unpack: {path_report!r}")
+    return [words[i + 1] for i, w in enumerate(words) if w == "pack"]
 
 
 def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None, gated=False):
@@ -138,17 +139,15 @@ def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None, gated=False):
     t = CUDA_TYPES[dtype]
     if op == "dgrad" and path_report.startswith("path v3"):
         # the scaled, flipped weights, then v3's forward of them at stride 1 on the gradient
-        # gated by the mask in its loader; grad_y without 16-byte chunks (NCHW) packed
-        # channels_last first, a grad_x without them written channels_last and unpacked after
+        # gated by the mask in its loader (an NCHW grad_x written by channel planes); grad_y
+        # without 16-byte chunks (NCHW) packed channels_last first
         words = path_report.split()[2:]
-        if " ".join(words) not in ("", "pack grad_y", "unpack grad_x",
-                                   "pack grad_y unpack grad_x"):
+        if " ".join(words) not in ("", "pack grad_y"):
             raise ValueError(f"no launch sequence for dgrad's {path_report!r}")
         return ([CHANNELS_LAST_PACK] * ("pack" in words)
                 + [f"dgrad_fold_flip_weights_kernel<{t}>",
                    *cuda_launch_kernels("conv", "path v3 block_channels 0", dtype, 1, cpg,
-                                        gated=True)]
-                + [CHANNELS_LAST_UNPACK] * ("unpack" in words))
+                                        gated=True)])
     if op == "dgrad" and path_report == "path direct":
         return [f"grouped_conv_dgrad_kernel<{t}>"]
     if op == "dgrad":
@@ -170,18 +169,17 @@ def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None, gated=False):
     m = re.search(r"path (\w+) block_channels (\d+)", path_report)
     gate = "true" if gated else "false"
     if m.group(1) == "v3":
-        # its weights packed, then the conv; an x without 16-byte chunks (NCHW) packed
-        # channels_last first, a y without them written channels_last and unpacked after
+        # its weights packed, then the conv (NCHW read and written by channel planes); an x
+        # with neither 16-byte chunks nor contiguous rows packed channels_last first
         copies = layout_copies(path_report)
-        if copies not in ([], ["x"], ["y"], ["x", "y"]):
+        if copies not in ([], ["x"]):
             raise ValueError(f"no launch sequence for the conv's {path_report!r}")
         conv = ([f"pack_weight_rows_kernel<{t}, {cpg}>",
                  f"grouped_conv_bn_relu_v3_wide_kernel<{t}, {cpg}, {stride}, {gate}>"]
                 if cpg >= 32 else
                 [f"pack_b_fragments_kernel<{t}, {cpg}>",
                  f"grouped_conv_bn_relu_v3_kernel<{t}, {cpg}, {stride}, {gate}>"])
-        return ([CHANNELS_LAST_PACK] * ("x" in copies) + conv
-                + [CHANNELS_LAST_UNPACK] * ("y" in copies))
+        return [CHANNELS_LAST_PACK] * ("x" in copies) + conv
     if m.group(1) == "wmma":
         bc = m.group(2)
         return [f"repack_weights_kernel<{t}, {bc}>",

@@ -135,9 +135,10 @@ def wgrad_splits(report):
 
 def layout_copy_bytes(reports, x_bytes, y_bytes):
     """The DRAM bytes of each layout copy of a call, in launch order, from its reports (NCHW:
-    x packed and y unpacked around the forward's v3; grad_y packed and grad_x unpacked around
-    dgrad's v3, x and grad_y packed before wgrad's): the operand read once and written once."""
-    operand_bytes = {"grad_y": y_bytes, "grad_x": x_bytes, "x": x_bytes, "y": y_bytes}
+    grad_y packed before dgrad's v3, x and grad_y packed before wgrad's; an x with neither
+    16-byte chunks nor contiguous rows before the forward's v3): the operand read once and
+    written once."""
+    operand_bytes = {"grad_y": y_bytes, "x": x_bytes}
     return [2 * operand_bytes[operand] for report in reports
             for operand in compiled_profile.layout_copies(report)]
 
@@ -225,15 +226,16 @@ def cuda_layer(profiled, shape, layout, dtype, cuda_kernels, plan):
     """(model launches, guard figures) of one CUDA call at batch BATCH, from its access profile
     at batch 1 (`profiled`, access_profiles' result) scaled by each launch's blocks at BATCH
     over its blocks at 1. A conv's DRAM bytes per launch: the weights' re-layout reads and
-    writes them; the layout copies around v3 (NCHW: x packed, y unpacked) their operand once
-    each way; the conv x, y and the weights."""
+    writes them; x's layout copy before v3, where it has one (neither 16-byte chunks nor
+    contiguous rows), x once each way; the conv x, y and the weights (NCHW: v3 reads and
+    writes them by channel planes)."""
     elem = compiled_profile.ELEM_BYTES[dtype]
     launches, input_bytes, path = profiled
     summary = access_profile.summarise(f"{shape['op']} cuda", path, launches, input_bytes)
     b1 = plan["b1"]["launches"]
     b128 = plan["b128"]["launches"]
     x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
-    # the conv's layout copies (NCHW: x packed and y unpacked around v3), in launch order
+    # the conv's layout copy (x packed before v3; none in the profile's layouts)
     copies = iter(layout_copy_bytes(plan["b128"]["reports"], x_bytes,
                                     output_bytes(shape, x_bytes))
                   if shape["op"] == "conv" else [])
@@ -936,8 +938,8 @@ def markdown(report):
         "Layouts: nhwc = channels_last activations and weights (a converted model); "
         "nhwc,w-nchw = channels_last activations, contiguous weights (the op called directly "
         "on a channels_last input only; every benchmark run before grouped_conv.py recorded "
-        "weight_layout); nchw (CUDA v3: x packed channels_last into the workspace and y "
-        "unpacked from it, a pass each; the guard figures are of the conv kernel alone). "
+        "weight_layout); nchw (CUDA v3: x read and y written by channel planes, 2-byte "
+        "accesses a lane per pixel; the guard figures are of the conv kernel alone). "
         "cudnn_eager: its memory traffic only (a lower bound). A measured "
         "figure marked † is of nhwc,w-nchw standing in for nhwc (CUDA kernels and cudnn_eager "
         "only, until a run with channels_last weights). triton_train: a training step of the "
@@ -948,7 +950,8 @@ def markdown(report):
         "dgrad: v3's forward of the masked gradient (at stride 2 spread on the input's grid) "
         "with scaled, flipped weights at stride 1 and 2; wgrad's partial sums on tensor cores "
         "(v3's bands) at stride 1 and 2, and the finalize; in nchw grad_y and x packed "
-        "channels_last into the workspace before them and grad_x unpacked after, a pass each); "
+        "channels_last into the workspace before them, a pass each, and grad_x written by "
+        "channel planes); "
         "cudnn_eager_train: "
         "the traffic of conv + BN + ReLU and their autograd in eager (a lower bound). "
         "triton_train_bn: a training step with train-mode BatchNorm on the Triton backend "

@@ -109,7 +109,7 @@ def main():
     for backend in args.backends:
         for cpg, stride, cl, dtype, v3 in conv_cases():
             # C >= 64: cpg 1/4/8 take the packed tensor-core path (v2), and fp16/bf16 at cpg
-            # 4-64 CUDA v3 (NCHW through its layout copies; Triton v3: channels_last, also at
+            # 4-64 CUDA v3 (NCHW by channel planes; Triton v3: channels_last, also at
             # cpg 1), or v2 where v3 is off (read on every call)
             os.environ["RESNEXT_KERNELS_CUDA_V3"] = "1" if v3 else "0"
             os.environ["RESNEXT_KERNELS_TRITON_V3"] = "1" if v3 else "0"

@@ -266,7 +266,7 @@ def grouped_conv_dgrad(binary, grad_y, mask, weight, scale, input_size, *, strid
     ReLU mask, [0, C_out] for none; stride, padding, dilation: an int or an (h, w) pair;
     allow_v3=False stands for RESNEXT_KERNELS_CUDA_V3=0; grad_y_lead_elems places grad_y that
     many elements past an aligned base (a view). Returns (grad_x, the harness's report: "path
-    direct" or "path v3")."""
+    direct", "path v3", or "path v3 pack grad_y" where grad_y has no 16-byte channel chunks)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     grad_x = _poisoned_like_glue(tuple(input_size), grad_y.dtype, fmt)
     with tempfile.TemporaryDirectory(prefix="emu_dgrad_") as tmp:
@@ -312,35 +312,22 @@ def grouped_conv_wgrad(binary, grad_y, mask, x, weight, scale, *, stride=1, padd
         return grads, report.strip()
 
 
-def channels_last_copy(binary, src, to_channels_last, dst=None, dense_lead_bytes=0,
-                       max_blocks=0):
-    """Runs launch_channels_last_copy. to_channels_last: src ([N, C, H, W], any strides) is
-    copied into a dense channels_last tensor (poisoned with NaN), which is returned; else src
-    (dense channels_last) into `dst` (a tensor of src's shape and any strides, poisoned by the
-    caller), in place: the whole storage span dst addresses is written back, so a caller sees
-    what the kernel did to the elements between dst's (dst is returned). dense_lead_bytes
-    places the dense side that many bytes past an aligned base; max_blocks caps the grid (each
-    block then walks several tiles; 0: the launcher's cap)."""
-    if to_channels_last:
-        dst = torch.full(src.shape, float("nan"), dtype=src.dtype).contiguous(
-            memory_format=torch.channels_last)
-    strided = src if to_channels_last else dst
+def channels_last_copy(binary, src, dense_lead_bytes=0, max_blocks=0):
+    """Runs launch_channels_last_copy: src ([N, C, H, W], any strides) copied into a dense
+    channels_last tensor (poisoned with NaN), which is returned. dense_lead_bytes places it that
+    many bytes past an aligned base; max_blocks caps the grid (each block then walks several
+    tiles; 0: the launcher's cap)."""
+    dst = torch.full(src.shape, float("nan"), dtype=src.dtype).contiguous(
+        memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory(prefix="emu_layout_") as tmp:
         d = Path(tmp)
         _write(d, "src", src)
         _write(d, "dst", dst)
         N, C, H, W = src.shape
-        _write_params(d, dict(N=N, C=C, H=H, W=W, strided=strided.stride(),
-                              to_channels_last=to_channels_last,
+        _write_params(d, dict(N=N, C=C, H=H, W=W, strided=src.stride(),
                               dense_lead_bytes=dense_lead_bytes, max_blocks=max_blocks))
         _run(binary, "channels_last_copy", d)
-        if to_channels_last:
-            return _read_like(d, "dst", dst)
-        span = _storage_span(dst)
-        data = bytearray((d / "dst.bin").read_bytes())
-        if span.numel():
-            span.copy_(torch.frombuffer(data, dtype=torch.uint8).view(dst.dtype))
-        return dst
+        return _read_like(d, "dst", dst)
 
 
 def squeeze_excite(binary, u, w1, b1, w2, b2, residual=None, relu=False, with_path=False):

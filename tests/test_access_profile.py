@@ -86,13 +86,16 @@ def test_16_byte_accesses_are_served_per_quarter_warp(profiler):
     assert per_request(p["global_load"], "sectors") == 8  # 256 bytes, 16-byte lanes
 
 
-def test_st_shared_16_is_one_request_of_16_bytes_per_lane(profiler):
+def test_st_and_ld_shared_16_are_one_request_of_16_bytes_per_lane(profiler):
     """ptx::st_shared_16 of words selected one by one (wgrad v3's gradient tile, v3's gated
-    loader): one request, as the GPU's STS.128, where the host compiler's own stores of such a
-    uint4 were smaller and more."""
+    and plane loaders): one request, as the GPU's STS.128, where the host compiler's own stores
+    of such a uint4 were smaller and more; ptx::ld_shared_16 of words then used one by one
+    (v3's store into an NCHW y): one request, as LDS.128."""
     p = selftest_profile(profiler, "profile_shared_store16")
     assert p["shared_store"]["requests"] == 1 and p["shared_store"]["wavefronts"] == 2
     assert p["shared_store"]["bytes"] == 256
+    assert p["shared_load"]["requests"] == 1 and p["shared_load"]["wavefronts"] == 2
+    assert p["shared_load"]["bytes"] == 256
 
 
 @pytest.mark.parametrize("ldm, wavefronts", [(16, 8), (24, 4)])
@@ -165,7 +168,8 @@ def test_block_sampling_runs_the_first_last_and_evenly_spread_blocks(profiler):
 def test_the_launches_are_the_ones_the_profile_names(profiler, layout, stride):
     """compiled_profile.cuda_launch_kernels names every launch the harness makes for a forward
     or backward call, in order (the profile zips names with launches: one missing would shift
-    every name after it), at both strides and layouts (NCHW: the layout copies around v3)."""
+    every name after it), at both strides and layouts (NCHW: the forward and dgrad's grad_x
+    by channel planes, the backward's operands packed before its v3 kernels)."""
     import compiled_profile
 
     for op in ("conv", "dgrad", "wgrad"):
@@ -175,15 +179,43 @@ def test_the_launches_are_the_ones_the_profile_names(profiler, layout, stride):
         names = compiled_profile.cuda_launch_kernels(op, report, "fp16", stride, 4)
         assert len(names) == len(launches), (report, names, launches)
         copies = [n for n in names if n.startswith("channels_last_copy")]
-        assert len(copies) == (0 if layout == "nhwc" else 2), (report, names)
+        # NCHW: dgrad packs grad_y, wgrad x and grad_y; the forward reads planes
+        expected = {"conv": 0, "dgrad": 1, "wgrad": 2}[op] if layout == "nchw" else 0
+        assert len(copies) == expected, (report, names)
         # the order too: the one launch with dynamic shared memory is the one named a conv
-        # kernel (v3's band; dgrad's and wgrad's too), and the profile's summary takes it
+        # kernel (v3's band; dgrad's and wgrad's too); the forward's is its last, which the
+        # profile's summary takes
         big = [i for i, launch in enumerate(launches) if launch["smem_bytes"] > 0]
         named = [i for i, n in enumerate(names)
                  if n.startswith(("grouped_conv_bn_relu_v3", "grouped_conv_wgrad_v3"))]
         assert big == named and len(big) == 1, (names, launches)
         if op == "conv":
-            assert access_profile.conv_launch_index(report, launches) == named[0], report
+            assert named == [len(launches) - 1], (names, launches)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_v3_reads_and_writes_nchw_by_planes_coalesced_and_conflict_free(profiler, stride):
+    """v3 on NCHW x and y (swizzled_band.cuh load_halo_rows_by_planes, grouped_conv_v3.cu
+    store_band_by_planes): a warp's 2-byte loads and stores of one channel are 32 neighbouring
+    pixels of its plane, 64 bytes (2 or 3 sectors: rows of 58 or 57 staged pixels do not start
+    on sectors), and the loader's 16-byte shared stores, a quarter-warp's 8 pixels in 8 bank
+    groups in the lane order of each stride, cost within 10% of the conflict-free wavefronts
+    (the emulator pairs a lane's k-th store with the others' where a chunk's padding items
+    store nothing)."""
+    case = dict(op="conv", C=64, C_out=64, H=56, W=56, groups=16, cpg=4, stride=stride,
+                dtype="fp16", layout="nchw")
+    launches, _, path = access_profile.run_case(profiler, case, 4)
+    assert path == "path v3 block_channels 0 workspace_bytes 12288", path
+    conv = launches[-1]
+    loads = [s["global_load"] for s in conv["sites"]
+             if "global_load" in s and s["global_load"]["bytes"] <= 64 * s["global_load"]["requests"]]
+    stores = [s["global_store"] for s in conv["sites"] if "global_store" in s]
+    staged = [s["shared_store"] for s in conv["sites"]
+              if "shared_store" in s and s["shared_store"]["bytes"] > 256 * s["shared_store"]["requests"]]
+    assert len(loads) >= 1 and len(stores) >= 1 and len(staged) == 1, conv["sites"]
+    for tally in loads + stores:
+        assert 2 <= per_request(tally, "sectors") <= 3, tally
+    assert staged[0]["wavefronts"] <= 1.10 * staged[0]["ideal"], staged[0]
 
 
 def test_the_layout_copy_is_coalesced_and_free_of_bank_conflicts(profiler):
@@ -192,18 +224,13 @@ def test_the_layout_copy_is_coalesced_and_free_of_bank_conflicts(profiler):
     dense side 16-byte chunks (4 sectors per 8 lanes' 128-byte pixel); the shared tile's 32-bit
     words are conflict-free both ways."""
     values = torch.randn(1, 64, 8, 32).to(torch.float16)  # 256 pixels: 8 whole tiles
-    for to_channels_last in (True, False):
-        src = values if to_channels_last else values.contiguous(memory_format=torch.channels_last)
-        dst = None if to_channels_last else torch.empty_like(values)
-        _, launches = cuda_emulator.profile_launches(
-            cuda_emulator.channels_last_copy, profiler, src, to_channels_last, dst=dst)
-        (copy,) = launches
-        strided = copy["global_load" if to_channels_last else "global_store"]
-        dense = copy["global_store" if to_channels_last else "global_load"]
-        assert per_request(strided, "sectors") == 2
-        assert per_request(dense, "sectors") == 16  # 32 lanes x 16 bytes = 512 bytes
-        for kind in ("shared_load", "shared_store"):
-            assert per_request(copy[kind]) == 1, (kind, copy[kind])
+    _, launches = cuda_emulator.profile_launches(cuda_emulator.channels_last_copy, profiler,
+                                                 values)
+    (copy,) = launches
+    assert per_request(copy["global_load"], "sectors") == 2
+    assert per_request(copy["global_store"], "sectors") == 16  # 32 lanes x 16 bytes = 512 bytes
+    for kind in ("shared_load", "shared_store"):
+        assert per_request(copy[kind]) == 1, (kind, copy[kind])
 
 
 # --- reusing stored profiles (access_profile.ProfileStore; scripts/kernel_profile.py) ---------

@@ -76,6 +76,8 @@ def test_emulator_runs_a_correct_kernel(emulator):
     ("misaligned_vector_load", "ld.global.v4: source not 16-byte aligned"),
     ("misaligned_shared_store", "st.shared.v4: destination not 16-byte aligned"),
     ("global_shared_store", "st.shared.v4: the destination is not inside the block's shared memory"),
+    ("misaligned_shared_load", "ld.shared.v4: source not 16-byte aligned"),
+    ("global_shared_load", "ld.shared.v4: the source is not inside the block's shared memory"),
     # a register layout the kernel gets wrong gives wrong numbers, as on a GPU
     ("ptx_gemm_bf16_swapped_fragment", "wrong 183 of 256"),
 ])
@@ -341,35 +343,41 @@ def test_v3_leaves_other_calls_to_v2(emulator):
                    allow_v3=True)
 
 
-# --- v3 through the workspace: x and y without 16-byte channel chunks -----------------------
+# --- v3 in NCHW: channel planes, and x packed where it has neither chunks nor rows ----------
 
-def v3_staged_cases():
+def v3_nchw_cases():
     """(cpg, stride, dtype): every cpg at both strides, the dtypes alternating."""
     return [(cpg, stride, HALF_TYPES[(i + stride) % 2]) for i, cpg in enumerate(V3_CPG)
             for stride in (1, 2)]
 
 
-@pytest.mark.parametrize("cpg,stride,dtype", v3_staged_cases(),
-                         ids=[f"cpg{c}-s{s}-{str(d)[6:]}" for c, s, d in v3_staged_cases()])
-def test_v3_stages_nchw_through_the_workspace(emulator, cpg, stride, dtype):
-    """NCHW x and y: x packed dense channels_last into the workspace, v3 writes y there and it
-    is unpacked into NCHW (csrc/kernels/grouped_conv_dispatch.cu). Two 64-channel tiles, odd
-    sizes, y poisoned; the mask v3's epilogue writes is y's own, bit for bit."""
+@pytest.mark.parametrize("cpg,stride,dtype", v3_nchw_cases(),
+                         ids=[f"cpg{c}-s{s}-{str(d)[6:]}" for c, s, d in v3_nchw_cases()])
+def test_v3_reads_and_writes_nchw_by_channel_planes(emulator, cpg, stride, dtype):
+    """NCHW x and y: v3 loads x's band by 2-byte loads from channel planes and writes y the same
+    way (csrc/kernels/swizzled_band.cuh load_halo_rows_by_planes, grouped_conv_v3.cu
+    store_band_by_planes), no layout copy and no workspace past the weights. Two 64-channel
+    tiles, odd sizes (input rows of 9 and 7 pixels, so a warp's pixels span several rows and
+    the stride-2 lane order meets partial groups of 16), y poisoned; the mask v3's epilogue
+    writes is y's own, bit for bit."""
     groups = 128 // cpg
     H, W = (7, 9) if stride == 1 else (9, 7)
     seed = 12700 + cpg * 10 + stride
     x, w, scale, shift, bn = make_case(cpg, groups, dtype, "cpu", False, seed, N=2, H=H, W=W)
     _, _, report = check_mask(emulator, x, w, scale, shift, bn, groups=groups, stride=stride,
                               expect_path="path v3")
-    assert report.endswith(" pack x unpack y"), report
+    weights = 128 * (9 * cpg + 8) * 2 if cpg >= 32 else 128 // max(cpg, 8) * 32 * (
+        12 if cpg <= 8 else 36) * 4
+    assert report == f"path v3 block_channels 0 workspace_bytes {weights}", report
 
 
-@pytest.mark.parametrize("case", ["x-nhwc-y-nchw", "x-nchw-y-nhwc", "x-off-grid", "x-view"])
-def test_v3_stages_only_the_operand_without_chunks(emulator, case):
-    """Each operand is staged on its own: y NCHW behind a channels_last x (unpack only), a
-    channels_last y behind an NCHW x, a channels_last x 2 bytes off the 16-byte grid, and an
-    NCHW view with gaps (every other row and column of a larger x) before a channels_last y:
-    pack only."""
+@pytest.mark.parametrize("case", ["x-nhwc-y-nchw", "x-nchw-y-nhwc", "x-row-gaps", "x-channels",
+                                  "x-off-grid", "x-view"])
+def test_v3_packs_only_an_x_without_chunks_or_rows(emulator, case):
+    """Each operand on its own: y NCHW behind a channels_last x and a channels_last y behind an
+    NCHW x (planes, no copy); NCHW views with contiguous rows, every other row of a larger x and
+    128 of 192 channels (planes, no copy); a channels_last x 2 bytes off the 16-byte grid and an
+    NCHW view with gaps inside its rows (every other column): packed before v3."""
     channels_last = case in ("x-nhwc-y-nchw", "x-off-grid")
     x, w, scale, shift, bn = make_case(8, 16, torch.float16, "cpu", channels_last,
                                        12800 + len(case), N=2, H=10, W=14)
@@ -377,24 +385,31 @@ def test_v3_stages_only_the_operand_without_chunks(emulator, case):
     if case == "x-view":
         x = x[:, :, ::2, 1::2]
         kwargs["y_channels_last"] = True
+    if case == "x-row-gaps":
+        x = x[:, :, 1::2]
+    if case == "x-channels":
+        wider = make_case(8, 24, torch.float16, "cpu", False, 12830, N=2, H=10, W=14)[0]
+        wider[:, 32:160] = x
+        x = wider[:, 32:160]
     if case == "x-off-grid":
         kwargs["x_lead_elems"] = 1
     if case.endswith("-y-nchw") or case.endswith("-y-nhwc"):
         kwargs["y_channels_last"] = case.endswith("-y-nhwc")
     _, report = conv_and_check(emulator, x, w, scale, shift, bn, groups=16,
                                expect_path="path v3", **kwargs)
-    expected = " unpack y" if case == "x-nhwc-y-nchw" else " pack x"
-    assert report.endswith(expected) and report.count("pack") == 1, report
+    packs = case in ("x-off-grid", "x-view")
+    assert report.endswith(" pack x") == packs and report.count("pack") == packs, report
 
 
-def test_v3_staged_non_finite_inputs_stay_in_their_group(emulator):
-    """The copies move bits: NaN and +-inf reach exactly the outputs they reach in nn.Conv2d."""
+def test_v3_nchw_non_finite_inputs_stay_in_their_group(emulator):
+    """The plane loader and store move bits: NaN and +-inf reach exactly the outputs they reach
+    in nn.Conv2d."""
     x, w, scale, shift, bn = make_case(4, 16, torch.bfloat16, "cpu", False, 12900, N=2, H=7,
                                        W=7)
     x[0, 5, 3, 3] = float("nan")
     x[1, 9, 0, 0] = float("-inf")
     y, report = cuda_emulator.grouped_conv_bn_relu(emulator, x, w, scale, shift, groups=16)
-    assert report.endswith(" pack x unpack y"), report
+    assert report.startswith("path v3") and "pack" not in report, report
     ref = reference(x, w, bn, 1, 1, 1, 16, True)
     assert torch.equal(y.isnan(), ref.isnan())
     assert torch.equal(y.isinf(), ref.isinf())
@@ -674,7 +689,7 @@ def test_racecheck_catches_ldmatrix_of_copies_no_barrier_published(racecheck):
     (16, 1, True, torch.float16, False),    # v3: an m16n8k16 per tap and n-tile
     (32, 2, True, torch.float16, False),    # v3 wide: weights in shared memory
     (64, 1, True, torch.bfloat16, False),   # v3 wide
-    (8, 2, False, torch.float16, False),    # v3 NCHW: the layout copies around it
+    (8, 2, False, torch.float16, False),    # v3 NCHW: channel planes in and out
 ], ids=["cpg4", "cpg8-nchw", "cpg32-s2", "cpg64", "tf32", "direct", "v3-cpg4", "v3-cpg8-s2",
         "v3-cpg16", "v3-cpg32-s2", "v3-cpg64", "v3-cpg8-s2-nchw"])
 def test_racecheck_grouped_conv(racecheck, request, cpg, stride, channels_last, dtype, allow_tf32):

@@ -374,17 +374,17 @@ def test_dgrad_v3_only_where_it_applies(emulator, change):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("cpg", [4, 16, 64])
 def test_dgrad_v3_nchw(emulator, cpg, stride, dtype):
-    """An NCHW training step's dgrad on v3: grad_y packed channels_last into the workspace, v3's
-    grad_x written there and unpacked into the NCHW grad_x (both layout copies; the workspace
-    starts as NaN bytes); odd sizes (5 x 7 pixels: the copies' 32-pixel tiles end mid-row), two
-    images, and grad_y channels_last with an NCHW grad_x (the unpack only)."""
+    """An NCHW training step's dgrad on v3: grad_y packed channels_last into the workspace (the
+    workspace starts as NaN bytes), the NCHW grad_x written by v3 itself by channel planes;
+    odd sizes (5 x 7 pixels: the copy's 32-pixel tiles end mid-row), two images, and grad_y
+    channels_last with an NCHW grad_x (no copy)."""
     groups = 64 // cpg
     s = (stride, stride)
     case = make_case(cpg, groups, dtype, False, 1750 + cpg + stride, N=2, H=5, W=7, stride=s)
     grad_y, mask, x, w, scale = case
     ref = reference(*case, groups, s)[0]
-    for gy, path in ((grad_y, "v3 pack grad_y unpack grad_x"),
-                     (grad_y.contiguous(memory_format=torch.channels_last), "v3 unpack grad_x")):
+    for gy, path in ((grad_y, "v3 pack grad_y"),
+                     (grad_y.contiguous(memory_format=torch.channels_last), "v3")):
         grad_x, report = cuda_emulator.grouped_conv_dgrad(
             emulator, gy, mask, w, scale, list(x.shape), groups=groups, channels_last=False,
             stride=s)
@@ -393,15 +393,16 @@ def test_dgrad_v3_nchw(emulator, cpg, stride, dtype):
         check_grad_x(grad_x, ref, dtype)
 
 
-def test_dgrad_v3_nchw_bands_do_not_share_the_workspace(emulator):
-    """Stride 1, NCHW, 17 x 17 pixels: two of v3's bands per image, so a block writing its band
-    of the staged grad_x while another reads its halo rows from the packed grad_y would clobber
-    them if the two parts of the workspace overlapped."""
+def test_dgrad_v3_nchw_bands_share_rows_of_the_packed_grad_y(emulator):
+    """Stride 1, NCHW, 17 x 17 pixels: two of v3's bands per image, each reading its halo rows
+    from the packed grad_y, one writing its NCHW grad_x rows by planes while the other reads:
+    the packed copy must not overlap anything v3 writes (the workspace: the packed grad_y, then
+    the weights and v3's packed weights)."""
     case = make_case(16, 4, torch.float16, False, 1760, N=1, H=17, W=17)
     grad_y, mask, x, w, scale = case
     grad_x, report = cuda_emulator.grouped_conv_dgrad(
         emulator, grad_y, mask, w, scale, list(x.shape), groups=4, channels_last=False)
-    assert report == "path v3 pack grad_y unpack grad_x"
+    assert report == "path v3 pack grad_y"
     check_grad_x(grad_x, reference(*case, 4)[0], torch.float16)
 
 
@@ -616,8 +617,8 @@ def test_wgrad_v3_rows_wider_than_a_band_and_more_splits_than_units(emulator):
         check_wgrad(got, ref, torch.float16)
 
 
-# ---- the layout copies around the backward's v3 paths (csrc/kernels/channels_last_copy.cu):
-# a tensor of any strides <-> its dense channels_last copy, 16-bit elements moved as bits.
+# ---- the layout copy before the backward's v3 paths (csrc/kernels/channels_last_copy.cu):
+# a tensor of any strides -> its dense channels_last copy, 16-bit elements moved as bits.
 
 def random_bits(shape, dtype, seed):
     """Every 16-bit pattern equally likely: NaNs with payloads, infinities, -0, subnormals."""
@@ -627,10 +628,9 @@ def random_bits(shape, dtype, seed):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("C, max_blocks", [(8, 0), (72, 0), (136, 0), (72, 4)])
-def test_channels_last_copy_both_ways_any_strides(emulator, C, max_blocks, dtype):
+def test_channels_last_copy_any_strides(emulator, C, max_blocks, dtype):
     """Packed from NCHW, from a strided view (every other column of a channel slice of a wider
-    tensor) and from channels_last; unpacked into NCHW and into such a view, whose untouched
-    elements keep their poison. C 8 (a tile of one chunk), 72 and 136 (a partial second and
+    tensor) and from channels_last. C 8 (a tile of one chunk), 72 and 136 (a partial second and
     third channel tile); 2 images of 5 x 13 pixels (three 32-pixel tiles, the last of one
     pixel, ending mid-row); a grid of a block per tile, and of 4 blocks for the 12 tiles of C
     72 (each walks 3: the loop, and the tile reused after the barrier). Bitwise."""
@@ -640,21 +640,9 @@ def test_channels_last_copy_both_ways_any_strides(emulator, C, max_blocks, dtype
     view = wide[:, 8:C + 8, :, ::2]
     view.copy_(values)
     for src in (values, view, values.contiguous(memory_format=torch.channels_last)):
-        packed = cuda_emulator.channels_last_copy(emulator, src, True, max_blocks=max_blocks)
+        packed = cuda_emulator.channels_last_copy(emulator, src, max_blocks=max_blocks)
         assert packed.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(packed.view(torch.int16), values.view(torch.int16))
-    dense = values.contiguous(memory_format=torch.channels_last)
-    nchw = torch.full(shape, float("nan"), dtype=dtype)
-    cuda_emulator.channels_last_copy(emulator, dense, False, dst=nchw, max_blocks=max_blocks)
-    assert torch.equal(nchw.view(torch.int16), values.view(torch.int16))
-    poison = random_bits(wide.shape, dtype, 2702 + C)
-    before = poison.clone()
-    target = poison[:, 8:C + 8, :, ::2]
-    cuda_emulator.channels_last_copy(emulator, dense, False, dst=target, max_blocks=max_blocks)
-    assert torch.equal(target.view(torch.int16), values.view(torch.int16))
-    outside = torch.ones(wide.shape, dtype=torch.bool)
-    outside[:, 8:C + 8, :, ::2] = False  # only the view's elements were written
-    assert torch.equal(poison.view(torch.int16)[outside], before.view(torch.int16)[outside])
 
 
 def test_channels_last_copy_refuses_what_it_cannot_copy(emulator):
@@ -662,10 +650,10 @@ def test_channels_last_copy_refuses_what_it_cannot_copy(emulator):
     the launch fails with an error, nothing is written."""
     values = random_bits((1, 12, 3, 3), torch.float16, 2800)
     with pytest.raises(cuda_emulator.EmulatorError, match="launch failed"):
-        cuda_emulator.channels_last_copy(emulator, values, True)
+        cuda_emulator.channels_last_copy(emulator, values)
     values = random_bits((1, 16, 3, 3), torch.float16, 2801)
     with pytest.raises(cuda_emulator.EmulatorError, match="launch failed"):
-        cuda_emulator.channels_last_copy(emulator, values, True, dense_lead_bytes=8)
+        cuda_emulator.channels_last_copy(emulator, values, dense_lead_bytes=8)
 
 
 @pytest.mark.parametrize("max_blocks", [0, 5])
@@ -674,8 +662,5 @@ def test_racecheck_channels_last_copy(racecheck, max_blocks):
     them; and with 5 blocks for 12 tiles, the barrier before a block's next tile rewrites it
     (the emulator runs a block's threads side by side, its blocks one after another)."""
     values = random_bits((2, 72, 5, 13), torch.float16, 2900)
-    packed = cuda_emulator.channels_last_copy(racecheck, values, True, max_blocks=max_blocks)
+    packed = cuda_emulator.channels_last_copy(racecheck, values, max_blocks=max_blocks)
     assert torch.equal(packed.view(torch.int16), values.view(torch.int16))
-    got = torch.full(values.shape, float("nan"), dtype=torch.float16)
-    cuda_emulator.channels_last_copy(racecheck, packed, False, dst=got, max_blocks=max_blocks)
-    assert torch.equal(got.view(torch.int16), values.view(torch.int16))

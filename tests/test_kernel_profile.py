@@ -426,42 +426,46 @@ def test_triton_layer_models_the_se_backward_fcs_in_launch_order():
 
 
 def test_layout_copies_move_their_operand_once_each_way_in_launch_order():
-    """NCHW's backward on v3: dgrad packs grad_y and unpacks grad_x, wgrad packs x and grad_y
-    (the harness's reports name them in launch order); channels_last copies nothing."""
-    reports = ["path v3 pack grad_y unpack grad_x",
+    """NCHW's backward on v3: dgrad packs grad_y (and writes grad_x by planes), wgrad packs x
+    and grad_y (the harness's reports name them in launch order); channels_last copies
+    nothing."""
+    reports = ["path v3 pack grad_y",
                "path v3 splits 3 threads 32 element_chunks 1 pack x pack grad_y"]
-    assert kernel_profile.layout_copy_bytes(reports, x_bytes=4, y_bytes=1) == [2, 8, 8, 2]
+    assert kernel_profile.layout_copy_bytes(reports, x_bytes=4, y_bytes=1) == [2, 8, 2]
     assert kernel_profile.layout_copy_bytes(["path v3", "path v3 splits 3 threads 32 "
                                              "element_chunks 1"], 4, 1) == []
     names = compiled_profile.cuda_launch_kernels("dgrad", reports[0], "fp16", 2, 8)
-    assert names[0] == names[-1].replace("false", "true") == compiled_profile.CHANNELS_LAST_PACK
+    assert names[0] == compiled_profile.CHANNELS_LAST_PACK
+    assert names[1:] == ["dgrad_fold_flip_weights_kernel<half>", "pack_b_fragments_kernel<half, 8>",
+                         "grouped_conv_bn_relu_v3_kernel<half, 8, 1, true>"]
     assert compiled_profile.cuda_launch_kernels("wgrad", reports[1], "fp16", 2, 8)[:2] == [
         compiled_profile.CHANNELS_LAST_PACK] * 2
-    with pytest.raises(ValueError, match="no launch sequence"):
-        compiled_profile.cuda_launch_kernels("dgrad", "path v3 select", "fp16", 1, 8)
+    for report in ("path v3 select", "path v3 pack grad_y unpack grad_x"):
+        with pytest.raises(ValueError, match="no launch sequence"):
+            compiled_profile.cuda_launch_kernels("dgrad", report, "fp16", 1, 8)
 
 
-def test_the_forwards_layout_copies_sit_around_v3():
-    """NCHW's forward on v3: x packed before v3's weight packing and conv, y unpacked after;
-    each copy moves its operand once each way; the epilogue's mask goes on the conv launch,
-    not on the last launch (the unpack)."""
-    report = "path v3 block_channels 0 workspace_bytes 4096 pack x unpack y"
-    assert kernel_profile.layout_copy_bytes([report], x_bytes=4, y_bytes=1) == [8, 2]
+def test_the_forwards_layout_copy_comes_before_v3():
+    """The forward on v3 with an x that has neither 16-byte chunks nor contiguous rows: x packed
+    before v3's weight packing and conv, moving x once each way; NCHW (planes) copies nothing;
+    the epilogue's mask goes on the conv launch, the last."""
+    report = "path v3 block_channels 0 workspace_bytes 4096 pack x"
+    assert kernel_profile.layout_copy_bytes([report], x_bytes=4, y_bytes=1) == [8]
     names = compiled_profile.cuda_launch_kernels("conv", report, "fp16", 2, 8)
     assert names == [compiled_profile.CHANNELS_LAST_PACK, "pack_b_fragments_kernel<half, 8>",
-                     "grouped_conv_bn_relu_v3_kernel<half, 8, 2, false>",
-                     compiled_profile.CHANNELS_LAST_UNPACK]
-    wide = compiled_profile.cuda_launch_kernels("conv", report.replace(" pack x", ""), "bf16",
-                                                1, 32)
-    assert wide[1:] == ["grouped_conv_bn_relu_v3_wide_kernel<bf16, 32, 1, false>",
-                        compiled_profile.CHANNELS_LAST_UNPACK]
-    with pytest.raises(ValueError, match="no launch sequence"):
-        compiled_profile.cuda_launch_kernels("conv", report + " unpack x", "fp16", 1, 8)
+                     "grouped_conv_bn_relu_v3_kernel<half, 8, 2, false>"]
+    planes = compiled_profile.cuda_launch_kernels("conv", report.replace(" pack x", ""), "bf16",
+                                                  1, 32)
+    assert planes == ["pack_weight_rows_kernel<bf16, 32>",
+                      "grouped_conv_bn_relu_v3_wide_kernel<bf16, 32, 1, false>"]
+    for bad in (" unpack y", " unpack x"):
+        with pytest.raises(ValueError, match="no launch sequence"):
+            compiled_profile.cuda_launch_kernels("conv", report + bad, "fp16", 1, 8)
 
     shape = dict(C=64, H=8, W=8, stride=1)
     model = [dict(dram_bytes=10.0) for _ in names]
     masked = kernel_profile.with_epilogue_mask(model, names, shape, 2)
     mask_bytes = kernel_profile.BATCH * 64 * 8 * 8 / 8
-    assert [m["dram_bytes"] for m in masked] == [10.0, 10.0, 10.0 + mask_bytes, 10.0]
+    assert [m["dram_bytes"] for m in masked] == [10.0, 10.0, 10.0 + mask_bytes]
     with pytest.raises(ValueError, match="no single v3 conv launch"):
         kernel_profile.with_epilogue_mask(model, names[:1], shape, 2)

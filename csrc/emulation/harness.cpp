@@ -139,11 +139,11 @@ int run_grouped_conv(const std::string& dir) {
   if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
   save(dir, "y", y);
   if (with_mask) save(dir, "mask", mask);
-  // "...[ pack x][ unpack y]": the layout copies around v3
-  std::printf("path %s block_channels %d workspace_bytes %lld%s%s",
+  // "...[ pack x]": x's layout copy before v3
+  std::printf("path %s block_channels %d workspace_bytes %lld%s",
               resnext_kernels::grouped_conv_path_name(plan.path),
               plan.block_channels, static_cast<long long>(plan.workspace_bytes),
-              plan.pack_x ? " pack x" : "", plan.unpack_y ? " unpack y" : "");
+              plan.pack_x ? " pack x" : "");
   // Only when asked, so that the default report (the profiles' key) stays as it is.
   if (prm.has("v3_band_pixels")) {
     std::printf(" v3_band_rows %d", resnext_kernels::grouped_conv_v3_band_rows(p));
@@ -198,9 +198,9 @@ int run_grouped_conv_dgrad(const std::string& dir) {
       resnext_kernels::launch_grouped_conv_dgrad(p, dtype, plan, workspace.data(), nullptr);
   if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
   save(dir, "grad_x", grad_x);
-  // "path v3[ pack grad_y][ unpack grad_x]": the layout copies around v3
-  std::printf("path %s%s%s\n", resnext_kernels::grouped_conv_dgrad_path_name(plan.path),
-              plan.pack_grad_y ? " pack grad_y" : "", plan.unpack_grad_x ? " unpack grad_x" : "");
+  // "path v3[ pack grad_y]": grad_y's layout copy before v3
+  std::printf("path %s%s\n", resnext_kernels::grouped_conv_dgrad_path_name(plan.path),
+              plan.pack_grad_y ? " pack grad_y" : "");
   return 0;
 }
 
@@ -243,22 +243,19 @@ int run_grouped_conv_wgrad(const std::string& dir) {
   return 0;
 }
 
-// launch_channels_last_copy: "to_channels_last" 1 copies src ([N, C, H, W] with "strided" element
-// strides) to dst, dense channels_last; 0 copies src (dense channels_last) to dst (strided).
-// ("dense_lead_bytes": the dense side starts that many bytes past its aligned base; "max_blocks":
-// the grid's cap, so that blocks walk several tiles.)
+// launch_channels_last_copy: copies src ([N, C, H, W] with "strided" element strides) to dst,
+// dense channels_last. ("dense_lead_bytes": dst starts that many bytes past its aligned base;
+// "max_blocks": the grid's cap, so that blocks walk several tiles.)
 int run_channels_last_copy(const std::string& dir) {
   Params prm{read_params(dir)};
-  const bool to_channels_last = prm.get("to_channels_last") != 0;
   const size_t lead = prm.has("dense_lead_bytes") ? static_cast<size_t>(prm.get("dense_lead_bytes")) : 0;
-  Buffer src = load(dir, "src", to_channels_last ? 0 : lead);
-  Buffer dst = load(dir, "dst", to_channels_last ? lead : 0);
+  Buffer src = load(dir, "src");
+  Buffer dst = load(dir, "dst", lead);
   resnext_kernels::ChannelsLastCopyParams p{};
   p.src = src.data();
   p.dst = dst.data();
   p.N = prm.get("N"); p.C = prm.get("C"); p.H = prm.get("H"); p.W = prm.get("W");
   prm.strides("strided", p.strided);
-  p.to_channels_last = to_channels_last;
   p.max_blocks = prm.has("max_blocks") ? prm.get("max_blocks") : 0;
   const cudaError_t err = resnext_kernels::launch_channels_last_copy(p, nullptr);
   if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));

@@ -114,6 +114,14 @@ void st_shared_16(void* shared_dst, const uint32_t* words) {
   std::memcpy(shared_dst, words, 16);
 }
 
+void ld_shared_16(uint32_t* words, const void* shared_src) {
+  if (reinterpret_cast<uintptr_t>(shared_src) % 16 != 0) {
+    fatal("ld.shared.v4: source not 16-byte aligned");
+  }
+  check_shared(shared_src, 16, "ld.shared.v4: the source is not inside the block's shared memory");
+  std::memcpy(words, shared_src, 16);
+}
+
 void cp_async_commit() {
   t_committed.push_back(std::move(t_open));
   t_open.clear();

@@ -15,7 +15,7 @@
 //     them (a lane that does not is a deadlock error, as for __syncwarp); each row address is
 //     16-byte aligned and inside the dynamic shared memory.
 //   ld.global.nc.v4 / st.global.v4: a 16-byte aligned address outside the block's shared
-//     memory.
+//     memory; st.shared.v4 / ld.shared.v4: a 16-byte aligned address inside it.
 #pragma once
 
 #include <cstdint>
@@ -34,8 +34,9 @@ void end_block_thread();               // the emulator's check at the end of a t
 // ld.global.nc.v4.b32 {words[0..3]}, [src] and st.global.v4.b32 [dst], {words[0..3]}
 void ld_global_16(uint32_t* words, const void* global_src);
 void st_global_16(void* global_dst, const uint32_t* words);
-// st.shared.v4.b32 [dst], {words[0..3]}
+// st.shared.v4.b32 [dst], {words[0..3]} and ld.shared.v4.b32 {words[0..3]}, [src]
 void st_shared_16(void* shared_dst, const uint32_t* words);
+void ld_shared_16(uint32_t* words, const void* shared_src);
 
 // ldmatrix.sync.aligned.m8n8.x{matrices}[.trans].shared.b16: `row` is this lane's row address
 // (lanes 8i..8i+7 give the rows of matrix i); regs[i] receives this lane's share of matrix i.

@@ -108,8 +108,9 @@ __global__ void profile_vector16_kernel(const uint4* in, uint4* out) {
 }
 
 // The same shared store through st.shared.v4 of four words, each selected on its own (the
-// pattern the host compiler split into smaller stores from a plain uint4 assignment): one
-// request of 16 bytes per lane, as on the GPU.
+// pattern the host compiler split into smaller stores from a plain uint4 assignment), read
+// back through ld.shared.v4 and stored word by word: one request of 16 bytes per lane each
+// way, as on the GPU.
 __global__ void profile_shared_store16_kernel(const uint4* in, uint4* out, unsigned keep) {
   unsigned char* buf = resnext_kernels::dynamic_shared_memory();
   const uint4 v = in[threadIdx.x];
@@ -119,7 +120,12 @@ __global__ void profile_shared_store16_kernel(const uint4* in, uint4* out, unsig
   resnext_kernels::ptx::st_shared_16(buf + 16 * threadIdx.x,
                                      make_uint4(kept[0], kept[1], kept[2], kept[3]));
   __syncthreads();
-  out[threadIdx.x] = reinterpret_cast<const uint4*>(buf)[threadIdx.x ^ 1];
+  const uint4 back = resnext_kernels::ptx::ld_shared_16(buf + 16 * (threadIdx.x ^ 1));
+  uint32_t* o = reinterpret_cast<uint32_t*>(out + threadIdx.x);
+  o[0] = back.x;
+  o[1] = back.y;
+  o[2] = back.z;
+  o[3] = back.w;
 }
 
 // A 16-byte store, or load, 8 bytes off its alignment (st/ld.global.v4 need 16).
@@ -135,6 +141,17 @@ __global__ void misaligned_shared_store_kernel(float* out) {
 }
 __global__ void global_shared_store_kernel(float* out) {
   resnext_kernels::ptx::st_shared_16(out + 4 * threadIdx.x, make_uint4(1, 2, 3, 4));
+}
+// The same for the 16-byte shared load (ld.shared.v4): 8 bytes off, and from global memory.
+__global__ void misaligned_shared_load_kernel(float* out) {
+  unsigned char* tile = resnext_kernels::dynamic_shared_memory();
+  resnext_kernels::ptx::st_shared_16(tile + 16 * threadIdx.x, make_uint4(1, 2, 3, 4));
+  __syncthreads();
+  out[threadIdx.x] =
+      static_cast<float>(resnext_kernels::ptx::ld_shared_16(tile + 8 + 16 * threadIdx.x).x);
+}
+__global__ void global_shared_load_kernel(float* out) {
+  out[threadIdx.x] = static_cast<float>(resnext_kernels::ptx::ld_shared_16(out + 4 * threadIdx.x).x);
 }
 __global__ void misaligned_vector_load_kernel(const float* in, float* out) {
   out[threadIdx.x] = static_cast<float>(
@@ -335,6 +352,12 @@ int run_selftest(const std::string& name) {
                                          nullptr, out);
   } else if (name == "global_shared_store") {
     err = resnext_kernels::launch_kernel(global_shared_store_kernel, dim3(1), dim3(4), 0,
+                                         nullptr, out);
+  } else if (name == "misaligned_shared_load") {
+    err = resnext_kernels::launch_kernel(misaligned_shared_load_kernel, dim3(1), dim3(4), 128,
+                                         nullptr, out);
+  } else if (name == "global_shared_load") {
+    err = resnext_kernels::launch_kernel(global_shared_load_kernel, dim3(1), dim3(4), 0,
                                          nullptr, out);
   } else if (name == "misaligned_vector_load") {
     err = resnext_kernels::launch_kernel(misaligned_vector_load_kernel, dim3(1), dim3(4), 0,

@@ -1,15 +1,15 @@
-// Copies between a 4-D tensor of any strides and a dense channels_last copy of it, for 16-bit
-// types with C a multiple of 8: the v3 kernels read and write 16-byte chunks of 8 channels, so
-// an NCHW operand is packed into the workspace before them (pack: the forward's x, dgrad's and
-// wgrad's grad_y, wgrad's x) and an NCHW result is written from their channels_last one (unpack:
-// the forward's y, dgrad's grad_x).
+// Copies a 4-D tensor of any strides into a dense channels_last copy of it (a pack), for 16-bit
+// types with C a multiple of 8: the v3 kernels whose loaders read 16-byte chunks of 8 channels
+// get an operand without them from the workspace (dgrad's and wgrad's grad_y, wgrad's x, and
+// the forward's x where its rows are not contiguous either: v3's forward reads and writes NCHW
+// itself, by channel planes).
 //
 // A block moves a tile of 32 pixels (flat h * W + w of one image) x 64 channels through shared
 // memory, 32 rows (pixels) of 33 words, a word holding 2 neighbouring channels:
 //   strided side: lane = pixel, each warp 4 channel pairs; the 32 lanes' elements of one channel
-//     are 32 consecutive pixels, so where the tensor is NCHW (w contiguous) a warp's load or
-//     store of one channel is 64 contiguous bytes. Its word (lane, pair) is bank (lane + pair)
-//     mod 32: no conflicts.
+//     are 32 consecutive pixels, so where the tensor is NCHW (w contiguous) a warp's load of one
+//     channel is 64 contiguous bytes. Its word (lane, pair) is bank (lane + pair) mod 32: no
+//     conflicts.
 //   dense side: a thread per 16-byte chunk (pixel t / 8, chunk t % 8), 8 threads per pixel's 128
 //     bytes; its 4 words are banks (pixel + 4 chunk + k) mod 32 over a warp's 4 pixels and 8
 //     chunks: 32 distinct banks per word, no conflicts.
@@ -35,7 +35,6 @@ static_assert(kThreads == kTilePixels * kChunksPerPixel && kThreads / 32 * 4 == 
               "the tile's mappings assume 256 threads, 32 pixels x 64 channels");
 
 // 16-bit elements as raw bits: the copy never does arithmetic on them.
-template <bool kToChannelsLast>
 __global__ void __launch_bounds__(kThreads) channels_last_copy_kernel(ChannelsLastCopyParams p) {
   __shared__ uint32_t tile[kTilePixels][kTilePairs + 1];
   const uint16_t* __restrict__ src = static_cast<const uint16_t*>(p.src);
@@ -61,48 +60,26 @@ __global__ void __launch_bounds__(kThreads) channels_last_copy_kernel(ChannelsLa
     const bool dense_chunk = pd < HW && cd < p.C;  // (C % 8 == 0: a chunk is whole or out)
     const int64_t dense_offset = (n * HW + pd) * p.C + cd;
 
-    if (kToChannelsLast) {
-      // every load of the thread's 4 pairs first, then the stores: 8 loads in flight (a store
-      // after each pair's loads left 2)
-      uint16_t lo[kTilePairs / 8], hi[kTilePairs / 8];
+    // every load of the thread's 4 pairs first, then the stores: 8 loads in flight (a store
+    // after each pair's loads left 2)
+    uint16_t lo[kTilePairs / 8], hi[kTilePairs / 8];
 #pragma unroll
-      for (int k = 0; k < kTilePairs / 8; ++k) {
-        const int64_t c = c0 + 2 * (warp + 8 * k);
-        lo[k] = hi[k] = 0;
-        if (strided_pixel && c < p.C) {
-          lo[k] = src[strided_base + c * p.strided[1]];
-          hi[k] = src[strided_base + (c + 1) * p.strided[1]];
-        }
+    for (int k = 0; k < kTilePairs / 8; ++k) {
+      const int64_t c = c0 + 2 * (warp + 8 * k);
+      lo[k] = hi[k] = 0;
+      if (strided_pixel && c < p.C) {
+        lo[k] = src[strided_base + c * p.strided[1]];
+        hi[k] = src[strided_base + (c + 1) * p.strided[1]];
       }
+    }
 #pragma unroll
-      for (int k = 0; k < kTilePairs / 8; ++k) {
-        tile[lane][warp + 8 * k] = static_cast<uint32_t>(lo[k]) | (static_cast<uint32_t>(hi[k]) << 16);
-      }
-      __syncthreads();
-      if (dense_chunk) {
-        const uint32_t* row = tile[pd_local] + chunk * 4;
-        ptx::st_global_16(dst + dense_offset, make_uint4(row[0], row[1], row[2], row[3]));
-      }
-    } else {
-      if (dense_chunk) {
-        const uint4 v = ptx::ld_global_nc_16(src + dense_offset);
-        uint32_t* row = tile[pd_local] + chunk * 4;
-        row[0] = v.x;
-        row[1] = v.y;
-        row[2] = v.z;
-        row[3] = v.w;
-      }
-      __syncthreads();
-#pragma unroll
-      for (int k = 0; k < kTilePairs / 8; ++k) {
-        const int pair = warp + 8 * k;
-        const int64_t c = c0 + 2 * pair;
-        if (strided_pixel && c < p.C) {
-          const uint32_t word = tile[lane][pair];
-          dst[strided_base + c * p.strided[1]] = static_cast<uint16_t>(word & 0xffffu);
-          dst[strided_base + (c + 1) * p.strided[1]] = static_cast<uint16_t>(word >> 16);
-        }
-      }
+    for (int k = 0; k < kTilePairs / 8; ++k) {
+      tile[lane][warp + 8 * k] = static_cast<uint32_t>(lo[k]) | (static_cast<uint32_t>(hi[k]) << 16);
+    }
+    __syncthreads();
+    if (dense_chunk) {
+      const uint32_t* row = tile[pd_local] + chunk * 4;
+      ptx::st_global_16(dst + dense_offset, make_uint4(row[0], row[1], row[2], row[3]));
     }
     __syncthreads();  // the tile is rewritten by the next iteration
   }
@@ -111,8 +88,7 @@ __global__ void __launch_bounds__(kThreads) channels_last_copy_kernel(ChannelsLa
 }  // namespace
 
 bool channels_last_copy_applies(const ChannelsLastCopyParams& p) {
-  const void* dense = p.to_channels_last ? p.dst : p.src;
-  return p.C % 8 == 0 && reinterpret_cast<uintptr_t>(dense) % 16 == 0;
+  return p.C % 8 == 0 && reinterpret_cast<uintptr_t>(p.dst) % 16 == 0;
 }
 
 cudaError_t launch_channels_last_copy(const ChannelsLastCopyParams& p, cudaStream_t stream) {
@@ -122,10 +98,7 @@ cudaError_t launch_channels_last_copy(const ChannelsLastCopyParams& p, cudaStrea
                         ((p.C + 2 * kTilePairs - 1) / (2 * kTilePairs));
   const int64_t cap = p.max_blocks > 0 ? p.max_blocks : int64_t{1} << 20;
   const dim3 grid(static_cast<unsigned int>(std::min<int64_t>(tiles, cap)));
-  return p.to_channels_last
-             ? launch_kernel(channels_last_copy_kernel<true>, grid, dim3(kThreads), 0, stream, p)
-             : launch_kernel(channels_last_copy_kernel<false>, grid, dim3(kThreads), 0, stream,
-                             p);
+  return launch_kernel(channels_last_copy_kernel, grid, dim3(kThreads), 0, stream, p);
 }
 
 }  // namespace resnext_kernels

@@ -15,7 +15,6 @@ GroupedConvDgradPlan plan_grouped_conv_dgrad(const GroupedConvBackwardParams& p,
   if (allow_v3 && grouped_conv_dgrad_v3_applies(p, dtype, device_major)) {
     plan.path = GroupedConvDgradPath::kV3;
     plan.pack_grad_y = grouped_conv_dgrad_v3_packs_grad_y(p);
-    plan.unpack_grad_x = grouped_conv_dgrad_v3_unpacks_grad_x(p);
     plan.workspace_bytes = grouped_conv_dgrad_v3_workspace_bytes(p, dtype);
   }
   return plan;
@@ -65,13 +64,10 @@ GroupedConvBackwardParams with_packed_operands(const GroupedConvBackwardParams& 
                                                const GroupedConvWgradPlan& plan,
                                                const void* packed_x, const void* packed_grad_y) {
   GroupedConvBackwardParams q = p;
-  if (plan.pack_x) {
-    q.x = packed_x;
-    dense_channels_last_strides(p.C_in, p.H, p.W, q.x_stride);
-  }
+  if (plan.pack_x) redirect_to_dense_channels_last(q.x, q.x_stride, packed_x, p.C_in, p.H, p.W);
   if (plan.pack_grad_y) {
-    q.grad_y = packed_grad_y;
-    dense_channels_last_strides(p.C_out, p.H_out, p.W_out, q.grad_y_stride);
+    redirect_to_dense_channels_last(q.grad_y, q.grad_y_stride, packed_grad_y, p.C_out, p.H_out,
+                                    p.W_out);
   }
   return q;
 }

@@ -22,10 +22,10 @@
 // grad_x written once.
 // Where grad_y has no 16-byte channel chunks (NCHW, or a view off the 16-byte grid) it is packed
 // into the workspace, dense channels_last, first (channels_last_copy.cu: grad_y read and written
-// once more), and v3's loader gates the packed copy. Where grad_x is not channels_last with
-// 16-byte chunks (NCHW), v3 writes it dense channels_last into the workspace and one more pass
-// unpacks it into grad_x's layout. (A select pass used to write gs for such a grad_y: at stride 2
-// that is x's size written and read again, 4x the packed grad_y.)
+// once more), and v3's loader gates the packed copy. An NCHW grad_x v3 writes itself, by channel
+// planes (grad_x is the op's own: channels_last with 16-byte chunks, or NCHW). (A select pass
+// used to write gs for such a grad_y: at stride 2 that is x's size written and read again, 4x
+// the packed grad_y; an unpack pass used to write grad_x from a channels_last copy.)
 //
 // One difference from aten at stride 2: with a non-finite folded weight (an inf BN scale or
 // weight), the inserted zeros multiply it too, so grad_x is NaN at every pixel the weight's
@@ -46,20 +46,17 @@ constexpr int kThreads = 256;
 
 int64_t element_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
-// Where the parts of the workspace start (byte offsets), and its size. packed_grad_y and
-// staged_grad_x only where grad_y, grad_x have no 16-byte channel chunks.
+// Where the parts of the workspace start (byte offsets), and its size. packed_grad_y only
+// where grad_y has no 16-byte channel chunks.
 struct DgradV3Workspace {
-  int64_t packed_grad_y = 0, staged_grad_x = 0, weights = 0, ones = 0, zeros = 0, v3 = 0;
+  int64_t packed_grad_y = 0, weights = 0, ones = 0, zeros = 0, v3 = 0;
   int64_t bytes = 0;
 };
 
-// v3 reads and writes 16-byte chunks of 8 channels (channels innermost, every pixel's channels
-// on the 16-byte grid): an operand without them goes through the workspace.
+// v3's gated loader reads 16-byte chunks of 8 channels (channels innermost, every pixel's
+// channels on the 16-byte grid): a grad_y without them goes through the workspace.
 bool packs_grad_y(const GroupedConvBackwardParams& p) {
   return !v3::channels_last_aligned16(p.grad_y, p.grad_y_stride);
-}
-bool unpacks_grad_x(const GroupedConvBackwardParams& p) {
-  return !v3::channels_last_aligned16(p.grad_x, p.grad_x_stride);
 }
 
 // gs's grid: the output's at stride 1, the input's at stride 2 (the gradients spread out).
@@ -68,26 +65,24 @@ int64_t gs_cols(const GroupedConvBackwardParams& p) { return p.stride_w == 2 ? p
 
 // The forward v3 runs: gs (C_out channels, gs_rows x gs_cols) to grad_x (C_in channels, H x W),
 // at stride 1, gs being grad_y (`grad_y`: p.grad_y, or its packed copy, dense channels_last)
-// gated by the mask in v3's loader (GatedInput: on the output's grid, spread at stride 2).
-// `grad_x`: p.grad_x, or the staging buffer v3 writes dense channels_last. Pointers into the
-// workspace are filled in by the caller (stand-ins: planning only).
+// gated by the mask in v3's loader (GatedInput: on the output's grid, spread at stride 2), to
+// p.grad_x in its layout. Pointers into the workspace are filled in by the caller (stand-ins:
+// planning only).
 GroupedConvParams forward_of_dgrad(const GroupedConvBackwardParams& p, const void* grad_y,
-                                   void* grad_x, const void* weights, const float* ones,
-                                   const float* zeros) {
+                                   const void* weights, const float* ones, const float* zeros) {
   GroupedConvParams q{};
   q.x = grad_y;
   q.w = weights;
   q.scale = ones;
   q.shift = zeros;
-  q.y = grad_x;
+  q.y = p.grad_x;
   q.N = p.N; q.C_in = p.C_out; q.H = gs_rows(p); q.W = gs_cols(p);
   q.C_out = p.C_in; q.H_out = p.H; q.W_out = p.W;
   q.groups = p.groups; q.KH = p.KH; q.KW = p.KW;
   q.stride_h = 1; q.stride_w = 1; q.pad_h = 1; q.pad_w = 1; q.dil_h = 1; q.dil_w = 1;
+  std::memcpy(q.x_stride, p.grad_y_stride, sizeof q.x_stride);
   if (packs_grad_y(p)) {
-    dense_channels_last_strides(p.C_out, p.H_out, p.W_out, q.x_stride);
-  } else {
-    std::memcpy(q.x_stride, p.grad_y_stride, sizeof q.x_stride);
+    redirect_to_dense_channels_last(q.x, q.x_stride, grad_y, p.C_out, p.H_out, p.W_out);
   }
   q.gated_x.on = true;
   q.gated_x.mask = p.relu_mask;
@@ -100,13 +95,9 @@ GroupedConvParams forward_of_dgrad(const GroupedConvBackwardParams& p, const voi
   q.w_stride[1] = p.KH * p.KW;
   q.w_stride[2] = p.KW;
   q.w_stride[3] = 1;
-  if (unpacks_grad_x(p)) {
-    dense_channels_last_strides(p.C_in, p.H, p.W, q.y_stride);
-  } else {
-    std::memcpy(q.y_stride, p.grad_x_stride, sizeof q.y_stride);
-  }
+  std::memcpy(q.y_stride, p.grad_x_stride, sizeof q.y_stride);
   q.relu = false;
-  q.y_channels_last = true;
+  q.y_channels_last = p.grad_x_channels_last;
   q.relu_mask = nullptr;
   q.v3_band_pixels = 0;
   return q;
@@ -116,16 +107,13 @@ DgradV3Workspace workspace_layout(const GroupedConvBackwardParams& p, DType dtyp
   DgradV3Workspace ws;
   const int64_t elem = element_bytes(dtype);
   ws.packed_grad_y = 0;
-  ws.staged_grad_x =
+  ws.weights =
       packs_grad_y(p) ? workspace_part_bytes(p.N * p.H_out * p.W_out * p.C_out * elem) : 0;
-  const int64_t grad_x_bytes = p.N * p.H * p.W * p.C_in * elem;
-  ws.weights = ws.staged_grad_x + (unpacks_grad_x(p) ? workspace_part_bytes(grad_x_bytes) : 0);
   ws.ones = ws.weights + workspace_part_bytes(p.C_in * (p.C_out / p.groups) * p.KH * p.KW * elem);
   ws.zeros = ws.ones + workspace_part_bytes(p.C_in * static_cast<int64_t>(sizeof(float)));
   ws.v3 = ws.zeros + workspace_part_bytes(p.C_in * static_cast<int64_t>(sizeof(float)));
   alignas(16) static unsigned char aligned_stand_in[16] = {};
-  const GroupedConvParams q =
-      forward_of_dgrad(p, aligned_stand_in, aligned_stand_in, nullptr, nullptr, nullptr);
+  const GroupedConvParams q = forward_of_dgrad(p, aligned_stand_in, nullptr, nullptr, nullptr);
   ws.bytes = ws.v3 + workspace_part_bytes(grouped_conv_v3_workspace_bytes(q));
   return ws;
 }
@@ -181,12 +169,8 @@ cudaError_t launch_typed(const GroupedConvBackwardParams& p, DType dtype,
                       grid_stride_grid(elements, kThreads), dim3(kThreads), 0, stream, p,
                       weights, ones, zeros);
   if (err != cudaSuccess) return err;
-  void* grad_x = unpacks_grad_x(p) ? workspace + ws.staged_grad_x : p.grad_x;
-  const GroupedConvParams q = forward_of_dgrad(p, grad_y, grad_x, weights, ones, zeros);
-  err = launch_grouped_conv_bn_relu_v3(q, dtype, workspace + ws.v3, stream);
-  if (err != cudaSuccess || !unpacks_grad_x(p)) return err;
-  return launch_channels_last_copy(
-      channels_last_unpack(grad_x, p.grad_x, p.grad_x_stride, p.N, p.C_in, p.H, p.W), stream);
+  const GroupedConvParams q = forward_of_dgrad(p, grad_y, weights, ones, zeros);
+  return launch_grouped_conv_bn_relu_v3(q, dtype, workspace + ws.v3, stream);
 }
 
 }  // namespace
@@ -203,22 +187,17 @@ bool grouped_conv_dgrad_v3_applies(const GroupedConvBackwardParams& p, DType dty
   if (p.groups <= 0 || p.C_out % 8 != 0) return false;  // (v3 asks more: 64-channel tiles)
   // the mask's chunk of 8 bytes is one 8-byte load
   if (reinterpret_cast<uintptr_t>(p.relu_mask) % 8 != 0) return false;
-  // v3 checks its operands' pointers for 16-byte alignment: grad_y and grad_x where it reads
-  // and writes them, else their staged copies, which the plan stands in for with an aligned
-  // pointer (the workspace is checked at launch)
-  alignas(16) static unsigned char aligned_stand_in[16] = {};
+  // v3 checks its operands: grad_y where it reads it, else its packed copy, which the plan
+  // stands in for with an aligned pointer (the workspace is checked at launch); grad_x, which
+  // it writes in 16-byte chunks or by channel planes
+  alignas(16) static const unsigned char aligned_stand_in[16] = {};
   const void* grad_y = packs_grad_y(p) ? aligned_stand_in : p.grad_y;
-  void* grad_x = unpacks_grad_x(p) ? aligned_stand_in : p.grad_x;
-  const GroupedConvParams q = forward_of_dgrad(p, grad_y, grad_x, nullptr, nullptr, nullptr);
+  const GroupedConvParams q = forward_of_dgrad(p, grad_y, nullptr, nullptr, nullptr);
   return grouped_conv_v3_applies(q, dtype, device_major);
 }
 
 bool grouped_conv_dgrad_v3_packs_grad_y(const GroupedConvBackwardParams& p) {
   return packs_grad_y(p);
-}
-
-bool grouped_conv_dgrad_v3_unpacks_grad_x(const GroupedConvBackwardParams& p) {
-  return unpacks_grad_x(p);
 }
 
 int64_t grouped_conv_dgrad_v3_workspace_bytes(const GroupedConvBackwardParams& p, DType dtype) {

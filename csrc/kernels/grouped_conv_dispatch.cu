@@ -1,9 +1,10 @@
 // Chooses the kernel for a grouped conv + BN + ReLU call and launches it: v3 where it applies
 // (grouped_conv_v3.cu), else the WMMA kernel (grouped_conv_wmma.cu), else the direct kernel.
-// v3 reads and writes channels_last 16-byte chunks; an x or y without them (NCHW) is staged
-// through the workspace by layout copies (channels_last_copy.cu): x read and written once more,
-// y written and read once more. The GPU-free profile predicts that cheaper than the WMMA
-// kernel's NCHW path (docs/KERNELS.md); RESNEXT_KERNELS_CUDA_V3=0 keeps such calls on WMMA.
+// v3 reads and writes channels_last 16-byte chunks, or, where x or y has none but its rows are
+// contiguous (NCHW), channel planes a lane per pixel. An x with neither (a view with gaps
+// between pixels, or channels_last off the 16-byte grid) is packed into the workspace first by
+// a layout copy (channels_last_copy.cu). y is the op's own (dense, in x's memory format), so it
+// always has one of the two. RESNEXT_KERNELS_CUDA_V3=0 keeps v3's calls on WMMA.
 #include <cstdint>
 
 #include "kernels/params.h"
@@ -14,66 +15,45 @@ namespace {
 
 int64_t element_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
-// Where v3's workspace parts start (bytes): its packed weights, then x's packed copy and the
-// staged y where the plan has them.
+// Where v3's workspace parts start (bytes): its packed weights, then x's packed copy where the
+// plan has one.
 struct V3Workspace {
-  int64_t weights = 0, packed_x = 0, staged_y = 0, bytes = 0;
+  int64_t weights = 0, packed_x = 0, bytes = 0;
 };
 
 V3Workspace v3_workspace(const GroupedConvParams& p, const GroupedConvPlan& plan, DType dtype) {
-  const int64_t elem = element_bytes(dtype);
   V3Workspace ws;
   ws.packed_x = workspace_part_bytes(grouped_conv_v3_workspace_bytes(p));
-  ws.staged_y = ws.packed_x +
-                (plan.pack_x ? workspace_part_bytes(p.N * p.C_in * p.H * p.W * elem) : 0);
-  ws.bytes = ws.staged_y +
-             (plan.unpack_y ? workspace_part_bytes(p.N * p.C_out * p.H_out * p.W_out * elem) : 0);
+  ws.bytes = ws.packed_x + (plan.pack_x ? workspace_part_bytes(p.N * p.C_in * p.H * p.W *
+                                                               element_bytes(dtype))
+                                        : 0);
   return ws;
 }
 
-// p with x and y replaced by their staged copies where `plan` stages them (dense channels_last
-// at `packed_x`, `staged_y`).
-GroupedConvParams with_staged_operands(const GroupedConvParams& p, const GroupedConvPlan& plan,
-                                       const void* packed_x, void* staged_y) {
+// p with x replaced by its packed copy (dense channels_last at `packed_x`) where `plan` packs it.
+GroupedConvParams with_packed_x(const GroupedConvParams& p, const GroupedConvPlan& plan,
+                                const void* packed_x) {
   GroupedConvParams q = p;
-  if (plan.pack_x) {
-    q.x = packed_x;
-    dense_channels_last_strides(p.C_in, p.H, p.W, q.x_stride);
-  }
-  if (plan.unpack_y) {
-    q.y = staged_y;
-    dense_channels_last_strides(p.C_out, p.H_out, p.W_out, q.y_stride);
-    q.y_channels_last = true;
-  }
+  if (plan.pack_x) redirect_to_dense_channels_last(q.x, q.x_stride, packed_x, p.C_in, p.H, p.W);
   return q;
 }
 
-// The layout copies around v3 (where the plan has them) and v3 itself.
+// x's layout copy (where the plan has it), then v3, which checks what it is given.
 cudaError_t launch_v3(const GroupedConvParams& p, DType dtype, const GroupedConvPlan& plan,
                       void* workspace, cudaStream_t stream) {
   // a gated x is on its own grid (GatedInput): a pack at p.H x p.W would read past it
   if (plan.pack_x && p.gated_x.on) return cudaErrorInvalidValue;
   unsigned char* base = static_cast<unsigned char*>(workspace);
   const V3Workspace ws = v3_workspace(p, plan, dtype);
-  const GroupedConvParams q =
-      with_staged_operands(p, plan, base + ws.packed_x, base + ws.staged_y);
-  // a plan made for other tensors must not send operands without chunks to v3
-  if (!v3::channels_last_aligned16(q.x, q.x_stride) ||
-      !v3::channels_last_aligned16(q.y, q.y_stride)) {
-    return cudaErrorInvalidValue;
-  }
+  const GroupedConvParams q = with_packed_x(p, plan, base + ws.packed_x);
   if (q.N * q.C_out * q.H_out * q.W_out == 0) return cudaSuccess;
-  cudaError_t err = cudaSuccess;
   if (plan.pack_x) {
-    err = launch_channels_last_copy(
+    const cudaError_t err = launch_channels_last_copy(
         channels_last_pack(p.x, p.x_stride, p.N, p.C_in, p.H, p.W, base + ws.packed_x), stream);
     if (err != cudaSuccess) return err;
   }
-  err = launch_grouped_conv_bn_relu_v3(q, dtype, base + ws.weights, stream);
-  if (err != cudaSuccess || !plan.unpack_y) return err;
-  return launch_channels_last_copy(channels_last_unpack(base + ws.staged_y, p.y, p.y_stride, p.N,
-                                                        p.C_out, p.H_out, p.W_out),
-                                   stream);
+  // (refuses operands a plan made for other tensors would hand it without chunks or planes)
+  return launch_grouped_conv_bn_relu_v3(q, dtype, base + ws.weights, stream);
 }
 
 }  // namespace
@@ -83,13 +63,13 @@ GroupedConvPlan plan_grouped_conv_bn_relu(const GroupedConvParams& p, DType dtyp
   if (allow_v3) {
     GroupedConvPlan plan;
     plan.path = GroupedConvPath::kV3;
-    // a gated x is on its own grid (GatedInput): dgrad stages it, this plan never does
-    plan.pack_x = !p.gated_x.on && !v3::channels_last_aligned16(p.x, p.x_stride);
-    plan.unpack_y = !v3::channels_last_aligned16(p.y, p.y_stride);
-    // the staged copies' layout, with an aligned stand-in for the workspace (checked at launch)
-    alignas(16) static unsigned char aligned_stand_in[16] = {};
-    const GroupedConvParams q =
-        with_staged_operands(p, plan, aligned_stand_in, aligned_stand_in);
+    // an x with neither chunks nor contiguous rows is packed (a gated x never is: it is on its
+    // own grid, GatedInput, and dgrad stages it)
+    plan.pack_x = !p.gated_x.on && !v3::channels_last_aligned16(p.x, p.x_stride) &&
+                  !v3::rows_contiguous(p.x_stride);
+    // the packed copy's layout, with an aligned stand-in for the workspace (checked at launch)
+    alignas(16) static const unsigned char aligned_stand_in[16] = {};
+    const GroupedConvParams q = with_packed_x(p, plan, aligned_stand_in);
     if (grouped_conv_v3_applies(q, dtype, device_major)) {
       plan.workspace_bytes = v3_workspace(p, plan, dtype).bytes;
       return plan;

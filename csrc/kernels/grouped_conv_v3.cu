@@ -1,5 +1,6 @@
-// Grouped 3x3 conv + folded BN + ReLU, v3: mma.sync on a swizzled band of channels_last input
-// (fp16/bf16, stride 1 or 2, padding 1, C_in == C_out, 4, 8, 16, 32 or 64 channels per group).
+// Grouped 3x3 conv + folded BN + ReLU, v3: mma.sync on a swizzled band of the input staged
+// channels_last (fp16/bf16, stride 1 or 2, padding 1, C_in == C_out, 4, 8, 16, 32 or 64
+// channels per group; x and y channels_last, or NCHW).
 //
 // Work unit (one CTA): image n, a band of output rows, a 64-channel tile (128 bytes per pixel:
 // every pixel is one whole cache line). Channel tile fastest in the grid, so neighbouring CTAs
@@ -7,9 +8,11 @@
 //  1. Loader: the band's input rows with their halo go to shared memory with 16-byte cp.async
 //     copies; padding is the copies' zero fill. Pixel q's 8 chunks of 16 bytes are stored
 //     swizzled (SwizzledPixels), so the 8 rows of an ldmatrix, pixels `stride` apart, fall in 8
-//     distinct bank quads. A gated input (GatedInput, kGated: dgrad's gradient, selected by the
-//     ReLU mask and at stride 2 spread on the input's grid) is formed on the way, through
-//     registers (v3::load_gated_halo_rows), into the same tile.
+//     distinct bank quads. An NCHW x (rows contiguous, no 16-byte channel chunks) is read by
+//     2-byte loads from 8 channel planes per chunk, a lane per pixel, through registers
+//     (v3::load_halo_rows_by_planes), into the same tile. A gated input (GatedInput, kGated:
+//     dgrad's gradient, selected by the ReLU mask and at stride 2 spread on the input's grid)
+//     is formed on the way, through registers (v3::load_gated_halo_rows), into the same tile.
 //  2. Mainloop: warp w owns one MMA channel group ("super-group", SG channels: a group at cpg 8
 //     and 16, two groups of 4 at cpg 4) and walks the band's pixels 16 at a time. A comes
 //     from ldmatrix with one row address per lane: the tap shift and the stride cost nothing.
@@ -26,7 +29,8 @@
 //     loading each B fragment once per pair of tiles.
 //  3. Epilogue: fp32 scale, shift and NaN-keeping ReLU in registers, packed to 16 bits into a
 //     swizzled shared staging tile (conflict-free), then written out as whole 128-byte lines
-//     with 16-byte stores.
+//     with 16-byte stores; into an NCHW y, a lane per pixel, 16 bytes from the staging tile
+//     and 8 two-byte stores, one per channel plane (store_band_by_planes).
 #include <algorithm>
 #include <cstring>
 
@@ -47,6 +51,7 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kPackThreads = 256;
 constexpr int kMaxBandPixels = 256;                 // output pixels per CTA (16 m16 tiles)
 constexpr int kGatedLoadsInFlight = 4;              // chunks a thread loads before storing any
+constexpr int kPlaneLoadsInFlight = 2;              // likewise, NCHW x: 8 two-byte loads each
 // Within every sm_80+ part's per-block limit (99 KB on sm_86/89). Not an occupancy promise: a
 // band near the cap leaves one CTA per SM on sm_86/89 (100 KB per SM) and on sm_80 above ~81 KB.
 constexpr size_t kMaxSmemBytes = 99 * 1024;
@@ -77,6 +82,9 @@ struct Band {
   size_t out_offset = 0;  // shared memory: input band, then output staging, then weights
   size_t w_offset = 0;
   size_t smem_bytes = 0;
+  // x and y without 16-byte channel chunks but with contiguous rows (NCHW): read and written
+  // by channel planes (v3::load_halo_rows_by_planes, store_band_by_planes)
+  bool x_by_planes = false, y_by_planes = false;
 };
 
 Band plan_band(const GroupedConvParams& p) {
@@ -101,6 +109,8 @@ Band plan_band(const GroupedConvParams& p) {
   b.out_offset = static_cast<size_t>(b.in_rows) * b.in_cols * kPixelBytes;
   b.w_offset = b.out_offset + static_cast<size_t>(b.rows) * p.W_out * kPixelBytes;
   b.smem_bytes = smem(b.rows);
+  b.x_by_planes = !v3::channels_last_aligned16(p.x, p.x_stride);
+  b.y_by_planes = !v3::channels_last_aligned16(p.y, p.y_stride);
   return b;
 }
 
@@ -186,18 +196,26 @@ __device__ __forceinline__ WorkUnit work_unit(const GroupedConvParams& p, const 
   return u;
 }
 
+// How a kernel stages its input band: 16-byte cp.async copies (x channels_last, chunked), 2-byte
+// loads from channel planes (x NCHW: Band::x_by_planes), or gated (kGated: dgrad's gradient).
+enum class InputLoad { kCopies, kPlanes, kGated };
+
 // Loader: the unit's input rows oh0*S - 1 ... with their halo columns into the swizzled tile
-// (zeros outside the image). kGated = false: 16-byte cp.async copies, the caller commits and
-// waits; kGated = true: p.gated_x's input through registers, stored when this returns (the
-// caller still waits for its other copies and synchronises).
-template <typename T, bool kGated, int kShift>
+// (zeros outside the image). kCopies: 16-byte cp.async copies, the caller commits and waits;
+// kPlanes and kGated: through registers (kGated: p.gated_x's input), stored when this returns
+// (the caller still waits for its other copies and synchronises).
+template <typename T, InputLoad kLoad, int kShift>
 __device__ __forceinline__ void load_band(const GroupedConvParams& p, const Band& band,
                                           const WorkUnit& u, int stride,
                                           SwizzledPixels<kShift> in_tile) {
   const int64_t c0 = static_cast<int64_t>(u.ct) * kTileC;
-  const T* x_n = static_cast<const T*>(p.x) + u.n * p.x_stride[0] + c0;
+  const T* x_n = static_cast<const T*>(p.x) + u.n * p.x_stride[0] + c0 * p.x_stride[1];
   const int ih0 = u.oh0 * stride - static_cast<int>(p.pad_h);
-  if constexpr (kGated) {
+  if constexpr (kLoad == InputLoad::kPlanes) {
+    v3::load_halo_rows_by_planes<kThreads, kPlaneLoadsInFlight>(
+        x_n, p.x_stride, p.H, p.W, ih0, static_cast<int>(p.pad_w), u.in_rows, band.in_cols,
+        in_tile);
+  } else if constexpr (kLoad == InputLoad::kGated) {
     const uint8_t* mask_tile = p.gated_x.mask != nullptr ? p.gated_x.mask + c0 : nullptr;
     v3::load_gated_halo_rows<kThreads, kGatedLoadsInFlight>(
         p.gated_x, x_n, p.x_stride, mask_tile, p.C_in, u.n, p.H, p.W, ih0,
@@ -205,6 +223,33 @@ __device__ __forceinline__ void load_band(const GroupedConvParams& p, const Band
   } else {
     v3::load_halo_rows_async<kThreads>(x_n, p.x_stride, p.H, p.W, ih0, static_cast<int>(p.pad_w),
                                        u.in_rows, band.in_cols, p.x, in_tile);
+  }
+}
+
+// The unit's output into a y with contiguous rows (NCHW: Band::y_by_planes) from the staging
+// tile: a lane per pixel, chunk-major, so a warp's store of one channel is neighbouring pixels
+// of its plane (64 contiguous bytes: a band's pixels are contiguous in each plane). Each item
+// reads its pixel's 16-byte chunk (8 consecutive pixels: 8 distinct bank groups of the
+// SwizzledPixels<0> tile; a quarter-warp that crosses into the next chunk, where the band's
+// pixels are not a multiple of 8, may conflict once) and stores its 8 channels, 2 bytes each.
+template <typename T>
+__device__ __forceinline__ void store_band_by_planes(const GroupedConvParams& p,
+                                                     const WorkUnit& u,
+                                                     SwizzledPixels<0> out_tile) {
+  uint16_t* y_n = static_cast<uint16_t*>(p.y) + u.n * p.y_stride[0] +
+                  static_cast<int64_t>(u.ct) * kTileC * p.y_stride[1];
+  const int64_t c_stride = p.y_stride[1];
+  const int W_out = static_cast<int>(p.W_out), pixels = u.band_pixels;
+  for (int i = threadIdx.x; i < pixels * 8; i += kThreads) {
+    const int c = i / pixels, q = i - c * pixels;
+    const int orow = q / W_out, ocol = q - orow * W_out;
+    const uint4 v = ptx::ld_shared_16(out_tile.chunk(q, c));
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    uint16_t* dst = y_n + (u.oh0 + orow) * p.y_stride[2] + ocol * p.y_stride[3] + c * 8 * c_stride;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      dst[e * c_stride] = static_cast<uint16_t>(w[e / 2] >> (16 * (e % 2)));
+    }
   }
 }
 
@@ -322,10 +367,10 @@ __global__ void __launch_bounds__(kThreads)
   const SwizzledPixels<kShift> in_tile{smem};
   const SwizzledPixels<0> out_tile{smem + band.out_offset};
 
-  // 1. The input band and its halo: copies in flight while the B fragments load; a gated
-  // input after them (its loads are the thread's own: B's go first).
+  // 1. The input band and its halo: copies in flight while the B fragments load; an NCHW or a
+  // gated input after them (its loads are the thread's own: B's go first).
   if constexpr (!kGated) {
-    load_band<T, false>(p, band, u, kStride, in_tile);
+    if (!band.x_by_planes) load_band<T, InputLoad::kCopies>(p, band, u, kStride, in_tile);
     ptx::cp_async_commit();
   }
 
@@ -350,7 +395,11 @@ __global__ void __launch_bounds__(kThreads)
                      shift[j]);
   }
 
-  if constexpr (kGated) load_band<T, true>(p, band, u, kStride, in_tile);
+  if constexpr (kGated) {
+    load_band<T, InputLoad::kGated>(p, band, u, kStride, in_tile);
+  } else if (band.x_by_planes) {
+    load_band<T, InputLoad::kPlanes>(p, band, u, kStride, in_tile);
+  }
   ptx::cp_async_wait<0>();
   __syncthreads();
 
@@ -430,7 +479,11 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   // 4. The band's output, and its ReLU mask when asked for.
-  store_band<T>(p, u, out_tile);
+  if (band.y_by_planes) {
+    store_band_by_planes<T>(p, u, out_tile);
+  } else {
+    store_band<T>(p, u, out_tile);
+  }
   store_band_mask<T>(p, u, out_tile);
 #else
   __trap();  // built only for sm_80+; the planner never selects v3 below sm_80
@@ -507,8 +560,10 @@ __global__ void __launch_bounds__(kThreads)
   unsigned char* w_s = smem + band.w_offset;  // [64 output channels][kPitch]
 
   // 1. The input band and the tile's weights (one contiguous block), in one group of copies;
-  // a gated input through registers while the weights' copies are in flight.
-  if constexpr (!kGated) load_band<T, false>(p, band, u, kStride, in_tile);
+  // an NCHW or a gated input through registers while the weights' copies are in flight.
+  if constexpr (!kGated) {
+    if (!band.x_by_planes) load_band<T, InputLoad::kCopies>(p, band, u, kStride, in_tile);
+  }
   {
     const unsigned char* src =
         reinterpret_cast<const unsigned char*>(w_rows + static_cast<int64_t>(u.ct) * kTileC * kPitch);
@@ -517,7 +572,11 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   ptx::cp_async_commit();
-  if constexpr (kGated) load_band<T, true>(p, band, u, kStride, in_tile);
+  if constexpr (kGated) {
+    load_band<T, InputLoad::kGated>(p, band, u, kStride, in_tile);
+  } else if (band.x_by_planes) {
+    load_band<T, InputLoad::kPlanes>(p, band, u, kStride, in_tile);
+  }
 
   // Warp w: output channels nb*32 .. nb*32 + 31 of the tile (nb = w % 2), m16 tiles w/2, +4, ...
   const int nb = warp % 2;
@@ -572,7 +631,11 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   // 4. The band's output, and its ReLU mask when asked for.
-  store_band<T>(p, u, out_tile);
+  if (band.y_by_planes) {
+    store_band_by_planes<T>(p, u, out_tile);
+  } else {
+    store_band<T>(p, u, out_tile);
+  }
   store_band_mask<T>(p, u, out_tile);
 #else
   __trap();  // built only for sm_80+; the planner never selects v3 below sm_80
@@ -675,9 +738,11 @@ static bool gated_input_ok(const GroupedConvParams& p) {
 
 bool grouped_conv_v3_applies(const GroupedConvParams& p, DType dtype, int device_major) {
   if (!v3::takes_conv(p, dtype, device_major) || !gated_input_ok(p)) return false;
-  if (!channels_last_aligned16(p.x, p.x_stride) || !channels_last_aligned16(p.y, p.y_stride)) {
-    return false;
-  }
+  // x and y: 16-byte channel chunks, or rows contiguous (read and written by channel planes);
+  // a gated x must be chunked (load_gated_halo_rows reads 16-byte chunks)
+  const bool x_chunked = channels_last_aligned16(p.x, p.x_stride);
+  if (!x_chunked && (p.gated_x.on || !v3::rows_contiguous(p.x_stride))) return false;
+  if (!channels_last_aligned16(p.y, p.y_stride) && !v3::rows_contiguous(p.y_stride)) return false;
   return plan_band(p).rows > 0;
 }
 
@@ -693,7 +758,7 @@ int64_t grouped_conv_v3_workspace_bytes(const GroupedConvParams& p) {
 cudaError_t launch_grouped_conv_bn_relu_v3(const GroupedConvParams& p, DType dtype,
                                            void* workspace, cudaStream_t stream) {
   if (p.N * p.C_out * p.H_out * p.W_out == 0) return cudaSuccess;
-  if (!aligned16(workspace) || !gated_input_ok(p)) return cudaErrorInvalidValue;
+  if (!aligned16(workspace) || !grouped_conv_v3_applies(p, dtype, 8)) return cudaErrorInvalidValue;
   const Band band = plan_band(p);
   if (band.rows == 0) return cudaErrorInvalidValue;
   switch (dtype) {

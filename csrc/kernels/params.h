@@ -11,10 +11,11 @@ namespace resnext_kernels {
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 // --- Staging through the workspace ---------------------------------------------------------
-// The v3 kernels read and write channels_last 16-byte chunks of 8 channels; an operand without
-// them (NCHW, or a view off the 16-byte grid) goes through the caller's workspace as a dense
-// channels_last copy: the forward's x and y (grouped_conv_dispatch.cu), dgrad's grad_y and
-// grad_x (grouped_conv_dgrad_v3.cu), wgrad's x and grad_y (grouped_conv_backward_dispatch.cu).
+// Where a v3 kernel's loader reads only channels_last 16-byte chunks of 8 channels, an operand
+// without them goes through the caller's workspace as a dense channels_last copy: dgrad's
+// grad_y (grouped_conv_dgrad_v3.cu), wgrad's x and grad_y (grouped_conv_backward_dispatch.cu),
+// and the forward's x where its rows are not contiguous either (grouped_conv_dispatch.cu: the
+// forward reads and writes NCHW itself, by channel planes, and so writes dgrad's grad_x).
 
 // Every part of a workspace starts on a 256-byte boundary: the size a part takes.
 constexpr int64_t kWorkspacePartAlign = 256;
@@ -30,33 +31,33 @@ inline void dense_channels_last_strides(int64_t C, int64_t H, int64_t W, int64_t
   stride[3] = C;
 }
 
-// A copy between a 4-D tensor [N, C, H, W] of any strides and a dense channels_last copy of it
-// (channels_last_copy.cu): 16-bit elements moved as bits, C a multiple of 8, the dense side
+// Points an operand (its data pointer and (n, c, h, w) element strides) at a dense
+// channels_last copy of it, `dense` ([N, C, H, W]).
+template <typename Pointer>
+inline void redirect_to_dense_channels_last(Pointer& data, int64_t* stride, Pointer dense,
+                                            int64_t C, int64_t H, int64_t W) {
+  data = dense;
+  dense_channels_last_strides(C, H, W, stride);
+}
+
+// A copy of a 4-D tensor [N, C, H, W] of any strides into a dense channels_last copy of it
+// (channels_last_copy.cu): 16-bit elements moved as bits, C a multiple of 8, the dense copy
 // 16-byte aligned. Returns cudaErrorInvalidValue where it does not apply.
 struct ChannelsLastCopyParams {
-  const void* src;
-  void* dst;
+  const void* src;     // strided
+  void* dst;           // dense channels_last
   int64_t N, C, H, W;
-  int64_t strided[4];     // the strided side's element strides, (n, c, h, w) order
-  bool to_channels_last;  // true: src strided -> dst dense; false: src dense -> dst strided
-  int64_t max_blocks;     // the grid's cap (each block then walks several tiles); 0: 2^20
+  int64_t strided[4];  // src's element strides, (n, c, h, w) order
+  int64_t max_blocks;  // the grid's cap (each block then walks several tiles); 0: 2^20
 };
 bool channels_last_copy_applies(const ChannelsLastCopyParams& p);
 cudaError_t launch_channels_last_copy(const ChannelsLastCopyParams& p, cudaStream_t stream);
 
-// The pack of `strided` (strides `stride`) into the dense channels_last `dense`, and the unpack
-// of `dense` into `strided`.
+// The pack of `strided` (strides `stride`) into the dense channels_last `dense`.
 inline ChannelsLastCopyParams channels_last_pack(const void* strided, const int64_t* stride,
                                                  int64_t N, int64_t C, int64_t H, int64_t W,
                                                  void* dense) {
-  ChannelsLastCopyParams p{strided, dense, N, C, H, W, {}, true, 0};
-  for (int i = 0; i < 4; ++i) p.strided[i] = stride[i];
-  return p;
-}
-inline ChannelsLastCopyParams channels_last_unpack(const void* dense, void* strided,
-                                                   const int64_t* stride, int64_t N, int64_t C,
-                                                   int64_t H, int64_t W) {
-  ChannelsLastCopyParams p{dense, strided, N, C, H, W, {}, false, 0};
+  ChannelsLastCopyParams p{strided, dense, N, C, H, W, {}, 0};
   for (int i = 0; i < 4; ++i) p.strided[i] = stride[i];
   return p;
 }
@@ -129,8 +130,8 @@ cudaError_t launch_grouped_conv_bn_relu_wmma(const GroupedConvParams& p, DType d
                                              cudaStream_t stream);
 
 // v3 (grouped_conv_v3.cu): mma.sync on a swizzled shared-memory band of the input, B in
-// registers. fp16/bf16, x and y channels_last with 16-byte aligned pixels (the dispatcher
-// stages others through its workspace), 3x3, stride 1 or 2,
+// registers. fp16/bf16, x and y each channels_last with 16-byte aligned pixels, or with
+// contiguous rows (NCHW: read and written by channel planes; not a gated x), 3x3, stride 1 or 2,
 // padding 1, dilation 1, C_in == C_out a multiple of 64, 4, 8, 16, 32 or 64 channels per group,
 // compute capability 8.0+. The launch first packs the weights into `workspace`
 // (grouped_conv_v3_workspace_bytes): in the order the kernel's lanes hold them (cpg <= 16), or
@@ -148,18 +149,18 @@ cudaError_t launch_relu_mask_from_output(const GroupedConvParams& p, DType dtype
                                          cudaStream_t stream);
 
 // Which kernel runs a call, and the scratch memory it needs: the one place that decides
-// (grouped_conv_dispatch.cu). v3 takes x and y without 16-byte channel chunks (NCHW, or a view
-// off the 16-byte grid) through the workspace: x packed dense channels_last first, y written
-// there dense channels_last and unpacked into its layout after (launch_channels_last_copy);
-// its epilogue's mask does not depend on y's layout. (Not for a gated x: dgrad stages its own.)
+// (grouped_conv_dispatch.cu). v3 reads and writes NCHW x and y itself (channel planes); an x
+// with neither 16-byte channel chunks nor contiguous rows (a view with gaps, or channels_last
+// off the 16-byte grid) is packed dense channels_last into the workspace first
+// (launch_channels_last_copy). (Not a gated x: dgrad stages its own.) A y with neither goes to
+// WMMA: the op's y never is one. v3's epilogue's mask does not depend on y's layout.
 enum class GroupedConvPath : int { kDirect = 0, kWmma = 1, kV3 = 2 };
 struct GroupedConvPlan {
   GroupedConvPath path = GroupedConvPath::kDirect;
   int block_channels = 0;       // WMMA channel slab width
   bool pack_x = false;          // v3: x packed channels_last into the workspace first
-  bool unpack_y = false;        // v3: y written to the workspace, then into its layout
-  int64_t workspace_bytes = 0;  // the re-laid-out weights; v3: then the staged x and y (a
-                                // plan is for its call's tensors: sizes, layouts, pointers)
+  int64_t workspace_bytes = 0;  // the re-laid-out weights; v3: then the packed x (a plan is
+                                // for its call's tensors: sizes, layouts, pointers)
 };
 const char* grouped_conv_path_name(GroupedConvPath path);
 // allow_tf32: fp32 may multiply in TF32 (torch.backends.cudnn.allow_tf32); otherwise fp32 runs
@@ -218,16 +219,15 @@ cudaError_t launch_grouped_conv_dgrad_direct(const GroupedConvBackwardParams& p,
 // spread on the input's grid, zeros between) with each group's weights scaled, transposed and
 // flipped; v3's loader forms gs from grad_y and the mask (GatedInput). Applies where that
 // forward is one v3 takes (fp16/bf16, C_in == C_out a multiple of 64, cpg 4..64, compute
-// capability 8.0+) and the mask is 8-byte aligned. v3 reads and writes channels_last 16-byte
-// chunks: a grad_y without them (NCHW, or a view off the 16-byte grid) is packed into the
-// workspace first (`packs_grad_y`), and a grad_x without them is written there and unpacked
-// into its layout after (`unpacks_grad_x`), by launch_channels_last_copy. `workspace` (16-byte
-// aligned) holds the weights, v3's epilogue constants, v3's packed weights and the staged
-// copies.
+// capability 8.0+), the mask is 8-byte aligned and grad_x is channels_last with 16-byte chunks
+// or has contiguous rows (NCHW: v3 writes it by channel planes). v3's gated loader reads
+// channels_last 16-byte chunks: a grad_y without them (NCHW, or a view off the 16-byte grid) is
+// packed into the workspace first (`packs_grad_y`, launch_channels_last_copy). `workspace`
+// (16-byte aligned) holds the packed grad_y, the weights, v3's epilogue constants and v3's
+// packed weights.
 bool grouped_conv_dgrad_v3_applies(const GroupedConvBackwardParams& p, DType dtype,
                                    int device_major);
 bool grouped_conv_dgrad_v3_packs_grad_y(const GroupedConvBackwardParams& p);
-bool grouped_conv_dgrad_v3_unpacks_grad_x(const GroupedConvBackwardParams& p);
 int64_t grouped_conv_dgrad_v3_workspace_bytes(const GroupedConvBackwardParams& p, DType dtype);
 cudaError_t launch_grouped_conv_dgrad_v3(const GroupedConvBackwardParams& p, DType dtype,
                                          void* workspace, cudaStream_t stream);
@@ -238,7 +238,6 @@ enum class GroupedConvDgradPath : int { kDirect = 0, kV3 = 1 };
 struct GroupedConvDgradPlan {
   GroupedConvDgradPath path = GroupedConvDgradPath::kDirect;
   bool pack_grad_y = false;    // v3: grad_y packed channels_last into the workspace first
-  bool unpack_grad_x = false;  // v3: grad_x written to the workspace, then into its layout
   int64_t workspace_bytes = 0;
 };
 const char* grouped_conv_dgrad_path_name(GroupedConvDgradPath path);

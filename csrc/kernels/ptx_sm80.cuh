@@ -2,8 +2,8 @@
 // cp.async (16-byte global -> shared copies with zero fill, in commit/wait groups), ldmatrix
 // (8x8 16-bit matrices from shared memory into mma operand registers, one row address per
 // lane) and mma.sync (m16n8k16 and m16n8k8, fp16 or bf16 operands, fp32 accumulators); and
-// three that run anywhere, 16-byte global loads and stores and 16-byte shared stores that no
-// compiler splits.
+// four that run anywhere: 16-byte global loads and stores, and 16-byte shared stores and
+// loads, that no compiler splits.
 //
 // Fragments are plain uint32_t registers holding two 16-bit elements each (low half = the lower
 // column), in the layouts of the PTX ISA; csrc/emulation/ptx.cpp spells them out. Under the CUDA
@@ -223,6 +223,23 @@ PTX_CALL void st_shared_16(void* shared_dst, uint4 value) {
   asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(shared_address(shared_dst)),
                "r"(value.x), "r"(value.y), "r"(value.z), "r"(value.w)
                : "memory");
+#endif
+}
+
+// ------------------------------------------------------------------------------ ld.shared.v4
+// One 16-byte load from shared memory (16-byte aligned), for a chunk whose words are then used
+// one by one (v3's store into an NCHW y: 8 two-byte global stores per chunk); the host
+// compiler would split a plain uint4 load into smaller ones that the access profile counts as
+// that many requests. On the GPU a plain uint4 load is one LDS.128, which nvcc schedules
+// freely (an asm with a memory clobber kept each one behind the previous chunk's stores).
+PTX_CALL uint4 ld_shared_16(const void* shared_src) {
+#if defined(RESNEXT_KERNELS_EMULATION)
+  profile::record(PTX_SITE(), shared_src, 16, profile::Op::kLoad);
+  uint32_t words[4];
+  cuda_emulator::ptx::ld_shared_16(words, shared_src);
+  return make_uint4(words[0], words[1], words[2], words[3]);
+#else
+  return *static_cast<const uint4*>(shared_src);
 #endif
 }
 

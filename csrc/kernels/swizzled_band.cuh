@@ -2,8 +2,9 @@
 // their operands from: a 64-channel tile of channels_last pixels, one 128-byte row per pixel,
 // swizzled so that the 8 row addresses of an ldmatrix fall in 8 distinct bank quads; and the
 // loaders that fill it with an input band and its halo: by 16-byte cp.async copies, the zero
-// padding being the copies' zero fill; or, for a gated input (GatedInput: the backward's
-// gradient selected by the ReLU mask, spread at stride 2), through registers.
+// padding being the copies' zero fill; from an input whose rows are contiguous (NCHW) by 2-byte
+// loads from 8 channel planes per chunk, through registers; or, for a gated input (GatedInput:
+// the backward's gradient selected by the ReLU mask, spread at stride 2), through registers.
 #pragma once
 
 #include <cstdint>
@@ -61,6 +62,11 @@ inline bool channels_last_aligned16(const void* ptr, const int64_t* stride) {
          stride[3] % 8 == 0;
 }
 
+// Rows of pixels contiguous (the w stride 1: NCHW, or a view of whole rows): v3's plane loader
+// and its plane store read and write such a tensor a lane per pixel, so a warp's access to one
+// channel is 32 neighbouring pixels of its plane, 64 contiguous bytes within a row.
+inline bool rows_contiguous(const int64_t* stride) { return stride[3] == 1; }
+
 // The conv every v3 kernel is built for (the forward's and wgrad's *_applies; Params:
 // GroupedConvParams or GroupedConvBackwardParams): fp16/bf16 on sm_80+, C_in == C_out in
 // 64-channel tiles, 4, 8, 16, 32 or 64 channels per group, 3x3, stride 1 or 2, padding 1,
@@ -104,6 +110,71 @@ __device__ __forceinline__ void load_halo_rows_async(const T* x_tile, const int6
                                                         iw * x_stride[3] + c * 8)
                              : any_aligned;
     ptx::cp_async_16(tile.staged_chunk(q, r, col, c), src, inside);
+  }
+}
+
+// The same rows of an input whose rows are contiguous (rows_contiguous: NCHW; any channel
+// stride; x_tile: the image's first pixel at the tile's first channel), through registers into
+// a SwizzledPixels tile; each thread's stores are complete when this returns (the caller
+// synchronises). A work item is one staged 16-byte chunk: 8 two-byte loads, one per channel
+// plane, packed into one 16-byte store. Items run chunk-major over the staged pixels, a lane per
+// pixel, so a warp's load of one channel is 32 neighbouring pixels of its plane: 64 contiguous
+// bytes, rows following one another. Each chunk's pixels are padded to a multiple of 16 items,
+// and within each 16 the lanes take them in the order that puts a quarter-warp's 8 stores in 8
+// distinct 16-byte bank groups: in order where the swizzle keys by q (kShift 0), at stride 2
+// (key q >> 1) the 8 even pixels, then the 8 odd ones. A warp still covers 32 consecutive
+// pixels, so its loads touch the sectors they would in pixel order. Every item loads: a pixel
+// outside the image (the padding) reads the nearest one inside, a line its neighbours read too,
+// and stores zeros; a padding item stores nothing. So every lane issues the same loads, as the
+// lanes a predicate turned off would still share the warp's instruction. Each thread issues the
+// loads of kInFlight items (8 kInFlight loads) before it stores any.
+template <int kThreads, int kInFlight, typename T, int kShift>
+__device__ __forceinline__ void load_halo_rows_by_planes(const T* x_tile, const int64_t* x_stride,
+                                                         int64_t H, int64_t W, int ih0, int pad_w,
+                                                         int in_rows, int in_cols,
+                                                         SwizzledPixels<kShift> tile) {
+  static_assert(kThreads % 16 == 0, "quarter-warps stay inside a group of 16 items");
+  static_assert(sizeof(T) == 2, "16-bit lanes");
+  static_assert(kShift == 0 || kShift == 1, "the lane order is derived for keys q and q >> 1");
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(x_tile);
+  const int64_t c_stride = x_stride[1];
+  const int pixels = in_rows * in_cols;
+  const int slots = (pixels + 15) & ~15;  // items per chunk
+  const int items = slots * 8;
+  const int h_last = static_cast<int>(H) - 1, w_last = static_cast<int>(W) - 1;
+  for (int i0 = threadIdx.x; i0 < items; i0 += kInFlight * kThreads) {
+    uint16_t v[kInFlight][8];
+    int q_of[kInFlight], c_of[kInFlight];
+#pragma unroll
+    for (int r = 0; r < kInFlight; ++r) {
+      const int i = i0 + r * kThreads;
+      const int c = i < items ? i / slots : 7, s = i - c * slots, j = s & 15;
+      const int q = (s & ~15) | (kShift == 0 ? j : ((j & 7) << 1) | (j >> 3));
+      const int qq = i < items && q < pixels ? q : pixels - 1;
+      q_of[r] = i < items && q < pixels ? q : -1;
+      c_of[r] = c;
+      const int row = qq / in_cols, col = qq - row * in_cols;
+      const int ih = ih0 + row, iw = col - pad_w;
+      const bool inside = ih >= 0 && ih <= h_last && iw >= 0 && iw <= w_last;
+      const int hc = ih < 0 ? 0 : (ih > h_last ? h_last : ih);
+      const int wc = iw < 0 ? 0 : (iw > w_last ? w_last : iw);
+      const uint16_t* chunk = src + hc * x_stride[2] + wc * x_stride[3] + c * 8 * c_stride;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const uint16_t loaded = chunk[e * c_stride];
+        v[r][e] = inside ? loaded : uint16_t{0};
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kInFlight; ++r) {
+      if (q_of[r] < 0) continue;
+      uint32_t w[4];
+#pragma unroll
+      for (int h = 0; h < 4; ++h) {
+        w[h] = uint32_t{v[r][2 * h]} | (uint32_t{v[r][2 * h + 1]} << 16);
+      }
+      ptx::st_shared_16(tile.chunk(q_of[r], c_of[r]), make_uint4(w[0], w[1], w[2], w[3]));
+    }
   }
 }
 

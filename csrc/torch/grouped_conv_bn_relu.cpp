@@ -112,9 +112,10 @@ static std::tuple<at::Tensor, at::Tensor> run_grouped_conv_bn_relu(
   const bool allow_tf32 = at::globalContext().allowTF32CuDNN();
   const GroupedConvPlan plan = plan_grouped_conv_bn_relu(p, dtype, device_compute_major(x),
                                                          allow_tf32, cuda_v3_allowed());
-  // Scratch for the re-laid-out weights, and on v3 for an x or y without 16-byte channel
-  // chunks (NCHW) staged channels_last: x + y bytes more, for the call's duration
-  // (16-byte aligned: the caching allocator gives 512).
+  // Scratch for the re-laid-out weights, and on v3 for an x with neither 16-byte channel
+  // chunks nor contiguous rows (a view with gaps) packed channels_last: x's bytes more, for the
+  // call's duration (v3 reads and writes NCHW itself). 16-byte aligned: the caching allocator
+  // gives 512.
   const at::Tensor workspace =
       at::empty({std::max<int64_t>(plan.workspace_bytes, 1)}, x.options().dtype(at::kByte));
   const cudaError_t err = launch_grouped_conv_bn_relu(p, dtype, plan, workspace.data_ptr(), stream);

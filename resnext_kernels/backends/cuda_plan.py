@@ -39,8 +39,9 @@ def cuda_conv_path(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilat
                    device_major: int, allow_tf32: bool, allow_v3=None) -> str:
     """The kernel the cuda backend runs for this call. allow_v3 defaults to the environment
     (RESNEXT_KERNELS_CUDA_V3=0 sends v3's calls to v2). v3 takes any layout and alignment of x
-    and y: those without its 16-byte channel chunks (NCHW) go through the workspace by layout
-    copies (csrc/kernels/grouped_conv_dispatch.cu)."""
+    and y: it reads and writes NCHW by channel planes, and an x with neither 16-byte channel
+    chunks nor contiguous rows is packed through the workspace first
+    (csrc/kernels/grouped_conv_dispatch.cu)."""
     if allow_v3 is None:
         allow_v3 = os.environ.get("RESNEXT_KERNELS_CUDA_V3", "1") != "0"
     N, C, H, W = x.shape
