@@ -101,11 +101,11 @@ def run_case(binary, case, blocks: int, seed: int = 0):
 def run_backward_case(binary, case, blocks: int, seed: int = 0):
     """(launches, reports) of the CUDA backward of one conv case at batch 1: dgrad's launches
     (the direct kernel, or on v3: the scaled, flipped weights, v3's packing and its forward of
-    the gradient gated by the mask in its loader; in NCHW grad_y packed channels_last before,
-    grad_x written by channel planes), then wgrad's (in NCHW x and grad_y packed; the partial
-    sums, the finalize), with a random ReLU mask; reports: the harness's path lines of dgrad
-    ("path direct" or "path v3[ pack grad_y]") and wgrad (which names its pixel splits and
-    packs)."""
+    the gradient gated by the mask in its loader; in NCHW grad_y read and grad_x written by
+    channel planes), then wgrad's (the partial sums, in NCHW x and grad_y read by channel
+    planes; the finalize), with a random ReLU mask; reports: the harness's
+    path lines of dgrad ("path direct" or "path v3[ pack grad_y]") and wgrad (which names its
+    pixel splits and packs)."""
     from resnext_kernels import relu_mask
 
     g = torch.Generator().manual_seed(seed)

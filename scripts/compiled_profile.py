@@ -139,8 +139,8 @@ def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None, gated=False):
     t = CUDA_TYPES[dtype]
     if op == "dgrad" and path_report.startswith("path v3"):
         # the scaled, flipped weights, then v3's forward of them at stride 1 on the gradient
-        # gated by the mask in its loader (an NCHW grad_x written by channel planes); grad_y
-        # without 16-byte chunks (NCHW) packed channels_last first
+        # gated by the mask in its loader (NCHW grad_y and grad_x read and written by channel
+        # planes); a grad_y with neither 16-byte chunks nor contiguous rows packed first
         words = path_report.split()[2:]
         if " ".join(words) not in ("", "pack grad_y"):
             raise ValueError(f"no launch sequence for dgrad's {path_report!r}")
@@ -153,7 +153,8 @@ def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None, gated=False):
     if op == "dgrad":
         raise ValueError(f"no launch sequence for dgrad's {path_report!r}")
     if op == "wgrad" and path_report.startswith("path v3"):
-        # x's and grad_y's packed copies where they have no 16-byte chunks, in that order
+        # x's and grad_y's packed copies where they have neither 16-byte chunks nor contiguous
+        # rows (NCHW is read by channel planes), in that order
         packs = len(layout_copies(path_report))
         return [CHANNELS_LAST_PACK] * packs + [
             f"grouped_conv_wgrad_v3_kernel<{t}, {cpg}, {stride}>",

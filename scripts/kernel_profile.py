@@ -134,10 +134,10 @@ def wgrad_splits(report):
 
 
 def layout_copy_bytes(reports, x_bytes, y_bytes):
-    """The DRAM bytes of each layout copy of a call, in launch order, from its reports (NCHW:
-    grad_y packed before dgrad's v3, x and grad_y packed before wgrad's; an x with neither
-    16-byte chunks nor contiguous rows before the forward's v3): the operand read once and
-    written once."""
+    """The DRAM bytes of each layout copy of a call, in launch order, from its reports (an
+    operand with neither 16-byte chunks nor contiguous rows, packed before a v3 kernel: the
+    forward's x, dgrad's grad_y, wgrad's x and grad_y; NCHW copies nothing): the operand read
+    once and written once."""
     operand_bytes = {"grad_y": y_bytes, "x": x_bytes}
     return [2 * operand_bytes[operand] for report in reports
             for operand in compiled_profile.layout_copies(report)]
@@ -949,9 +949,8 @@ def markdown(report):
         "mask: v3 writes it in its epilogue, the other paths read it back from y in a kernel; "
         "dgrad: v3's forward of the masked gradient (at stride 2 spread on the input's grid) "
         "with scaled, flipped weights at stride 1 and 2; wgrad's partial sums on tensor cores "
-        "(v3's bands) at stride 1 and 2, and the finalize; in nchw grad_y and x packed "
-        "channels_last into the workspace before them, a pass each, and grad_x written by "
-        "channel planes); "
+        "(v3's bands) at stride 1 and 2, and the finalize; in nchw grad_y, x and grad_x read "
+        "and written by channel planes, no layout copy); "
         "cudnn_eager_train: "
         "the traffic of conv + BN + ReLU and their autograd in eager (a lower bound). "
         "triton_train_bn: a training step with train-mode BatchNorm on the Triton backend "

@@ -266,7 +266,8 @@ def grouped_conv_dgrad(binary, grad_y, mask, weight, scale, input_size, *, strid
     ReLU mask, [0, C_out] for none; stride, padding, dilation: an int or an (h, w) pair;
     allow_v3=False stands for RESNEXT_KERNELS_CUDA_V3=0; grad_y_lead_elems places grad_y that
     many elements past an aligned base (a view). Returns (grad_x, the harness's report: "path
-    direct", "path v3", or "path v3 pack grad_y" where grad_y has no 16-byte channel chunks)."""
+    direct", "path v3", or "path v3 pack grad_y" where grad_y has neither 16-byte channel chunks
+    nor contiguous rows)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     grad_x = _poisoned_like_glue(tuple(input_size), grad_y.dtype, fmt)
     with tempfile.TemporaryDirectory(prefix="emu_dgrad_") as tmp:

@@ -169,7 +169,7 @@ def test_the_launches_are_the_ones_the_profile_names(profiler, layout, stride):
     """compiled_profile.cuda_launch_kernels names every launch the harness makes for a forward
     or backward call, in order (the profile zips names with launches: one missing would shift
     every name after it), at both strides and layouts (NCHW: the forward and dgrad's grad_x
-    by channel planes, the backward's operands packed before its v3 kernels)."""
+    by channel planes, dgrad's and wgrad's operands read by planes: no layout copy)."""
     import compiled_profile
 
     for op in ("conv", "dgrad", "wgrad"):
@@ -179,9 +179,8 @@ def test_the_launches_are_the_ones_the_profile_names(profiler, layout, stride):
         names = compiled_profile.cuda_launch_kernels(op, report, "fp16", stride, 4)
         assert len(names) == len(launches), (report, names, launches)
         copies = [n for n in names if n.startswith("channels_last_copy")]
-        # NCHW: dgrad packs grad_y, wgrad x and grad_y; the forward reads planes
-        expected = {"conv": 0, "dgrad": 1, "wgrad": 2}[op] if layout == "nchw" else 0
-        assert len(copies) == expected, (report, names)
+        # NCHW: every v3 kernel reads planes
+        assert copies == [], (report, names)
         # the order too: the one launch with dynamic shared memory is the one named a conv
         # kernel (v3's band; dgrad's and wgrad's too); the forward's is its last, which the
         # profile's summary takes
@@ -208,14 +207,67 @@ def test_v3_reads_and_writes_nchw_by_planes_coalesced_and_conflict_free(profiler
     assert path == "path v3 block_channels 0 workspace_bytes 12288", path
     conv = launches[-1]
     loads = [s["global_load"] for s in conv["sites"]
-             if "global_load" in s and s["global_load"]["bytes"] <= 64 * s["global_load"]["requests"]]
+             if "global_load" in s
+             and s["global_load"]["bytes"] <= 64 * s["global_load"]["requests"]]
     stores = [s["global_store"] for s in conv["sites"] if "global_store" in s]
     staged = [s["shared_store"] for s in conv["sites"]
-              if "shared_store" in s and s["shared_store"]["bytes"] > 256 * s["shared_store"]["requests"]]
+              if "shared_store" in s
+              and s["shared_store"]["bytes"] > 256 * s["shared_store"]["requests"]]
     assert len(loads) >= 1 and len(stores) >= 1 and len(staged) == 1, conv["sites"]
     for tally in loads + stores:
         assert 2 <= per_request(tally, "sectors") <= 3, tally
     assert staged[0]["wavefronts"] <= 1.10 * staged[0]["ideal"], staged[0]
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_wgrad_v3_reads_nchw_by_planes_coalesced(profiler, stride):
+    """wgrad v3 on NCHW x and grad_y (load_halo_rows_by_planes into the output-keyed tile,
+    load_gradient_by_planes): no layout copy before it; a warp's 2-byte loads of one channel are
+    32 neighbouring pixels of a plane, at most 3 sectors (64 bytes off the sector grid, rows of
+    58 or 57 staged pixels), and the 16-byte shared stores of both tiles stay within 30% of the
+    conflict-free wavefronts (the output-keyed tile's keys repeat only where a quarter-warp's 8
+    pixels wrap to the next staged row: 1.10x at stride 1, 1.27x at stride 2 on this case)."""
+    case = dict(op="wgrad", C=64, C_out=64, H=56, W=56, groups=16, cpg=4, stride=stride,
+                dtype="fp16", layout="nchw")
+    launches, reports = access_profile.run_backward_case(profiler, case, 4)
+    assert "pack" not in reports[1], reports
+    wgrad = [launch for launch in launches if launch["smem_bytes"] > 0][-1]  # (then finalize)
+    loads = [s["global_load"] for s in wgrad["sites"]
+             if "global_load" in s
+             and s["global_load"]["bytes"] <= 64 * s["global_load"]["requests"]]
+    staged = [s["shared_store"] for s in wgrad["sites"]
+              if "shared_store" in s
+              and s["shared_store"]["bytes"] > 256 * s["shared_store"]["requests"]]
+    assert len(loads) == 2 and len(staged) == 2, wgrad["sites"]  # x and gp
+    for tally in loads:
+        assert per_request(tally, "sectors") <= 3, tally
+    for tally in staged:
+        assert tally["wavefronts"] <= 1.30 * tally["ideal"], tally
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dgrad_v3_gates_nchw_by_planes_coalesced(profiler, stride):
+    """dgrad v3 on an NCHW grad_y (swizzled_band.cuh load_gated_halo_rows_by_planes): no layout
+    copy before it; a warp's 2-byte loads of one channel plane at most 3 sectors; the gated
+    tile's 16-byte stores conflict-free at stride 1 (spread 0: a quarter-warp's 8 pixels are
+    consecutive) and at most 2-way at stride 2 (spread 1: the staged pixels of a band are 2
+    apart, their swizzle keys of one parity, 1.86x on this case)."""
+    case = dict(op="wgrad", C=64, C_out=64, H=56, W=56, groups=16, cpg=4, stride=stride,
+                dtype="fp16", layout="nchw")
+    launches, reports = access_profile.run_backward_case(profiler, case, 4)
+    assert reports[0] == "path v3", reports
+    dgrad = [launch for launch in launches if launch["smem_bytes"] > 0][0]  # (then wgrad's)
+    loads = [s["global_load"] for s in dgrad["sites"]
+             if "global_load" in s
+             and s["global_load"]["bytes"] <= 64 * s["global_load"]["requests"]]
+    # the 16-byte warp-wide stores: the gated pixels' and pass 1's zeros (conflict-free)
+    staged = [s["shared_store"] for s in dgrad["sites"]
+              if "shared_store" in s
+              and s["shared_store"]["bytes"] > 256 * s["shared_store"]["requests"]]
+    assert len(loads) == 1 and len(staged) == 2, dgrad["sites"]
+    assert per_request(loads[0], "sectors") <= 3, loads[0]
+    worst = max(t["wavefronts"] / t["ideal"] for t in staged)
+    assert worst <= (1.0 if stride == 1 else 2.0), staged
 
 
 def test_the_layout_copy_is_coalesced_and_free_of_bank_conflicts(profiler):

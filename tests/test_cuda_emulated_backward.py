@@ -238,13 +238,16 @@ def test_racecheck_backward(racecheck, cpg, stride, channels_last, dtype):
     check(got, reference(*case, groups, s), dtype)
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("cpg", [8, 32])
-def test_racecheck_dgrad_v3_gated(racecheck, cpg):
-    """dgrad on v3 at stride 2 with the gradient gated in its loader: each thread's register
-    stores into the band before the barrier, the mainloop's reads after it (the narrow kernel,
-    and the wide one whose weight copies are in flight meanwhile)."""
+def test_racecheck_dgrad_v3_gated(racecheck, cpg, channels_last):
+    """dgrad on v3 at stride 2 with the gradient gated in its loader (by chunks, or NCHW by
+    channel planes): each thread's register stores into the band before the barrier, the
+    mainloop's reads after it (the narrow kernel, and the wide one whose weight copies are in
+    flight meanwhile)."""
     groups = 64 // cpg
-    case = make_case(cpg, groups, torch.float16, True, 850 + cpg, N=1, H=6, W=5, stride=(2, 2))
+    case = make_case(cpg, groups, torch.float16, channels_last, 850 + cpg, N=1, H=6, W=5,
+                     stride=(2, 2))
     grad_x, report = dgrad(racecheck, case, groups, stride=(2, 2))
     assert report == "path v3"
     check_grad_x(grad_x, reference(*case, groups, (2, 2))[0], torch.float16)
@@ -284,17 +287,25 @@ def test_dgrad_v3_every_cpg_class(emulator, cpg, stride, dtype):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
 def test_dgrad_v3_grad_y_any_layout_batch_one(emulator, relu, stride):
-    """grad_y packed into the workspace (channels_last_copy.cu) where it has no 16-byte chunks
-    ("pack grad_y"): NCHW, and channels_last starting 4 elements (8 bytes) past an aligned base,
-    as a view can; read directly where it is channels_last and aligned; gated in v3's loader
-    either way.
+    """grad_y packed into the workspace (channels_last_copy.cu) where it has neither 16-byte
+    chunks nor contiguous rows ("pack grad_y"): channels_last starting 4 elements (8 bytes) past
+    an aligned base, as a view can, and an NCHW view with gaps inside its rows; read directly
+    where it is channels_last and aligned, or NCHW (by channel planes), also as a width slice
+    (gaps between its rows); gated in v3's loader either way.
     Batch 1, 128 channels (two v3 tiles, so the loader's mask offset per tile), odd sizes; with
     and without the ReLU's mask; both strides."""
     s = (stride, stride)
     grad_y, mask, x, w, scale = make_case(8, 16, torch.float16, True, 1600 + stride, N=1,
                                           H=3 * stride, W=9, relu=relu, stride=s)
     ref = reference(grad_y, mask, x, w, scale, 16, s)[0]
-    for layout, lead, path in ((grad_y.contiguous(), 0, "v3 pack grad_y"),
+    gaps = torch.randn(*grad_y.shape[:3], 2 * grad_y.shape[3], generator=seeded(1605))
+    gaps = gaps.to(torch.float16)
+    gaps[..., ::2] = grad_y
+    rows = torch.randn(*grad_y.shape[:3], grad_y.shape[3] + 3, generator=seeded(1606))
+    rows = rows.to(torch.float16)
+    rows[..., 1:-2] = grad_y
+    for layout, lead, path in ((grad_y.contiguous(), 0, "v3"), (rows[..., 1:-2], 0, "v3"),
+                               (gaps[..., ::2], 0, "v3 pack grad_y"),
                                (grad_y, 4, "v3 pack grad_y"), (grad_y, 0, "v3")):
         grad_x, report = dgrad(emulator, (layout, mask, x, w, scale), 16, stride=s,
                                grad_y_lead_elems=lead)
@@ -302,17 +313,19 @@ def test_dgrad_v3_grad_y_any_layout_batch_one(emulator, relu, stride):
         check_grad_x(grad_x, ref, torch.float16)
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("cpg", [8, 32])
-def test_dgrad_v3_gated_bands_and_rounds(emulator, cpg, stride):
-    """The gated loader over two bands of a 20 x 20 grid (the second starts at an odd staged row:
-    at stride 2 between the spread gradients) and, at stride 1, more of the gradient's chunks
-    than one round of loads (12 x 22 staged pixels), with 128 channels (two tiles: the mask's
-    channel offset per tile), the narrow and the wide kernel."""
+def test_dgrad_v3_gated_bands_and_rounds(emulator, cpg, stride, channels_last):
+    """The gated loader (by chunks, or NCHW by channel planes) over two bands of a 20 x 20 grid
+    (the second starts at an odd staged row: at stride 2 between the spread gradients) and, at
+    stride 1, more of the gradient's chunks than one round of loads (12 x 22 staged pixels),
+    with 128 channels (two tiles: the mask's channel offset per tile), the narrow and the wide
+    kernel."""
     groups = 128 // cpg
     s = (stride, stride)
-    case = make_case(cpg, groups, torch.float16, True, 1650 + cpg + stride, N=1, H=20, W=20,
-                     stride=s)
+    case = make_case(cpg, groups, torch.float16, channels_last, 1650 + cpg + stride, N=1, H=20,
+                     W=20, stride=s)
     grad_x, report = dgrad(emulator, case, groups, stride=s)
     assert report == "path v3"
     check_grad_x(grad_x, reference(*case, groups, s)[0], torch.float16)
@@ -374,16 +387,16 @@ def test_dgrad_v3_only_where_it_applies(emulator, change):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("cpg", [4, 16, 64])
 def test_dgrad_v3_nchw(emulator, cpg, stride, dtype):
-    """An NCHW training step's dgrad on v3: grad_y packed channels_last into the workspace (the
-    workspace starts as NaN bytes), the NCHW grad_x written by v3 itself by channel planes;
-    odd sizes (5 x 7 pixels: the copy's 32-pixel tiles end mid-row), two images, and grad_y
-    channels_last with an NCHW grad_x (no copy)."""
+    """An NCHW training step's dgrad on v3: grad_y read and gated by channel planes in v3's
+    loader, the NCHW grad_x written by v3 itself by channel planes, no layout copy; odd sizes
+    (5 x 7 pixels: a warp's pixels span rows), two images; and grad_y channels_last with an
+    NCHW grad_x."""
     groups = 64 // cpg
     s = (stride, stride)
     case = make_case(cpg, groups, dtype, False, 1750 + cpg + stride, N=2, H=5, W=7, stride=s)
     grad_y, mask, x, w, scale = case
     ref = reference(*case, groups, s)[0]
-    for gy, path in ((grad_y, "v3 pack grad_y"),
+    for gy, path in ((grad_y, "v3"),
                      (grad_y.contiguous(memory_format=torch.channels_last), "v3")):
         grad_x, report = cuda_emulator.grouped_conv_dgrad(
             emulator, gy, mask, w, scale, list(x.shape), groups=groups, channels_last=False,
@@ -394,26 +407,31 @@ def test_dgrad_v3_nchw(emulator, cpg, stride, dtype):
 
 
 def test_dgrad_v3_nchw_bands_share_rows_of_the_packed_grad_y(emulator):
-    """Stride 1, NCHW, 17 x 17 pixels: two of v3's bands per image, each reading its halo rows
-    from the packed grad_y, one writing its NCHW grad_x rows by planes while the other reads:
-    the packed copy must not overlap anything v3 writes (the workspace: the packed grad_y, then
-    the weights and v3's packed weights)."""
+    """Stride 1, 17 x 17 pixels, grad_y a view with gaps inside its rows (packed): two of v3's
+    bands per image, each reading its halo rows from the packed grad_y, one writing its NCHW
+    grad_x rows by planes while the other reads: the packed copy must not overlap anything v3
+    writes (the workspace: the packed grad_y, then the weights and v3's packed weights)."""
     case = make_case(16, 4, torch.float16, False, 1760, N=1, H=17, W=17)
     grad_y, mask, x, w, scale = case
+    gaps = torch.randn(1, 64, 17, 34, generator=seeded(1761)).to(torch.float16)
+    gaps[..., 1::2] = grad_y
+    grad_y = gaps[..., 1::2]
+    case = (grad_y, mask, x, w, scale)
     grad_x, report = cuda_emulator.grouped_conv_dgrad(
         emulator, grad_y, mask, w, scale, list(x.shape), groups=4, channels_last=False)
     assert report == "path v3 pack grad_y"
     check_grad_x(grad_x, reference(*case, 4)[0], torch.float16)
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_dgrad_v3_non_finite_stays_in_its_group(emulator, stride):
+def test_dgrad_v3_non_finite_stays_in_its_group(emulator, stride, channels_last):
     """A NaN gradient the ReLU passed reaches its own group's grad_x channels only (v3 keeps a
     non-finite input in its group), at exactly aten's pixels (at stride 2 the zeros spread
     between the gradients carry nothing); an inf it blocked reaches nothing."""
     groups, cpg = 16, 4
     s = (stride, stride)
-    grad_y, mask, x, w, scale = make_case(cpg, groups, torch.float16, True, 1900, N=1,
+    grad_y, mask, x, w, scale = make_case(cpg, groups, torch.float16, channels_last, 1900, N=1,
                                           H=6 * stride, W=6 * stride, stride=s)
     passes = relu_mask.unpack(mask, grad_y.shape)
     passes[0, 5, 2, 3] = True
@@ -542,40 +560,66 @@ def test_wgrad_v3_only_where_it_applies(emulator, change):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("cpg", [4, 8, 16, 32, 64])
+def test_wgrad_v3_reads_nchw_by_channel_planes(emulator, cpg, stride):
+    """NCHW x and grad_y (an NCHW training step): v3 reads x's band and grad_y by 2-byte loads
+    from channel planes (swizzled_band.cuh load_halo_rows_by_planes into the output-keyed tile,
+    grouped_conv_wgrad_v3.cu load_gradient_by_planes), no layout copy. Every class at both
+    strides; 5 x 7 images, so the band's last k16 step is partly past its pixels and a warp's
+    pixels span several rows."""
+    groups = 64 // cpg
+    s = (stride, stride)
+    case = make_case(cpg, groups, torch.float16, False, 2150 + cpg + stride, N=2, H=5, W=7,
+                     stride=s)
+    got, report = wgrad(emulator, case, groups, stride=s)
+    assert re.fullmatch(r"path v3 splits \d+ threads \d+ element_chunks \d+", report), report
+    check_wgrad(got, reference(*case, groups, s), torch.float16)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("cpg", [4, 32])
-def test_wgrad_v3_packs_operands_without_chunks(emulator, cpg, stride):
-    """x and grad_y without 16-byte channel chunks are packed channels_last into the workspace
-    (after the partial sums; the workspace starts as NaN) before v3: NCHW x and grad_y (an
-    NCHW training step), each alone, and x as a strided view (a width slice of a wider NCHW
-    tensor). Odd sizes: the copies' 32-pixel tiles end mid-row."""
+def test_wgrad_v3_packs_only_operands_without_chunks_or_rows(emulator, cpg, stride):
+    """Each operand on its own: NCHW beside channels_last, and an NCHW view with gaps between its
+    rows (a width slice of a wider tensor), read by planes without a copy; views with gaps inside
+    their rows (every other column) are packed channels_last into the workspace (after the
+    partial sums; the workspace starts as NaN) before v3. Odd sizes: the copies' 32-pixel tiles
+    end mid-row."""
     groups = 64 // cpg
     s = (stride, stride)
     grad_y, mask, x, w, scale = make_case(cpg, groups, torch.float16, True, 2450 + cpg + stride,
                                           N=2, H=5, W=7, stride=s)
     ref = reference(grad_y, mask, x, w, scale, groups, s)
-    wide = torch.randn(2, 64, 5, 10, generator=seeded(2460)).to(torch.float16)
+    g = seeded(2460)
+    wide = torch.randn(2, 64, 5, 10, generator=g).to(torch.float16)
     wide[..., 2:9] = x
-    x_view = wide[..., 2:9]
-    for xs, gy, packs in ((x.contiguous(), grad_y.contiguous(), " pack x pack grad_y"),
-                          (x.contiguous(), grad_y, " pack x"),
-                          (x, grad_y.contiguous(), " pack grad_y"),
-                          (x_view, grad_y, " pack x")):
+    x_rows = wide[..., 2:9]
+    x_gaps = torch.randn(2, 64, 5, 14, generator=g).to(torch.float16)
+    x_gaps[..., ::2] = x
+    x_gaps = x_gaps[..., ::2]
+    gy_gaps = torch.randn(*grad_y.shape[:3], 2 * grad_y.shape[3], generator=g).to(torch.float16)
+    gy_gaps[..., 1::2] = grad_y
+    gy_gaps = gy_gaps[..., 1::2]
+    for xs, gy, packs in ((x.contiguous(), grad_y, ""), (x, grad_y.contiguous(), ""),
+                          (x_rows, grad_y.contiguous(), ""), (x_gaps, grad_y, " pack x"),
+                          (x_gaps, gy_gaps, " pack x pack grad_y"),
+                          (x.contiguous(), gy_gaps, " pack grad_y")):
         got, report = wgrad(emulator, (gy, mask, xs, w, scale), groups, stride=s)
         assert re.fullmatch(r"path v3 splits \d+ threads \d+ element_chunks \d+" + packs,
                             report), report
         check_wgrad(got, ref, torch.float16)
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 @pytest.mark.parametrize("cpg", [4, 32])
-def test_wgrad_v3_non_finite_where_aten_puts_it(emulator, cpg):
+def test_wgrad_v3_non_finite_where_aten_puts_it(emulator, cpg, channels_last):
     """A NaN gradient the ReLU passed (inside, and at a border pixel whose taps read the
     padding: 0 * NaN is NaN in aten's sums), an inf it blocked, a NaN input at a corner and one
     at the last pixel (the band's last k16 step reads past it): NaN exactly where aten's conv
     backward has it, in its own group only (cpg 4 computes the cross-group products and drops
     them), and equal elsewhere."""
     groups = 64 // cpg
-    grad_y, mask, x, w, scale = make_case(cpg, groups, torch.float16, True, 2500 + cpg, N=2,
-                                          H=5, W=7)
+    grad_y, mask, x, w, scale = make_case(cpg, groups, torch.float16, channels_last, 2500 + cpg,
+                                          N=2, H=5, W=7)
     passes = relu_mask.unpack(mask, grad_y.shape)
     grad_y, x = grad_y.clone(), x.clone()
     for px, value, passed in (((0, 5, 2, 3), "nan", True), ((1, 17, 0, 6), "nan", True),
@@ -587,7 +631,7 @@ def test_wgrad_v3_non_finite_where_aten_puts_it(emulator, cpg):
     if cpg == 4:  # (at cpg 32 it would make both groups' grad_w NaN)
         x[0, 7, 0, 0] = float("nan")
     got, report = wgrad(emulator, (grad_y, mask, x, w, scale), groups)
-    assert report.startswith("path v3"), report
+    assert report.startswith("path v3") and "pack" not in report, report
     ref = reference(grad_y, mask, x, w, scale, groups)
     for g, r, name in zip(got, ref[1:], ("grad_w", "grad_scale", "grad_shift")):
         assert torch.equal(g.isnan(), r.isnan()), name
@@ -598,18 +642,20 @@ def test_wgrad_v3_non_finite_where_aten_puts_it(emulator, cpg):
                                    **tolerance(torch.float16), msg=lambda m: f"{name}: {m}")
 
 
-def test_racecheck_wgrad_v3(racecheck):
-    case = make_case(8, 8, torch.float16, True, 2600, N=2, H=4, W=5, stride=(2, 2))
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_racecheck_wgrad_v3(racecheck, channels_last):
+    case = make_case(8, 8, torch.float16, channels_last, 2600, N=2, H=4, W=5, stride=(2, 2))
     got, report = wgrad(racecheck, case, 8, stride=(2, 2), splits=2)
-    assert report.startswith("path v3"), report
+    assert report.startswith("path v3") and "pack" not in report, report
     check_wgrad(got, reference(*case, 8, (2, 2)), torch.float16)
 
 
-def test_wgrad_v3_rows_wider_than_a_band_and_more_splits_than_units(emulator):
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_wgrad_v3_rows_wider_than_a_band_and_more_splits_than_units(emulator, channels_last):
     """Rows of 130 pixels: a band is one row (more than a band's 128 pixels), so each thread
-    loads gp in two rounds of 4 chunks; 2 units over 5 splits: three CTAs without a unit add
-    zeros."""
-    case = make_case(8, 8, torch.float16, True, 2700, N=1, H=2, W=130)
+    loads gp in several rounds (chunks, or NCHW's planes: 1152 items of 144 per chunk); 2 units
+    over 5 splits: three CTAs without a unit add zeros."""
+    case = make_case(8, 8, torch.float16, channels_last, 2700, N=1, H=2, W=130)
     ref = reference(*case, 8)
     for splits in (None, 5):
         got, report = wgrad(emulator, case, 8, splits=splits)

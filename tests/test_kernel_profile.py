@@ -426,9 +426,9 @@ def test_triton_layer_models_the_se_backward_fcs_in_launch_order():
 
 
 def test_layout_copies_move_their_operand_once_each_way_in_launch_order():
-    """NCHW's backward on v3: dgrad packs grad_y (and writes grad_x by planes), wgrad packs x
-    and grad_y (the harness's reports name them in launch order); channels_last copies
-    nothing."""
+    """The backward on v3: dgrad packs grad_y, wgrad x and grad_y, where they have neither
+    16-byte chunks nor contiguous rows (the harness's reports name them in launch order);
+    channels_last and NCHW copy nothing."""
     reports = ["path v3 pack grad_y",
                "path v3 splits 3 threads 32 element_chunks 1 pack x pack grad_y"]
     assert kernel_profile.layout_copy_bytes(reports, x_bytes=4, y_bytes=1) == [2, 8, 2]

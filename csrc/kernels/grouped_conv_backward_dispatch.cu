@@ -24,7 +24,11 @@ cudaError_t launch_grouped_conv_dgrad(const GroupedConvBackwardParams& p, DType 
                                       const GroupedConvDgradPlan& plan, void* workspace,
                                       cudaStream_t stream) {
   switch (plan.path) {
-    case GroupedConvDgradPath::kV3: return launch_grouped_conv_dgrad_v3(p, dtype, workspace, stream);
+    case GroupedConvDgradPath::kV3:
+      // the workspace was sized for the plan's packing: a plan made for other tensors must not
+      // pack into it
+      if (plan.pack_grad_y != grouped_conv_dgrad_v3_packs_grad_y(p)) return cudaErrorInvalidValue;
+      return launch_grouped_conv_dgrad_v3(p, dtype, workspace, stream);
     case GroupedConvDgradPath::kDirect: return launch_grouped_conv_dgrad_direct(p, dtype, stream);
   }
   return cudaErrorInvalidValue;
@@ -79,9 +83,12 @@ GroupedConvWgradPlan plan_grouped_conv_wgrad(const GroupedConvBackwardParams& p,
   if (allow_v3) {
     GroupedConvWgradPlan plan;
     plan.path = GroupedConvWgradPath::kV3;
-    // wgrad v3 reads 16-byte chunks of 8 channels: an operand without them is packed
-    plan.pack_x = !v3::channels_last_aligned16(p.x, p.x_stride);
-    plan.pack_grad_y = !v3::channels_last_aligned16(p.grad_y, p.grad_y_stride);
+    // wgrad v3 reads 16-byte chunks of 8 channels, or channel planes of contiguous rows: an
+    // operand with neither (a view with gaps between pixels, channels_last off the 16-byte
+    // grid) is packed
+    plan.pack_x = !v3::channels_last_aligned16(p.x, p.x_stride) && !v3::rows_contiguous(p.x_stride);
+    plan.pack_grad_y = !v3::channels_last_aligned16(p.grad_y, p.grad_y_stride) &&
+                       !v3::rows_contiguous(p.grad_y_stride);
     // the packed copies' layout, with an aligned stand-in for the workspace (checked at launch)
     alignas(16) static const unsigned char aligned_stand_in[16] = {};
     const GroupedConvBackwardParams q =
@@ -115,11 +122,8 @@ cudaError_t launch_grouped_conv_wgrad(const GroupedConvBackwardParams& p, DType 
       const WgradWorkspace ws = wgrad_workspace(p, plan, dtype);
       const GroupedConvBackwardParams q =
           with_packed_operands(p, plan, base + ws.packed_x, base + ws.packed_grad_y);
-      // a plan made for other tensors must not send unchunked operands to v3
-      if (!v3::channels_last_aligned16(q.x, q.x_stride) ||
-          !v3::channels_last_aligned16(q.grad_y, q.grad_y_stride)) {
-        return cudaErrorInvalidValue;
-      }
+      // a plan made for other tensors must not send operands v3 cannot read to it
+      if (!grouped_conv_wgrad_v3_applies(q, dtype, 8)) return cudaErrorInvalidValue;
       if (plan.pack_x) {
         err = launch_channels_last_copy(
             channels_last_pack(p.x, p.x_stride, p.N, p.C_in, p.H, p.W, base + ws.packed_x),

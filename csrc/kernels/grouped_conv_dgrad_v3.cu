@@ -9,9 +9,10 @@
 // (2 ho - 1 + kh = h is h + 1 - kh = 2 ho), and the conv is at stride 1 on that grid: 4x the
 // MMAs of the 9 taps that land on real gradients, but one kernel for both strides, and the
 // inserted zeros cost nothing in memory: gs is never written. v3's loader forms it as it stages
-// the band (GatedInput: grad_y's 16-byte chunks and the mask's 8 bytes of those channels, a
-// select, so gs is grad_y's values exactly, 0 where the ReLU blocked and at stride 2's inserted
-// pixels). One small launch prepares the rest of v3's operands in the workspace:
+// the band (GatedInput: grad_y's 16-byte chunks, or in NCHW 8 two-byte loads from its channel
+// planes, and the mask's 8 bytes of those channels, a select, so gs is grad_y's values exactly,
+// 0 where the ReLU blocked and at stride 2's inserted pixels). One small launch prepares the
+// rest of v3's operands in the workspace:
 //   the scaled, transposed, flipped weights [C_in, C_out / groups, 3, 3], w * scale rounded
 //   to the dtype after the fp32 product, as the reference backend folds them (so gs cannot
 //   overflow where the reference stays finite, and an inf scale makes NaN of a blocked
@@ -20,12 +21,14 @@
 // Then v3 runs (its swizzled bands, mma.sync, NaN kept in its group, 16-byte stores). Traffic:
 // grad_y and the mask read once (L2 serves the halo rows and the neighbouring channel tiles),
 // grad_x written once.
-// Where grad_y has no 16-byte channel chunks (NCHW, or a view off the 16-byte grid) it is packed
-// into the workspace, dense channels_last, first (channels_last_copy.cu: grad_y read and written
-// once more), and v3's loader gates the packed copy. An NCHW grad_x v3 writes itself, by channel
-// planes (grad_x is the op's own: channels_last with 16-byte chunks, or NCHW). (A select pass
-// used to write gs for such a grad_y: at stride 2 that is x's size written and read again, 4x
-// the packed grad_y; an unpack pass used to write grad_x from a channels_last copy.)
+// An NCHW grad_y v3's loader reads itself, by channel planes; a grad_y with neither 16-byte
+// channel chunks nor contiguous rows (a view with gaps between pixels, channels_last off the
+// 16-byte grid) is packed into the workspace, dense channels_last, first (channels_last_copy.cu:
+// grad_y read and written once more), and v3's loader gates the packed copy. An NCHW grad_x v3
+// writes itself, by channel planes (grad_x is the op's own: channels_last with 16-byte chunks,
+// or NCHW). (A select pass used to write gs for such a grad_y: at stride 2 that is x's size
+// written and read again, 4x the packed grad_y; an unpack pass used to write grad_x from a
+// channels_last copy; a pack used to precede every NCHW grad_y.)
 //
 // One difference from aten at stride 2: with a non-finite folded weight (an inf BN scale or
 // weight), the inserted zeros multiply it too, so grad_x is NaN at every pixel the weight's
@@ -54,9 +57,12 @@ struct DgradV3Workspace {
 };
 
 // v3's gated loader reads 16-byte chunks of 8 channels (channels innermost, every pixel's
-// channels on the 16-byte grid): a grad_y without them goes through the workspace.
+// channels on the 16-byte grid), or channel planes of contiguous rows (NCHW): a grad_y with
+// neither (a view with gaps between pixels, channels_last off the grid) goes through the
+// workspace.
 bool packs_grad_y(const GroupedConvBackwardParams& p) {
-  return !v3::channels_last_aligned16(p.grad_y, p.grad_y_stride);
+  return !v3::channels_last_aligned16(p.grad_y, p.grad_y_stride) &&
+         !v3::rows_contiguous(p.grad_y_stride);
 }
 
 // gs's grid: the output's at stride 1, the input's at stride 2 (the gradients spread out).

@@ -12,7 +12,8 @@
 //     2-byte loads from 8 channel planes per chunk, a lane per pixel, through registers
 //     (v3::load_halo_rows_by_planes), into the same tile. A gated input (GatedInput, kGated:
 //     dgrad's gradient, selected by the ReLU mask and at stride 2 spread on the input's grid)
-//     is formed on the way, through registers (v3::load_gated_halo_rows), into the same tile.
+//     is formed on the way, through registers (v3::load_gated_halo_rows, or
+//     load_gated_halo_rows_by_planes from an NCHW gradient), into the same tile.
 //  2. Mainloop: warp w owns one MMA channel group ("super-group", SG channels: a group at cpg 8
 //     and 16, two groups of 4 at cpg 4) and walks the band's pixels 16 at a time. A comes
 //     from ldmatrix with one row address per lane: the tap shift and the stride cost nothing.
@@ -83,7 +84,8 @@ struct Band {
   size_t w_offset = 0;
   size_t smem_bytes = 0;
   // x and y without 16-byte channel chunks but with contiguous rows (NCHW): read and written
-  // by channel planes (v3::load_halo_rows_by_planes, store_band_by_planes)
+  // by channel planes (v3::load_halo_rows_by_planes, or load_gated_halo_rows_by_planes for a
+  // gated x; store_band_by_planes)
   bool x_by_planes = false, y_by_planes = false;
 };
 
@@ -197,7 +199,8 @@ __device__ __forceinline__ WorkUnit work_unit(const GroupedConvParams& p, const 
 }
 
 // How a kernel stages its input band: 16-byte cp.async copies (x channels_last, chunked), 2-byte
-// loads from channel planes (x NCHW: Band::x_by_planes), or gated (kGated: dgrad's gradient).
+// loads from channel planes (x NCHW: Band::x_by_planes), or gated (kGated: dgrad's gradient,
+// by chunks or, NCHW, by planes).
 enum class InputLoad { kCopies, kPlanes, kGated };
 
 // Loader: the unit's input rows oh0*S - 1 ... with their halo columns into the swizzled tile
@@ -217,9 +220,15 @@ __device__ __forceinline__ void load_band(const GroupedConvParams& p, const Band
         in_tile);
   } else if constexpr (kLoad == InputLoad::kGated) {
     const uint8_t* mask_tile = p.gated_x.mask != nullptr ? p.gated_x.mask + c0 : nullptr;
-    v3::load_gated_halo_rows<kThreads, kGatedLoadsInFlight>(
-        p.gated_x, x_n, p.x_stride, mask_tile, p.C_in, u.n, p.H, p.W, ih0,
-        static_cast<int>(p.pad_w), u.in_rows, band.in_cols, in_tile);
+    if (band.x_by_planes) {
+      v3::load_gated_halo_rows_by_planes<kThreads, kPlaneLoadsInFlight>(
+          p.gated_x, x_n, p.x_stride, mask_tile, p.C_in, u.n, p.H, p.W, ih0,
+          static_cast<int>(p.pad_w), u.in_rows, band.in_cols, in_tile);
+    } else {
+      v3::load_gated_halo_rows<kThreads, kGatedLoadsInFlight>(
+          p.gated_x, x_n, p.x_stride, mask_tile, p.C_in, u.n, p.H, p.W, ih0,
+          static_cast<int>(p.pad_w), u.in_rows, band.in_cols, in_tile);
+    }
   } else {
     v3::load_halo_rows_async<kThreads>(x_n, p.x_stride, p.H, p.W, ih0, static_cast<int>(p.pad_w),
                                        u.in_rows, band.in_cols, p.x, in_tile);
@@ -736,14 +745,18 @@ static bool gated_input_ok(const GroupedConvParams& p) {
   return reinterpret_cast<uintptr_t>(g.mask) % 8 == 0;
 }
 
+// The band v3 runs p with; Band{} (rows 0) where v3 does not take p.
+static Band band_if_applies(const GroupedConvParams& p, DType dtype, int device_major) {
+  if (!v3::takes_conv(p, dtype, device_major) || !gated_input_ok(p)) return Band{};
+  // x and y: 16-byte channel chunks, or rows contiguous (read and written by channel planes;
+  // a gated x too)
+  if (!channels_last_aligned16(p.x, p.x_stride) && !v3::rows_contiguous(p.x_stride)) return Band{};
+  if (!channels_last_aligned16(p.y, p.y_stride) && !v3::rows_contiguous(p.y_stride)) return Band{};
+  return plan_band(p);
+}
+
 bool grouped_conv_v3_applies(const GroupedConvParams& p, DType dtype, int device_major) {
-  if (!v3::takes_conv(p, dtype, device_major) || !gated_input_ok(p)) return false;
-  // x and y: 16-byte channel chunks, or rows contiguous (read and written by channel planes);
-  // a gated x must be chunked (load_gated_halo_rows reads 16-byte chunks)
-  const bool x_chunked = channels_last_aligned16(p.x, p.x_stride);
-  if (!x_chunked && (p.gated_x.on || !v3::rows_contiguous(p.x_stride))) return false;
-  if (!channels_last_aligned16(p.y, p.y_stride) && !v3::rows_contiguous(p.y_stride)) return false;
-  return plan_band(p).rows > 0;
+  return band_if_applies(p, dtype, device_major).rows > 0;
 }
 
 int grouped_conv_v3_band_rows(const GroupedConvParams& p) { return plan_band(p).rows; }
@@ -758,9 +771,8 @@ int64_t grouped_conv_v3_workspace_bytes(const GroupedConvParams& p) {
 cudaError_t launch_grouped_conv_bn_relu_v3(const GroupedConvParams& p, DType dtype,
                                            void* workspace, cudaStream_t stream) {
   if (p.N * p.C_out * p.H_out * p.W_out == 0) return cudaSuccess;
-  if (!aligned16(workspace) || !grouped_conv_v3_applies(p, dtype, 8)) return cudaErrorInvalidValue;
-  const Band band = plan_band(p);
-  if (band.rows == 0) return cudaErrorInvalidValue;
+  const Band band = band_if_applies(p, dtype, 8);
+  if (!aligned16(workspace) || band.rows == 0) return cudaErrorInvalidValue;
   switch (dtype) {
     case DType::kFloat16: return launch_typed<__half>(p, band, workspace, stream);
     case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, band, workspace, stream);

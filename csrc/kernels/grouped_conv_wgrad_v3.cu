@@ -7,9 +7,13 @@
 // Per group, G is a GEMM with the pixels as K: [cpg_out x pixels] . [pixels x cpg_in] per tap.
 // Work unit: image n, a band of output rows, a 64-channel tile, as v3's forward.
 //  1. Loader: the band's input rows and halo by 16-byte cp.async copies into a swizzled tile
-//     (v3's loader: padding is the zero fill), and the band's gradient gp: grad_y read as
-//     16-byte chunks, selected by the mask's bits (a blocked NaN stays out), stored swizzled;
-//     each thread issues 2 chunks' loads (raw: the chunk and its mask word) before it uses
+//     (v3's loader: padding is the zero fill), or from an x with contiguous rows (NCHW) by
+//     v3's plane loader (2-byte loads a lane per pixel, WgradBand::x_by_planes); and the band's
+//     gradient gp: grad_y read as 16-byte chunks, or from channel planes
+//     (load_gradient_by_planes), selected by the mask's bits (a blocked NaN stays out), stored
+//     swizzled (an NCHW x is loaded through registers before gp, not in flight beside it);
+//     each thread issues 2 items' loads (raw: the chunk, or its 8 planes' values, and its mask
+//     word) before it uses
 //     any (two round trips for a band of 128 pixels; 4 in flight spilled on sm_80, where the
 //     accumulators already hold most of the 128 registers two CTAs per SM leave). And a table of each band pixel's input pixel at tap (0, 0) (-1 past
 //     the band), so the mainloop divides nothing. x's tile is keyed by output pixel
@@ -76,6 +80,9 @@ struct WgradBand {
   // adds to an output pixel's key in the x tile (OutputKeyedPixels; s = log2(stride))
   uint32_t tap_keys = 0;
   size_t gp_offset = 0, zero_offset = 0, table_offset = 0, smem_bytes = 0;
+  // x and grad_y without 16-byte channel chunks but with contiguous rows (NCHW): read by channel
+  // planes (v3::load_halo_rows_by_planes, load_gradient_by_planes)
+  bool x_by_planes = false, gp_by_planes = false;
 };
 
 WgradBand plan_band(const GroupedConvBackwardParams& p) {
@@ -102,6 +109,8 @@ WgradBand plan_band(const GroupedConvBackwardParams& p) {
   b.zero_offset = b.gp_offset + static_cast<size_t>(gp_pixels(b.rows)) * kPixelBytes;
   b.table_offset = b.zero_offset + kPixelBytes;
   b.smem_bytes = b.table_offset + gp_pixels(b.rows) * sizeof(int);
+  b.x_by_planes = !v3::channels_last_aligned16(p.x, p.x_stride);
+  b.gp_by_planes = !v3::channels_last_aligned16(p.grad_y, p.grad_y_stride);
   return b;
 }
 
@@ -128,6 +137,78 @@ __device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
 // Two 16-bit ones, an mma operand register.
 __device__ __forceinline__ uint32_t one_pair(__half) { return 0x3c003c00u; }
 __device__ __forceinline__ uint32_t one_pair(__nv_bfloat16) { return 0x3f803f80u; }
+
+// The band's gradient gp (output rows oh0 .. oh0 + rows - 1 of image n, channel tile ct) from a
+// grad_y with contiguous rows (NCHW), through registers into gp_tile; each thread's stores are
+// complete when this returns. A work item is one 16-byte chunk (8 channels of one band pixel),
+// a lane per pixel, chunk-major, so a warp's load of one channel is 32 neighbouring pixels of
+// its plane (64 contiguous bytes within a row); with the 8 loads, the mask's 8-byte word of those
+// channels (one word for 8 neighbouring pixels). The chunk is then selected by the pixel's mask
+// bits, as the chunked loader's. The last k16 step's pixels past the band store zeros (their
+// mask word is 0; their loads read the band's last pixel, so every lane issues the same loads).
+// The walk divides nothing per item: a thread's item i = c * slots + s advances by kThreads (a
+// multiple of 16); c and s step by subtraction, and the pixel's row comes from a float
+// reciprocal, exact here (q + 0.5 is at least 0.5 / W_out from a row boundary, and q < 2^16
+// keeps the product's error far below that).
+template <typename T>
+__device__ __forceinline__ void load_gradient_by_planes(const GroupedConvBackwardParams& p,
+                                                        int64_t n, int oh0, int band_pixels,
+                                                        int k_steps, int ct,
+                                                        SwizzledPixels<0> gp_tile) {
+  static_assert(sizeof(T) == 2, "16-bit lanes");
+  const int64_t c_stride = p.grad_y_stride[1];
+  const uint16_t* grad_y = reinterpret_cast<const uint16_t*>(p.grad_y) + n * p.grad_y_stride[0] +
+                           oh0 * p.grad_y_stride[2] + static_cast<int64_t>(ct) * kTileC * c_stride;
+  const int64_t m_unit = (n * p.H_out + oh0) * p.W_out;  // the band's first flat pixel
+  const uint8_t* mask = p.relu_mask != nullptr
+                            ? p.relu_mask + static_cast<int64_t>(ct) * kTileC : nullptr;
+  const int W_out = static_cast<int>(p.W_out);
+  const float inv_w = 1.0f / static_cast<float>(W_out);  // exact: band pixels < 2^16
+  const int slots = k_steps * 16;  // items per chunk: the band's pixels in whole k16 steps
+  int c = static_cast<int>(threadIdx.x) / slots;
+  int s = static_cast<int>(threadIdx.x) - c * slots;
+  while (c < kChunks) {
+    // first every load of the items, raw (as the chunked loader: a shift or a pack of a loaded
+    // value here would put its first use before the next item's loads), then the stores
+    uint16_t v[kLoadsInFlight][8];
+    uint64_t mask_word[kLoadsInFlight];  // byte j: channel 8 c + j; bit m % 8: pixel m's
+    int q_of[kLoadsInFlight], c_of[kLoadsInFlight];
+#pragma unroll
+    for (int r = 0; r < kLoadsInFlight; ++r) {
+      const bool real = c < kChunks && s < band_pixels;
+      const int qq = real ? s : band_pixels - 1;
+      const int cc = c < kChunks ? c : kChunks - 1;
+      const int orow = static_cast<int>((static_cast<float>(qq) + 0.5f) * inv_w);
+      const int ocol = qq - orow * W_out;
+      q_of[r] = c < kChunks ? s : -1;
+      c_of[r] = cc;
+      // (grad_y_stride[3] == 1: rows contiguous)
+      const uint16_t* plane = grad_y + orow * p.grad_y_stride[2] + ocol + cc * 8 * c_stride;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        v[r][e] = *plane;
+        plane += c_stride;
+      }
+      uint64_t word = ~uint64_t{0};  // no ReLU: every gradient passes
+      if (mask != nullptr) {
+        word = *reinterpret_cast<const uint64_t*>(mask + ((m_unit + qq) >> 3) * p.C_out + cc * 8);
+      }
+      mask_word[r] = real ? word : 0;
+      s += kThreads;
+      while (s >= slots) {
+        s -= slots;
+        ++c;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kLoadsInFlight; ++r) {
+      if (q_of[r] < 0) continue;
+      ptx::st_shared_16(gp_tile.chunk(q_of[r], c_of[r]),
+                        v3::select_by_mask(v3::pack_planes(v[r]),
+                                           mask_word[r] >> ((m_unit + q_of[r]) & 7)));
+    }
+  }
+}
 
 template <typename T, int kCpg, int kStride>
 __global__ void __launch_bounds__(kThreads, 2)
@@ -188,17 +269,26 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int band_pixels = rows * W_out;
     const int k_steps = (band_pixels + 15) / 16;
 
-    // 1. x's band (asynchronous), then gp through registers.
+    // 1. x's band (asynchronous, or from channel planes through registers), then gp through
+    // registers.
     const T* x_tile = static_cast<const T*>(p.x) + n * p.x_stride[0] +
-                      static_cast<int64_t>(ct) * kTileC;
-    v3::load_halo_rows_async<kThreads>(x_tile, p.x_stride, p.H, p.W,
-                                       oh0 * kStride - static_cast<int>(p.pad_h),
-                                       static_cast<int>(p.pad_w), (rows - 1) * kStride + 3,
-                                       in_cols, p.x, in_tile);
-    ptx::cp_async_commit();
+                      static_cast<int64_t>(ct) * kTileC * p.x_stride[1];
+    const int ih0 = oh0 * kStride - static_cast<int>(p.pad_h), in_rows = (rows - 1) * kStride + 3;
+    if (band.x_by_planes) {
+      v3::load_halo_rows_by_planes<kThreads, kLoadsInFlight>(
+          x_tile, p.x_stride, p.H, p.W, ih0, static_cast<int>(p.pad_w), in_rows, in_cols, in_tile);
+    } else {
+      v3::load_halo_rows_async<kThreads>(x_tile, p.x_stride, p.H, p.W, ih0,
+                                         static_cast<int>(p.pad_w), in_rows, in_cols, p.x,
+                                         in_tile);
+      ptx::cp_async_commit();
+    }
     const int64_t m_unit = (n * p.H_out + oh0) * p.W_out;  // the unit's first flat pixel
     const int64_t co = static_cast<int64_t>(ct) * kTileC + my_chunk * 8;
-    const int gp_chunks = k_steps * 16 * kChunks;
+    const int gp_chunks = band.gp_by_planes ? 0 : k_steps * 16 * kChunks;
+    if (band.gp_by_planes) {
+      load_gradient_by_planes<T>(p, n, oh0, band_pixels, k_steps, ct, gp_tile);
+    }
     for (int i0 = threadIdx.x; i0 < gp_chunks; i0 += kLoadsInFlight * kThreads) {
       // first every load of up to kLoadsInFlight chunks, raw (so none waits for another: a
       // shift or an unpack of a loaded value inside this loop made each load's first use
@@ -352,8 +442,12 @@ cudaError_t launch_typed(const GroupedConvBackwardParams& p, const WgradBand& ba
 bool grouped_conv_wgrad_v3_applies(const GroupedConvBackwardParams& p, DType dtype,
                                    int device_major) {
   if (!v3::takes_conv(p, dtype, device_major)) return false;
-  if (!v3::channels_last_aligned16(p.x, p.x_stride) ||
-      !v3::channels_last_aligned16(p.grad_y, p.grad_y_stride)) {
+  // x and grad_y: 16-byte channel chunks, or rows contiguous (read by channel planes)
+  if (!v3::channels_last_aligned16(p.x, p.x_stride) && !v3::rows_contiguous(p.x_stride)) {
+    return false;
+  }
+  if (!v3::channels_last_aligned16(p.grad_y, p.grad_y_stride) &&
+      !v3::rows_contiguous(p.grad_y_stride)) {
     return false;
   }
   // the mask's 8 bytes of a chunk are one 8-byte load
@@ -369,8 +463,9 @@ cudaError_t launch_grouped_conv_wgrad_v3_partials(const GroupedConvBackwardParam
                                                   DType dtype, int64_t splits, float* partials,
                                                   cudaStream_t stream) {
   if (p.C_out == 0) return cudaSuccess;
+  // (the planes paths assume rows contiguous: refuse what a caller's plan did not check)
+  if (!grouped_conv_wgrad_v3_applies(p, dtype, 8) || splits < 1) return cudaErrorInvalidValue;
   const WgradBand band = plan_band(p);
-  if (band.rows == 0 || splits < 1) return cudaErrorInvalidValue;
   switch (dtype) {
     case DType::kFloat16: return launch_typed<__half>(p, band, splits, partials, stream);
     case DType::kBFloat16: return launch_typed<__nv_bfloat16>(p, band, splits, partials, stream);

@@ -11,11 +11,12 @@ namespace resnext_kernels {
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 // --- Staging through the workspace ---------------------------------------------------------
-// Where a v3 kernel's loader reads only channels_last 16-byte chunks of 8 channels, an operand
-// without them goes through the caller's workspace as a dense channels_last copy: dgrad's
-// grad_y (grouped_conv_dgrad_v3.cu), wgrad's x and grad_y (grouped_conv_backward_dispatch.cu),
-// and the forward's x where its rows are not contiguous either (grouped_conv_dispatch.cu: the
-// forward reads and writes NCHW itself, by channel planes, and so writes dgrad's grad_x).
+// The v3 kernels read channels_last 16-byte chunks of 8 channels, or channel planes where the
+// rows are contiguous (NCHW). An operand with neither (a view with gaps between pixels,
+// channels_last off the 16-byte grid) goes through the caller's workspace as a dense
+// channels_last copy: the forward's x (grouped_conv_dispatch.cu), dgrad's grad_y
+// (grouped_conv_dgrad_v3.cu), wgrad's x and grad_y (grouped_conv_backward_dispatch.cu). Their
+// outputs (the op's own: channels_last or NCHW) v3 writes itself.
 
 // Every part of a workspace starts on a 256-byte boundary: the size a part takes.
 constexpr int64_t kWorkspacePartAlign = 256;
@@ -131,7 +132,7 @@ cudaError_t launch_grouped_conv_bn_relu_wmma(const GroupedConvParams& p, DType d
 
 // v3 (grouped_conv_v3.cu): mma.sync on a swizzled shared-memory band of the input, B in
 // registers. fp16/bf16, x and y each channels_last with 16-byte aligned pixels, or with
-// contiguous rows (NCHW: read and written by channel planes; not a gated x), 3x3, stride 1 or 2,
+// contiguous rows (NCHW: read and written by channel planes, a gated x too), 3x3, stride 1 or 2,
 // padding 1, dilation 1, C_in == C_out a multiple of 64, 4, 8, 16, 32 or 64 channels per group,
 // compute capability 8.0+. The launch first packs the weights into `workspace`
 // (grouped_conv_v3_workspace_bytes): in the order the kernel's lanes hold them (cpg <= 16), or
@@ -221,8 +222,9 @@ cudaError_t launch_grouped_conv_dgrad_direct(const GroupedConvBackwardParams& p,
 // forward is one v3 takes (fp16/bf16, C_in == C_out a multiple of 64, cpg 4..64, compute
 // capability 8.0+), the mask is 8-byte aligned and grad_x is channels_last with 16-byte chunks
 // or has contiguous rows (NCHW: v3 writes it by channel planes). v3's gated loader reads
-// channels_last 16-byte chunks: a grad_y without them (NCHW, or a view off the 16-byte grid) is
-// packed into the workspace first (`packs_grad_y`, launch_channels_last_copy). `workspace`
+// channels_last 16-byte chunks or channel planes of contiguous rows: a grad_y with neither (a
+// view with gaps between pixels, or channels_last off the 16-byte grid) is packed into the
+// workspace first (`packs_grad_y`, launch_channels_last_copy). `workspace`
 // (16-byte aligned) holds the packed grad_y, the weights, v3's epilogue constants and v3's
 // packed weights.
 bool grouped_conv_dgrad_v3_applies(const GroupedConvBackwardParams& p, DType dtype,
@@ -260,8 +262,9 @@ cudaError_t launch_grouped_conv_dgrad(const GroupedConvBackwardParams& p, DType 
 //    x's band in swizzled shared memory, mma.sync with the pixels as K; where the forward was
 //    one v3 takes (fp16/bf16, 3x3, stride 1 or 2, padding 1, C_in == C_out a multiple of 64,
 //    cpg 4..64, compute capability 8.0+) and the mask is 8-byte aligned. Its ranges are whole
-//    work units. It reads x and grad_y in channels_last 16-byte chunks: one without them (NCHW,
-//    or a view off the 16-byte grid) is packed into the workspace first
+//    work units. It reads x and grad_y in channels_last 16-byte chunks, or by channel planes
+//    where their rows are contiguous (NCHW); one with neither (a view with gaps between pixels,
+//    channels_last off the 16-byte grid) is packed into the workspace first
 //    (launch_channels_last_copy), after the partial sums.
 enum class GroupedConvWgradPath : int { kDirect = 0, kV3 = 1 };
 struct GroupedConvWgradPlan {

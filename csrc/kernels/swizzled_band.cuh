@@ -24,6 +24,7 @@ constexpr int kPixelBytes = kTileC * 2;  // one 128-byte line per pixel (16-bit 
 // positions, so the 8 16-byte rows are served in one wavefront.
 template <int kShift>
 struct SwizzledPixels {
+  static constexpr int kKeyShift = kShift;
   unsigned char* base;
   __device__ __forceinline__ unsigned char* chunk(int q, int c) const {
     return base + q * kPixelBytes + ((c ^ ((q >> kShift) & 7)) << 4);
@@ -44,6 +45,7 @@ struct SwizzledPixels {
 // up to 1.8x the wavefronts at 7-pixel rows.)
 template <int kShift>
 struct OutputKeyedPixels {
+  static constexpr int kKeyShift = kShift;
   unsigned char* base;
   int W_out;
   __device__ __forceinline__ unsigned char* keyed_chunk(int q, int key, int c) const {
@@ -113,28 +115,43 @@ __device__ __forceinline__ void load_halo_rows_async(const T* x_tile, const int6
   }
 }
 
+// 8 channels' 16-bit values, one from each channel plane, as one 16-byte chunk (channel j in
+// bits 16 j of the chunk, as channels_last holds them).
+__device__ __forceinline__ uint4 pack_planes(const uint16_t (&v)[8]) {
+  uint32_t words[4];
+#pragma unroll
+  for (int h = 0; h < 4; ++h) words[h] = uint32_t{v[2 * h]} | (uint32_t{v[2 * h + 1]} << 16);
+  return make_uint4(words[0], words[1], words[2], words[3]);
+}
+
 // The same rows of an input whose rows are contiguous (rows_contiguous: NCHW; any channel
 // stride; x_tile: the image's first pixel at the tile's first channel), through registers into
-// a SwizzledPixels tile; each thread's stores are complete when this returns (the caller
-// synchronises). A work item is one staged 16-byte chunk: 8 two-byte loads, one per channel
-// plane, packed into one 16-byte store. Items run chunk-major over the staged pixels, a lane per
-// pixel, so a warp's load of one channel is 32 neighbouring pixels of its plane: 64 contiguous
-// bytes, rows following one another. Each chunk's pixels are padded to a multiple of 16 items,
-// and within each 16 the lanes take them in the order that puts a quarter-warp's 8 stores in 8
-// distinct 16-byte bank groups: in order where the swizzle keys by q (kShift 0), at stride 2
-// (key q >> 1) the 8 even pixels, then the 8 odd ones. A warp still covers 32 consecutive
-// pixels, so its loads touch the sectors they would in pixel order. Every item loads: a pixel
-// outside the image (the padding) reads the nearest one inside, a line its neighbours read too,
-// and stores zeros; a padding item stores nothing. So every lane issues the same loads, as the
-// lanes a predicate turned off would still share the warp's instruction. Each thread issues the
-// loads of kInFlight items (8 kInFlight loads) before it stores any.
-template <int kThreads, int kInFlight, typename T, int kShift>
+// `tile` (SwizzledPixels, or wgrad's OutputKeyedPixels); each thread's stores are complete when
+// this returns (the caller synchronises). A work item is one staged 16-byte chunk: 8 two-byte
+// loads, one per channel plane, packed into one 16-byte store. Items run chunk-major over the
+// staged pixels, a lane per pixel, so a warp's load of one channel is 32 neighbouring pixels of
+// its plane: 64 contiguous bytes, rows following one another. Each chunk's pixels are padded to
+// a multiple of 16 items, and within each 16 the lanes take them in the order that puts a
+// quarter-warp's 8 stores in 8 distinct 16-byte bank groups: in order where the swizzle key
+// steps by 1 per pixel (kShift 0), at stride 2 (key q >> 1, or col >> 1 in a row) the 8 even
+// pixels, then the 8 odd ones (only a quarter-warp that wraps to the next row can meet a key
+// twice in OutputKeyedPixels). A warp still covers 32 consecutive pixels, so its loads touch the
+// sectors they would in pixel order. Every item loads: a pixel outside the image (the padding)
+// reads the nearest one inside, a line its neighbours read too, and stores zeros; a padding item
+// stores nothing. So every lane issues the same loads, as the lanes a predicate turned off would
+// still share the warp's instruction. Each thread issues the loads of kInFlight items (8
+// kInFlight loads) before it stores any.
+// (A walk without the two divisions per item, as the gated and wgrad plane loaders below have,
+// cut this loop by a quarter, but ptxas then compiled the cpg-16 forward kernel's mainloop,
+// whose source it does not touch, to 188 instructions instead of 169 (92 registers instead of
+// 102): the mainloop runs in every layout, this loop only in NCHW.)
+template <int kThreads, int kInFlight, typename T, typename Tile>
 __device__ __forceinline__ void load_halo_rows_by_planes(const T* x_tile, const int64_t* x_stride,
                                                          int64_t H, int64_t W, int ih0, int pad_w,
-                                                         int in_rows, int in_cols,
-                                                         SwizzledPixels<kShift> tile) {
+                                                         int in_rows, int in_cols, Tile tile) {
   static_assert(kThreads % 16 == 0, "quarter-warps stay inside a group of 16 items");
   static_assert(sizeof(T) == 2, "16-bit lanes");
+  constexpr int kShift = Tile::kKeyShift;
   static_assert(kShift == 0 || kShift == 1, "the lane order is derived for keys q and q >> 1");
   const uint16_t* src = reinterpret_cast<const uint16_t*>(x_tile);
   const int64_t c_stride = x_stride[1];
@@ -144,7 +161,7 @@ __device__ __forceinline__ void load_halo_rows_by_planes(const T* x_tile, const 
   const int h_last = static_cast<int>(H) - 1, w_last = static_cast<int>(W) - 1;
   for (int i0 = threadIdx.x; i0 < items; i0 += kInFlight * kThreads) {
     uint16_t v[kInFlight][8];
-    int q_of[kInFlight], c_of[kInFlight];
+    int q_of[kInFlight], row_of[kInFlight], col_of[kInFlight], c_of[kInFlight];
 #pragma unroll
     for (int r = 0; r < kInFlight; ++r) {
       const int i = i0 + r * kThreads;
@@ -154,11 +171,14 @@ __device__ __forceinline__ void load_halo_rows_by_planes(const T* x_tile, const 
       q_of[r] = i < items && q < pixels ? q : -1;
       c_of[r] = c;
       const int row = qq / in_cols, col = qq - row * in_cols;
+      row_of[r] = row;
+      col_of[r] = col;
       const int ih = ih0 + row, iw = col - pad_w;
       const bool inside = ih >= 0 && ih <= h_last && iw >= 0 && iw <= w_last;
       const int hc = ih < 0 ? 0 : (ih > h_last ? h_last : ih);
       const int wc = iw < 0 ? 0 : (iw > w_last ? w_last : iw);
-      const uint16_t* chunk = src + hc * x_stride[2] + wc * x_stride[3] + c * 8 * c_stride;
+      // (x_stride[3] == 1: rows contiguous)
+      const uint16_t* chunk = src + hc * x_stride[2] + wc + c * 8 * c_stride;
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         const uint16_t loaded = chunk[e * c_stride];
@@ -168,12 +188,8 @@ __device__ __forceinline__ void load_halo_rows_by_planes(const T* x_tile, const 
 #pragma unroll
     for (int r = 0; r < kInFlight; ++r) {
       if (q_of[r] < 0) continue;
-      uint32_t w[4];
-#pragma unroll
-      for (int h = 0; h < 4; ++h) {
-        w[h] = uint32_t{v[r][2 * h]} | (uint32_t{v[r][2 * h + 1]} << 16);
-      }
-      ptx::st_shared_16(tile.chunk(q_of[r], c_of[r]), make_uint4(w[0], w[1], w[2], w[3]));
+      ptx::st_shared_16(tile.staged_chunk(q_of[r], row_of[r], col_of[r], c_of[r]),
+                        pack_planes(v[r]));
     }
   }
 }
@@ -193,18 +209,55 @@ __device__ __forceinline__ uint4 select_by_mask(uint4 raw, uint64_t passes) {
   return make_uint4(words[0], words[1], words[2], words[3]);
 }
 
+// The rows and columns of a gated input's source grid that a band stages (GatedInput: x's pixel
+// (hs, ws) sits at staged row ih_first + (xr << spread) - ih0, column (xc << spread) + pad_w,
+// hs = (ih_first >> spread) + xr, ws = xc): rows ih_first, + 1 << spread, ... below
+// min(H, ih0 + in_rows); columns 0, 1 << spread, ... below min(W, in_cols - pad_w).
+struct GatedPixels {
+  int spread, ih_first, x_rows, x_cols;
+  __device__ __forceinline__ GatedPixels(const GatedInput& gate, int64_t H, int64_t W, int ih0,
+                                         int pad_w, int in_rows, int in_cols) {
+    spread = gate.spread_shift;
+    const int between = (1 << spread) - 1, step = 1 << spread;
+    ih_first = ((ih0 > 0 ? ih0 : 0) + between) & ~between;
+    const int ih_end = H < ih0 + in_rows ? static_cast<int>(H) : ih0 + in_rows;
+    const int iw_end = W < in_cols - pad_w ? static_cast<int>(W) : in_cols - pad_w;
+    x_rows = ih_first < ih_end ? (ih_end - 1 - ih_first) / step + 1 : 0;
+    x_cols = iw_end > 0 ? (iw_end - 1) / step + 1 : 0;
+  }
+};
+
+// Zeros into every staged chunk of a gated input's band that holds no pixel of x: outside the
+// image, and between the spread pixels (3 of 4 at spread 1). Stores only; chunk
+// threadIdx.x % 8 of each pixel per thread (kThreads a multiple of 8).
+template <int kThreads, typename Tile>
+__device__ __forceinline__ void zero_chunks_without_a_pixel(const GatedInput& gate, int64_t H,
+                                                            int64_t W, int ih0, int pad_w,
+                                                            int in_rows, int in_cols, Tile tile) {
+  static_assert(kThreads % 8 == 0, "a thread's chunks share one channel offset");
+  const int c = threadIdx.x % 8;
+  const int between = (1 << gate.spread_shift) - 1;
+  const int in_chunks = in_rows * in_cols * 8;
+  for (int i = threadIdx.x; i < in_chunks; i += kThreads) {
+    const int q = i / 8, row = q / in_cols, col = q - row * in_cols;
+    const int ih = ih0 + row, iw = col - pad_w;
+    if (!(ih >= 0 && ih < H && iw >= 0 && iw < W && ((ih | iw) & between) == 0)) {
+      ptx::st_shared_16(tile.staged_chunk(q, row, col, c), make_uint4(0u, 0u, 0u, 0u));
+    }
+  }
+}
+
 // The same rows of a gated input (GatedInput): the conv's grid is H x W, x (x_image: image n's
 // first pixel at the tile's first channel) and the mask (mask_tile: the tile's first channel of
 // the mask, mask_pitch bytes per byte row; nullptr with gate.mask) are on the source grid.
 // Two passes, each thread's stores complete when this returns (the caller synchronises):
-//  1. zeros into every staged chunk that holds no pixel of x: outside the image, and between
-//     the spread pixels (3 of 4 at spread 1). Stores only.
-//  2. x's pixels, through registers, kInFlight chunks at a time: each thread issues the loads of
-//     up to kInFlight chunks (16 bytes of x, and the mask's 8-byte word of those 8 channels),
-//     raw, before it touches any of them, so they are in flight together (a band of up to
-//     kThreads * kInFlight of x's chunks is one round trip: a 128-pixel stride-2 band's are).
-//     Then each chunk's 16-bit lanes are kept where the mask's bit is set, else +0: a select,
-//     not a product, so a NaN the mask blocked stays out.
+//  1. zero_chunks_without_a_pixel.
+//  2. x's pixels (channels_last, 16-byte chunks), through registers, kInFlight chunks at a time:
+//     each thread issues the loads of up to kInFlight chunks (16 bytes of x, and the mask's
+//     8-byte word of those 8 channels), raw, before it touches any of them, so they are in
+//     flight together (a band of up to kThreads * kInFlight of x's chunks is one round trip: a
+//     128-pixel stride-2 band's are). Then each chunk's 16-bit lanes are kept where the mask's
+//     bit is set, else +0: a select, not a product, so a NaN the mask blocked stays out.
 // Every chunk a thread moves is chunk threadIdx.x % 8 of its pixel (kThreads is a multiple of
 // 8): one channel offset per thread.
 template <int kThreads, int kInFlight, typename T, typename Tile>
@@ -217,25 +270,10 @@ __device__ __forceinline__ void load_gated_halo_rows(const GatedInput& gate, con
   static_assert(kThreads % 8 == 0, "a thread's chunks share one channel offset");
   static_assert(sizeof(T) == 2, "16-bit lanes");
   const int c = threadIdx.x % 8;
-  const int spread = gate.spread_shift, between = (1 << spread) - 1;
-  const int in_chunks = in_rows * in_cols * 8;
-  // 1. the chunks without a pixel of x
-  for (int i = threadIdx.x; i < in_chunks; i += kThreads) {
-    const int q = i / 8, row = q / in_cols, col = q - row * in_cols;
-    const int ih = ih0 + row, iw = col - pad_w;
-    if (!(ih >= 0 && ih < H && iw >= 0 && iw < W && ((ih | iw) & between) == 0)) {
-      ptx::st_shared_16(tile.staged_chunk(q, row, col, c), make_uint4(0u, 0u, 0u, 0u));
-    }
-  }
-  // 2. the staged pixels of x: rows ih_first, + 1 << spread, ... below min(H, ih0 + in_rows);
-  // columns 0, 1 << spread, ... below min(W, in_cols - pad_w)
-  const int step = 1 << spread;
-  const int ih_first = ((ih0 > 0 ? ih0 : 0) + between) & ~between;
-  const int ih_end = H < ih0 + in_rows ? static_cast<int>(H) : ih0 + in_rows;
-  const int iw_end = W < in_cols - pad_w ? static_cast<int>(W) : in_cols - pad_w;
-  const int x_rows = ih_first < ih_end ? (ih_end - 1 - ih_first) / step + 1 : 0;
-  const int x_cols = iw_end > 0 ? (iw_end - 1) / step + 1 : 0;
-  const int x_chunks = x_rows * x_cols * 8;
+  zero_chunks_without_a_pixel<kThreads>(gate, H, W, ih0, pad_w, in_rows, in_cols, tile);
+  const GatedPixels px(gate, H, W, ih0, pad_w, in_rows, in_cols);
+  const int spread = px.spread, ih_first = px.ih_first, x_cols = px.x_cols;
+  const int x_chunks = px.x_rows * x_cols * 8;
   for (int i0 = threadIdx.x; i0 < x_chunks; i0 += kInFlight * kThreads) {
     uint4 raw[kInFlight];
     uint64_t mask_word[kInFlight];  // byte j: channel c * 8 + j; bit m % 8 of it: pixel m's
@@ -268,6 +306,84 @@ __device__ __forceinline__ void load_gated_halo_rows(const GatedInput& gate, con
       // (one 16-byte store: st_shared_16, so the emulator's profile counts what the GPU issues)
       ptx::st_shared_16(tile.staged_chunk(row * in_cols + col, row, col, c),
                         select_by_mask(raw[r], mask_word[r] >> bit[r]));
+    }
+  }
+}
+
+// The same for a gated input whose rows are contiguous (rows_contiguous: NCHW; any channel
+// stride): pass 1 as above; pass 2 walks x's staged pixels as load_halo_rows_by_planes does
+// (chunk-major, padded to 16 per chunk, a lane per pixel, 8 two-byte loads from channel planes),
+// without its divisions: a thread's item i = c * slots + s advances by kThreads, c and s step by
+// subtraction, and the pixel's row comes from a float reciprocal (exact: k + 0.5 is at least
+// 0.5 / x_cols from a row boundary, and k < 2^16 keeps the product's error far below that).
+// With the loads, the mask's 8-byte word of the chunk's channels (one word for 8 neighbouring
+// pixels), and the select above. In order: at spread 0 a
+// quarter-warp's 8 pixels are 8 consecutive staged pixels of a row, 8 distinct bank groups (one
+// that wraps to the next row skips the 2 halo columns and can meet a group twice); at spread 1
+// they are 2 apart, 4 bank groups, two 16-byte stores per wavefront (a band's staged pixels are
+// all 2 staged rows and 2 columns apart: their keys have one parity, which no lane order
+// changes).
+template <int kThreads, int kInFlight, typename T, typename Tile>
+__device__ __forceinline__ void load_gated_halo_rows_by_planes(
+    const GatedInput& gate, const T* x_image, const int64_t* x_stride, const uint8_t* mask_tile,
+    int64_t mask_pitch, int64_t n, int64_t H, int64_t W, int ih0, int pad_w, int in_rows,
+    int in_cols, Tile tile) {
+  static_assert(sizeof(T) == 2, "16-bit lanes");
+  zero_chunks_without_a_pixel<kThreads>(gate, H, W, ih0, pad_w, in_rows, in_cols, tile);
+  const GatedPixels px(gate, H, W, ih0, pad_w, in_rows, in_cols);
+  const int pixels = px.x_rows * px.x_cols;
+  if (pixels == 0) return;
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(x_image);
+  const int64_t c_stride = x_stride[1];
+  const int spread = px.spread, x_cols = px.x_cols, hs0 = px.ih_first >> spread;
+  const int slots = (pixels + 15) & ~15;  // items per chunk
+  const float inv_cols = 1.0f / static_cast<float>(x_cols);  // (see above)
+  int c = static_cast<int>(threadIdx.x) / slots;
+  int s = static_cast<int>(threadIdx.x) - c * slots;
+  while (c < 8) {
+    // first every load of the kInFlight items, raw; then the packs, selects and stores
+    uint16_t v[kInFlight][8];
+    uint64_t mask_word[kInFlight];  // byte j: channel 8 cc + j; bit m % 8: pixel m's
+    int k_of[kInFlight], c_of[kInFlight], bit_of[kInFlight];
+#pragma unroll
+    for (int r = 0; r < kInFlight; ++r) {
+      const bool real = c < 8 && s < pixels;
+      const int k = real ? s : pixels - 1;
+      const int cc = c < 8 ? c : 7;
+      const int xr = static_cast<int>((static_cast<float>(k) + 0.5f) * inv_cols);
+      const int xc = k - xr * x_cols;
+      const int hs = hs0 + xr;  // x's pixel (hs, xc)
+      // (x_stride[3] == 1: rows contiguous)
+      const uint16_t* plane = src + hs * x_stride[2] + xc + cc * 8 * c_stride;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        v[r][e] = *plane;
+        plane += c_stride;
+      }
+      mask_word[r] = ~uint64_t{0};
+      bit_of[r] = 0;
+      if (mask_tile != nullptr) {
+        const int64_t m = (n * gate.src_H + hs) * gate.src_W + xc;  // x's flat pixel
+        mask_word[r] =
+            *reinterpret_cast<const uint64_t*>(mask_tile + (m >> 3) * mask_pitch + cc * 8);
+        bit_of[r] = static_cast<int>(m & 7);
+      }
+      k_of[r] = real ? k : -1;
+      c_of[r] = cc;
+      s += kThreads;
+      while (s >= slots) {
+        s -= slots;
+        ++c;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kInFlight; ++r) {
+      if (k_of[r] < 0) continue;
+      const int xr = static_cast<int>((static_cast<float>(k_of[r]) + 0.5f) * inv_cols);
+      const int xc = k_of[r] - xr * x_cols;
+      const int row = px.ih_first + (xr << spread) - ih0, col = (xc << spread) + pad_w;
+      ptx::st_shared_16(tile.staged_chunk(row * in_cols + col, row, col, c_of[r]),
+                        select_by_mask(pack_planes(v[r]), mask_word[r] >> bit_of[r]));
     }
   }
 }

@@ -30,9 +30,10 @@ def grouped_conv_bn_relu_masked(x, weight, scale, shift, stride, padding, dilati
 # The backward's kernels: dgrad on v3's forward where the forward was 3x3 stride 1 or 2
 # fp16/bf16 (csrc/kernels/grouped_conv_dgrad_v3.cu), else a direct kernel; wgrad on tensor cores
 # where the forward was one v3 takes (csrc/kernels/grouped_conv_wgrad_v3.cu), else a direct
-# kernel (grouped_conv_backward.cu: CUDA cores, scalar loads); in NCHW the v3 paths pack the
-# operands they read channels_last into the workspace (csrc/kernels/channels_last_copy.cu), and
-# dgrad's v3 writes an NCHW grad_x by channel planes. Checked against
+# kernel (grouped_conv_backward.cu: CUDA cores, scalar loads); in NCHW the v3 kernels read
+# their operands and write grad_x by channel planes, with no layout copy (only views with gaps
+# between pixels are packed channels_last first: csrc/kernels/channels_last_copy.cu). Checked
+# against
 # float64; the H100 measured the direct wgrad at 0.07x cuDNN eager's training step and has not
 # yet run wgrad v3 (docs/KERNELS.md), so they run only when asked for:
 #   RESNEXT_KERNELS_CUDA_BACKWARD=aten     (default) aten's backward (cuDNN), selected by the mask
