@@ -188,6 +188,23 @@ def cuda_launch_kernels(op, path_report, dtype, stride, cpg=None, gated=False):
     return [f"grouped_conv_bn_relu_direct_kernel<{t}>"]
 
 
+# csrc/kernels/batchnorm_train.cu's calls (cuda_emulator.launch_shapes' ops)
+BN_TRAIN_OPS = ("bn_forward", "bn_backward_sums", "bn_grad_z")
+
+
+def bn_train_launch_kernels(op, dtype, launches):
+    """The kernel of each of a train-mode BatchNorm call's `launches` launches: the statistics'
+    or the sums' partials, as many levels of their reduction as the rest, then the normalize or
+    the coefficients; grad_z's one kernel."""
+    t = CUDA_TYPES[dtype]
+    if op == "bn_grad_z":
+        return [f"grad_z_kernel<{t}>"] * launches
+    first, last = ((f"statistics_partials_kernel<{t}>", f"normalize_kernel<{t}>")
+                   if op == "bn_forward" else
+                   (f"backward_sums_partials_kernel<{t}>", "coefficients_kernel"))
+    return [first] + ["reduce_partials_kernel"] * (launches - 2) + [last]
+
+
 # ----------------------------------------------------------------------------------- shapes
 def layer_shapes():
     from resnext_kernels.models.shapes import grouped_conv_shapes, se_shapes
@@ -248,7 +265,8 @@ def launch_entry(kernels, archs, name, launch):
 
 def cuda_profile(archs, layouts=("nhwc", "nchw"), batches=(128, 1), dtypes=("fp16",)):
     """(the CUDA kernels' compile profile per arch, one row per call: its launches). Every conv
-    and SE call, and for fp16 convs a "train" row: the backward's launches (dgrad, wgrad)."""
+    and SE call, and for fp16 convs a "train" row: the backward's launches (dgrad, wgrad), and
+    a "train_bn" row: train-mode BatchNorm's launches around the conv (BN_TRAIN_OPS)."""
     import torch
 
     import cuda_emulator
@@ -269,16 +287,21 @@ def cuda_profile(archs, layouts=("nhwc", "nchw"), batches=(128, 1), dtypes=("fp1
                 calls = [("inference", [shape["op"]])]
                 if shape["op"] == "conv" and dtype == "fp16":
                     calls.append(("train", ["dgrad", "wgrad"]))  # the backward's launches
+                    # train-mode BatchNorm's kernels around the conv (its conv and backward
+                    # are the rows above: kernel_profile.py composes the step)
+                    calls.append(("train_bn", list(BN_TRAIN_OPS)))
                 for phase, ops in calls:
                     row = dict(name=layer_name(shape, batch, layout, op_dtype(shape["op"], dtype))
-                               + (" train" if phase == "train" else ""),
+                               + ("" if phase == "inference" else f" {phase}"),
                                backend="cuda", phase=phase, batch=batch, layout=layout,
                                dtype=op_dtype(shape["op"], dtype), **shape, launches=[],
                                reports=[])
                     for op in ops:
                         report, launches = cuda_emulator.launch_shapes(binary, op, **kw)
-                        names = cuda_launch_kernels(op, report, dtype, shape.get("stride"),
-                                                    shape.get("cpg"))
+                        names = (bn_train_launch_kernels(op, dtype, len(launches))
+                                 if op in BN_TRAIN_OPS else
+                                 cuda_launch_kernels(op, report, dtype, shape.get("stride"),
+                                                     shape.get("cpg")))
                         row["reports"].append(report)
                         for name, launch in zip(names, launches):
                             row["launches"].append(

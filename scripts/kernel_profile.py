@@ -439,6 +439,45 @@ def train_bn_bytes(kind, c, grid, shape, x_bytes, elem, partial_rows):
     return 3 * y + (mask if c["HAS_MASK"] else 0), partial_rows  # bn_grad_z
 
 
+# csrc/kernels/batchnorm_train.cu's kernels: train_bn_bytes' kind of each
+CUDA_TRAIN_BN_KINDS = {"statistics_partials_kernel": "statistics_partials",
+                       "reduce_partials_kernel": "stats_reduce",
+                       "normalize_kernel": "bn_normalize",
+                       "backward_sums_partials_kernel": "bn_backward_sums",
+                       "coefficients_kernel": "bn_coefficients",
+                       "grad_z_kernel": "bn_grad_z"}
+
+
+def cuda_train_bn_launches(launches, cuda_kernels, shape, elem):
+    """The model launches of the CUDA train-mode BatchNorm kernels of one layer at batch BATCH
+    (compiled_profile's "train_bn" row: the forward's statistics and normalize, the backward's
+    sums and grad_z), as streaming kernels of train_bn_bytes' compulsory bytes (the statistics'
+    partials: z read, fp32 [2, tiles, C] written) at the load width of their SASS (the loop's
+    where it has one that moves memory, else the whole kernel's). The emulator's access profile
+    does not cover them."""
+    x_bytes = BATCH * shape["C"] * shape["H"] * shape["W"] * elem
+    model, partial_rows = [], None
+    for launch in launches:
+        kind = CUDA_TRAIN_BN_KINDS[launch["kernel"].split("<")[0]]
+        grid = launch["grid"]
+        if kind == "statistics_partials":
+            partial_rows = grid[0]
+            dram = output_bytes(shape, x_bytes) + 2 * partial_rows * shape["C"] * 4
+        else:
+            # (the reduction's grid is (blocks of rows, channel blocks), Triton's the other way
+            # round; its last level is its one block of rows: FINAL)
+            c = dict(FINAL=grid[0] == 1, WRITE_MASK=True, HAS_MASK=True)
+            dram, partial_rows = train_bn_bytes(
+                kind, c, [grid[1], grid[0]] if kind == "stats_reduce" else grid, shape, x_bytes,
+                elem, partial_rows)
+        sass = sass_of(cuda_kernels, launch["kernel"])
+        hot = sass.get("hot_loop")
+        body = hot if hot and memory_instructions(hot.get("mix", {})) else sass
+        model.append(streaming_launch(dram, body.get("mix", {}), launch["blocks"],
+                                      launch["threads"] // 32, launch["sm_90"]["waves"]))
+    return model
+
+
 def se_backward_bytes(kind, c, x_bytes):
     """Compulsory bytes of the SE backward's elementwise kernels
     (backends/triton/squeeze_excite_backward.py), x_bytes one [N, C, H, W] tensor:
@@ -833,6 +872,15 @@ def build(blocks: int, earlier_profiles=None):
                                 dict(floor_bytes=train_floor_bytes(shape, elem)), path,
                                 kernels + mask_kernels
                                 + [l["kernel"] for l in train["b128"]["launches"]]))
+                # a training step with train-mode BatchNorm: the conv (z: the inference
+                # launches, no mask), the BN kernels around it, the conv's backward of grad_z
+                bn = plans[(shape["model"], shape["layer"], layout, dtype, "train_bn")]
+                entries.append(("cuda_train_bn", layout,
+                                model + cuda_train_bn_launches(bn["b128"]["launches"], ck,
+                                                               shape, elem) + backward,
+                                dict(floor_bytes=train_bn_floor_bytes(shape, elem)), path,
+                                kernels + [l["kernel"] for l in bn["b128"]["launches"]]
+                                + [l["kernel"] for l in train["b128"]["launches"]]))
         for row in triton_rows:
             if (row["model"], row["layer"], row["dtype"]) == (shape["model"], shape["layer"],
                                                               dtype):
@@ -959,7 +1007,12 @@ def markdown(report):
         "wgrad of it, and wgrad's sum: RESNEXT_KERNELS_TRITON_BACKWARD=kernels; floor: the "
         "\"write z\" design's bytes, docs/KERNELS.md); triton_train_bn_prologue: the same with "
         "grad_z formed in dgrad's and wgrad's prologue, never written "
-        "(RESNEXT_KERNELS_TRITON_BN_GRAD_Z=prologue). SE rows, triton_train: the "
+        "(RESNEXT_KERNELS_TRITON_BN_GRAD_Z=prologue); cuda_train_bn: the same step on the "
+        "CUDA backend (its conv writes z; csrc/kernels/batchnorm_train.cu's statistics (z read "
+        "once more: not in the conv's epilogue), their reduction, normalize + ReLU + mask, the "
+        "BN backward's sums, their reduction, the coefficients, grad_z written; then cuda_train's "
+        "dgrad and wgrad, modelled with a mask that grad_z does not have). SE rows, "
+        "triton_train: the "
         "tail's forward and its backward (the gate again, the gate gradient, the FC gradients, "
         "the input gradient; fp32 FC weights as under autocast; floor: u and the residual read "
         "and the output written, then grad_out, u and the residual read and both gradients "

@@ -362,6 +362,88 @@ def squeeze_excite(binary, u, w1, b1, w2, b2, residual=None, relu=False, with_pa
         return (out, report) if with_path else out
 
 
+def _batchnorm_train_call(binary, op, d, z, eps, params, *, z_lead_elems=0,
+                          reduce_rows_in_one=None):
+    """Writes what every train-mode BatchNorm op reads (z, eps, geometry) and runs `op`."""
+    N, C, H, W = z.shape
+    _write(d, "z", z)
+    (d / "eps.bin").write_bytes(torch.tensor([eps], dtype=torch.float32).numpy().tobytes())
+    params = dict(dtype=DTYPE_CODES[z.dtype], N=N, C=C, H=H, W=W, z_stride=z.stride(),
+                  z_lead_elems=z_lead_elems, **params)
+    if reduce_rows_in_one is not None:
+        params["reduce_rows_in_one"] = reduce_rows_in_one
+    _write_params(d, params)
+    return _run(binary, op, d).strip()
+
+
+def _per_channel(t):
+    return t.float().contiguous()  # (what the glue passes the kernels)
+
+
+def batchnorm_train_forward(binary, z, gamma, beta, eps, relu, **kwargs):
+    """The CUDA train-mode BatchNorm forward after the conv, like the torch glue: the statistics
+    of z, then y (z's memory format) and its ReLU mask. Returns (y, mask, mean, var, report):
+    report names each operand's access, e.g. "z channels y channels". kwargs: z_lead_elems,
+    reduce_rows_in_one."""
+    N, C, H, W = z.shape
+    M = N * H * W
+    y = _poisoned_like_glue(z.shape, z.dtype, torch._prims_common.suggest_memory_format(z))
+    mask = torch.full((((M + 7) // 8) if relu else 0, C), 0xA5, dtype=torch.uint8)
+    mean = torch.full((C,), float("nan"))
+    var = torch.full((C,), float("nan"))
+    with tempfile.TemporaryDirectory(prefix="emu_bn_") as tmp:
+        d = Path(tmp)
+        for name, t in (("y", y), ("mask", mask), ("mean", mean), ("var", var),
+                        ("gamma", _per_channel(gamma)), ("beta", _per_channel(beta))):
+            _write(d, name, t)
+        report = _batchnorm_train_call(binary, "batchnorm_train_forward", d, z, eps,
+                                       dict(y_stride=y.stride(), relu=relu), **kwargs)
+        return (_read_like(d, "y", y), _read_like(d, "mask", mask), _read_like(d, "mean", mean),
+                _read_like(d, "var", var), report)
+
+
+def _gradient_params(d, grad_y, mask, grad_y_lead_elems):
+    _write(d, "grad_y", grad_y)
+    _write(d, "mask", mask.contiguous())
+    return dict(grad_y_stride=grad_y.stride(), grad_y_lead_elems=grad_y_lead_elems)
+
+
+def batchnorm_train_backward_sums(binary, grad_y, mask, z, mean, var, gamma, eps, *,
+                                  grad_y_lead_elems=0, **kwargs):
+    """BN's training-mode backward sums through the ReLU (mask [0, C]: none) and grad_z's
+    coefficients, like the torch glue. Returns (grad_gamma, grad_beta, coef [4, C], report)."""
+    C = z.shape[1]
+    grad_gamma = torch.full((C,), float("nan"))
+    grad_beta = torch.full((C,), float("nan"))
+    coef = torch.full((4, C), float("nan"))
+    with tempfile.TemporaryDirectory(prefix="emu_bn_") as tmp:
+        d = Path(tmp)
+        for name, t in (("grad_gamma", grad_gamma), ("grad_beta", grad_beta), ("coef", coef),
+                        ("mean", _per_channel(mean)), ("var", _per_channel(var)),
+                        ("gamma", _per_channel(gamma))):
+            _write(d, name, t)
+        params = _gradient_params(d, grad_y, mask, grad_y_lead_elems)
+        report = _batchnorm_train_call(binary, "batchnorm_train_backward_sums", d, z, eps,
+                                       params, **kwargs)
+        return (_read_like(d, "grad_gamma", grad_gamma), _read_like(d, "grad_beta", grad_beta),
+                _read_like(d, "coef", coef), report)
+
+
+def batchnorm_train_grad_z(binary, grad_y, mask, z, coef, *, grad_y_lead_elems=0, **kwargs):
+    """grad_z (z's memory format) from grad_y, the mask, z and the coefficients, like the torch
+    glue. Returns (grad_z, report)."""
+    grad_z = _poisoned_like_glue(z.shape, z.dtype, torch._prims_common.suggest_memory_format(z))
+    with tempfile.TemporaryDirectory(prefix="emu_bn_") as tmp:
+        d = Path(tmp)
+        _write(d, "grad_z", grad_z)
+        _write(d, "coef", coef.float().contiguous())
+        params = dict(_gradient_params(d, grad_y, mask, grad_y_lead_elems),
+                      grad_z_stride=grad_z.stride())
+        report = _batchnorm_train_call(binary, "batchnorm_train_grad_z", d, z, 0.0, params,
+                                       **kwargs)
+        return _read_like(d, "grad_z", grad_z), report
+
+
 # The emulator's adversarial schedule (csrc/emulation/emulator.cpp): the thread that completes a
 # block barrier runs until it next waits, or finishes, before the others leave the barrier.
 COMPLETER_FIRST = {"CUDA_EMULATOR_SCHEDULE": "completer_first"}
@@ -406,9 +488,11 @@ def profile_launches(call, binary, *args, sample_blocks: int = 0, **kwargs):
 def launch_shapes(binary, op: str, *, N, C, H, W, dtype, channels_last, groups=None, stride=1,
                   R=None, allow_tf32=False, device_major=9):
     """The launches (grid, block threads, dynamic shared memory) that one call of `op` ("conv",
-    "dgrad", "wgrad" (the conv's backward, with a ReLU mask) or "se") makes at this shape,
-    without running them: the profile build's plan-only mode, on placeholder buffers, so real
-    batch sizes cost nothing. Returns (path report, launches)."""
+    "dgrad", "wgrad" (the conv's backward, with a ReLU mask), "se", or train-mode BatchNorm's
+    "bn_forward", "bn_backward_sums", "bn_grad_z" (on the conv's output of this shape, with a
+    ReLU mask)) makes at this shape, without running them: the profile build's plan-only mode,
+    on placeholder buffers, so real batch sizes cost nothing. Returns (path report,
+    launches)."""
     import json
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -446,6 +530,22 @@ def launch_shapes(binary, op: str, *, N, C, H, W, dtype, channels_last, groups=N
                 x_stride=x.stride(), grad_x_stride=x.stride(), grad_w_stride=w.stride(),
                 grad_x_channels_last=channels_last, device_major=device_major))
             args = (f"grouped_conv_{op}", d)
+        elif op.startswith("bn_"):
+            H_out, W_out = (H - 1) // stride + 1, (W - 1) // stride + 1
+            z = torch.empty(N, C, H_out, W_out, dtype=dtype, device="meta").contiguous(
+                memory_format=fmt)
+            for name in ("z", "y", "gamma", "beta", "mean", "var", "grad_y", "grad_gamma",
+                         "grad_beta", "coef", "grad_z"):
+                (d / f"{name}.bin").write_bytes(b"")
+            (d / "mask.bin").write_bytes(b"\0")  # not empty: the backward reads a mask
+            (d / "eps.bin").write_bytes(torch.tensor([1e-5]).numpy().tobytes())
+            _write_params(d, dict(
+                dtype=DTYPE_CODES[dtype], N=N, C=C, H=H_out, W=W_out, z_stride=z.stride(),
+                y_stride=z.stride(), grad_y_stride=z.stride(), grad_z_stride=z.stride(),
+                relu=True))
+            args = ({"bn_forward": "batchnorm_train_forward",
+                     "bn_backward_sums": "batchnorm_train_backward_sums",
+                     "bn_grad_z": "batchnorm_train_grad_z"}[op], d)
         else:
             for name in ("u", "out", "w1", "w2", "residual", "b1", "b2"):
                 (d / f"{name}.bin").write_bytes(b"")

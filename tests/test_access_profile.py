@@ -163,6 +163,74 @@ def test_block_sampling_runs_the_first_last_and_evenly_spread_blocks(profiler):
         full["ldmatrix"]["requests"] * 3, rel=0.5)
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_batchnorm_train_moves_16_byte_vectors_coalesced(profiler, channels_last):
+    """csrc/kernels/batchnorm_train.cu in both layouts: every z, y, grad_y and grad_z access of
+    the statistics, normalize, sums and grad_z kernels is a 16-byte vector, a warp's request 16
+    sectors, as few as its bytes need (channels_last: 4 pixels' 128-byte rows; NCHW: 8 planes'
+    64-byte runs); the mask's are 8-byte words, the partials' fp32 rows 4-byte stores, the
+    per-channel vectors 16-byte loads; the tile merges' shared accesses 2 wavefronts a 4-byte
+    request at most (the merge's reads of its channel's column by 2 ways);
+    the launches are the ones compiled_profile names, and the results stay right."""
+    import compiled_profile
+    import test_cuda_emulated_batchnorm_train as bn
+
+    z, gamma, beta = bn.make_z((2, 64, 8, 16), torch.float16, channels_last, seed=71)
+    (y, mask, mean, var, report), forward = cuda_emulator.profile_launches(
+        cuda_emulator.batchnorm_train_forward, profiler, z, gamma, beta, bn.EPS, True)
+    ref_y, _, _ = bn.reference_forward(z, gamma, beta, bn.EPS, True)
+    torch.testing.assert_close(y.double(), ref_y, **tolerance(torch.float16))
+    case = bn.make_backward_case((2, 64, 8, 16), torch.float16, channels_last, channels_last,
+                                 True, seed=72)
+    _, sums = cuda_emulator.profile_launches(cuda_emulator.batchnorm_train_backward_sums,
+                                             profiler, *case, bn.EPS)
+    grad_y, mask, z, _, _, _ = case
+    coef = bn.reference_backward(*case, bn.EPS)[2].float()
+    _, grad_z = cuda_emulator.profile_launches(cuda_emulator.batchnorm_train_grad_z, profiler,
+                                               grad_y, mask, z, coef)
+    for op, launches in (("bn_forward", forward), ("bn_backward_sums", sums),
+                         ("bn_grad_z", grad_z)):
+        names = compiled_profile.bn_train_launch_kernels(op, "fp16", len(launches))
+        assert [l["grid"] for l in launches] == [
+            l["grid"] for l in cuda_emulator.launch_shapes(
+                profiler, op, N=2, C=64, H=8, W=16, dtype=torch.float16,
+                channels_last=channels_last)[1]]
+        for name, launch in zip(names, launches):
+            if name.startswith("reduce_partials") or name == "coefficients_kernel":
+                continue  # fp32 [rows, C] rows and vectors: 4-byte accesses
+            for kind in ("global_load", "global_store"):
+                for site in sites_of(launch, kind):
+                    width = site["bytes"] / site["requests"] / 32
+                    # 16: tensors; 8: the mask; 4: the partials' fp32 rows (stored by channel)
+                    assert width in (16, 8) or (kind == "global_store" and width == 4
+                                                and "partials" in name), (name, kind, site)
+                    assert per_request(site, "sectors") <= {16: 16, 8: 8, 4: 4}[width], (
+                        name, kind, site)
+                    if site["bytes_used"] == site["bytes"]:  # a lane per address: coalesced
+                        assert site["sectors"] == site["ideal"], (name, kind, site)
+                    else:  # the per-channel vectors, 4 runs of lanes on one address: 2 halves
+                        # of a channel chunk's 32-byte sector
+                        assert site["sectors"] <= 2 * site["ideal"], (name, kind, site)
+            for kind in ("shared_store", "shared_load"):
+                tally = launch[kind]
+                if tally["requests"]:
+                    assert per_request(tally) <= 2, (name, kind, tally)
+
+
+@pytest.mark.parametrize("rows_in_one,rows", [(2, [6, 3, 2, 1]), (3, [4, 2, 1]), (None, [1])])
+def test_batchnorm_train_reduces_in_levels(profiler, rows_in_one, rows):
+    """The statistics' 12 tile partials (a 96 x 32 image: 3072 pixels) reduced level by level,
+    each level's blocks of rows the next level's rows, down to one (the grids' first axis;
+    the second: 8 channels, one block), then the normalize."""
+    import test_cuda_emulated_batchnorm_train as bn
+
+    z, gamma, beta = bn.make_z((1, 8, 96, 32), torch.float32, False, seed=7)
+    _, launches = cuda_emulator.profile_launches(
+        cuda_emulator.batchnorm_train_forward, profiler, z, gamma, beta, bn.EPS, True,
+        reduce_rows_in_one=rows_in_one)
+    assert [launch["grid"][0] for launch in launches] == [12, *rows, 12]
+
+
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_the_launches_are_the_ones_the_profile_names(profiler, layout, stride):

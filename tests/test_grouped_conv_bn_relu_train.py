@@ -246,6 +246,14 @@ def test_backward_runs_no_aten_convolution(backend_device, backward_kernels):
         assert not convs, convs
     assert _ours(seen.names, "batchnorm_train_backward_sums"), seen.names
     assert _ours(seen.names, "grouped_conv_bn_train_backward"), seen.names
+    if backend == "cuda":  # the BN around the conv in CUDA kernels, not torch ops
+        assert _ours(seen_forward.names, "batchnorm_train_forward_cuda"), seen_forward.names
+        assert _ours(seen.names, "batchnorm_train_backward_sums_cuda"), seen.names
+        assert _ours(seen.names, "batchnorm_train_grad_z_cuda"), seen.names
+        for names in (seen_forward.names, seen.names):
+            torch_ops = [n for n in names if n in ("aten::var_mean", "aten::where",
+                                                   "aten::rsqrt", "aten::sum")]
+            assert not torch_ops, torch_ops
 
 
 def test_double_backward_is_refused():

@@ -395,6 +395,37 @@ def test_triton_layer_passes_the_partials_rows_along_a_train_bn_step():
     assert dram[8] == y + x  # grad_z read (no mask), grad_x written
 
 
+def test_cuda_train_bn_launches_pass_the_partials_rows_along():
+    """The CUDA train-mode BN kernels (compiled_profile's "train_bn" row): the statistics read z
+    and write a row per 256-pixel tile, each reduction level reads the rows before it and writes
+    one per block of rows (its grid's first axis), the last level one; the normalize reads z and
+    writes y and the mask; the sums read grad_y, the mask and z; grad_z writes z's size too. The
+    kernel names are the compiled profile's (bn_train_launch_kernels)."""
+    shape = dict(RESNEXT50_LAYER2_0)
+    x = 128 * 256 * 56 * 56 * 2
+    y, mask, C = x // 4, x // 4 / 16, 256
+    tiles = 128 * 28 * 28 // 256  # 392
+    names = (compiled_profile.bn_train_launch_kernels("bn_forward", "fp16", 3)
+             + compiled_profile.bn_train_launch_kernels("bn_backward_sums", "fp16", 4)
+             + compiled_profile.bn_train_launch_kernels("bn_grad_z", "fp16", 1))
+    grids = [[tiles, 4], [1, 8], [tiles, 4], [tiles, 4], [7, 8], [1, 8], [1, 1], [tiles, 4]]
+    launches = [dict(kernel=k, grid=g + [1], blocks=g[0] * g[1], threads=256,
+                     sm_90=dict(waves=1.0)) for k, g in zip(names, grids)]
+    mix = {"global_load_16B": 8, "int": 24}
+    kernels = {k: dict(sass=dict(mix=mix)) for k in names}
+    dram = [m["dram_bytes"] for m in kernel_profile.cuda_train_bn_launches(launches, kernels,
+                                                                           shape, 2)]
+    assert names[0] == "statistics_partials_kernel<half>" and names[2] == "normalize_kernel<half>"
+    assert names[6] == "coefficients_kernel" and names[7] == "grad_z_kernel<half>"
+    assert dram[0] == pytest.approx(y + 2 * tiles * C * 4)
+    assert dram[1] == 2 * (tiles + 1) * C * 4
+    assert dram[2] == 2 * y + mask
+    assert dram[3] == 2 * y + mask + 2 * tiles * C * 4
+    assert dram[4:6] == [2 * (tiles + 7) * C * 4, 2 * (7 + 1) * C * 4]
+    assert dram[6] == 9 * C * 4
+    assert dram[7] == 3 * y + mask
+
+
 def test_triton_layer_models_the_se_backward_fcs_in_launch_order():
     """An SE training row: the forward's and the recomputed gate's FC launches by the forward
     model, the six after the gate gradient by the backward's dimensions (their grids checked:

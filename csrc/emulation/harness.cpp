@@ -5,6 +5,9 @@
 //   harness grouped_conv_dgrad <dir>, grouped_conv_wgrad <dir>
 //                                 the backward's launches, like csrc/torch/grouped_conv_backward.cpp
 //   harness squeeze_excite <dir>  launch_squeeze_excite, like csrc/torch/squeeze_excite.cpp
+//   harness batchnorm_train_forward <dir>, batchnorm_train_backward_sums <dir>,
+//           batchnorm_train_grad_z <dir>
+//                                 train-mode BatchNorm's launches, like csrc/torch/batchnorm_train.cpp
 //   harness selftest <name>       a deliberately broken kernel, to show the emulator catches it
 //
 // <dir>/params.txt holds "key value..." lines; every tensor is <dir>/<name>.bin, loaded into a
@@ -305,6 +308,127 @@ int run_squeeze_excite(const std::string& dir) {
   return 0;
 }
 
+// Train-mode BatchNorm (csrc/torch/batchnorm_train.cpp's launches). Every op: z.bin ("z_stride",
+// N C H W, dtype; "z_lead_elems": z starts that many elements past its aligned base, as a view
+// can), eps.bin (one fp32) and "reduce_rows_in_one" (optional: the reduction's levels on small
+// shapes). Reports each operand's access ("z channels", "y pixels", ...).
+resnext_kernels::BatchNormTrainParams batchnorm_train_params(const std::string& dir,
+                                                             const Params& prm, const Buffer& z) {
+  resnext_kernels::BatchNormTrainParams p{};
+  p.N = prm.get("N"); p.C = prm.get("C"); p.H = prm.get("H"); p.W = prm.get("W");
+  p.z = z.data();
+  prm.strides("z_stride", p.z_stride);
+  const Buffer eps = load(dir, "eps");
+  if (eps.bytes != sizeof(float)) die("eps.bin: expected one float32");
+  std::memcpy(&p.eps, eps.data(), sizeof(float));
+  if (prm.has("reduce_rows_in_one")) p.reduce_rows_in_one = prm.get("reduce_rows_in_one");
+  return p;
+}
+
+const char* access_of(const void* data, const int64_t* stride,
+                      const resnext_kernels::BatchNormTrainParams& p) {
+  return resnext_kernels::batchnorm_train_access_name(data, stride, p.N, p.C, p.H, p.W);
+}
+
+size_t lead_bytes(const Params& prm, const std::string& name, DType dtype) {
+  const std::string key = name + "_lead_elems";
+  return prm.has(key) ? static_cast<size_t>(prm.get(key)) * (dtype == DType::kFloat32 ? 4 : 2)
+                      : 0;
+}
+
+// statistics into mean/var, then normalize into y and (when "relu") mask
+int run_batchnorm_train_forward(const std::string& dir) {
+  Params prm{read_params(dir)};
+  const DType dtype = static_cast<DType>(prm.get("dtype"));
+  Buffer z = load(dir, "z", lead_bytes(prm, "z", dtype)), y = load(dir, "y");
+  Buffer gamma = load(dir, "gamma"), beta = load(dir, "beta");
+  Buffer mean = load(dir, "mean"), var = load(dir, "var"), mask = load(dir, "mask");
+  resnext_kernels::BatchNormTrainParams p = batchnorm_train_params(dir, prm, z);
+  p.out = y.data();
+  prm.strides("y_stride", p.out_stride);
+  p.relu = prm.get("relu") != 0;
+  p.relu_mask = p.relu ? static_cast<uint8_t*>(mask.data()) : nullptr;
+  p.gamma = static_cast<const float*>(gamma.data());
+  p.beta = static_cast<const float*>(beta.data());
+  p.mean_out = static_cast<float*>(mean.data());
+  p.var_out = static_cast<float*>(var.data());
+  p.mean = p.mean_out;
+  p.var = p.var_out;
+  Buffer workspace = scratch(static_cast<size_t>(
+      resnext_kernels::batchnorm_train_workspace_floats(p)) * 4);
+  p.workspace = static_cast<float*>(workspace.data());
+  if (p.N * p.H * p.W == 0 || p.C == 0) {  // as the glue: zero statistics, nothing launched
+    std::memset(mean.data(), 0, mean.bytes);
+    std::memset(var.data(), 0, var.bytes);
+  } else {
+    cudaError_t err = resnext_kernels::launch_batchnorm_train_statistics(p, dtype, nullptr);
+    if (err == cudaSuccess) err = resnext_kernels::launch_batchnorm_train_normalize(p, dtype, nullptr);
+    if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
+  }
+  save(dir, "y", y);
+  save(dir, "mask", mask);
+  save(dir, "mean", mean);
+  save(dir, "var", var);
+  std::printf("z %s y %s\n", access_of(p.z, p.z_stride, p), access_of(p.out, p.out_stride, p));
+  return 0;
+}
+
+// grad_y.bin ("grad_y_stride", "grad_y_lead_elems"), mask.bin (empty: no ReLU)
+void load_gradient(const Params& prm, const std::string& dir, DType dtype, Buffer& grad_y,
+                   Buffer& mask, resnext_kernels::BatchNormTrainParams& p) {
+  grad_y = load(dir, "grad_y", lead_bytes(prm, "grad_y", dtype));
+  mask = load(dir, "mask");
+  p.grad_y = grad_y.data();
+  prm.strides("grad_y_stride", p.grad_y_stride);
+  p.relu_mask = mask.bytes > 0 ? static_cast<uint8_t*>(mask.data()) : nullptr;
+}
+
+int run_batchnorm_train_backward_sums(const std::string& dir) {
+  Params prm{read_params(dir)};
+  const DType dtype = static_cast<DType>(prm.get("dtype"));
+  Buffer z = load(dir, "z", lead_bytes(prm, "z", dtype)), grad_y, mask;
+  Buffer mean = load(dir, "mean"), var = load(dir, "var"), gamma = load(dir, "gamma");
+  Buffer grad_gamma = load(dir, "grad_gamma"), grad_beta = load(dir, "grad_beta");
+  Buffer coef = load(dir, "coef");
+  resnext_kernels::BatchNormTrainParams p = batchnorm_train_params(dir, prm, z);
+  load_gradient(prm, dir, dtype, grad_y, mask, p);
+  p.mean = static_cast<const float*>(mean.data());
+  p.var = static_cast<const float*>(var.data());
+  p.gamma = static_cast<const float*>(gamma.data());
+  p.grad_gamma = static_cast<float*>(grad_gamma.data());
+  p.grad_beta = static_cast<float*>(grad_beta.data());
+  p.coef_out = static_cast<float*>(coef.data());
+  Buffer workspace = scratch(static_cast<size_t>(
+      resnext_kernels::batchnorm_train_workspace_floats(p)) * 4);
+  p.workspace = static_cast<float*>(workspace.data());
+  const cudaError_t err = resnext_kernels::launch_batchnorm_train_backward_sums(p, dtype, nullptr);
+  if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
+  save(dir, "grad_gamma", grad_gamma);
+  save(dir, "grad_beta", grad_beta);
+  save(dir, "coef", coef);
+  std::printf("z %s grad_y %s\n", access_of(p.z, p.z_stride, p),
+              access_of(p.grad_y, p.grad_y_stride, p));
+  return 0;
+}
+
+int run_batchnorm_train_grad_z(const std::string& dir) {
+  Params prm{read_params(dir)};
+  const DType dtype = static_cast<DType>(prm.get("dtype"));
+  Buffer z = load(dir, "z", lead_bytes(prm, "z", dtype)), grad_y, mask;
+  Buffer coef = load(dir, "coef"), grad_z = load(dir, "grad_z");
+  resnext_kernels::BatchNormTrainParams p = batchnorm_train_params(dir, prm, z);
+  load_gradient(prm, dir, dtype, grad_y, mask, p);
+  p.coef = static_cast<const float*>(coef.data());
+  p.out = grad_z.data();
+  prm.strides("grad_z_stride", p.out_stride);
+  const cudaError_t err = resnext_kernels::launch_batchnorm_train_grad_z(p, dtype, nullptr);
+  if (err != cudaSuccess) die(std::string("launch failed: ") + cudaGetErrorString(err));
+  save(dir, "grad_z", grad_z);
+  std::printf("z %s grad_y %s grad_z %s\n", access_of(p.z, p.z_stride, p),
+              access_of(p.grad_y, p.grad_y_stride, p), access_of(p.out, p.out_stride, p));
+  return 0;
+}
+
 }  // namespace
 
 int run_selftest(const std::string& name);  // selftest.cpp
@@ -320,6 +444,9 @@ int main(int argc, char** argv) {
   if (op == "grouped_conv_dgrad") return run_grouped_conv_dgrad(argv[2]);
   if (op == "grouped_conv_wgrad") return run_grouped_conv_wgrad(argv[2]);
   if (op == "channels_last_copy") return run_channels_last_copy(argv[2]);
+  if (op == "batchnorm_train_forward") return run_batchnorm_train_forward(argv[2]);
+  if (op == "batchnorm_train_backward_sums") return run_batchnorm_train_backward_sums(argv[2]);
+  if (op == "batchnorm_train_grad_z") return run_batchnorm_train_grad_z(argv[2]);
   if (op == "selftest") return run_selftest(argv[2]);
   die("unknown op " + op);
 }

@@ -352,4 +352,63 @@ cudaError_t launch_squeeze_excite(const SqueezeExciteParams& p, DType dtype, cud
 // chunks); otherwise they read and write an element per thread and access, at any strides.
 bool squeeze_excite_chunked(const SqueezeExciteParams& p, DType dtype);
 
+// Train-mode BatchNorm around the conv (batchnorm_train.cu; issue 16, CUDA v1). z is the conv's
+// output [N, C, H, W] (run with a unit scale and no shift); M = N * H * W pixels in flat
+// (n, h, w) order, whatever the memory format. Every [N, C, H, W] tensor is addressed through its
+// own element strides; z, grad_y and out share `dtype`; every per-channel vector is fp32 [C].
+//   statistics       mean and the biased variance of z per channel (partials per
+//                    kBatchNormTrainTilePixels pixels merged by Chan's formulas, fixed order)
+//   normalize        out = y = relu?(z * scale + shift), scale = gamma / sqrt(var + eps),
+//                    shift = beta - mean * scale (fp32, rounded once); the ReLU mask of y
+//   backward sums    grad_gamma = sum gp * (z - mean) / sqrt(var + eps), grad_beta = sum gp,
+//                    gp = grad_y where the mask passes it; then grad_z's coefficients [4, C] =
+//                    (mean, k_gp, k_x, k_0) (resnext_kernels/backends/batchnorm_train.py)
+//   grad_z           out = k_gp * gp + k_x * (z - mean) + k_0
+// Deterministic: every sum has a fixed order, no atomics.
+struct BatchNormTrainParams {
+  int64_t N, C, H, W;
+  const void* z;
+  int64_t z_stride[4];       // (n, c, h, w) element strides
+  const void* grad_y;        // the backward's: grad of y
+  int64_t grad_y_stride[4];
+  void* out;                 // y (normalize) or grad_z (grad_z)
+  int64_t out_stride[4];
+  uint8_t* relu_mask;        // uint8 [ceil(M / 8), C] (relu_mask.py): written by normalize
+                             // when relu, read by the backward; nullptr: no ReLU
+  const float* mean;         // the batch statistics (statistics' outputs, the others' inputs)
+  const float* var;          // (biased)
+  const float* gamma;
+  const float* beta;
+  const float* coef;         // grad_z's coefficients [4, C] (grad_z's input)
+  float* mean_out;           // statistics: mean and var
+  float* var_out;
+  float* grad_gamma;         // backward sums: grad_gamma, grad_beta, coefficients [4, C]
+  float* grad_beta;
+  float* coef_out;
+  float* workspace;          // batchnorm_train_workspace_floats(p) floats: the partials
+  float eps;
+  bool relu;
+  int64_t reduce_rows_in_one;  // the partials' reduction: rows one block merges (0: default;
+                               // tests set fewer to run its several levels on small shapes)
+};
+
+// Pixels per partial (one CTA's tile) of the statistics and the backward sums.
+constexpr int64_t kBatchNormTrainTilePixels = 256;
+int64_t batchnorm_train_workspace_floats(const BatchNormTrainParams& p);
+// M > 0 (a batch of 0 has no statistics: the glue leaves them to the caller)
+cudaError_t launch_batchnorm_train_statistics(const BatchNormTrainParams& p, DType dtype,
+                                              cudaStream_t stream);
+cudaError_t launch_batchnorm_train_normalize(const BatchNormTrainParams& p, DType dtype,
+                                             cudaStream_t stream);
+// M = 0 too (the sums are then 0)
+cudaError_t launch_batchnorm_train_backward_sums(const BatchNormTrainParams& p, DType dtype,
+                                                 cudaStream_t stream);
+cudaError_t launch_batchnorm_train_grad_z(const BatchNormTrainParams& p, DType dtype,
+                                          cudaStream_t stream);
+// How each [N, C, H, W] operand is read and written, 8 pixels x 8 channels per thread
+// (batchnorm_train.cu): "channels" (16-byte vectors along channels: channels_last),
+// "pixels" (along an image's contiguous pixels: NCHW) or "scalar" (any other strides).
+const char* batchnorm_train_access_name(const void* data, const int64_t* stride, int64_t N,
+                                        int64_t C, int64_t H, int64_t W);
+
 }  // namespace resnext_kernels

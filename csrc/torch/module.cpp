@@ -33,6 +33,15 @@ TORCH_LIBRARY(resnext_kernels, m) {
       "Tensor scale, int[2] stride, int[2] padding, int[2] dilation, int groups) "
       "-> (Tensor, Tensor, Tensor)");
   m.def(
+      "batchnorm_train_forward_cuda(Tensor z, Tensor gamma, Tensor beta, float eps, bool relu) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "batchnorm_train_backward_sums_cuda(Tensor grad_y, Tensor relu_mask, Tensor z, "
+      "Tensor batch_mean, Tensor batch_var, Tensor gamma, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "batchnorm_train_grad_z_cuda(Tensor grad_y, Tensor relu_mask, Tensor z, "
+      "Tensor grad_z_coefficients) -> Tensor");
+  m.def(
       "squeeze_excite_cuda(Tensor u, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, "
       "Tensor? residual, bool relu) -> Tensor");
 }

@@ -1,6 +1,7 @@
-"""Train-mode BatchNorm around a backend's conv, in torch ops: what the reference and cuda
-backends run around their conv (issue 16, v0), the formulas the triton backend's kernels
-(backends/triton/train.py) compute, and the version the tests compare them with.
+"""Train-mode BatchNorm around a backend's conv, in torch ops: what the reference backend runs
+around its conv (issue 16, v0), the formulas the triton and cuda backends' kernels
+(backends/triton/train.py, csrc/kernels/batchnorm_train.cu) compute, and the version the tests
+compare them with.
 
 Forward (the "write z" choice, docs/KERNELS.md "Train-mode BatchNorm"): the backend's conv
 writes z = conv(x, w) once; the batch statistics are read from z; y = relu(z * scale + shift)

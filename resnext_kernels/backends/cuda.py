@@ -73,22 +73,37 @@ def grouped_conv_wgrad(grad_y, mask, x, weight, scale, stride, padding, dilation
 
 def grouped_conv_bn_relu_train(x, weight, gamma, beta, eps, stride, padding, dilation, groups,
                                relu):
-    """Train-mode BN around the CUDA forward kernel (z with a unit scale), the statistics and
-    the normalize in torch ops for now (batchnorm_train.py)."""
-    return batchnorm_train.conv_then_batchnorm(grouped_conv_bn_relu, x, weight, gamma, beta, eps,
-                                               stride, padding, dilation, groups, relu)
+    """Train-mode BN around the CUDA conv (issue 16, CUDA v1): z from the conv kernel with a
+    unit scale, then the batch statistics (fp32 partials per 256 pixels, merged in a fixed
+    order), the normalize, the ReLU and its mask in CUDA kernels
+    (csrc/kernels/batchnorm_train.cu). The statistics read z once more: not yet gathered in the
+    conv's epilogue, as the triton backend's are."""
+    C_out = weight.shape[0]
+    unit = torch.ones(C_out, dtype=torch.float32, device=x.device)
+    z = grouped_conv_bn_relu(x, weight, unit, torch.zeros_like(unit), stride, padding, dilation,
+                             groups, False)
+    y, mask, mean, var = torch.ops.resnext_kernels.batchnorm_train_forward_cuda(
+        z, gamma, beta, float(eps), bool(relu))
+    return y, mask, z, mean, var
 
 
-# The BN backward in torch ops for now (batchnorm_train.py): its sums, and grad_z made once
-# before this backend's dgrad and wgrad (its kernels or aten's, as CUDA_BACKWARD_ENV says).
-batchnorm_train_backward_sums = reference.batchnorm_train_backward_sums
+def batchnorm_train_backward_sums(grad_y, mask, z, mean, var, gamma, eps):
+    """(grad_gamma, grad_beta, grad_z's coefficients): one pass over grad_y, the mask and z,
+    fixed-order sums (csrc/kernels/batchnorm_train.cu)."""
+    return torch.ops.resnext_kernels.batchnorm_train_backward_sums_cuda(
+        grad_y, mask, z, mean, var, gamma, float(eps))
 
 
 def grouped_conv_bn_train_backward(grad_y, mask, z, coef, x, weight, stride, padding, dilation,
                                    groups, need_x, need_weight):
-    return batchnorm_train.conv_backward_on_grad_z(
-        grouped_conv_dgrad, grouped_conv_wgrad, grad_y, mask, z, coef, x, weight, stride,
-        padding, dilation, groups, need_x, need_weight)
+    """grad_z written once by a CUDA kernel, then this backend's dgrad and wgrad of the plain
+    conv (its kernels or aten's, as CUDA_BACKWARD_ENV says)."""
+    if not (need_x or need_weight):
+        return z.new_empty(0), z.new_empty(0)
+    grad_z = torch.ops.resnext_kernels.batchnorm_train_grad_z_cuda(grad_y, mask, z, coef)
+    return batchnorm_train.conv_backward(
+        grouped_conv_dgrad, grouped_conv_wgrad, grad_z, x, weight, stride, padding, dilation,
+        groups, need_x, need_weight)
 
 
 def squeeze_excite(u, w1, b1, w2, b2, residual, relu):
