@@ -143,6 +143,36 @@ def test_batch_one_and_zero(backend_device, backward_kernels):
     assert grads[0].shape == x.shape and not grads[1].abs().sum() and not grads[2].abs().sum()
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("nan")], ids=["inf", "nan"])
+def test_non_finite_input_as_batch_norm(backend_device, value):
+    """A non-finite input: the running statistics and y have F.batch_norm's non-finite pattern
+    (an inf: its channels' mean inf and variance NaN, their y NaN) and its finite values
+    elsewhere. (The triton backend's kernels: test_triton_train_kernels.py, every path.)"""
+    backend, device = backend_device
+    if backend == "triton":
+        pytest.skip("test_triton_train_kernels.py's test_non_finite_input_as_batch_norm")
+    x, w, gamma, beta, _, _ = make_case(4, 16, torch.float16, device, True, 4500, N=2, H=6,
+                                        W=8)
+    with torch.no_grad():
+        x[1, 5, 3, 4] = value  # group 1's channels
+        w[4:8] = w[4:8].abs()  # (an inf then makes +inf outputs only: those channels' mean +inf)
+    C = w.shape[0]
+    rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
+    y = rk.grouped_conv_bn_relu_train(x, w, gamma, beta, rm, rv, groups=16, backend=backend)
+    z = F.conv2d(x.double().cpu(), w.double().cpu(), None, 1, 1, 1, 16)
+    rm_ref, rv_ref = torch.zeros(C, dtype=torch.float64), torch.ones(C, dtype=torch.float64)
+    y_ref = torch.relu(F.batch_norm(z, rm_ref, rv_ref, gamma.double().cpu(),
+                                    beta.double().cpu(), True, 0.1, 1e-5))
+    for got, exp, name in ((rm, rm_ref, "running_mean"), (rv, rv_ref, "running_var"),
+                           (y, y_ref, "y")):
+        got = got.double().cpu()
+        assert torch.equal(got.isnan(), exp.isnan()), name
+        assert torch.equal(got.isinf(), exp.isinf()), name
+        finite = torch.isfinite(exp)
+        assert not finite.all() and finite.any()
+        check(got[finite], exp[finite], torch.float16, name)
+
+
 def test_one_value_per_channel_is_refused_as_batchnorm_does():
     x, w, gamma, beta, rm, rv = make_case(4, 4, torch.float32, "cpu", False, 3400, N=1, H=1,
                                           W=1)

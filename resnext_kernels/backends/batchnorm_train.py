@@ -42,7 +42,12 @@ def conv_then_batchnorm(conv, x, weight, gamma, beta, eps, stride, padding, dila
     if z.numel() == 0:  # batch 0: nothing to normalize; aten leaves the statistics alone
         mean, var = torch.zeros_like(ones), torch.zeros_like(ones)
     else:
-        var, mean = torch.var_mean(z.float(), dim=_CHANNELS, correction=0)
+        # two passes, as F.batch_norm's statistics: an inf keeps its channel's mean inf (and
+        # its variance NaN); torch.var_mean's one pass makes that mean NaN on the CPU, so the
+        # running_mean would not be nn.BatchNorm2d's
+        zf = z.float()
+        mean = zf.mean(_CHANNELS)
+        var = (zf - _per_channel(mean)).square_().mean(_CHANNELS)
     scale = gamma.float() * torch.rsqrt(var + eps)
     shift = beta.float() - mean * scale
     y = z.float() * _per_channel(scale) + _per_channel(shift)
