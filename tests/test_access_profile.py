@@ -50,6 +50,18 @@ def sites_of(launch, kind):
     return [s[kind] for s in launch["sites"] if kind in s]
 
 
+def plane_loads(launch):
+    """The tallies of a launch's 2-byte warp loads (at most 64 bytes a request): the NCHW
+    planes' loads, a lane per pixel."""
+    return [t for t in sites_of(launch, "global_load") if t["bytes"] <= 64 * t["requests"]]
+
+
+def wide_shared_stores(launch):
+    """The tallies of a launch's 16-byte warp-wide shared stores (over 256 bytes a request):
+    the staged tiles' chunks."""
+    return [t for t in sites_of(launch, "shared_store") if t["bytes"] > 256 * t["requests"]]
+
+
 def test_coalesced_copy_is_4_sectors_per_request(profiler):
     p = selftest_profile(profiler, "profile_coalesced_copy")
     # 64 threads = 2 warps, one load and one store each, 32 floats = 128 bytes = 4 sectors
@@ -274,13 +286,9 @@ def test_v3_reads_and_writes_nchw_by_planes_coalesced_and_conflict_free(profiler
     launches, _, path = access_profile.run_case(profiler, case, 4)
     assert path == "path v3 block_channels 0 workspace_bytes 12288", path
     conv = launches[-1]
-    loads = [s["global_load"] for s in conv["sites"]
-             if "global_load" in s
-             and s["global_load"]["bytes"] <= 64 * s["global_load"]["requests"]]
+    loads = plane_loads(conv)
     stores = [s["global_store"] for s in conv["sites"] if "global_store" in s]
-    staged = [s["shared_store"] for s in conv["sites"]
-              if "shared_store" in s
-              and s["shared_store"]["bytes"] > 256 * s["shared_store"]["requests"]]
+    staged = wide_shared_stores(conv)
     assert len(loads) >= 1 and len(stores) >= 1 and len(staged) == 1, conv["sites"]
     for tally in loads + stores:
         assert 2 <= per_request(tally, "sectors") <= 3, tally
@@ -300,12 +308,8 @@ def test_wgrad_v3_reads_nchw_by_planes_coalesced(profiler, stride):
     launches, reports = access_profile.run_backward_case(profiler, case, 4)
     assert "pack" not in reports[1], reports
     wgrad = [launch for launch in launches if launch["smem_bytes"] > 0][-1]  # (then finalize)
-    loads = [s["global_load"] for s in wgrad["sites"]
-             if "global_load" in s
-             and s["global_load"]["bytes"] <= 64 * s["global_load"]["requests"]]
-    staged = [s["shared_store"] for s in wgrad["sites"]
-              if "shared_store" in s
-              and s["shared_store"]["bytes"] > 256 * s["shared_store"]["requests"]]
+    loads = plane_loads(wgrad)
+    staged = wide_shared_stores(wgrad)
     assert len(loads) == 2 and len(staged) == 2, wgrad["sites"]  # x and gp
     for tally in loads:
         assert per_request(tally, "sectors") <= 3, tally
@@ -325,13 +329,9 @@ def test_dgrad_v3_gates_nchw_by_planes_coalesced(profiler, stride):
     launches, reports = access_profile.run_backward_case(profiler, case, 4)
     assert reports[0] == "path v3", reports
     dgrad = [launch for launch in launches if launch["smem_bytes"] > 0][0]  # (then wgrad's)
-    loads = [s["global_load"] for s in dgrad["sites"]
-             if "global_load" in s
-             and s["global_load"]["bytes"] <= 64 * s["global_load"]["requests"]]
+    loads = plane_loads(dgrad)
     # the 16-byte warp-wide stores: the gated pixels' and pass 1's zeros (conflict-free)
-    staged = [s["shared_store"] for s in dgrad["sites"]
-              if "shared_store" in s
-              and s["shared_store"]["bytes"] > 256 * s["shared_store"]["requests"]]
+    staged = wide_shared_stores(dgrad)
     assert len(loads) == 1 and len(staged) == 2, dgrad["sites"]
     assert per_request(loads[0], "sectors") <= 3, loads[0]
     worst = max(t["wavefronts"] / t["ideal"] for t in staged)

@@ -33,12 +33,11 @@ def _per_channel(v):
 def conv_then_batchnorm(conv, x, weight, gamma, beta, eps, stride, padding, dilation, groups,
                         relu):
     """(y, relu_mask, z, batch_mean, batch_var): `conv` is a backend's grouped_conv_bn_relu,
-    run with a unit scale and no shift (exact: the reference folds w * 1.0, the kernels'
-    epilogue multiplies by 1.0 and adds 0.0) to give z. batch_var is the biased variance
-    (the one that normalizes); the running statistics take the unbiased one."""
+    giving z (conv_output). batch_var is the biased variance (the one that normalizes); the
+    running statistics take the unbiased one."""
     C_out = weight.shape[0]
     ones = torch.ones(C_out, dtype=torch.float32, device=x.device)
-    z = conv(x, weight, ones, torch.zeros_like(ones), stride, padding, dilation, groups, False)
+    z = conv_output(conv, x, weight, stride, padding, dilation, groups)
     if z.numel() == 0:  # batch 0: nothing to normalize; aten leaves the statistics alone
         mean, var = torch.zeros_like(ones), torch.zeros_like(ones)
     else:
@@ -59,6 +58,14 @@ def conv_then_batchnorm(conv, x, weight, gamma, beta, eps, stride, padding, dila
     else:
         mask = torch.empty((0, C_out), dtype=torch.uint8, device=x.device)
     return y, mask, z, mean, var
+
+
+def conv_output(conv, x, weight, stride, padding, dilation, groups):
+    """z = conv(x, weight): a backend's grouped_conv_bn_relu with a unit scale, no shift and no
+    ReLU (exact: the reference folds w * 1.0, the kernels' epilogue multiplies by 1.0 and adds
+    0.0)."""
+    unit = torch.ones(weight.shape[0], dtype=torch.float32, device=x.device)
+    return conv(x, weight, unit, torch.zeros_like(unit), stride, padding, dilation, groups, False)
 
 
 def gradient_before_relu(grad_y, mask):

@@ -78,10 +78,8 @@ def grouped_conv_bn_relu_train(x, weight, gamma, beta, eps, stride, padding, dil
     order), the normalize, the ReLU and its mask in CUDA kernels
     (csrc/kernels/batchnorm_train.cu). The statistics read z once more: not yet gathered in the
     conv's epilogue, as the triton backend's are."""
-    C_out = weight.shape[0]
-    unit = torch.ones(C_out, dtype=torch.float32, device=x.device)
-    z = grouped_conv_bn_relu(x, weight, unit, torch.zeros_like(unit), stride, padding, dilation,
-                             groups, False)
+    z = batchnorm_train.conv_output(grouped_conv_bn_relu, x, weight, stride, padding, dilation,
+                                    groups)
     y, mask, mean, var = torch.ops.resnext_kernels.batchnorm_train_forward_cuda(
         z, gamma, beta, float(eps), bool(relu))
     return y, mask, z, mean, var
